@@ -1,0 +1,92 @@
+"""One builder for every family: genome -> physically smaller module with inherited weights.
+
+Filters are chosen per channel group: a mask's ones, then (under a width multiplier) the most
+important of them by L1 norm, summed over every layer that writes the group. Each layer of the
+sub-network copies its slice of the same-named supernet layer; smaller kernels take the centre.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from spaces.families.base import Arch
+from spaces.layers import FIXED_GROUPS, GBatchNorm2d, GConv2d, GLinear, quantize_
+
+
+@torch.no_grad()
+def importance(model: nn.Module) -> dict[str, torch.Tensor]:
+    """L1 norm of each group's filters, normalised per layer and summed over its writers."""
+    imp: dict[str, torch.Tensor] = {}
+    for m in model.modules():
+        if isinstance(m, GConv2d) and m.gout not in FIXED_GROUPS:
+            l1 = m.weight.detach().abs().flatten(1).sum(1)
+            l1 = l1 / l1.mean().clamp(min=1e-12)
+            imp[m.gout] = imp[m.gout] + l1 if m.gout in imp else l1
+    return imp
+
+
+def kept_indices(arch: Arch, full_sizes: dict[str, int], imp: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Indices into the supernet's channels that each group of `arch` keeps, ascending."""
+    out = {}
+    for g, n in full_sizes.items():
+        mask = arch.masks.get(g)
+        cand = [i for i in range(n) if mask is None or mask[i]]
+        k = arch.sizes[g]
+        if k < len(cand):
+            score = imp[g][cand] if g in imp else torch.zeros(len(cand))
+            order = sorted(range(len(cand)), key=lambda t: (-float(score[t]), cand[t]))
+            cand = sorted(cand[t] for t in order[:k])
+        out[g] = torch.tensor(cand, dtype=torch.long)
+    return out
+
+
+def _take(t: torch.Tensor, dim: int, group: str, idx: dict[str, torch.Tensor]) -> torch.Tensor:
+    return t if group in FIXED_GROUPS else t.index_select(dim, idx[group])
+
+
+@torch.no_grad()
+def inherit_(sub: nn.Module, supernet: nn.Module, idx: dict[str, torch.Tensor]) -> None:
+    """Copy into every layer of `sub` its slice of the same-named supernet layer."""
+    src = dict(supernet.named_modules())
+    for name, m in sub.named_modules():
+        if not isinstance(m, (GConv2d, GBatchNorm2d, GLinear)):
+            continue
+        s = src.get(name)
+        if type(s) is not type(m):
+            raise KeyError(f"supernet has no {type(m).__name__} named {name!r}")
+        if isinstance(m, GConv2d):
+            w = _take(s.weight, 0, m.gout, idx)
+            if not m.depthwise:
+                w = _take(w, 1, m.gin, idx)
+            k, ks = m.kernel_size[0], s.kernel_size[0]
+            if k < ks:
+                o = (ks - k) // 2
+                w = w[:, :, o:o + k, o:o + k]
+            m.weight.copy_(w)
+            if m.bias is not None:
+                m.bias.copy_(_take(s.bias, 0, m.gout, idx))
+        elif isinstance(m, GBatchNorm2d):
+            for attr in ("weight", "bias", "running_mean", "running_var"):
+                getattr(m, attr).copy_(_take(getattr(s, attr), 0, m.group, idx))
+            m.num_batches_tracked.copy_(s.num_batches_tracked)
+        else:
+            m.weight.copy_(_take(s.weight, 1, m.gin, idx))
+            m.bias.copy_(s.bias)
+
+
+@torch.no_grad()
+def quantize_model_(model: nn.Module, quant: dict[str, str]) -> None:
+    """Apply each conv's weight set (by its qgroup); stem and classifier stay float."""
+    for m in model.modules():
+        if isinstance(m, GConv2d) and m.qgroup is not None:
+            quantize_(m.weight, quant.get(m.qgroup, "float"))
+
+
+def build_subnet(family, arch: Arch, supernet: nn.Module) -> nn.Module:
+    """The physically smaller module of `arch`, its weights inherited from `supernet`."""
+    sub = family.module(arch)
+    inherit_(sub, supernet, kept_indices(arch, family.groups(), importance(supernet)))
+    quantize_model_(sub, arch.quant)
+    sub.train(supernet.training)
+    return sub

@@ -1,0 +1,182 @@
+"""What every supernet family provides: its channel groups, its dimension targets, and
+genome -> Arch (counts only) -> module. One builder (spaces.builder) slices weights for all."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+from spaces.dims import Choice, Condition, Dimension, Mask, Scale, WeightSet, blocks_kept
+
+
+class FamilySpec(BaseModel):
+    """Fields common to every family; each family adds its own."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: str
+    resolution: int = 32
+    num_classes: int = 10
+
+
+@dataclass
+class Arch:
+    """A concrete sub-network: counts, not weights. Enough for FLOPs, params and building."""
+
+    family: str
+    resolution: int
+    num_classes: int
+    sizes: dict[str, int]
+    masks: dict[str, tuple] = field(default_factory=dict)
+    depths: dict[str, int] = field(default_factory=dict)
+    kernels: dict[str, int] = field(default_factory=dict)
+    ops: dict[str, str] = field(default_factory=dict)
+    quant: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["masks"] = {k: list(v) for k, v in self.masks.items()}
+        return d
+
+
+def keep_count(n: int, mask: tuple | None, width: float) -> int:
+    """Filters a group keeps: the mask's ones, then the width multiplier, at least one."""
+    kept = sum(mask) if mask is not None else n
+    return max(1, int(width * kept + 0.5))
+
+
+# target -> (dimension classes allowed, scopes allowed; "" = the whole network)
+TARGETS: dict[str, tuple[tuple[type, ...], tuple[str, ...]]] = {
+    "resolution": ((Scale,), ("",)),
+    "depth": ((Scale,), ("",)),
+    "width": ((Scale,), ("",)),
+    "filters": ((Mask,), ("stage", "block", "group")),
+    "kernel": ((Choice,), ("block",)),
+    "op": ((Choice,), ("edge",)),
+    "weights": ((WeightSet,), ("network", "stage", "block")),
+}
+
+
+class Family:
+    """Base family. Subclasses define `Spec`, the structure methods, `module` and `cost`."""
+
+    kind: ClassVar[str] = ""
+    Spec: ClassVar[type[FamilySpec]] = FamilySpec
+    targets: ClassVar[tuple[str, ...]] = ()
+    kernel_options: ClassVar[tuple[int, ...]] = ()
+    op_options: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, spec: FamilySpec):
+        self.spec = spec
+        self.supernet_ops: dict[str, tuple[str, ...]] = {}  # edge -> every op the supernet holds
+
+    # --- structure (supernet) -------------------------------------------------------------
+    def groups(self) -> dict[str, int]:
+        """Every prunable channel group and its size in the supernet."""
+        raise NotImplementedError
+
+    def stage_blocks(self) -> dict[str, int]:
+        """Stage name -> number of blocks (what a depth scale cuts)."""
+        raise NotImplementedError
+
+    def stage_groups(self) -> dict[str, str]:
+        """Stage name -> the group of its output channels (shared when residuals tie stages)."""
+        raise NotImplementedError
+
+    def block_groups(self) -> dict[str, str]:
+        """Block name -> the group a block-level mask prunes (its inner channels)."""
+        return {}
+
+    def edges(self) -> list[str]:
+        return []
+
+    def default_kernel(self, block: str) -> int:
+        raise NotImplementedError
+
+    def qgroups(self) -> list[str]:
+        """Names that a weight set can apply to; convs carry one as `qgroup`."""
+        return [b for _, _, b in self.blocks()]
+
+    def blocks(self) -> list[tuple[str, int, str]]:
+        return [(s, j, f"{s}.b{j}") for s, n in self.stage_blocks().items() for j in range(n)]
+
+    # --- expansion of dimension templates ---------------------------------------------------
+    def scopes(self, scope_kind: str, depth_dim: str | None = None) -> list[tuple[str, Condition | None]]:
+        """The concrete scopes of a template and their conditions (blocks cut by depth)."""
+        if scope_kind in ("", "network"):
+            return [("", None)]
+        if scope_kind == "stage":
+            return [(s, None) for s in self.stage_blocks()]
+        if scope_kind == "block":
+            n = self.stage_blocks()
+            return [(b, Condition(depth_dim, n[s], j) if depth_dim and j > 0 else None)
+                    for s, j, b in self.blocks()]
+        if scope_kind == "group":
+            return [(g, None) for g in self.groups()]
+        if scope_kind == "edge":
+            return [(e, None) for e in self.edges()]
+        raise ValueError(scope_kind)
+
+    def mask_group(self, scope_kind: str, scope: str) -> str:
+        if scope_kind == "stage":
+            return self.stage_groups()[scope]
+        if scope_kind == "block":
+            return self.block_groups()[scope]
+        return scope
+
+    # --- genome -> Arch ------------------------------------------------------------------------
+    def resolve(self, dims: list[Dimension], genome: dict[str, Any]) -> Arch:
+        by_target: dict[str, list[Dimension]] = {}
+        for d in dims:
+            by_target.setdefault(d.target, []).append(d)
+
+        def scalar(target: str, default: float) -> float:
+            ds = by_target.get(target)
+            return float(genome[ds[0].name]) if ds else default
+
+        res = max(4, int(round(scalar("resolution", 1.0) * self.spec.resolution)))
+        depth, width = scalar("depth", 1.0), scalar("width", 1.0)
+        masks = {d.scope: tuple(genome[d.name]) for d in by_target.get("filters", [])}
+        sizes = {g: keep_count(n, masks.get(g), width) for g, n in self.groups().items()}
+        depths = {s: blocks_kept(depth, n) for s, n in self.stage_blocks().items()}
+        kernels = {b: self.default_kernel(b) for _, _, b in self.blocks()}
+        for d in by_target.get("kernel", []):
+            kernels[d.scope] = int(genome[d.name])
+        ops = {e: self.default_op() for e in self.edges()}
+        for d in by_target.get("op", []):
+            ops[d.scope] = genome[d.name]
+        quant = {q: "float" for q in self.qgroups()}
+        for d in by_target.get("weights", []):
+            for b in quant:
+                if d.scope in ("", b) or b.startswith(d.scope + "."):
+                    quant[b] = genome[d.name]
+        return Arch(self.kind, res, self.spec.num_classes, sizes, masks, depths, kernels, ops, quant)
+
+    def default_op(self) -> str:
+        return ""
+
+    # --- model -------------------------------------------------------------------------------
+    def module(self, arch: Arch, supernet: bool = False) -> nn.Module:
+        raise NotImplementedError
+
+    def cost(self, arch: Arch) -> tuple[int, int]:
+        """(FLOPs, params) of the built module at batch 1, FLOPs counted as flop_counter does."""
+        raise NotImplementedError
+
+
+def conv_out(h: int, k: int, s: int) -> int:
+    return (h + 2 * (k // 2) - k) // s + 1
+
+
+def conv_cost(cin: int, cout: int, k: int, h: int, s: int = 1, *, depthwise: bool = False,
+              bias: bool = False) -> tuple[int, int, int]:
+    """(flops, params, out size) of a square conv with padding k//2 on an h x h input."""
+    ho = conv_out(h, k, s)
+    per_out = k * k * (1 if depthwise else cin)
+    return 2 * cout * per_out * ho * ho, cout * per_out + (cout if bias else 0), ho
+
+
+def bn_params(c: int) -> int:
+    return 2 * c

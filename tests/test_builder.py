@@ -1,0 +1,99 @@
+"""Genome -> physically smaller module: cost is analytic and exact, weights are inherited."""
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from spaces import load_space
+from spaces.builder import importance, kept_indices
+from spaces.layers import GConv2d
+from tests.conftest import SHIPPED, space_path
+
+
+@pytest.fixture(scope="module", params=SHIPPED)
+def space_and_supernet(request):
+    space = load_space(space_path(request.param))
+    sup = space.supernet(seed=0)
+    with torch.no_grad():  # give batch norm non-trivial statistics so inheritance is tested
+        for m in sup.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    return space, sup.eval()
+
+
+@pytest.mark.slow
+def test_200_random_genomes_run_and_match_analytic_cost(space_and_supernet):
+    space, sup = space_and_supernet
+    for s in range(200):
+        g = space.sample(s)
+        model = space.build(g, sup).eval()
+        r = space.resolution(g)
+        with FlopCounterMode(display=False) as fc, torch.no_grad():
+            y = model(torch.randn(1, 3, r, r))
+        assert y.shape == (1, space.family.spec.num_classes)
+        assert torch.isfinite(y).all()
+        cost = space.cost(g)
+        assert cost["params"] == sum(p.numel() for p in model.parameters()), g
+        assert abs(cost["flops"] - fc.get_total_flops()) <= 0.01 * fc.get_total_flops(), g
+
+
+def test_full_genome_reproduces_supernet(space_and_supernet):
+    space, sup = space_and_supernet
+    model = space.build(space.full(), sup).eval()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        assert (model(x) - sup(x)).abs().max().item() < 1e-5
+
+
+def test_pruned_filters_equal_supernet_filters(space_and_supernet):
+    space, sup = space_and_supernet
+    g = space.sample(11)
+    arch = space.arch(g)
+    idx = kept_indices(arch, space.family.groups(), importance(sup))
+    for g_name, mask in arch.masks.items():  # masks alone (width 1) keep exactly their ones
+        if arch.sizes[g_name] == sum(mask):
+            assert idx[g_name].tolist() == [i for i, b in enumerate(mask) if b]
+    model = space.build(g, sup)
+    src = dict(sup.named_modules())
+    checked = 0
+    for name, m in model.named_modules():
+        if isinstance(m, GConv2d) and m.qgroup is None or (isinstance(m, GConv2d) and arch.quant.get(m.qgroup) == "float"):
+            w = src[name].weight
+            if m.gout != "classes" and m.gout != "input":
+                w = w[idx[m.gout]]
+            if not m.depthwise and m.gin != "input":
+                w = w[:, idx[m.gin]]
+            k, ks = m.kernel_size[0], w.shape[-1]
+            o = (ks - k) // 2
+            assert torch.equal(m.weight, w[:, :, o:o + k, o:o + k])
+            checked += 1
+    assert checked > 0
+    # and the network is physically smaller
+    assert sum(p.numel() for p in model.parameters()) <= sum(p.numel() for p in sup.parameters())
+
+
+def test_mask_really_removes_channels():
+    space = load_space(space_path("resnet20"))
+    sup = space.supernet(0)
+    g = space.full()
+    g["mask.s2"] = tuple([1, 0] * 16)
+    model = space.build(g, sup)
+    assert model.stages[1][0].conv2.out_channels == 16
+    assert model.stages[1][1].conv1.in_channels == 16
+    assert model.stages[2][0].conv1.in_channels == 16
+
+
+def test_weight_sets_quantise_inherited_weights():
+    space = load_space(space_path("tinynet"))
+    sup = space.supernet(0)
+    g = space.full()
+    for n in space.dims:
+        if n.startswith("weights."):
+            g[n] = "int2"
+    model = space.build(g, sup)
+    conv = model.stages[2][0].project[0]
+    for row in conv.weight.detach().flatten(1):
+        assert len(torch.unique(row)) <= 3  # {-a, 0, a} per output channel
