@@ -12,6 +12,8 @@ from pathlib import Path
 
 from spaces.errors import ArchsearchError
 
+from search.errors import RunFailed
+
 log = logging.getLogger("archsearch")
 
 
@@ -55,10 +57,61 @@ def _cmd_space(args) -> int:
     return 0
 
 
+def _flags(args) -> dict:
+    return {"optimizer": args.optimizer, "budget": args.budget, "workers": args.workers, "seed": args.seed}
+
+
+def _cmd_run(args) -> int:
+    from search.loop import Run
+
+    run = Run.create(args.config, args.out, args.set or [], _flags(args))
+    print(f"run folder: {run.dir}", file=sys.stderr)
+    return run.execute(progress=not args.no_progress)
+
+
+def _cmd_resume(args) -> int:
+    from search.loop import Run
+
+    run = Run.open(args.run_dir, args.set or [], _flags(args))
+    return run.execute(progress=not args.no_progress)
+
+
+def _cmd_show(args) -> int:
+    from search.show import show
+
+    return show(args.run_dir, top=args.top)
+
+
+def _run_flags(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--optimizer", help="optimizer name (default: the file's, else random)")
+    s.add_argument("--budget", type=int, help="number of complete trials")
+    s.add_argument("--workers", type=int, help="evaluator workers (0: in-process)")
+    s.add_argument("--seed", type=int, help="seed of the whole run")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config field (dotted keys; a bare unknown key is an optimizer option)")
+    s.add_argument("--no-progress", action="store_true", help="plain log lines instead of a progress bar")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="search", description="archsearch: hardware-aware compression and architecture search")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    s = sub.add_parser("run", help="run a search: search run spaces/tinynet.yaml")
+    s.add_argument("config", help="a space / run YAML file")
+    s.add_argument("--out", help="run folder (default runs/<space>-<time>)")
+    _run_flags(s)
+    s.set_defaults(func=_cmd_run)
+
+    s = sub.add_parser("resume", help="finish an interrupted run")
+    s.add_argument("run_dir")
+    _run_flags(s)
+    s.set_defaults(func=_cmd_resume)
+
+    s = sub.add_parser("show", help="the Pareto front and best trials of a run, as a table")
+    s.add_argument("run_dir")
+    s.add_argument("--top", type=int, default=10, help="best trials to list")
+    s.set_defaults(func=_cmd_show)
 
     s = sub.add_parser("spaces", help="list the shipped spaces")
     s.set_defaults(func=_cmd_spaces)
@@ -81,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     except ArchsearchError as e:
         sys.stderr.write(f"search: error: {e}\n")
         return 2
+    except RunFailed as e:
+        sys.stderr.write(f"search: run failed: {e}\n")
+        return 1
     except KeyboardInterrupt:
         sys.stderr.write("search: interrupted\n")
         return 130

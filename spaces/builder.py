@@ -45,16 +45,19 @@ def _take(t: torch.Tensor, dim: int, group: str, idx: dict[str, torch.Tensor]) -
     return t if group in FIXED_GROUPS else t.index_select(dim, idx[group])
 
 
-@torch.no_grad()
-def inherit_(sub: nn.Module, supernet: nn.Module, idx: dict[str, torch.Tensor]) -> None:
-    """Copy into every layer of `sub` its slice of the same-named supernet layer."""
+def sliced_state(sub: nn.Module, supernet: nn.Module, idx: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """For every parameter and buffer of `sub`, its slice of the same-named supernet tensor.
+
+    Differentiable: supernet training runs sub-networks on these slices (torch.func)."""
     src = dict(supernet.named_modules())
+    out: dict[str, torch.Tensor] = {}
     for name, m in sub.named_modules():
         if not isinstance(m, (GConv2d, GBatchNorm2d, GLinear)):
             continue
         s = src.get(name)
         if type(s) is not type(m):
             raise KeyError(f"supernet has no {type(m).__name__} named {name!r}")
+        pre = f"{name}." if name else ""
         if isinstance(m, GConv2d):
             w = _take(s.weight, 0, m.gout, idx)
             if not m.depthwise:
@@ -63,16 +66,27 @@ def inherit_(sub: nn.Module, supernet: nn.Module, idx: dict[str, torch.Tensor]) 
             if k < ks:
                 o = (ks - k) // 2
                 w = w[:, :, o:o + k, o:o + k]
-            m.weight.copy_(w)
+            out[pre + "weight"] = w
             if m.bias is not None:
-                m.bias.copy_(_take(s.bias, 0, m.gout, idx))
+                out[pre + "bias"] = _take(s.bias, 0, m.gout, idx)
         elif isinstance(m, GBatchNorm2d):
             for attr in ("weight", "bias", "running_mean", "running_var"):
-                getattr(m, attr).copy_(_take(getattr(s, attr), 0, m.group, idx))
-            m.num_batches_tracked.copy_(s.num_batches_tracked)
+                out[pre + attr] = _take(getattr(s, attr), 0, m.group, idx)
+            out[pre + "num_batches_tracked"] = s.num_batches_tracked
         else:
-            m.weight.copy_(_take(s.weight, 1, m.gin, idx))
-            m.bias.copy_(s.bias)
+            out[pre + "weight"] = _take(s.weight, 1, m.gin, idx)
+            out[pre + "bias"] = s.bias
+    return out
+
+
+@torch.no_grad()
+def inherit_(sub: nn.Module, supernet: nn.Module, idx: dict[str, torch.Tensor]) -> None:
+    """Copy into every layer of `sub` its slice of the same-named supernet layer."""
+    state = sliced_state(sub, supernet, idx)
+    missing = [k for k in sub.state_dict() if k not in state]
+    if missing:
+        raise KeyError(f"no supernet weights for {missing[:3]}")
+    sub.load_state_dict(state)
 
 
 @torch.no_grad()

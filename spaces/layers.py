@@ -40,9 +40,23 @@ class GLinear(nn.Linear):
 
 def quantize_(weight: torch.Tensor, weight_set: str) -> torch.Tensor:
     """Project a conv weight onto a discrete set with one scale per output channel (in place)."""
+    if weight_set != "float":
+        with torch.no_grad():
+            weight.copy_(quantized(weight.detach(), weight_set))
+    return weight
+
+
+def quantized_ste(weight: torch.Tensor, weight_set: str) -> torch.Tensor:
+    """The quantised weight forward, the identity backward (straight-through estimator)."""
     if weight_set == "float":
         return weight
-    w = weight.detach()
+    return weight + (quantized(weight.detach(), weight_set) - weight).detach()
+
+
+def quantized(w: torch.Tensor, weight_set: str) -> torch.Tensor:
+    """`w` projected onto a weight set, one scale per output channel."""
+    if weight_set == "float":
+        return w
     flat = w.reshape(w.shape[0], -1)
     if weight_set == "binary":
         alpha = flat.abs().mean(1, keepdim=True)
@@ -57,5 +71,4 @@ def quantize_(weight: torch.Tensor, weight_set: str) -> torch.Tensor:
         levels = 2 ** (bits - 1) - 1
         scale = (flat.abs().amax(1, keepdim=True) / levels).clamp(min=1e-12)
         q = torch.round(flat / scale).clamp(-levels, levels) * scale
-    weight.data.copy_(q.reshape(w.shape))
-    return weight
+    return q.reshape(w.shape)

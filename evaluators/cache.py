@@ -1,0 +1,55 @@
+"""The pre-trained supernet cache: one per (space, dataset, seed, recipe), with a manifest,
+shared between runs, loaded with torch.load(weights_only=True)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from spaces.space import Space
+
+from evaluators.data import Splits
+from evaluators.train import TrainRecipe, pretrain_supernet
+
+log = logging.getLogger(__name__)
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("ARCHSEARCH_CACHE", Path.home() / ".cache" / "archsearch"))
+
+
+def supernet_key(space: Space, data: Splits, recipe: TrainRecipe, sandwich: int, seed: int) -> dict:
+    dims = {n: [d.kind, d.target, d.scope, d.describe()] for n, d in space.dims.items()}
+    return {"space": space.name, "family": space.family.spec.model_dump(), "dimensions": dims,
+            "dataset": data.name, "data_fingerprint": data.fingerprint(), "recipe": dataclasses.asdict(recipe),
+            "sandwich": sandwich, "seed": seed, "format": 1}
+
+
+def get_or_train(space: Space, data: Splits, recipe: TrainRecipe, sandwich: int, seed: int, cache_dir: Path,
+                 progress=None):
+    key = supernet_key(space, data, recipe, sandwich, seed)
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    folder = Path(cache_dir) / "supernets" / f"{space.name}-{digest}"
+    weights, manifest = folder / "supernet.pt", folder / "manifest.json"
+    sup = space.supernet(seed)
+    if weights.exists() and manifest.exists():
+        sup.load_state_dict(torch.load(weights, weights_only=True))
+        info = json.loads(manifest.read_text())
+        log.info("supernet from cache %s (full network val acc %.4f)", folder, info.get("full_val_acc", float("nan")))
+        return sup, info
+    log.info("pre-training the supernet of %s on %s (%d train images)", space.name, data.name, len(data.train[0]))
+    sup, info = pretrain_supernet(space, data, recipe, seed, sandwich, progress)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / "supernet.pt.tmp"
+    torch.save(sup.state_dict(), tmp)
+    os.replace(tmp, weights)
+    info = {**info, "key": key, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "path": str(weights)}
+    manifest.write_text(json.dumps(info, indent=2))
+    return sup, info

@@ -1,0 +1,227 @@
+"""Supernet pre-training (sandwich rule with in-place distillation), fine-tuning and scoring.
+
+Sub-networks share the supernet's weights during pre-training: each is run through torch.func
+on differentiable slices of the supernet's tensors, so every sub-network's inherited weights
+are trained, not only the full network's (Once-for-All's sandwich rule)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from spaces.builder import importance, kept_indices, sliced_state
+from spaces.dims import Mask, Scale
+from spaces.layers import GConv2d, quantize_, quantized_ste
+from spaces.space import Genome, Space
+
+from evaluators.data import Splits, at_resolution
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainRecipe:
+    """How to train: epochs (or a fixed number of steps), optimiser, schedule."""
+
+    epochs: float = 2.0
+    steps: int | None = None
+    batch_size: int = 64
+    lr: float = 0.02
+    optimizer: str = "sgd"
+    schedule: str = "cosine"
+    weight_decay: float = 5e-5
+    momentum: float = 0.9
+    label_smoothing: float = 0.0
+
+
+def _optimizer(params, r: TrainRecipe):
+    if r.optimizer == "adam":
+        return torch.optim.Adam(params, lr=r.lr, weight_decay=r.weight_decay)
+    if r.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=r.lr, weight_decay=r.weight_decay)
+    return torch.optim.SGD(params, lr=r.lr, momentum=r.momentum, nesterov=r.momentum > 0,
+                           weight_decay=r.weight_decay)
+
+
+def _lr_at(r: TrainRecipe, step: int, total: int) -> float:
+    if r.schedule == "cosine":
+        return r.lr * 0.5 * (1 + math.cos(math.pi * step / max(1, total)))
+    if r.schedule == "linear":
+        return r.lr * (1 - step / max(1, total))
+    return r.lr
+
+
+def _batches(n: int, bs: int, gen: torch.Generator):
+    perm = torch.randperm(n, generator=gen)
+    for i in range(0, n - bs + 1 if n >= bs else 1, bs):
+        yield perm[i:i + bs]
+
+
+def _total_steps(n: int, r: TrainRecipe) -> int:
+    per_epoch = max(1, n // r.batch_size)
+    return r.steps if r.steps else max(1, int(round(r.epochs * per_epoch)))
+
+
+def smallest_genome(space: Space, rng: random.Random) -> Genome:
+    """A random genome pushed to the small end: scales at their low, masks at min keep ratio."""
+    g = space.sample(rng)
+    for n, d in space.dims.items():
+        if isinstance(d, Scale):
+            g[n] = d.low
+        elif isinstance(d, Mask):
+            g[n] = Mask(n, length=d.length, min_keep=d.min_keep, keep_prob=(d.keep_prob[0],) * 2).sample(rng)
+        elif d.target == "kernel":
+            g[n] = min(d.options)
+    return space.canonical(g)
+
+
+def pretrain_supernet(space: Space, data: Splits, recipe: TrainRecipe, seed: int, sandwich: int = 4,
+                      progress=None) -> tuple[nn.Module, dict]:
+    """Train the supernet with the sandwich rule: the full network on labels, the smallest and
+    `sandwich - 2` random sub-networks distilled from it, every batch."""
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    gen = torch.Generator().manual_seed(seed)
+    sup = space.supernet(seed)
+    sup.train()
+    opt = _optimizer(sup.parameters(), recipe)
+    x, y = data.train
+    total = _total_steps(len(x), recipe)
+    full = space.full()
+    fam_groups = space.family.groups()
+    step, t0, imp = 0, time.time(), importance(sup)
+    while step < total:
+        for b in _batches(len(x), recipe.batch_size, gen):
+            if step >= total:
+                break
+            for group in opt.param_groups:
+                group["lr"] = _lr_at(recipe, step, total)
+            if step % 20 == 0:
+                imp = importance(sup)  # keep "most important filters" current for width cuts
+            xb, yb = x[b], y[b]
+            genomes = [full] + ([smallest_genome(space, rng)] if sandwich > 1 else [])
+            genomes += [space.sample(rng) for _ in range(max(0, sandwich - 2))]
+            opt.zero_grad(set_to_none=True)
+            teacher = None
+            for k, g in enumerate(genomes):
+                arch = space.arch(g)
+                logits = run_subnet(space, sup, arch, at_resolution(xb, arch.resolution),
+                                    kept_indices(arch, fam_groups, imp))
+                if k == 0:
+                    loss = F.cross_entropy(logits, yb, label_smoothing=recipe.label_smoothing)
+                    teacher = F.softmax(logits.detach(), 1)
+                else:  # in-place distillation from the full network
+                    loss = F.kl_div(F.log_softmax(logits, 1), teacher, reduction="batchmean")
+                loss.backward()
+            nn.utils.clip_grad_norm_(sup.parameters(), 5.0)
+            opt.step()
+            step += 1
+            if progress:
+                progress(step, total, float(loss))
+    # the supernet's own BN statistics: those of the full network
+    recalibrate_bn(sup, x, space.arch(full).resolution)
+    acc, loss = evaluate(sup, data.val, space.arch(full).resolution)
+    info = {"steps": total, "train_time_s": round(time.time() - t0, 2), "full_val_acc": acc, "full_val_loss": loss}
+    log.info("supernet pre-trained: %d steps in %.1f s, full network val acc %.4f", total, info["train_time_s"], acc)
+    return sup, info
+
+
+def run_subnet(space: Space, sup: nn.Module, arch, x: torch.Tensor, idx) -> torch.Tensor:
+    """Forward a sub-network on differentiable slices of the supernet's weights."""
+    with torch.device("meta"):
+        sub = space.family.module(arch)
+    sub.train(sup.training)
+    state = sliced_state(sub, sup, idx)
+    # batch norm would update sliced copies of the running stats in place: give it fresh ones
+    state = {k: (v.clone() if k.endswith(("running_mean", "running_var", "num_batches_tracked")) else v)
+             for k, v in state.items()}
+    for name, m in sub.named_modules():  # weight sets: train through their quantisation
+        if isinstance(m, GConv2d) and m.qgroup is not None and arch.quant.get(m.qgroup, "float") != "float":
+            state[f"{name}.weight"] = quantized_ste(state[f"{name}.weight"], arch.quant[m.qgroup])
+    return functional_call(sub, state, (x,))
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, x: torch.Tensor, resolution: int, batches: int = 8, bs: int = 128) -> None:
+    """Reset batch-norm statistics to the model's own on training data (OFA's recalibration)."""
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    if not bns:
+        return
+    was = model.training
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    model.train()
+    g = torch.Generator().manual_seed(0)
+    perm = torch.randperm(len(x), generator=g)
+    for i in range(min(batches, max(1, len(x) // bs))):
+        model(at_resolution(x[perm[i * bs:(i + 1) * bs]], resolution))
+    for m, mo in zip(bns, saved):
+        m.momentum = mo
+    model.train(was)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split: tuple[torch.Tensor, torch.Tensor], resolution: int, bs: int = 256) -> tuple[float, float]:
+    """(top-1 accuracy, mean cross-entropy) in eval mode."""
+    was = model.training
+    model.eval()
+    x, y = split
+    correct, loss = 0, 0.0
+    for i in range(0, len(x), bs):
+        logits = model(at_resolution(x[i:i + bs], resolution))
+        loss += float(F.cross_entropy(logits, y[i:i + bs], reduction="sum"))
+        correct += int((logits.argmax(1) == y[i:i + bs]).sum())
+    model.train(was)
+    return correct / max(1, len(x)), loss / max(1, len(x))
+
+
+def fine_tune(model: nn.Module, data: Splits, resolution: int, recipe: TrainRecipe, seed: int,
+              quant: dict[str, str] | None = None, on_epoch=None) -> dict:
+    """Fine-tune in place. Convs with a weight set train through a straight-through estimator
+    and end exactly on their set. Raises FloatingPointError on a NaN loss."""
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    qconvs = [(m, quant.get(m.qgroup, "float")) for m in model.modules()
+              if quant and isinstance(m, GConv2d) and m.qgroup is not None and quant.get(m.qgroup, "float") != "float"]
+    opt = _optimizer(model.parameters(), recipe)
+    x, y = data.train
+    total = _total_steps(len(x), recipe)
+    per_epoch = max(1, len(x) // recipe.batch_size)
+    model.train()
+    step, last = 0, float("nan")
+    while step < total:
+        for b in _batches(len(x), recipe.batch_size, gen):
+            if step >= total:
+                break
+            for group in opt.param_groups:
+                group["lr"] = _lr_at(recipe, step, total)
+            shadow = [m.weight.detach().clone() for m, _ in qconvs]
+            for m, ws in qconvs:
+                quantize_(m.weight, ws)
+            loss = F.cross_entropy(model(at_resolution(x[b], resolution)), y[b],
+                                   label_smoothing=recipe.label_smoothing)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss is {float(loss)} at step {step}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            with torch.no_grad():
+                for (m, _), w in zip(qconvs, shadow):
+                    m.weight.copy_(w)  # straight-through: the gradient of the quantised weight
+            opt.step()
+            step += 1
+            last = loss.item()
+            if on_epoch and step % per_epoch == 0:
+                on_epoch(step // per_epoch, model)
+    for m, ws in qconvs:
+        quantize_(m.weight, ws)
+    return {"steps": total, "final_train_loss": last}

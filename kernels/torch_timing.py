@@ -1,0 +1,53 @@
+"""The PyTorch fallback latency provider: eager timing on this host, batch 1.
+
+Every figure says where it came from (`latency_source`), so a run never passes PyTorch timing
+off as tuned-kernel latency."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+from torch import nn
+
+
+class TorchLatency:
+    """Median wall time of `repeats` batch-1 forward passes after `warmup` runs."""
+
+    name = "torch"
+
+    def __init__(self, repeats: int = 30, warmup: int = 5, threads: int | None = None):
+        self.repeats, self.warmup, self.threads = repeats, warmup, threads
+
+    @torch.no_grad()
+    def measure(self, model: nn.Module, resolution: int) -> dict[str, float | str]:
+        was = model.training
+        model.eval()
+        old = torch.get_num_threads()
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        try:
+            x = torch.randn(1, 3, resolution, resolution)
+            for _ in range(self.warmup):
+                model(x)
+            times = []
+            for _ in range(self.repeats):
+                t = time.perf_counter()
+                model(x)
+                times.append((time.perf_counter() - t) * 1e3)
+        finally:
+            torch.set_num_threads(old)
+            model.train(was)
+        q = statistics.quantiles(times, n=4) if len(times) >= 4 else [min(times), 0, max(times)]
+        return {"latency_ms": statistics.median(times), "latency_spread_ms": q[2] - q[0],
+                "latency_source": self.name}
+
+
+def make_latency(provider: str, **kw):
+    """The configured latency provider, or None for `none`."""
+    if provider == "none":
+        return None
+    if provider == "torch":
+        return TorchLatency(**kw)
+    raise ValueError(f"unknown latency provider {provider!r}")

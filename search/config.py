@@ -1,0 +1,203 @@
+"""Run configuration: a space file plus run settings, validated into typed objects before any
+work starts. Errors name the file, the field and the reason (exit code 2 in the CLI)."""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from spaces.config import SPACE_KEYS, read_yaml, space_from_dict
+from spaces.errors import ConfigError
+from spaces.space import Space
+
+
+class _M(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Objective(_M):
+    metric: str
+    direction: Literal["maximize", "minimize"] = "maximize"
+
+
+class Constraint(_M):
+    metric: str
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _bound(self):
+        if self.min is None and self.max is None:
+            raise ValueError("a constraint needs `min` or `max`")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min {self.min} is greater than max {self.max}")
+        return self
+
+    def violation(self, value: float) -> float:
+        """Optuna's convention: <= 0 is feasible."""
+        v = float("-inf")
+        if self.max is not None:
+            v = max(v, value - self.max)
+        if self.min is not None:
+            v = max(v, self.min - value)
+        return v
+
+
+class DatasetCfg(_M):
+    name: Literal["digits", "imagefolder", "cifar10"] = "digits"
+    path: str | None = None
+    per_class: int | None = Field(None, ge=1)
+    test_per_class: int | None = Field(None, ge=1)
+    val_fraction: float = Field(0.2, gt=0, lt=0.9)
+    test_fraction: float = Field(0.2, ge=0, lt=0.9)
+
+
+class RecipeCfg(_M):
+    epochs: float = Field(3.0, gt=0)
+    steps: int | None = Field(None, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(0.02, gt=0)
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    weight_decay: float = Field(5e-5, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+
+
+class PretrainCfg(RecipeCfg):
+    epochs: float = Field(10.0, gt=0)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(0.05, gt=0)
+    sandwich: int = Field(4, ge=1, description="sub-networks per batch: full, smallest, random ones")
+
+
+class EvaluatorCfg(_M):
+    kind: Literal["train", "table"] = "train"
+    finetune: RecipeCfg = RecipeCfg()
+    table: str = "../shared/data/nb201_merged.csv"
+    dataset: str = "cifar10"
+    device: str = "raspi4"
+
+
+class LatencyCfg(_M):
+    provider: Literal["torch", "none"] = "torch"
+    repeats: int = Field(20, ge=1)
+    warmup: int = Field(3, ge=0)
+    threads: int | None = Field(None, ge=1)
+
+
+class OptimizerCfg(_M):
+    name: str = "random"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class RunCfg(_M):
+    name: str
+    description: str = ""
+    family: dict[str, Any]
+    dimensions: dict[str, Any]
+    groups: dict[str, Any] | None = None
+    optimizer: OptimizerCfg = OptimizerCfg()
+    budget: int = Field(20, ge=1)
+    seed: int = Field(0, ge=0)
+    workers: int = Field(0, ge=0)
+    max_failures: int | None = Field(None, ge=0)
+    objectives: list[Objective] = Field(default_factory=lambda: [Objective(metric="val_acc")], min_length=1)
+    constraints: list[Constraint] = Field(default_factory=list)
+    dataset: DatasetCfg = DatasetCfg()
+    evaluator: EvaluatorCfg = EvaluatorCfg()
+    pretrain: PretrainCfg = PretrainCfg()
+    latency: LatencyCfg = LatencyCfg()
+    cache: str | None = None
+    storage: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthands(cls, data):
+        if isinstance(data, dict) and isinstance(data.get("optimizer"), str):
+            data = {**data, "optimizer": {"name": data["optimizer"]}}
+        return data
+
+    def cache_dir(self) -> Path:
+        if self.cache:
+            return Path(self.cache).expanduser()
+        return Path(os.environ.get("ARCHSEARCH_CACHE", Path.home() / ".cache" / "archsearch"))
+
+
+# a bare `--set key=value` on one of these sections sets its selector field
+SELECTORS = {"optimizer": "name", "evaluator": "kind", "dataset": "name", "latency": "provider"}
+
+
+def apply_overrides(data: dict[str, Any], sets: list[str]) -> dict[str, Any]:
+    """Apply `--set key=value` (YAML values, dotted keys). A bare key that is not a run field is
+    an option of the optimiser (`--set epsilon=0.01` -> optimizer.options.epsilon)."""
+    data = copy.deepcopy(data)
+    for item in sets:
+        if "=" not in item:
+            raise ConfigError("--set", item, "expected key=value")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        parts = key.split(".")
+        if not key or any(not p for p in parts):
+            raise ConfigError("--set", item, "empty key")
+        if len(parts) == 1:
+            if key in SELECTORS and not isinstance(value, dict):
+                parts = [key, SELECTORS[key]]
+            elif key not in RunCfg.model_fields:
+                parts = ["optimizer", "options", key]
+        cur = data
+        for p in parts[:-1]:
+            if p == "optimizer" and isinstance(cur.get(p), str):
+                cur[p] = {"name": cur[p]}
+            nxt = cur.setdefault(p, {})
+            if not isinstance(nxt, dict):
+                raise ConfigError("--set", key, f"{p!r} is not a section")
+            cur = nxt
+        cur[parts[-1]] = value
+    return data
+
+
+def _pydantic_error(file: str, e: ValidationError) -> ConfigError:
+    first = e.errors()[0]
+    loc = ".".join(str(x) for x in first["loc"]) or None
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif first["type"] == "missing":
+        msg = "required"
+    inp = first.get("input")
+    if first["type"] not in ("missing", "extra_forbidden") and not isinstance(inp, (dict, list)):
+        msg += f" (got {inp!r})"
+    return ConfigError(file, loc, msg)
+
+
+def load_run_config(path: str | Path, sets: list[str] | None = None,
+                    flags: dict[str, Any] | None = None) -> tuple[RunCfg, Space, dict[str, Any]]:
+    """Read, override and validate a run file; returns the config, its space and the resolved dict."""
+    file = str(path)
+    data = read_yaml(path)
+    data = apply_overrides(data, sets or [])
+    for k, v in (flags or {}).items():
+        if v is None:
+            continue
+        if k == "optimizer":
+            opt = data.get("optimizer")
+            data["optimizer"] = {**(opt if isinstance(opt, dict) else {}), "name": v}
+        else:
+            data[k] = v
+    try:
+        cfg = RunCfg.model_validate(data)
+    except ValidationError as e:
+        raise _pydantic_error(file, e) from None
+    space = space_from_dict({k: v for k, v in data.items() if k in SPACE_KEYS}, file)
+    resolved = cfg.model_dump(mode="json", exclude_none=True)
+    return cfg, space, resolved

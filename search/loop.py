@@ -1,0 +1,213 @@
+"""The run loop: ask, evaluate, store durably, tell; resume by replaying the store.
+
+A run folder holds the resolved `config.yaml`, the study (`study.journal`), the weights of every
+trained trial (`trials/`), `pareto.json` and `best/`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from spaces.errors import ArchsearchError, ConfigError
+from spaces.space import Space
+
+from search.config import RunCfg, load_run_config
+from search.errors import RunFailed
+from search.optimizers import optimizer_class
+from search.records import TrialRecord, best, pareto_front
+from search.store import RunStore
+
+log = logging.getLogger("archsearch.run")
+
+
+def make_evaluator(cfg: RunCfg, space: Space, file: str | None):
+    from evaluators.evaluator import TableEvaluator, TrainEvaluator
+    from evaluators.train import TrainRecipe
+    from kernels.torch_timing import make_latency
+
+    if cfg.evaluator.kind == "table":
+        return TableEvaluator(space, cfg.evaluator.table, cfg.evaluator.dataset, cfg.evaluator.device, file)
+    ft = TrainRecipe(**cfg.evaluator.finetune.model_dump())
+    pt = cfg.pretrain.model_dump()
+    sandwich = pt.pop("sandwich")
+    lat = make_latency(cfg.latency.provider, repeats=cfg.latency.repeats, warmup=cfg.latency.warmup,
+                       threads=cfg.latency.threads) if cfg.latency.provider != "none" else None
+    return TrainEvaluator(space, cfg.dataset, ft, TrainRecipe(**pt), sandwich, cfg.seed, cfg.cache_dir(), lat, file)
+
+
+def check_metrics(cfg: RunCfg, evaluator, file: str | None) -> None:
+    known = set(evaluator.metrics)
+    if cfg.latency.provider == "none":
+        known -= {"latency_ms", "latency_spread_ms"}
+    for i, o in enumerate(cfg.objectives):
+        if o.metric not in known:
+            raise ConfigError(file, f"objectives.{i}.metric", f"unknown metric {o.metric!r}; the {evaluator.kind} evaluator gives {', '.join(sorted(known))}")
+    for i, c in enumerate(cfg.constraints):
+        if c.metric not in known:
+            raise ConfigError(file, f"constraints.{i}.metric", f"unknown metric {c.metric!r}; the {evaluator.kind} evaluator gives {', '.join(sorted(known))}")
+
+
+def trial_seed(seed: int, gid: str) -> int:
+    return int(hashlib.sha256(f"{seed}:{gid}".encode()).hexdigest()[:8], 16)
+
+
+class Progress:
+    """A progress bar on a terminal, plain log lines otherwise."""
+
+    def __init__(self, total: int, initial: int, enabled: bool = True):
+        self.tty = enabled and sys.stderr.isatty()
+        self.total, self.n, self.t0, self.bar = total, initial, time.time(), None
+        self.start_n = initial
+        if self.tty:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, unit="trial", dynamic_ncols=True)
+
+    def update(self, n: int, text: str) -> None:
+        if self.bar:
+            self.bar.update(n - self.bar.n)
+            self.bar.set_postfix_str(text)
+        else:
+            done = n - self.start_n
+            rate = (time.time() - self.t0) / max(1, done)
+            left = rate * (self.total - n)
+            log.info("trial %d/%d  %s  (~%.0f s left)", n, self.total, text, left)
+        self.n = n
+
+    def close(self):
+        if self.bar:
+            self.bar.close()
+
+
+class Run:
+    """A run folder and everything needed to go on with it."""
+
+    def __init__(self, run_dir: Path, cfg: RunCfg, space: Space, file: str | None):
+        self.dir, self.cfg, self.space, self.file = Path(run_dir), cfg, space, file
+        self.evaluator = make_evaluator(cfg, space, file)
+        check_metrics(cfg, self.evaluator, file)
+        opt_cls = optimizer_class(cfg.optimizer.name, file)
+        self.opt_options = opt_cls.parse_options(cfg.optimizer.options, file)
+        self.opt_cls = opt_cls
+        if cfg.workers > 1:
+            raise ConfigError(file, "workers", "parallel workers need the Ray executor, which is not in this build; use 0 (in-process)")
+
+    @classmethod
+    def create(cls, config: str, out: str | None, sets: list[str], flags: dict[str, Any]) -> "Run":
+        cfg, space, resolved = load_run_config(config, sets, flags)
+        run_dir = Path(out) if out else Path("runs") / f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        if run_dir.exists() and (run_dir / "config.yaml").exists():
+            raise ConfigError(str(run_dir), "--out", "already holds a run; use `search resume` or another folder")
+        run = cls(run_dir, cfg, space, config)
+        run.dir.mkdir(parents=True, exist_ok=True)
+        (run.dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+        return run
+
+    @classmethod
+    def open(cls, run_dir: str, sets: list[str] | None = None, flags: dict[str, Any] | None = None) -> "Run":
+        path = Path(run_dir)
+        cfg_file = path / "config.yaml"
+        if not cfg_file.exists():
+            raise ConfigError(str(path), None, "not a run folder (no config.yaml)")
+        cfg, space, resolved = load_run_config(cfg_file, sets, flags)
+        run = cls(path, cfg, space, str(cfg_file))
+        if sets or any(v is not None for v in (flags or {}).values()):
+            cfg_file.write_text(yaml.safe_dump(resolved, sort_keys=False))
+        return run
+
+    def store(self) -> RunStore:
+        return RunStore(self.dir, self.evaluator.space, self.cfg.objectives, self.cfg.constraints, self.cfg.storage)
+
+    def execute(self, progress: bool = True) -> int:
+        cfg = self.cfg
+        signs = [1.0 if o.direction == "maximize" else -1.0 for o in cfg.objectives]
+        t_setup = time.time()
+        self.evaluator.setup()
+        space = self.evaluator.space  # with the dataset's classes
+        store = RunStore(self.dir, space, cfg.objectives, cfg.constraints, cfg.storage)
+        opt = self.opt_cls(space, cfg.objectives, cfg.constraints, cfg.seed, self.opt_options)
+        records = store.records()
+        for r in records:  # resume: replay every stored trial into the optimiser
+            opt.tell(r)
+        done_ids = {r.genome_id for r in records if r.complete}
+        n_done = len(done_ids)
+        failures = 0
+        max_failures = cfg.max_failures if cfg.max_failures is not None else max(10, cfg.budget)
+        if records:
+            log.info("resuming %s: %d complete trials of %d", self.dir, n_done, cfg.budget)
+        log.info("setup %.1f s; searching %s with %s, budget %d", time.time() - t_setup, space.name, opt.name, cfg.budget)
+        bar = Progress(cfg.budget, n_done, progress)
+        t0 = time.time()
+        try:
+            while n_done < cfg.budget:
+                genome = opt.ask()
+                if genome is None:
+                    log.info("optimizer %s has nothing more to ask", opt.name)
+                    break
+                gid = space.genome_id(genome)
+                if gid in done_ids:  # never evaluate a genome twice
+                    continue
+                res = self.evaluator.evaluate(genome, trial_seed(cfg.seed, gid))
+                if res.state_dict is not None:
+                    wdir = self.dir / "trials"
+                    wdir.mkdir(exist_ok=True)
+                    tmp = wdir / f"{gid}.pt.tmp"
+                    torch.save(res.state_dict, tmp)
+                    os.replace(tmp, wdir / f"{gid}.pt")
+                rec = store.record(genome, res.status, res.metrics, res.reason, res.node or os.uname().nodename)
+                opt.tell(rec)
+                records.append(rec)
+                if rec.complete:
+                    n_done += 1
+                    done_ids.add(gid)
+                else:
+                    failures += 1
+                    if failures > max_failures:
+                        raise RunFailed(f"{failures} failed trials (max_failures {max_failures}); last: {rec.reason}")
+                b = best(records, signs)
+                text = f"best {cfg.objectives[0].metric} {b.values[0]:.4g}" if b else "no complete trial yet"
+                bar.update(n_done, text)
+        finally:
+            bar.close()
+            self.write_outputs(store.records() if records else records, signs)
+        log.info("done: %d complete trials, %d failed, %.1f s searching", n_done, failures, time.time() - t0)
+        return 0
+
+    def write_outputs(self, records: list[TrialRecord], signs: list[float]) -> None:
+        """pareto.json and best/ (genome, metrics, state dict and TorchScript of the best model)."""
+        space = self.evaluator.space
+        front = pareto_front(records, signs)
+
+        def entry(r: TrialRecord) -> dict:
+            return {"trial": r.number, "genome_id": r.genome_id, "values": r.values, "feasible": r.feasible,
+                    "metrics": {k: v for k, v in r.metrics.items()}, "genome": space.to_json(r.genome)}
+
+        (self.dir / "pareto.json").write_text(json.dumps(
+            {"objectives": [o.model_dump() for o in self.cfg.objectives], "front": [entry(r) for r in front]},
+            indent=2, default=str))
+        b = best(records, signs)
+        if b is None:
+            return
+        bdir = self.dir / "best"
+        bdir.mkdir(exist_ok=True)
+        (bdir / "genome.json").write_text(json.dumps(space.to_json(b.genome), indent=2))
+        (bdir / "metrics.json").write_text(json.dumps(entry(b), indent=2, default=str))
+        weights = self.dir / "trials" / f"{b.genome_id}.pt"
+        if weights.exists():
+            model = space.family.module(space.arch(b.genome))
+            model.load_state_dict(torch.load(weights, weights_only=True))
+            model.eval()
+            torch.save(model.state_dict(), bdir / "model.pt")
+            r = space.arch(b.genome).resolution
+            with torch.no_grad():
+                ts = torch.jit.trace(model, torch.randn(1, 3, r, r))
+            ts.save(str(bdir / "model.ts"))

@@ -1,0 +1,19 @@
+"""Optimisers by name."""
+
+from __future__ import annotations
+
+from spaces.errors import ConfigError
+
+from search.optimizers.base import Optimizer
+from search.optimizers.random_search import RandomSearch
+
+OPTIMIZERS: dict[str, type[Optimizer]] = {o.name: o for o in (RandomSearch,)}
+
+
+def optimizer_class(name: str, file: str | None = None) -> type[Optimizer]:
+    if name not in OPTIMIZERS:
+        raise ConfigError(file, "optimizer.name", f"unknown optimizer {name!r}; expected one of {', '.join(OPTIMIZERS)}")
+    return OPTIMIZERS[name]
+
+
+__all__ = ["Optimizer", "OPTIMIZERS", "optimizer_class"]

@@ -1,0 +1,62 @@
+"""The optimiser interface: ask for a genome, be told its trial. Optimisers see a Space and
+trial records, never a model."""
+
+from __future__ import annotations
+
+import random
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from spaces.errors import ConfigError
+from spaces.space import Genome, Space
+
+from search.records import TrialRecord
+
+
+class NoOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Optimizer:
+    """Ask/tell over a Space with objectives (signs +1 maximise, -1 minimise) and constraints."""
+
+    name: ClassVar[str] = ""
+    Options: ClassVar[type[BaseModel]] = NoOptions
+
+    def __init__(self, space: Space, objectives: list, constraints: list, seed: int, options: Any = None):
+        self.space, self.objectives, self.constraints, self.seed = space, objectives, constraints, seed
+        self.signs = [1.0 if o.direction == "maximize" else -1.0 for o in objectives]
+        self.options = options if options is not None else self.Options()
+        self.rng = random.Random(seed)
+        self.history: list[TrialRecord] = []
+        self.seen: set[str] = set()
+
+    @classmethod
+    def parse_options(cls, options: dict[str, Any], file: str | None) -> BaseModel:
+        try:
+            return cls.Options.model_validate(options)
+        except ValidationError as e:
+            first = e.errors()[0]
+            loc = ".".join(str(x) for x in ("optimizer", "options", *first["loc"]))
+            msg = "unknown option of optimizer " + repr(cls.name) if first["type"] == "extra_forbidden" else first["msg"]
+            raise ConfigError(file, loc, msg) from None
+
+    def ask(self) -> Genome | None:
+        """The next genome to evaluate, or None when the optimiser has nothing more to ask."""
+        raise NotImplementedError
+
+    def tell(self, record: TrialRecord) -> None:
+        """Hear of a stored trial (also every stored trial on resume, in order)."""
+        self.history.append(record)
+        self.seen.add(record.genome_id)
+
+    def fresh(self, sample, tries: int = 1000) -> Genome:
+        """A genome not seen before, drawn by `sample()`; the last draw if the space runs dry."""
+        g = sample()
+        for _ in range(tries):
+            if self.space.genome_id(g) not in self.seen:
+                break
+            g = sample()
+        self.seen.add(self.space.genome_id(g))
+        return g

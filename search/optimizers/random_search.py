@@ -1,0 +1,14 @@
+"""Random search: the floor every other optimiser must beat."""
+
+from __future__ import annotations
+
+from search.optimizers.base import Optimizer
+
+
+class RandomSearch(Optimizer):
+    """Uniform samples of the space, seeded, never the same genome twice."""
+
+    name = "random"
+
+    def ask(self):
+        return self.fresh(lambda: self.space.sample(self.rng))

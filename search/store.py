@@ -1,0 +1,98 @@
+"""The run store is an Optuna study: every trial of every optimiser, with its genome, metrics,
+timings and status, recorded durably before the optimiser hears of it."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.storages.journal import JournalFileBackend, JournalStorage
+from optuna.trial import TrialState, create_trial
+
+from spaces.space import Space
+
+from search.records import TrialRecord
+
+log = logging.getLogger(__name__)
+STUDY_NAME = "archsearch"
+JOURNAL = "study.journal"
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def open_storage(run_dir: Path, url: str | None):
+    """Journal file under the run folder by default; any Optuna storage URL otherwise."""
+    if url:
+        return url
+    return JournalStorage(JournalFileBackend(str(Path(run_dir) / JOURNAL)))
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    return v
+
+
+class RunStore:
+    def __init__(self, run_dir: Path, space: Space, objectives: list, constraints: list, storage_url: str | None = None):
+        self.space, self.objectives, self.constraints = space, objectives, constraints
+        self.storage = open_storage(run_dir, storage_url)
+        self.study = optuna.create_study(
+            study_name=STUDY_NAME, storage=self.storage, load_if_exists=True,
+            directions=[o.direction for o in objectives])
+        with warnings.catch_warnings():  # experimental since Optuna 3.2, still the way to name them
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self.study.set_metric_names([o.metric for o in objectives])
+        self._n = len(self.study.get_trials(deepcopy=False))
+
+    def record(self, genome: dict, status: str, metrics: dict, reason: str | None = None, node: str = "") -> TrialRecord:
+        """Store one trial; returns the record the optimiser is then told."""
+        gid = self.space.genome_id(genome)
+        params, dists = self.space.to_optuna(genome)
+        values, violations = None, {}
+        if status == "complete":
+            values = [float(metrics[o.metric]) for o in self.objectives]
+            violations = {c.metric: c.violation(float(metrics[c.metric])) for c in self.constraints}
+            if not all(math.isfinite(v) for v in values):
+                status, reason, values, violations = "failed", f"non-finite objective {values}", None, {}
+        attrs = {"genome": self.space.to_json(genome), "genome_id": gid,
+                 "metrics": {k: _jsonable(v) for k, v in metrics.items()}, "node": node}
+        if reason:
+            attrs["fail_reason"] = reason
+        trial = create_trial(
+            state=TrialState.COMPLETE if status == "complete" else TrialState.FAIL,
+            values=values, params=params, distributions=dists, user_attrs=attrs,
+            constraints={f"{k}": v for k, v in violations.items()} or None)
+        self.study.add_trial(trial)
+        rec = TrialRecord(self._n, self.space.canonical(genome), gid, status, dict(metrics), values, violations, reason, node)
+        self._n += 1
+        return rec
+
+    def records(self) -> list[TrialRecord]:
+        """Every finished trial in the order it was stored."""
+        out = []
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
+            out.append(trial_record(self.space, self.objectives, self.constraints, t))
+        return out
+
+
+def trial_record(space: Space, objectives: list, constraints: list, t) -> TrialRecord:
+    ua = t.user_attrs
+    genome = space.from_json(ua["genome"]) if "genome" in ua else space.from_optuna(t.params)
+    metrics = ua.get("metrics", {})
+    complete = t.state == TrialState.COMPLETE
+    violations = {c.metric: c.violation(float(metrics[c.metric])) for c in constraints if c.metric in metrics} if complete else {}
+    return TrialRecord(t.number, genome, ua.get("genome_id", space.genome_id(genome)),
+                       "complete" if complete else "failed", metrics, list(t.values) if complete else None,
+                       violations, ua.get("fail_reason"), ua.get("node", ""))
+
+
+def load_records(run_dir: Path, storage_url: str | None, space: Space, objectives: list, constraints: list) -> list[TrialRecord]:
+    """Read a run's trials (also while it is still running)."""
+    study = optuna.load_study(study_name=STUDY_NAME, storage=open_storage(run_dir, storage_url))
+    return [trial_record(space, objectives, constraints, t)
+            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))]
