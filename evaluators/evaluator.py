@@ -68,6 +68,11 @@ class TrainEvaluator:
         self.base_space, self.dataset_cfg, self.finetune, self.pretrain = space, dataset_cfg, finetune, pretrain
         self.sandwich, self.seed, self.cache_dir, self.latency = sandwich, seed, Path(cache_dir), latency
         self.config_file = config_file
+        if dataset_cfg.name != "digits":  # fail before any work starts, not after pre-training
+            if not dataset_cfg.path:
+                raise ConfigError(config_file, "dataset.path", f"dataset {dataset_cfg.name!r} needs a path")
+            if not Path(dataset_cfg.path).expanduser().exists():
+                raise ConfigError(config_file, "dataset.path", f"{dataset_cfg.path!r} does not exist")
         self.data: Splits | None = None
         self.supernet = None
         self.space = space

@@ -137,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     except RunFailed as e:
         sys.stderr.write(f"search: run failed: {e}\n")
         return 1
+    except BrokenPipeError:  # `search show RUN | head`
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         sys.stderr.write("search: interrupted\n")
         return 130

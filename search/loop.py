@@ -66,7 +66,7 @@ class Progress:
     def __init__(self, total: int, initial: int, enabled: bool = True):
         self.tty = enabled and sys.stderr.isatty()
         self.total, self.n, self.t0, self.bar = total, initial, time.time(), None
-        self.start_n = initial
+        self.start_n, self.last_line = initial, 0.0
         if self.tty:
             from tqdm import tqdm
 
@@ -76,7 +76,8 @@ class Progress:
         if self.bar:
             self.bar.update(n - self.bar.n)
             self.bar.set_postfix_str(text)
-        else:
+        elif n >= self.total or time.time() - self.last_line >= 2.0:  # plain lines, throttled
+            self.last_line = time.time()
             done = n - self.start_n
             rate = (time.time() - self.t0) / max(1, done)
             left = rate * (self.total - n)

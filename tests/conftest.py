@@ -21,3 +21,20 @@ def root() -> Path:
 
 def space_path(name: str) -> Path:
     return ROOT / "spaces" / f"{name}.yaml"
+
+TINY = ROOT / "tests" / "data" / "tiny.yaml"
+NB201_CSV = ROOT.parent / "shared" / "data" / "nb201_merged.csv"
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """One supernet cache for the whole test session (pre-training happens once)."""
+    return tmp_path_factory.mktemp("archsearch-cache")
+
+
+def run_cli(*args, timeout=600, **kw):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "search.cli", *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout, **kw)
