@@ -152,7 +152,7 @@ def apply_overrides(data: dict[str, Any], sets: list[str]) -> dict[str, Any]:
         if len(parts) == 1:
             if key in SELECTORS and not isinstance(value, dict):
                 parts = [key, SELECTORS[key]]
-            elif key not in RunCfg.model_fields:
+            elif key not in RunCfg.model_fields and key != "preset":
                 parts = ["optimizer", "options", key]
         cur = data
         for p in parts[:-1]:
@@ -180,12 +180,41 @@ def _pydantic_error(file: str, e: ValidationError) -> ConfigError:
     return ConfigError(file, loc, msg)
 
 
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def apply_presets(data: dict[str, Any], file: str) -> dict[str, Any]:
+    """`preset: NAME` (or a list) merges configs/NAME.yaml under the file's own settings."""
+    names = data.pop("preset", None)
+    if names is None:
+        return data
+    if isinstance(names, str):
+        names = [names]
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ConfigError(file, "preset", "expected a preset name or a list of names")
+    merged: dict[str, Any] = {}
+    for n in names:
+        p = Path(n) if n.endswith((".yaml", ".yml")) else CONFIGS / f"{n}.yaml"
+        if not p.exists():
+            known = ", ".join(sorted(q.stem for q in CONFIGS.glob("*.yaml")))
+            raise ConfigError(file, "preset", f"unknown preset {n!r}; known: {known}")
+        merged = _merge(merged, read_yaml(p))
+    return _merge(merged, data)
+
+
 def load_run_config(path: str | Path, sets: list[str] | None = None,
                     flags: dict[str, Any] | None = None) -> tuple[RunCfg, Space, dict[str, Any]]:
     """Read, override and validate a run file; returns the config, its space and the resolved dict."""
     file = str(path)
-    data = read_yaml(path)
-    data = apply_overrides(data, sets or [])
+    data = apply_overrides(read_yaml(path), sets or [])
+    data = apply_presets(data, file)
     for k, v in (flags or {}).items():
         if v is None:
             continue

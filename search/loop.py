@@ -30,9 +30,8 @@ log = logging.getLogger("archsearch.run")
 
 
 def make_evaluator(cfg: RunCfg, space: Space, file: str | None):
-    from evaluators.evaluator import TableEvaluator, TrainEvaluator
+    from evaluators.evaluator import TableEvaluator, TrainEvaluator, make_latency
     from evaluators.train import TrainRecipe
-    from kernels.torch_timing import make_latency
 
     if cfg.evaluator.kind == "table":
         return TableEvaluator(space, cfg.evaluator.table, cfg.evaluator.dataset, cfg.evaluator.device, file)

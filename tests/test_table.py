@@ -54,3 +54,16 @@ def test_2000_trial_random_run(tmp_path):
     assert len(trials) == 2000 and len({t.user_attrs["genome_id"] for t in trials}) == 2000
     best = json.loads((out / "best" / "metrics.json").read_text())
     assert best["metrics"]["c10_test"] > 93.0  # random search over 2000 of 15625 finds a good cell
+
+
+def test_same_config_and_seed_give_the_same_genomes(tmp_path):
+    runs = []
+    for k, seed in enumerate((3, 3, 4)):
+        out = tmp_path / f"r{k}"
+        r = run_cli("run", "spaces/nb201.yaml", "--budget", 40, "--seed", seed, "--set", "preset=nb201-table",
+                    "--set", f"evaluator.table={NB201_CSV}", "--out", out, "--no-progress")
+        assert r.returncode == 0, r.stderr[-2000:]
+        study = optuna.load_study(study_name=STUDY_NAME, storage=open_storage(out, None))
+        runs.append([t.user_attrs["genome_id"] for t in study.get_trials(deepcopy=False)])
+    assert runs[0] == runs[1]
+    assert runs[0] != runs[2]
