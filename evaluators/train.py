@@ -70,6 +70,19 @@ def _total_steps(n: int, r: TrainRecipe) -> int:
     return r.steps if r.steps else max(1, int(round(r.epochs * per_epoch)))
 
 
+def _steps(n: int, r: TrainRecipe, opt, gen: torch.Generator):
+    """Yield (step, batch indices) for the recipe's step count, setting the scheduled lr."""
+    total, step = _total_steps(n, r), 0
+    while step < total:
+        for b in _batches(n, r.batch_size, gen):
+            if step >= total:
+                return
+            for group in opt.param_groups:
+                group["lr"] = _lr_at(r, step, total)
+            yield step, b
+            step += 1
+
+
 def smallest_genome(space: Space, rng: random.Random) -> Genome:
     """A random genome pushed to the small end: scales at their low, masks at min keep ratio."""
     g = space.sample(rng)
@@ -97,35 +110,29 @@ def pretrain_supernet(space: Space, data: Splits, recipe: TrainRecipe, seed: int
     total = _total_steps(len(x), recipe)
     full = space.full()
     fam_groups = space.family.groups()
-    step, t0, imp = 0, time.time(), importance(sup)
-    while step < total:
-        for b in _batches(len(x), recipe.batch_size, gen):
-            if step >= total:
-                break
-            for group in opt.param_groups:
-                group["lr"] = _lr_at(recipe, step, total)
-            if step % 20 == 0:
-                imp = importance(sup)  # keep "most important filters" current for width cuts
-            xb, yb = x[b], y[b]
-            genomes = [full] + ([smallest_genome(space, rng)] if sandwich > 1 else [])
-            genomes += [space.sample(rng) for _ in range(max(0, sandwich - 2))]
-            opt.zero_grad(set_to_none=True)
-            teacher = None
-            for k, g in enumerate(genomes):
-                arch = space.arch(g)
-                logits = run_subnet(space, sup, arch, at_resolution(xb, arch.resolution),
-                                    kept_indices(arch, fam_groups, imp))
-                if k == 0:
-                    loss = F.cross_entropy(logits, yb, label_smoothing=recipe.label_smoothing)
-                    teacher = F.softmax(logits.detach(), 1)
-                else:  # in-place distillation from the full network
-                    loss = F.kl_div(F.log_softmax(logits, 1), teacher, reduction="batchmean")
-                loss.backward()
-            nn.utils.clip_grad_norm_(sup.parameters(), 5.0)
-            opt.step()
-            step += 1
-            if progress:
-                progress(step, total, float(loss))
+    t0, imp = time.time(), importance(sup)
+    for step, b in _steps(len(x), recipe, opt, gen):
+        if step % 20 == 0:
+            imp = importance(sup)  # keep "most important filters" current for width cuts
+        xb, yb = x[b], y[b]
+        genomes = [full] + ([smallest_genome(space, rng)] if sandwich > 1 else [])
+        genomes += [space.sample(rng) for _ in range(max(0, sandwich - 2))]
+        opt.zero_grad(set_to_none=True)
+        teacher = None
+        for k, g in enumerate(genomes):
+            arch = space.arch(g)
+            logits = run_subnet(space, sup, arch, at_resolution(xb, arch.resolution),
+                                kept_indices(arch, fam_groups, imp))
+            if k == 0:
+                loss = F.cross_entropy(logits, yb, label_smoothing=recipe.label_smoothing)
+                teacher = F.softmax(logits.detach(), 1)
+            else:  # in-place distillation from the full network
+                loss = F.kl_div(F.log_softmax(logits, 1), teacher, reduction="batchmean")
+            loss.backward()
+        nn.utils.clip_grad_norm_(sup.parameters(), 5.0)
+        opt.step()
+        if progress:
+            progress(step + 1, total, loss.item())
     # the supernet's own BN statistics: those of the full network
     recalibrate_bn(sup, x, space.arch(full).resolution)
     acc, loss = evaluate(sup, data.val, space.arch(full).resolution)
@@ -198,30 +205,24 @@ def fine_tune(model: nn.Module, data: Splits, resolution: int, recipe: TrainReci
     total = _total_steps(len(x), recipe)
     per_epoch = max(1, len(x) // recipe.batch_size)
     model.train()
-    step, last = 0, float("nan")
-    while step < total:
-        for b in _batches(len(x), recipe.batch_size, gen):
-            if step >= total:
-                break
-            for group in opt.param_groups:
-                group["lr"] = _lr_at(recipe, step, total)
-            shadow = [m.weight.detach().clone() for m, _ in qconvs]
-            for m, ws in qconvs:
-                quantize_(m.weight, ws)
-            loss = F.cross_entropy(model(at_resolution(x[b], resolution)), y[b],
-                                   label_smoothing=recipe.label_smoothing)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {float(loss)} at step {step}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            with torch.no_grad():
-                for (m, _), w in zip(qconvs, shadow):
-                    m.weight.copy_(w)  # straight-through: the gradient of the quantised weight
-            opt.step()
-            step += 1
-            last = loss.item()
-            if on_epoch and step % per_epoch == 0:
-                on_epoch(step // per_epoch, model)
+    last = float("nan")
+    for step, b in _steps(len(x), recipe, opt, gen):
+        shadow = [m.weight.detach().clone() for m, _ in qconvs]
+        for m, ws in qconvs:
+            quantize_(m.weight, ws)
+        loss = F.cross_entropy(model(at_resolution(x[b], resolution)), y[b],
+                               label_smoothing=recipe.label_smoothing)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss.item()} at step {step}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        with torch.no_grad():
+            for (m, _), w in zip(qconvs, shadow):
+                m.weight.copy_(w)  # straight-through: the gradient of the quantised weight
+        opt.step()
+        last = loss.item()
+        if on_epoch and (step + 1) % per_epoch == 0:
+            on_epoch((step + 1) // per_epoch, model)
     for m, ws in qconvs:
         quantize_(m.weight, ws)
     return {"steps": total, "final_train_loss": last}
