@@ -5,9 +5,10 @@ from __future__ import annotations
 from spaces.errors import ConfigError
 
 from search.optimizers.base import Optimizer
+from search.optimizers.optuna_search import OptunaSearch
 from search.optimizers.random_search import RandomSearch
 
-OPTIMIZERS: dict[str, type[Optimizer]] = {o.name: o for o in (RandomSearch,)}
+OPTIMIZERS: dict[str, type[Optimizer]] = {o.name: o for o in (RandomSearch, OptunaSearch)}
 
 
 def optimizer_class(name: str, file: str | None = None) -> type[Optimizer]:
