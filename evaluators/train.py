@@ -126,13 +126,14 @@ def pretrain_supernet(space: Space, data: Splits, recipe: TrainRecipe, seed: int
             if k == 0:
                 loss = F.cross_entropy(logits, yb, label_smoothing=recipe.label_smoothing)
                 teacher = F.softmax(logits.detach(), 1)
+                ce = loss.item()
             else:  # in-place distillation from the full network
                 loss = F.kl_div(F.log_softmax(logits, 1), teacher, reduction="batchmean")
             loss.backward()
         nn.utils.clip_grad_norm_(sup.parameters(), 5.0)
         opt.step()
         if progress:
-            progress(step + 1, total, loss.item())
+            progress(step + 1, total, ce)  # the full network's cross-entropy
     # the supernet's own BN statistics: those of the full network
     recalibrate_bn(sup, x, space.arch(full).resolution)
     acc, loss = evaluate(sup, data.val, space.arch(full).resolution)

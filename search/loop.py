@@ -88,6 +88,27 @@ class Progress:
             self.bar.close()
 
 
+def _pretrain_progress(enabled: bool):
+    """Progress of supernet pre-training: a bar on a terminal, a line every ~10 % otherwise."""
+    state = {"bar": None, "last": -1}
+
+    def cb(step: int, total: int, loss: float) -> None:
+        if enabled and sys.stderr.isatty():
+            if state["bar"] is None:
+                from tqdm import tqdm
+
+                state["bar"] = tqdm(total=total, desc="pre-training supernet", unit="step", dynamic_ncols=True)
+            state["bar"].update(step - state["bar"].n)
+            state["bar"].set_postfix_str(f"loss {loss:.3f}")
+            if step >= total:
+                state["bar"].close()
+        elif step * 10 // total != state["last"]:
+            state["last"] = step * 10 // total
+            log.info("pre-training supernet: step %d/%d, loss %.3f", step, total, loss)
+
+    return cb
+
+
 class Run:
     """A run folder and everything needed to go on with it."""
 
@@ -131,7 +152,7 @@ class Run:
         cfg = self.cfg
         signs = [1.0 if o.direction == "maximize" else -1.0 for o in cfg.objectives]
         t_setup = time.time()
-        self.evaluator.setup()
+        self.evaluator.setup(progress=_pretrain_progress(progress))
         space = self.evaluator.space  # with the dataset's classes
         store = RunStore(self.dir, space, cfg.objectives, cfg.constraints, cfg.storage)
         opt = self.opt_cls(space, cfg.objectives, cfg.constraints, cfg.seed, self.opt_options)
