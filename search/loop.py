@@ -118,6 +118,7 @@ class Run:
         check_metrics(cfg, self.evaluator, file)
         opt_cls = optimizer_class(cfg.optimizer.name, file)
         self.opt_options = opt_cls.parse_options(cfg.optimizer.options, file)
+        opt_cls.check_space(space, file)
         self.opt_cls = opt_cls
         if cfg.workers > 1:
             raise ConfigError(file, "workers", "parallel workers need the Ray executor, which is not in this build; use 0 (in-process)")
@@ -161,7 +162,7 @@ class Run:
             opt.tell(r)
         done_ids = {r.genome_id for r in records if r.complete}
         n_done = len(done_ids)
-        failures = 0
+        failures, repeats = 0, 0
         max_failures = cfg.max_failures if cfg.max_failures is not None else max(10, cfg.budget)
         if records:
             log.info("resuming %s: %d complete trials of %d", self.dir, n_done, cfg.budget)
@@ -176,7 +177,12 @@ class Run:
                     break
                 gid = space.genome_id(genome)
                 if gid in done_ids:  # never evaluate a genome twice
+                    repeats += 1
+                    if repeats > 1000:
+                        log.warning("optimizer %s keeps proposing evaluated genomes; stopping", opt.name)
+                        break
                     continue
+                repeats = 0
                 res = self.evaluator.evaluate(genome, trial_seed(cfg.seed, gid))
                 if res.state_dict is not None:
                     wdir = self.dir / "trials"
@@ -200,6 +206,7 @@ class Run:
         finally:
             bar.close()
             self.write_outputs(store.records() if records else records, signs)
+            opt.finish(self.dir)
         log.info("done: %d complete trials, %d failed, %.1f s searching", n_done, failures, time.time() - t0)
         return 0
 

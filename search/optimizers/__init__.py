@@ -7,8 +7,9 @@ from spaces.errors import ConfigError
 from search.optimizers.base import Optimizer
 from search.optimizers.optuna_search import OptunaSearch
 from search.optimizers.random_search import RandomSearch
+from search.optimizers.tinynet import TinyNetFormula
 
-OPTIMIZERS: dict[str, type[Optimizer]] = {o.name: o for o in (RandomSearch, OptunaSearch)}
+OPTIMIZERS: dict[str, type[Optimizer]] = {o.name: o for o in (RandomSearch, OptunaSearch, TinyNetFormula)}
 
 
 def optimizer_class(name: str, file: str | None = None) -> type[Optimizer]:

@@ -42,6 +42,13 @@ class Optimizer:
             msg = "unknown option of optimizer " + repr(cls.name) if first["type"] == "extra_forbidden" else first["msg"]
             raise ConfigError(file, loc, msg) from None
 
+    @classmethod
+    def check_space(cls, space: Space, file: str | None) -> None:
+        """Raise ConfigError if the optimiser cannot search this space (before any work)."""
+
+    def finish(self, run_dir) -> None:
+        """Write the optimiser's own artefacts (plots, fitted models) into the run folder."""
+
     def ask(self) -> Genome | None:
         """The next genome to evaluate, or None when the optimiser has nothing more to ask."""
         raise NotImplementedError
