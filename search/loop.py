@@ -119,6 +119,7 @@ class Run:
         opt_cls = optimizer_class(cfg.optimizer.name, file)
         self.opt_options = opt_cls.parse_options(cfg.optimizer.options, file)
         opt_cls.check_space(space, file)
+        opt_cls.check_options(space, self.opt_options, file)
         self.opt_cls = opt_cls
         if cfg.workers > 1:
             raise ConfigError(file, "workers", "parallel workers need the Ray executor, which is not in this build; use 0 (in-process)")

@@ -38,3 +38,17 @@ def run_cli(*args, timeout=600, **kw):
 
     return subprocess.run([sys.executable, "-m", "search.cli", *map(str, args)], cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout, **kw)
+
+
+def search_best(name, space, evaluator, seed, budget=100, metric="c10_test", constraints=(), **options):
+    """Best value of `metric` that optimiser `name` finds in `budget` tabular trials (in memory)."""
+    from search.config import Objective
+    from search.optimizers import OPTIMIZERS
+    from search.simulate import simulate
+
+    cls = OPTIMIZERS[name]
+    opt = cls(space, [Objective(metric=metric)], list(constraints), seed, cls.Options(**options))
+    recs = simulate(opt, evaluator, budget, list(constraints))
+    assert sum(r.complete for r in recs) == budget
+    assert len({r.genome_id for r in recs}) == len(recs)  # never the same genome twice
+    return max(r.values[0] for r in recs if r.complete)

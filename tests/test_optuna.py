@@ -14,7 +14,7 @@ from search.records import pareto_front
 from search.simulate import simulate
 from search.store import STUDY_NAME, open_storage
 from spaces import load_space
-from tests.conftest import NB201_CSV, run_cli, space_path
+from tests.conftest import NB201_CSV, run_cli, search_best, space_path
 
 matplotlib.use("Agg")
 pytestmark = pytest.mark.skipif(not NB201_CSV.exists(), reason="../shared/data/nb201_merged.csv not present")
@@ -26,19 +26,10 @@ def table():
     return space, TableEvaluator(space, str(NB201_CSV), "cifar10", "raspi4")
 
 
-def _best(name, space, ev, seed, budget=100, **options):
-    opt_cls = OPTIMIZERS[name]
-    opt = opt_cls(space, [Objective(metric="c10_test")], [], seed, opt_cls.Options(**options))
-    recs = simulate(opt, ev, budget)
-    assert sum(r.complete for r in recs) == budget
-    assert len({r.genome_id for r in recs}) == len(recs)  # never the same genome twice
-    return max(r.values[0] for r in recs if r.complete)
-
-
 def test_tpe_beats_random_over_20_seeds(table):
     space, ev = table
-    rnd = [_best("random", space, ev, s) for s in range(20)]
-    tpe = [_best("optuna", space, ev, s) for s in range(20)]
+    rnd = [search_best("random", space, ev, s) for s in range(20)]
+    tpe = [search_best("optuna", space, ev, s) for s in range(20)]
     print(f"random {statistics.mean(rnd):.3f} +- {statistics.stdev(rnd):.3f}; "
           f"tpe {statistics.mean(tpe):.3f} +- {statistics.stdev(tpe):.3f}")
     assert statistics.mean(tpe) > statistics.mean(rnd) + 0.1

@@ -21,6 +21,13 @@ def test_tiny_formula_builds_networks_near_the_flops_targets(tmp_path, cache_dir
         assert 0 < r_ <= 1 and 0 < d_ <= 1 and 0 < w_ <= 1
         assert abs(t["flops_ratio"] - t["c"]) < 0.15, t  # grids are coarse in the tiny space
     assert (out / "tinynet_formula.png").stat().st_size > 5000
+    # the formula's networks can seed another optimiser
+    from search.seeding import load_genomes
+    from spaces import load_space
+
+    space = load_space(TINY)
+    assert [space.genome_id(g) for g in load_genomes(str(out / "formula.json"), space)] == \
+        [t["genome_id"] for t in formula["targets"]]
     show = run_cli("show", out)
     assert show.returncode == 0 and "Pareto front" in show.stdout
 

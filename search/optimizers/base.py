@@ -46,6 +46,10 @@ class Optimizer:
     def check_space(cls, space: Space, file: str | None) -> None:
         """Raise ConfigError if the optimiser cannot search this space (before any work)."""
 
+    @classmethod
+    def check_options(cls, space: Space, options: BaseModel, file: str | None) -> None:
+        """Raise ConfigError if the options do not fit the space (files they name, etc.)."""
+
     def finish(self, run_dir) -> None:
         """Write the optimiser's own artefacts (plots, fitted models) into the run folder."""
 

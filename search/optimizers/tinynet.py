@@ -165,5 +165,6 @@ class TinyNetFormula(Optimizer):
         plt.close(fig)
         out = {"base_flops": self.base_flops, **self.fit,
                "targets": [{"c": c, "rdw": self.curves(c), "genome_id": self.space.genome_id(self.formula(c)),
+                            "genome": self.space.to_json(self.formula(c)),
                             "flops_ratio": self._ratio(self.formula(c))} for c in self.targets]}
         (Path(run_dir) / "formula.json").write_text(json.dumps(out, indent=2))
