@@ -137,6 +137,8 @@ def apply_overrides(data: dict[str, Any], sets: list[str]) -> dict[str, Any]:
     """Apply `--set key=value` (YAML values, dotted keys). A bare key that is not a run field is
     an option of the optimiser (`--set epsilon=0.01` -> optimizer.options.epsilon)."""
     data = copy.deepcopy(data)
+    # `--set optimizer=NAME` first, wherever it stands: the options given beside it are NAME's
+    sets = sorted(sets, key=lambda item: not item.replace(" ", "").startswith(("optimizer=", "optimizer.name=")))
     for item in sets:
         if "=" not in item:
             raise ConfigError("--set", item, "expected key=value")
@@ -154,6 +156,11 @@ def apply_overrides(data: dict[str, Any], sets: list[str]) -> dict[str, Any]:
                 parts = [key, SELECTORS[key]]
             elif key not in RunCfg.model_fields and key != "preset":
                 parts = ["optimizer", "options", key]
+        if parts == ["optimizer", "name"]:  # another optimiser starts from its own defaults
+            opt = data.get("optimizer")
+            opt = {"name": opt} if isinstance(opt, str) else (opt if isinstance(opt, dict) else {})
+            if opt.get("name", "random") != value:
+                data["optimizer"] = {}
         cur = data
         for p in parts[:-1]:
             if p == "optimizer" and isinstance(cur.get(p), str):
@@ -213,16 +220,19 @@ def load_run_config(path: str | Path, sets: list[str] | None = None,
                     flags: dict[str, Any] | None = None) -> tuple[RunCfg, Space, dict[str, Any]]:
     """Read, override and validate a run file; returns the config, its space and the resolved dict."""
     file = str(path)
-    data = apply_overrides(read_yaml(path), sets or [])
-    data = apply_presets(data, file)
-    for k, v in (flags or {}).items():
+    data = read_yaml(path)
+    for k, v in (flags or {}).items():  # flags first: `--set` options then go to the flag's optimiser
         if v is None:
             continue
         if k == "optimizer":
             opt = data.get("optimizer")
-            data["optimizer"] = {**(opt if isinstance(opt, dict) else {}), "name": v}
+            opt = {"name": opt} if isinstance(opt, str) else (opt if isinstance(opt, dict) else {})
+            # the file's options belong to the file's optimiser: another one starts from its defaults
+            data["optimizer"] = {**opt, "name": v} if opt.get("name", "random") == v else {"name": v}
         else:
             data[k] = v
+    data = apply_overrides(data, sets or [])
+    data = apply_presets(data, file)
     try:
         cfg = RunCfg.model_validate(data)
     except ValidationError as e:

@@ -183,3 +183,17 @@ def test_bad_genome_in_seed_file(tmp_path):
     f.write_text(json.dumps([{"op.1<-0": "conv_7x7"}]))
     r = run_cli("run", "spaces/nb201.yaml", "--optimizer", "ga", "--set", f"seeds=[{f}]", "--out", tmp_path / "x", *TABLE)
     assert r.returncode == 2 and "genome 0" in r.stderr and "optimizer.options.seeds" in r.stderr, r.stderr
+
+
+def test_naming_another_optimizer_drops_the_files_options():
+    from search.config import load_run_config
+
+    tiny = space_path("tinynet")
+    cfg, _, _ = load_run_config(tiny)
+    assert cfg.optimizer.name == "ga" and cfg.optimizer.options == {"population_size": 6}
+    cfg, _, _ = load_run_config(tiny, ["samples=3"], {"optimizer": "tinynet"})
+    assert cfg.optimizer.options == {"samples": 3}
+    cfg, _, _ = load_run_config(tiny, ["samples=3", "optimizer=tinynet"])
+    assert cfg.optimizer.name == "tinynet" and cfg.optimizer.options == {"samples": 3}
+    cfg, _, _ = load_run_config(tiny, ["tournament=3"], {"optimizer": "ga"})
+    assert cfg.optimizer.options == {"population_size": 6, "tournament": 3}
