@@ -84,16 +84,34 @@ class TrainEvaluator:
     def metrics(self) -> tuple[str, ...]:
         return self.METRICS
 
-    def setup(self, progress=None) -> None:
-        """Load the data and the pre-trained supernet (training and caching it if needed)."""
+    def setup(self, progress=None, supernet_state: dict | None = None) -> None:
+        """Load the data and the pre-trained supernet: from `supernet_state` (a worker gets the
+        driver's), else from the cache, training and caching it if needed."""
         if self.supernet is not None:
             return
         self.data = load_dataset(self.dataset_cfg, self.base_space.family.spec.resolution, self.seed,
                                  self.config_file)
         self.space = self.base_space.with_classes(self.data.num_classes)
-        self.supernet, self.supernet_info = supernet_cache.get_or_train(
-            self.space, self.data, self.pretrain, self.sandwich, self.seed, self.cache_dir, progress)
+        if supernet_state is not None:
+            self.supernet = self.space.supernet(self.seed)
+            self.supernet.load_state_dict(supernet_state)
+        else:
+            self.supernet, self.supernet_info = supernet_cache.get_or_train(
+                self.space, self.data, self.pretrain, self.sandwich, self.seed, self.cache_dir, progress)
         self.supernet.eval()
+
+    def supernet_state(self) -> dict:
+        """The pre-trained weights, for workers that cannot read this machine's cache."""
+        self.setup()
+        return {k: v.detach().clone() for k, v in self.supernet.state_dict().items()}
+
+    def detached(self) -> "TrainEvaluator":
+        """This evaluator without its data and supernet: what is shipped to a worker."""
+        from evaluators.executor import detached_copy
+
+        c = detached_copy(self, ("data", "supernet"))
+        c.space = self.base_space
+        return c
 
     def evaluate(self, genome: Genome, seed: int = 0) -> EvalResult:
         self.setup()
@@ -161,7 +179,7 @@ class TableEvaluator:
 
     metrics = ("val_acc", "test_acc", "c10_test", "c100_test", "in16_test", "latency_ms", "flops", "params")
 
-    def setup(self, progress=None) -> None:
+    def setup(self, progress=None, supernet_state=None) -> None:
         pass
 
     def evaluate(self, genome: Genome, seed: int = 0) -> EvalResult:

@@ -58,7 +58,8 @@ def _cmd_space(args) -> int:
 
 
 def _flags(args) -> dict:
-    return {"optimizer": args.optimizer, "budget": args.budget, "workers": args.workers, "seed": args.seed}
+    return {"optimizer": args.optimizer, "budget": args.budget, "workers": args.workers, "seed": args.seed,
+            "address": args.address, "runner": args.runner}
 
 
 def _cmd_run(args) -> int:
@@ -85,7 +86,9 @@ def _cmd_show(args) -> int:
 def _run_flags(s: argparse.ArgumentParser) -> None:
     s.add_argument("--optimizer", help="optimizer name (default: the file's, else random)")
     s.add_argument("--budget", type=int, help="number of complete trials")
-    s.add_argument("--workers", type=int, help="evaluator workers (0: in-process)")
+    s.add_argument("--workers", type=int, help="evaluator workers on Ray (0: in-process; default: all cores)")
+    s.add_argument("--address", help="use the Ray cluster at HOST:PORT (default: RAY_ADDRESS, else embedded local Ray)")
+    s.add_argument("--runner", choices=["loop", "tune"], help="loop: archsearch's own (default); tune: Ray Tune with the optimiser as Searcher")
     s.add_argument("--seed", type=int, help="seed of the whole run")
     s.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config field (dotted keys; a bare unknown key is an optimizer option)")

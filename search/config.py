@@ -91,6 +91,12 @@ class LatencyCfg(_M):
     threads: int | None = Field(None, ge=1)
 
 
+class RayCfg(_M):
+    cpus_per_worker: float | None = Field(None, gt=0, description="default: the CPUs divided among the workers")
+    max_retries: int = Field(2, ge=0, description="retries of a trial whose worker process died")
+    object_store_memory: int | None = Field(None, ge=78_643_200, description="bytes, embedded Ray only")
+
+
 class OptimizerCfg(_M):
     name: str = "random"
     options: dict[str, Any] = Field(default_factory=dict)
@@ -105,7 +111,10 @@ class RunCfg(_M):
     optimizer: OptimizerCfg = OptimizerCfg()
     budget: int = Field(20, ge=1)
     seed: int = Field(0, ge=0)
-    workers: int = Field(0, ge=0)
+    workers: int | None = Field(None, ge=0, description="evaluator workers on Ray; 0: in-process; default: all cores (train), 0 (table)")
+    address: str | None = Field(None, description="a Ray cluster (HOST:PORT); default RAY_ADDRESS, else embedded local Ray")
+    runner: Literal["loop", "tune"] = "loop"
+    ray: RayCfg = RayCfg()
     max_failures: int | None = Field(None, ge=0)
     objectives: list[Objective] = Field(default_factory=lambda: [Objective(metric="val_acc")], min_length=1)
     constraints: list[Constraint] = Field(default_factory=list)

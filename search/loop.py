@@ -114,6 +114,7 @@ class Run:
 
     def __init__(self, run_dir: Path, cfg: RunCfg, space: Space, file: str | None):
         self.dir, self.cfg, self.space, self.file = Path(run_dir), cfg, space, file
+        self.executor = None  # while executing: where evaluations run
         self.evaluator = make_evaluator(cfg, space, file)
         check_metrics(cfg, self.evaluator, file)
         opt_cls = optimizer_class(cfg.optimizer.name, file)
@@ -121,8 +122,16 @@ class Run:
         opt_cls.check_space(space, file)
         opt_cls.check_options(space, self.opt_options, file)
         self.opt_cls = opt_cls
-        if cfg.workers > 1:
-            raise ConfigError(file, "workers", "parallel workers need the Ray executor, which is not in this build; use 0 (in-process)")
+        if cfg.runner == "tune" and cfg.evaluator.kind != "train":
+            raise ConfigError(file, "runner", "the tune runner fine-tunes candidates; it needs evaluator.kind train")
+
+    def workers(self) -> int | None:
+        """0 (in-process), N, or None (one per core on Ray)."""
+        if self.cfg.workers is not None:
+            return self.cfg.workers
+        if self.cfg.evaluator.kind == "table" or (os.cpu_count() or 1) == 1 and not self.cfg.address:
+            return 0  # look-ups gain nothing from workers
+        return None
 
     @classmethod
     def create(cls, config: str, out: str | None, sets: list[str], flags: dict[str, Any]) -> "Run":
@@ -168,23 +177,35 @@ class Run:
         if records:
             log.info("resuming %s: %d complete trials of %d", self.dir, n_done, cfg.budget)
         log.info("setup %.1f s; searching %s with %s, budget %d", time.time() - t_setup, space.name, opt.name, cfg.budget)
+        from evaluators.executor import make_executor
+
+        ex = self.executor = make_executor(self.evaluator, self.workers(), cfg.address, **cfg.ray.model_dump())
         bar = Progress(cfg.budget, n_done, progress)
         t0 = time.time()
+        in_flight: dict[str, dict] = {}
+        exhausted = False
         try:
-            while n_done < cfg.budget:
-                genome = opt.ask()
-                if genome is None:
-                    log.info("optimizer %s has nothing more to ask", opt.name)
-                    break
-                gid = space.genome_id(genome)
-                if gid in done_ids:  # never evaluate a genome twice
-                    repeats += 1
-                    if repeats > 1000:
-                        log.warning("optimizer %s keeps proposing evaluated genomes; stopping", opt.name)
+            while True:
+                while not exhausted and len(in_flight) < ex.slots and n_done + len(in_flight) < cfg.budget:
+                    genome = opt.ask()
+                    if genome is None:
+                        log.info("optimizer %s has nothing more to ask", opt.name)
+                        exhausted = True
                         break
-                    continue
-                repeats = 0
-                res = self.evaluator.evaluate(genome, trial_seed(cfg.seed, gid))
+                    gid = space.genome_id(genome)
+                    if gid in done_ids or gid in in_flight:  # never evaluate a genome twice
+                        repeats += 1
+                        if repeats > 1000:
+                            log.warning("optimizer %s keeps proposing evaluated genomes; stopping", opt.name)
+                            exhausted = True
+                        continue
+                    repeats = 0
+                    in_flight[gid] = genome
+                    ex.submit(gid, genome, trial_seed(cfg.seed, gid))
+                if not in_flight:
+                    break
+                gid, res = ex.next_result()
+                genome = in_flight.pop(gid)
                 if res.state_dict is not None:
                     wdir = self.dir / "trials"
                     wdir.mkdir(exist_ok=True)
@@ -206,9 +227,11 @@ class Run:
                 bar.update(n_done, text)
         finally:
             bar.close()
+            ex.close()
             self.write_outputs(store.records() if records else records, signs)
             opt.finish(self.dir)
-        log.info("done: %d complete trials, %d failed, %.1f s searching", n_done, failures, time.time() - t0)
+        log.info("done: %d complete trials, %d failed, %.1f s searching (%s, %d worker%s)", n_done, failures,
+                 time.time() - t0, ex.kind, ex.slots, "" if ex.slots == 1 else "s")
         return 0
 
     def write_outputs(self, records: list[TrialRecord], signs: list[float]) -> None:

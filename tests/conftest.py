@@ -32,11 +32,30 @@ def cache_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("archsearch-cache")
 
 
+@pytest.fixture(scope="session")
+def ray_session():
+    """One embedded Ray for the tests that need it (address="local": never a cluster that
+    RAY_ADDRESS names), stopped at the end; yields its address for `search --address`."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             object_store_memory=200 * 1024**2)
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+
+
 def run_cli(*args, timeout=600, **kw):
+    """`search ARGS` in a subprocess. Runs evaluate in-process (`--workers 0`) unless the test
+    names workers or a Ray address: only the Ray tests pay for starting Ray."""
     import subprocess
     import sys
 
-    return subprocess.run([sys.executable, "-m", "search.cli", *map(str, args)], cwd=ROOT,
+    args = [str(a) for a in args]
+    if args and args[0] in ("run", "resume") and not {"--workers", "--address"} & set(args):
+        args += ["--workers", "0"]
+    return subprocess.run([sys.executable, "-m", "search.cli", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout, **kw)
 
 

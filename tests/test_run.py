@@ -60,7 +60,7 @@ def test_sigkill_then_resume_finishes_budget_without_duplicates(tmp_path, cache_
     out = tmp_path / "run"
     budget = 7
     cmd = [sys.executable, "-m", "search.cli", "run", str(TINY), "--out", str(out), "--budget", str(budget),
-           "--no-progress", "--set", f"cache={cache_dir}", "--set", "evaluator.finetune.steps=40"]
+           "--no-progress", "--workers", "0", "--set", f"cache={cache_dir}", "--set", "evaluator.finetune.steps=40"]
     p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while len(_complete(out)) < 3 and time.time() < deadline and p.poll() is None:

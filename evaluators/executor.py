@@ -1,0 +1,213 @@
+"""Where evaluations run: in this process (serial, for debugging: `--workers 0`), or on
+persistent Ray actors that load the data and the supernet once and then evaluate many genomes.
+
+Ray is embedded by default (`ray.init(address="local")`, started and stopped here); with an
+address (`--address HOST:PORT` or `RAY_ADDRESS`) the actors run on that cluster instead, which
+is left running. A worker process that dies mid-evaluation costs a retry on another worker
+(bounded); a candidate that fails by itself comes back as a failed result and is not retried."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Job:
+    key: str
+    genome: dict
+    seed: int
+    attempts: int = 0
+
+
+class InProcess:
+    """Evaluate one genome at a time in this process."""
+
+    kind = "in-process"
+
+    def __init__(self, evaluator):
+        self.evaluator, self.slots, self._queue = evaluator, 1, []
+        self.startup_s = 0.0
+
+    def submit(self, key: str, genome: dict, seed: int) -> None:
+        self._queue.append(Job(key, genome, seed))
+
+    def pending(self) -> int:
+        return len(self._queue)
+
+    def next_result(self):
+        job = self._queue.pop(0)
+        res = self.evaluator.evaluate(job.genome, job.seed)
+        res.node = res.node or socket.gethostname()
+        return job.key, res
+
+    def close(self) -> None:
+        pass
+
+
+def node_label() -> str:
+    """`host/node-id` of the Ray node this runs on (or just the host outside Ray)."""
+    host = socket.gethostname()
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return f"{host}/{ray.get_runtime_context().get_node_id()[:12]}"
+    except Exception:  # noqa: BLE001 - a label is never worth failing a trial for
+        pass
+    return host
+
+
+class EvaluatorActor:
+    """A persistent evaluator: data and supernet loaded once, many genomes evaluated."""
+
+    def __init__(self, refs: list, threads: int):
+        import ray
+        import torch
+
+        torch.set_num_threads(max(1, int(threads)))
+        # the evaluator and the weights come as references inside a list, fetched here, so that a
+        # restarted actor fetches them again (the driver keeps them alive)
+        evaluator, supernet_state = ray.get(refs)
+        self.evaluator = evaluator
+        self.evaluator.setup(supernet_state=supernet_state)
+        self.node = node_label()
+
+    def evaluate(self, genome: dict, seed: int):
+        res = self.evaluator.evaluate(genome, seed)
+        res.node = self.node
+        return res
+
+    def info(self) -> dict:
+        import torch
+
+        return {"pid": os.getpid(), "node": self.node, "threads": torch.get_num_threads()}
+
+
+class RayExecutor:
+    """`workers` persistent evaluator actors on embedded local Ray or a cluster."""
+
+    kind = "ray"
+
+    def __init__(self, evaluator, workers: int | None, address: str | None = None,
+                 cpus_per_worker: float | None = None, max_retries: int = 2,
+                 object_store_memory: int | None = None):
+        import ray
+
+        t0 = time.time()
+        self.ray, self.max_retries, self.started_here = ray, max_retries, False
+        address = address or os.environ.get("RAY_ADDRESS") or None
+        if ray.is_initialized():
+            log.info("using the Ray session already connected")
+        elif address:
+            log.info("connecting to the Ray cluster at %s", address)
+            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+        else:
+            cpus = os.cpu_count() or 1
+            log.info("starting embedded Ray (%d CPUs)", cpus)
+            ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False,
+                     logging_level=logging.WARNING, object_store_memory=object_store_memory)
+            self.started_here = True
+        total = int(ray.cluster_resources().get("CPU", 1))
+        if workers is None:  # all cores
+            cpw = cpus_per_worker or 1
+            workers = max(1, int(total // cpw))
+        cpw = cpus_per_worker or max(1, total // max(1, workers))
+        self.cpus_per_worker = cpw
+        state = evaluator.supernet_state() if hasattr(evaluator, "supernet_state") else None
+        blank = evaluator.detached() if hasattr(evaluator, "detached") else evaluator
+        self._refs = [ray.put(blank), ray.put(state)]  # alive as long as the executor
+        # no Ray restarts: a dead worker is replaced here, so retries stay bounded and visible
+        self._actor_cls = ray.remote(EvaluatorActor).options(
+            num_cpus=cpw, max_restarts=0, max_task_retries=0, scheduling_strategy="SPREAD")
+        self.actors = [self._new_actor() for _ in range(workers)]
+        self.replaced = 0
+        infos = ray.get([a.info.remote() for a in self.actors])  # fail here, not mid-run
+        self.pids: list[int | None] = [i["pid"] for i in infos]
+        self.slots = workers
+        self.idle = list(range(workers))
+        self.running: dict = {}  # ObjectRef -> (actor index, Job)
+        self.startup_s = time.time() - t0
+        log.info("%d Ray evaluator workers (%g CPU each, torch threads %s) on %d node(s), ready in %.1f s",
+                 workers, cpw, sorted({i["threads"] for i in infos}), len({i["node"] for i in infos}), self.startup_s)
+
+    def _new_actor(self):
+        return self._actor_cls.remote(self._refs, max(1, int(self.cpus_per_worker)))
+
+    def actor_pids(self) -> list[int]:
+        return [i["pid"] for i in self.ray.get([a.info.remote() for a in self.actors])]
+
+    def _dispatch(self, job: Job, avoid: int | None = None) -> None:
+        order = [i for i in self.idle if i != avoid] or self.idle
+        idx = order[0]
+        self.idle.remove(idx)
+        ref = self.actors[idx].evaluate.remote(job.genome, job.seed)
+        self.running[ref] = (idx, job)
+
+    def submit(self, key: str, genome: dict, seed: int) -> None:
+        if not self.idle:
+            raise RuntimeError("no idle worker: wait for a result before submitting")
+        self._dispatch(Job(key, genome, seed))
+
+    def pending(self) -> int:
+        return len(self.running)
+
+    def next_result(self):
+        """Block until one evaluation finishes; retries those whose worker died."""
+        from evaluators.evaluator import EvalResult
+
+        ray = self.ray
+        while True:
+            ready, _ = ray.wait(list(self.running), num_returns=1)
+            ref = ready[0]
+            idx, job = self.running.pop(ref)
+            try:
+                res = ray.get(ref)
+            except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
+                    ray.exceptions.ObjectLostError) as e:
+                job.attempts += 1
+                why = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+                self.actors[idx] = self._new_actor()  # a fresh worker takes the dead one's place
+                self.pids[idx] = None
+                self.replaced += 1
+                self.idle.append(idx)
+                if job.attempts <= self.max_retries:
+                    log.warning("worker %d died evaluating %s (%s); retry %d/%d on another worker",
+                                idx, job.key, why, job.attempts, self.max_retries)
+                    self._dispatch(job, avoid=idx)
+                    continue
+                return job.key, EvalResult(job.key, "failed", {}, reason=f"worker died {job.attempts} times: {why}")
+            self.idle.append(idx)
+            return job.key, res
+
+    def close(self) -> None:
+        ray = self.ray
+        for a in self.actors:
+            try:
+                ray.kill(a)
+            except Exception:  # noqa: BLE001
+                pass
+        self.actors = []
+        if self.started_here:  # only what this run started; a cluster given by address stays up
+            ray.shutdown()
+
+
+def make_executor(evaluator, workers: int | None, address: str | None = None, **ray_options):
+    """In-process for `workers == 0`, Ray otherwise (None: one worker per core)."""
+    if workers == 0:
+        return InProcess(evaluator)
+    return RayExecutor(evaluator, workers, address, **ray_options)
+
+
+def detached_copy(obj, heavy: tuple[str, ...]):
+    """A shallow copy without the heavy attributes (data, supernet) to ship to a worker."""
+    c = copy.copy(obj)
+    for name in heavy:
+        setattr(c, name, None)
+    return c

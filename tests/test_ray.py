@@ -1,0 +1,133 @@
+"""Ray evaluators: persistent actors on the session's embedded Ray, a real two-node cluster on
+loopback, a worker process killed mid-run. Nothing here runs `ray stop`: every Ray process a
+test starts is stopped by its own PID (process group)."""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from search.loop import Run
+from search.store import STUDY_NAME, open_storage
+from tests.conftest import ROOT, TINY, run_cli
+
+pytestmark = pytest.mark.slow
+
+
+def _trials(out):
+    study = optuna.load_study(study_name=STUDY_NAME, storage=open_storage(out, None))
+    return study.get_trials(deepcopy=False)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_run_on_ray_by_address_records_nodes(tmp_path, cache_dir, ray_session):
+    out = tmp_path / "run"
+    r = run_cli("run", TINY, "--address", ray_session, "--workers", 2, "--budget", 6, "--out", out,
+                "--no-progress", "--set", f"cache={cache_dir}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "2 Ray evaluator workers" in r.stderr
+    done = [t for t in _trials(out) if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == 6
+    assert all("/" in t.user_attrs["node"] for t in done)  # host/node-id of the Ray node
+
+
+def test_killed_worker_is_retried_and_the_run_completes(tmp_path, cache_dir, ray_session):
+    budget = 6
+    run = Run.create(str(TINY), str(tmp_path / "run"), [f"cache={cache_dir}", "evaluator.finetune.steps=60"],
+                     {"workers": 2, "budget": budget})
+    result = {}
+    th = threading.Thread(target=lambda: result.setdefault("rc", run.execute(progress=False)))
+    th.start()
+    killed = None
+    deadline = time.time() + 300
+    while killed is None and time.time() < deadline and th.is_alive():
+        ex = run.executor
+        if ex is not None and getattr(ex, "running", None):
+            time.sleep(0.3)  # mid-evaluation
+            busy = {idx for idx, _ in list(ex.running.values())}
+            if busy:
+                idx = sorted(busy)[0]
+                pid = ex.pids[idx]
+                os.kill(pid, signal.SIGKILL)
+                killed = pid
+        time.sleep(0.05)
+    th.join(600)
+    assert killed is not None, "never saw an evaluation running"
+    assert result.get("rc") == 0
+    assert run.executor.replaced >= 1
+    done = [t for t in _trials(run.dir) if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == budget
+
+
+def _start_node(args, log):
+    return subprocess.Popen([str(Path(sys.executable).with_name("ray")), "start", "--block", *args],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _stop(p):
+    """Stop one node: its own process group, by PID (never `ray stop`)."""
+    if p.poll() is None:
+        os.killpg(p.pid, signal.SIGTERM)
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
+
+def test_two_node_loopback_cluster(tmp_path, cache_dir):
+    port = _free_port()
+    tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # short: Ray's socket paths are limited
+    common = ["--num-cpus=1", "--memory=2000000000", "--object-store-memory=150000000",
+              "--node-ip-address=127.0.0.1", "--disable-usage-stats"]
+    log = open(tmp_path / "ray.log", "w")
+    head = _start_node(["--head", f"--port={port}", f"--temp-dir={tmp}", "--include-dashboard=false",
+                        *common], log)
+    worker = None
+    try:
+        addr = f"127.0.0.1:{port}"
+        deadline = time.time() + 120
+        while time.time() < deadline:  # the head is up when its GCS answers
+            try:
+                socket.create_connection(("127.0.0.1", port), 1).close()
+                break
+            except OSError:
+                time.sleep(0.5)
+        worker = _start_node([f"--address={addr}", *common], log)
+        env = {**os.environ, "RAY_ADDRESS": ""}
+        # wait for both nodes
+        probe = ("import ray, sys, time; ray.init(address=sys.argv[1], log_to_driver=False)\n"
+                 "t = time.time()\n"
+                 "while len([n for n in ray.nodes() if n['Alive']]) < 2 and time.time() - t < 120: time.sleep(1)\n"
+                 "print(len([n for n in ray.nodes() if n['Alive']]))")
+        n = subprocess.run([sys.executable, "-c", probe, addr], capture_output=True, text=True, timeout=200, env=env)
+        assert n.stdout.strip().endswith("2"), (n.stdout, n.stderr[-2000:], (tmp_path / "ray.log").read_text()[-2000:])
+        out = tmp_path / "run"
+        r = run_cli("run", TINY, "--address", addr, "--workers", 2, "--budget", 6, "--out", out,
+                    "--no-progress", "--set", f"cache={cache_dir}", "--set", "evaluator.finetune.steps=30", env=env)
+        assert r.returncode == 0, r.stderr[-3000:]
+        done = [t for t in _trials(out) if t.state == optuna.trial.TrialState.COMPLETE]
+        assert len(done) == 6
+        nodes = {t.user_attrs["node"] for t in done}
+        assert len(nodes) == 2, nodes  # trials from both nodes
+        assert "on 2 node(s)" in r.stderr
+    finally:
+        for p in (worker, head):
+            if p is not None:
+                _stop(p)
+        log.close()
+        shutil.rmtree(tmp, ignore_errors=True)
