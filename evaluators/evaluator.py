@@ -113,7 +113,10 @@ class TrainEvaluator:
         c.space = self.base_space
         return c
 
-    def evaluate(self, genome: Genome, seed: int = 0) -> EvalResult:
+    def evaluate(self, genome: Genome, seed: int = 0, report=None) -> EvalResult:
+        """Inherit, fine-tune, score. `report(metrics)`, if given, hears the validation metrics
+        after every fine-tuning epoch but the last (with cost and latency, which do not change),
+        so a scheduler such as ASHA can stop the candidate early."""
         self.setup()
         gid = self.space.genome_id(genome)
         t0 = time.time()
@@ -122,20 +125,26 @@ class TrainEvaluator:
             model = self.space.build(genome, self.supernet)
             recalibrate_bn(model, self.data.train[0], arch.resolution)
             inherited, _ = evaluate(model, self.data.val, arch.resolution)
+            m: dict[str, Any] = {"inherited_val_acc": inherited, **self.space.cost(genome),
+                                 "model_bits": model_bits(model, arch.quant), "resolution": arch.resolution}
+            if self.latency is not None:  # latency does not depend on the weights' values
+                m.update(self.latency.measure(model, arch.resolution))
+            on_epoch = None
+            if report is not None:
+                def on_epoch(epoch, net):
+                    acc, loss = evaluate(net, self.data.val, arch.resolution)
+                    net.train()
+                    report({**m, "val_acc": acc, "val_loss": loss, "epoch": epoch})
             t1 = time.time()
-            fine_tune(model, self.data, arch.resolution, self.finetune, seed, arch.quant)
+            fine_tune(model, self.data, arch.resolution, self.finetune, seed, arch.quant, on_epoch=on_epoch,
+                      skip_last_epoch_callback=True)
             train_time = time.time() - t1
             val_acc, val_loss = evaluate(model, self.data.val, arch.resolution)
             test_acc, test_loss = evaluate(model, self.data.test, arch.resolution)
             if not all(math.isfinite(v) for v in (val_loss, test_loss)):
                 raise FloatingPointError(f"non-finite loss (val {val_loss}, test {test_loss})")
-            cost = self.space.cost(genome)
-            m: dict[str, Any] = {"val_acc": val_acc, "val_loss": val_loss, "test_acc": test_acc,
-                                 "test_loss": test_loss, "inherited_val_acc": inherited, **cost,
-                                 "model_bits": model_bits(model, arch.quant), "train_time_s": train_time,
-                                 "resolution": arch.resolution}
-            if self.latency is not None:
-                m.update(self.latency.measure(model, arch.resolution))
+            m.update({"val_acc": val_acc, "val_loss": val_loss, "test_acc": test_acc, "test_loss": test_loss,
+                      "train_time_s": train_time})
             m["wall_time_s"] = time.time() - t0
             state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             return EvalResult(gid, "complete", m, state_dict=state)

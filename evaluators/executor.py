@@ -90,6 +90,26 @@ class EvaluatorActor:
         return {"pid": os.getpid(), "node": self.node, "threads": torch.get_num_threads()}
 
 
+def connect_ray(address: str | None = None, object_store_memory: int | None = None) -> bool:
+    """Join the session already connected, the cluster at `address` (or RAY_ADDRESS), or start
+    embedded local Ray (`address="local"`). True if this call started Ray (and must stop it)."""
+    import ray
+
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if ray.is_initialized():
+        log.info("using the Ray session already connected")
+        return False
+    if address:
+        log.info("connecting to the Ray cluster at %s", address)
+        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+        return False
+    cpus = os.cpu_count() or 1
+    log.info("starting embedded Ray (%d CPUs)", cpus)
+    ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False,
+             logging_level=logging.WARNING, object_store_memory=object_store_memory)
+    return True
+
+
 class RayExecutor:
     """`workers` persistent evaluator actors on embedded local Ray or a cluster."""
 
@@ -101,19 +121,8 @@ class RayExecutor:
         import ray
 
         t0 = time.time()
-        self.ray, self.max_retries, self.started_here = ray, max_retries, False
-        address = address or os.environ.get("RAY_ADDRESS") or None
-        if ray.is_initialized():
-            log.info("using the Ray session already connected")
-        elif address:
-            log.info("connecting to the Ray cluster at %s", address)
-            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
-        else:
-            cpus = os.cpu_count() or 1
-            log.info("starting embedded Ray (%d CPUs)", cpus)
-            ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False,
-                     logging_level=logging.WARNING, object_store_memory=object_store_memory)
-            self.started_here = True
+        self.ray, self.max_retries = ray, max_retries
+        self.started_here = connect_ray(address, object_store_memory)
         total = int(ray.cluster_resources().get("CPU", 1))
         if workers is None:  # all cores
             cpw = cpus_per_worker or 1

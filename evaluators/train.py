@@ -194,7 +194,7 @@ def evaluate(model: nn.Module, split: tuple[torch.Tensor, torch.Tensor], resolut
 
 
 def fine_tune(model: nn.Module, data: Splits, resolution: int, recipe: TrainRecipe, seed: int,
-              quant: dict[str, str] | None = None, on_epoch=None) -> dict:
+              quant: dict[str, str] | None = None, on_epoch=None, skip_last_epoch_callback: bool = False) -> dict:
     """Fine-tune in place. Convs with a weight set train through a straight-through estimator
     and end exactly on their set. Raises FloatingPointError on a NaN loss."""
     torch.manual_seed(seed)
@@ -222,7 +222,7 @@ def fine_tune(model: nn.Module, data: Splits, resolution: int, recipe: TrainReci
                 m.weight.copy_(w)  # straight-through: the gradient of the quantised weight
         opt.step()
         last = loss.item()
-        if on_epoch and (step + 1) % per_epoch == 0:
+        if on_epoch and (step + 1) % per_epoch == 0 and not (skip_last_epoch_callback and step + 1 >= total):
             on_epoch((step + 1) // per_epoch, model)
     for m, ws in qconvs:
         quantize_(m.weight, ws)

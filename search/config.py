@@ -97,6 +97,12 @@ class RayCfg(_M):
     object_store_memory: int | None = Field(None, ge=78_643_200, description="bytes, embedded Ray only")
 
 
+class TuneCfg(_M):
+    scheduler: Literal["asha", "fifo"] = "asha"
+    grace_period: int = Field(1, ge=1, description="epochs every candidate gets before ASHA may stop it")
+    reduction_factor: float = Field(3.0, gt=1)
+
+
 class OptimizerCfg(_M):
     name: str = "random"
     options: dict[str, Any] = Field(default_factory=dict)
@@ -115,6 +121,7 @@ class RunCfg(_M):
     address: str | None = Field(None, description="a Ray cluster (HOST:PORT); default RAY_ADDRESS, else embedded local Ray")
     runner: Literal["loop", "tune"] = "loop"
     ray: RayCfg = RayCfg()
+    tune: TuneCfg = TuneCfg()
     max_failures: int | None = Field(None, ge=0)
     objectives: list[Objective] = Field(default_factory=lambda: [Objective(metric="val_acc")], min_length=1)
     constraints: list[Constraint] = Field(default_factory=list)

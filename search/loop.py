@@ -177,6 +177,8 @@ class Run:
         if records:
             log.info("resuming %s: %d complete trials of %d", self.dir, n_done, cfg.budget)
         log.info("setup %.1f s; searching %s with %s, budget %d", time.time() - t_setup, space.name, opt.name, cfg.budget)
+        if cfg.runner == "tune":
+            return self._execute_tune(opt, store, records, signs, n_done, progress)
         from evaluators.executor import make_executor
 
         ex = self.executor = make_executor(self.evaluator, self.workers(), cfg.address, **cfg.ray.model_dump())
@@ -232,6 +234,28 @@ class Run:
             opt.finish(self.dir)
         log.info("done: %d complete trials, %d failed, %.1f s searching (%s, %d worker%s)", n_done, failures,
                  time.time() - t0, ex.kind, ex.slots, "" if ex.slots == 1 else "s")
+        return 0
+
+    def _execute_tune(self, opt, store, records, signs, n_done, progress) -> int:
+        from search.tune_search import run_tune
+
+        cfg = self.cfg
+        bar = Progress(cfg.budget, n_done, progress)
+        count = {"done": n_done}
+
+        def on_trial(rec):
+            count["done"] += rec.complete
+            b = best(records, signs)
+            bar.update(count["done"], f"best {cfg.objectives[0].metric} {b.values[0]:.4g}" if b else "no complete trial yet")
+
+        t0 = time.time()
+        try:
+            done, failed = run_tune(self, opt, store, records, on_trial)
+        finally:
+            bar.close()
+            self.write_outputs(store.records(), signs)
+            opt.finish(self.dir)
+        log.info("done (Ray Tune): %d complete trials, %d failed, %.1f s searching", done, failed, time.time() - t0)
         return 0
 
     def write_outputs(self, records: list[TrialRecord], signs: list[float]) -> None:

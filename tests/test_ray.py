@@ -131,3 +131,52 @@ def test_two_node_loopback_cluster(tmp_path, cache_dir):
                 _stop(p)
         log.close()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_tune_runner_with_asha(tmp_path, cache_dir, ray_session):
+    out = tmp_path / "run"
+    r = run_cli("run", TINY, "--runner", "tune", "--address", ray_session, "--workers", 2, "--budget", 8,
+                "--out", out, "--no-progress", "--set", f"cache={cache_dir}", "--set", "evaluator.finetune.steps=null",
+                "--set", "evaluator.finetune.epochs=3")
+    assert r.returncode == 0, r.stderr[-3000:]
+    done = [t for t in _trials(out) if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == 8 and len({t.user_attrs["genome_id"] for t in done}) == 8
+    early = [t for t in done if t.user_attrs["metrics"].get("stopped_early")]
+    full = [t for t in done if not t.user_attrs["metrics"].get("stopped_early")]
+    assert early and full, "ASHA should stop some candidates and let others finish"
+    assert all(t.user_attrs["metrics"]["epoch"] < 3 for t in early)
+    assert all("test_acc" in t.user_attrs["metrics"] for t in full)
+    assert all((out / "trials" / f"{t.user_attrs['genome_id']}.pt").exists() for t in full)
+
+
+@pytest.mark.parametrize("name", ["random", "ga", "aging", "optuna"])
+def test_every_optimizer_is_a_tune_searcher(name, ray_session):
+    from ray import tune
+
+    from evaluators.evaluator import TableEvaluator
+    from search.config import Objective
+    from search.optimizers import OPTIMIZERS
+    from search.tune_search import OptimizerSearcher
+    from spaces import load_space
+    from tests.conftest import NB201_CSV, space_path
+
+    if not NB201_CSV.exists():
+        pytest.skip("no NB201 table")
+    space = load_space(space_path("nb201"))
+    ev = TableEvaluator(space, str(NB201_CSV))
+    cls = OPTIMIZERS[name]
+    opt = cls(space, [Objective(metric="c10_test")], [], 0,
+              cls.Options(**({"population_size": 6} if name in ("ga", "aging") else {})))
+    searcher = OptimizerSearcher(opt, budget=24)
+
+    def lookup(config):
+        res = ev.evaluate(space.from_json(config["genome"]))
+        tune.report(res.metrics)
+
+    tuner = tune.Tuner(lookup, tune_config=tune.TuneConfig(search_alg=searcher, num_samples=-1, max_concurrent_trials=2,
+                                                           reuse_actors=True),
+                       run_config=tune.RunConfig(verbose=0, storage_path=str(Path(tempfile.mkdtemp()))))
+    results = tuner.fit()
+    assert searcher.n_done == 24 and len(opt.history) == 24
+    assert len({r.genome_id for r in opt.history}) == 24
+    assert len(results) == 24
