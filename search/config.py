@@ -76,9 +76,19 @@ class PretrainCfg(RecipeCfg):
     sandwich: int = Field(4, ge=1, description="sub-networks per batch: full, smallest, random ones")
 
 
+class CycleGANCfg(_M):
+    pretrain_steps: int = Field(1500, ge=1, description="steps of full-CycleGAN pre-training (cached)")
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(2e-4, gt=0)
+    cycle_lambda: float = Field(10.0, ge=0, description="cycle-consistency weight in pre-training")
+    cycle_weight: float = Field(1.0, ge=0, description="weight of the cycle loss in the fitness")
+    channel_weight: float = Field(0.1, ge=0, description="weight of the kept-channel fraction in the fitness")
+
+
 class EvaluatorCfg(_M):
-    kind: Literal["train", "table"] = "train"
+    kind: Literal["train", "table", "cyclegan"] = "train"
     finetune: RecipeCfg = RecipeCfg()
+    cyclegan: CycleGANCfg = CycleGANCfg()
     table: str = "../shared/data/nb201_merged.csv"
     dataset: str = "cifar10"
     device: str = "raspi4"

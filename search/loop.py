@@ -35,11 +35,17 @@ def make_evaluator(cfg: RunCfg, space: Space, file: str | None):
 
     if cfg.evaluator.kind == "table":
         return TableEvaluator(space, cfg.evaluator.table, cfg.evaluator.dataset, cfg.evaluator.device, file)
+    lat = make_latency(cfg.latency.provider, repeats=cfg.latency.repeats, warmup=cfg.latency.warmup,
+                       threads=cfg.latency.threads) if cfg.latency.provider != "none" else None
+    if cfg.evaluator.kind == "cyclegan":
+        from evaluators.cyclegan import CycleGANEvaluator
+
+        return CycleGANEvaluator(space, cfg.evaluator.cyclegan, cfg.seed, cfg.cache_dir(), lat, file)
+    if space.family.kind == "cyclegan":
+        raise ConfigError(file, "evaluator.kind", f"space {space.name!r} holds CycleGAN generators; use evaluator kind cyclegan")
     ft = TrainRecipe(**cfg.evaluator.finetune.model_dump())
     pt = cfg.pretrain.model_dump()
     sandwich = pt.pop("sandwich")
-    lat = make_latency(cfg.latency.provider, repeats=cfg.latency.repeats, warmup=cfg.latency.warmup,
-                       threads=cfg.latency.threads) if cfg.latency.provider != "none" else None
     return TrainEvaluator(space, cfg.dataset, ft, TrainRecipe(**pt), sandwich, cfg.seed, cfg.cache_dir(), lat, file)
 
 
@@ -122,14 +128,14 @@ class Run:
         opt_cls.check_space(space, file)
         opt_cls.check_options(space, self.opt_options, file)
         self.opt_cls = opt_cls
-        if cfg.runner == "tune" and cfg.evaluator.kind != "train":
+        if cfg.runner == "tune" and self.evaluator.kind != "train":
             raise ConfigError(file, "runner", "the tune runner fine-tunes candidates; it needs evaluator.kind train")
 
     def workers(self) -> int | None:
         """0 (in-process), N, or None (one per core on Ray)."""
         if self.cfg.workers is not None:
             return self.cfg.workers
-        if self.cfg.evaluator.kind == "table" or (os.cpu_count() or 1) == 1 and not self.cfg.address:
+        if self.cfg.evaluator.kind != "train" or (os.cpu_count() or 1) == 1 and not self.cfg.address:
             return 0  # look-ups gain nothing from workers
         return None
 
@@ -176,7 +182,9 @@ class Run:
         max_failures = cfg.max_failures if cfg.max_failures is not None else max(10, cfg.budget)
         if records:
             log.info("resuming %s: %d complete trials of %d", self.dir, n_done, cfg.budget)
-        log.info("setup %.1f s; searching %s with %s, budget %d", time.time() - t_setup, space.name, opt.name, cfg.budget)
+        setup_s = time.time() - t_setup
+        n_done0 = n_done
+        log.info("setup %.1f s; searching %s with %s, budget %d", setup_s, space.name, opt.name, cfg.budget)
         if cfg.runner == "tune":
             return self._execute_tune(opt, store, records, signs, n_done, progress)
         from evaluators.executor import make_executor
@@ -186,6 +194,7 @@ class Run:
         t0 = time.time()
         in_flight: dict[str, dict] = {}
         exhausted = False
+        t_last = t0
         try:
             while True:
                 while not exhausted and len(in_flight) < ex.slots and n_done + len(in_flight) < cfg.budget:
@@ -227,14 +236,32 @@ class Run:
                 b = best(records, signs)
                 text = f"best {cfg.objectives[0].metric} {b.values[0]:.4g}" if b else "no complete trial yet"
                 bar.update(n_done, text)
+                t_last = time.time()
         finally:
             bar.close()
+            t_fin = time.time()
             ex.close()
             self.write_outputs(store.records() if records else records, signs)
             opt.finish(self.dir)
+        t_search = t_last - t0
+        finish_s = time.time() - t_fin
+        self._write_timings({"runner": "loop", "executor": ex.kind, "workers": ex.slots, "setup_s": setup_s,
+                             "executor_startup_s": ex.startup_s, "search_s": t_search, "finish_s": finish_s,
+                             "trials": n_done - n_done0 + failures})
         log.info("done: %d complete trials, %d failed, %.1f s searching (%s, %d worker%s)", n_done, failures,
-                 time.time() - t0, ex.kind, ex.slots, "" if ex.slots == 1 else "s")
+                 t_search, ex.kind, ex.slots, "" if ex.slots == 1 else "s")
         return 0
+
+    def _write_timings(self, entry: dict) -> None:
+        """timings.json: one entry per session of this run (run, then each resume)."""
+        path = self.dir / "timings.json"
+        try:
+            sessions = json.loads(path.read_text()) if path.exists() else []
+        except json.JSONDecodeError:
+            sessions = []
+        sessions.append({"at": time.strftime("%Y-%m-%dT%H:%M:%S"), **{k: round(v, 3) if isinstance(v, float) else v
+                                                                      for k, v in entry.items()}})
+        path.write_text(json.dumps(sessions, indent=2))
 
     def _execute_tune(self, opt, store, records, signs, n_done, progress) -> int:
         from search.tune_search import run_tune

@@ -198,7 +198,8 @@ class Mask(Dimension):
         return dict(zip(self._keys(), value))
 
     def from_optuna(self, params):
-        return self.validate([int(params[k]) for k in self._keys()])
+        # the same repair as `suggest`, so a trial's params give back the genome it suggested
+        return self.validate(self._repair([int(params[k]) for k in self._keys()], None))
 
     def suggest(self, trial):
         return self._repair([trial.suggest_int(k, 0, 1) for k in self._keys()], None)

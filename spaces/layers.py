@@ -1,7 +1,7 @@
 """Layers that know which channel group they read and write, so one builder can slice any family.
 
 A group is a set of channels that must be pruned together (a layer's filters, or every filter
-tied by residual additions). The group names `input` and `classes` are fixed, never sliced.
+tied by residual additions). The group names `input`, `classes` and `image` (a generator's output) are fixed, never sliced.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-FIXED_GROUPS = ("input", "classes")
+FIXED_GROUPS = ("input", "classes", "image")
 
 
 class GConv2d(nn.Conv2d):

@@ -2,9 +2,10 @@
 
 from spaces.families.base import Arch, Family
 from spaces.families.cell import CellFamily
+from spaces.families.cyclegan import CycleGANFamily
 from spaces.families.mbconv import MBConvFamily
 from spaces.families.resnet import ResNetFamily
 
-FAMILIES: dict[str, type[Family]] = {f.kind: f for f in (MBConvFamily, ResNetFamily, CellFamily)}
+FAMILIES: dict[str, type[Family]] = {f.kind: f for f in (MBConvFamily, ResNetFamily, CellFamily, CycleGANFamily)}
 
 __all__ = ["Arch", "Family", "FAMILIES"]

@@ -161,6 +161,14 @@ class Family:
     def module(self, arch: Arch, supernet: bool = False) -> nn.Module:
         raise NotImplementedError
 
+    def costed_forward(self, model: nn.Module, x):
+        """The computation that `cost` counts (the forward pass for single networks)."""
+        return model(x)
+
+    def output_shape(self, arch: Arch) -> tuple[int, ...]:
+        """Shape of one output (without the batch): class logits for classifiers."""
+        return (arch.num_classes,)
+
     def cost(self, arch: Arch) -> tuple[int, int]:
         """(FLOPs, params) of the built module at batch 1, FLOPs counted as flop_counter does."""
         raise NotImplementedError
