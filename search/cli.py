@@ -83,6 +83,19 @@ def _cmd_show(args) -> int:
     return show(args.run_dir, top=args.top)
 
 
+def _cmd_report(args) -> int:
+    from search.report import write_report
+
+    print(write_report(args.run_dir))
+    return 0
+
+
+def _cmd_export(args) -> int:
+    from search.export import export
+
+    return export(args.run_dir, trial=args.trial, pareto=args.pareto, formats=args.format, out=args.out)
+
+
 def _run_flags(s: argparse.ArgumentParser) -> None:
     s.add_argument("--optimizer", help="optimizer name (default: the file's, else random)")
     s.add_argument("--budget", type=int, help="number of complete trials")
@@ -115,6 +128,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("run_dir")
     s.add_argument("--top", type=int, default=10, help="best trials to list")
     s.set_defaults(func=_cmd_show)
+
+    s = sub.add_parser("report", help="(re)build report.html and its PNGs for a run, also one still going")
+    s.add_argument("run_dir")
+    s.set_defaults(func=_cmd_report)
+
+    s = sub.add_parser("export", help="write sliced models of a run, checked against PyTorch")
+    s.add_argument("run_dir")
+    which = s.add_mutually_exclusive_group()
+    which.add_argument("--trial", type=int, help="the trial number to export (default: the best)")
+    which.add_argument("--pareto", action="store_true", help="every trial of the Pareto front")
+    s.add_argument("--format", action="append", choices=["onnx", "torchscript", "tvm"],
+                   help="repeatable (default: torchscript)")
+    s.add_argument("--out", help="folder (default RUN_DIR/export)")
+    s.set_defaults(func=_cmd_export)
 
     s = sub.add_parser("spaces", help="list the shipped spaces")
     s.set_defaults(func=_cmd_spaces)

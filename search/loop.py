@@ -51,7 +51,7 @@ def make_evaluator(cfg: RunCfg, space: Space, file: str | None):
 
 def check_metrics(cfg: RunCfg, evaluator, file: str | None) -> None:
     known = set(evaluator.metrics)
-    if cfg.latency.provider == "none":
+    if cfg.latency.provider == "none" and evaluator.kind != "table":  # the table has its own latencies
         known -= {"latency_ms", "latency_spread_ms"}
     for i, o in enumerate(cfg.objectives):
         if o.metric not in known:
@@ -171,6 +171,7 @@ class Run:
         t_setup = time.time()
         self.evaluator.setup(progress=_pretrain_progress(progress))
         space = self.evaluator.space  # with the dataset's classes
+        self._write_supernet_point(space)
         store = RunStore(self.dir, space, cfg.objectives, cfg.constraints, cfg.storage)
         opt = self.opt_cls(space, cfg.objectives, cfg.constraints, cfg.seed, self.opt_options)
         records = store.records()
@@ -243,6 +244,7 @@ class Run:
             ex.close()
             self.write_outputs(store.records() if records else records, signs)
             opt.finish(self.dir)
+            self.report()
         t_search = t_last - t0
         finish_s = time.time() - t_fin
         self._write_timings({"runner": "loop", "executor": ex.kind, "workers": ex.slots, "setup_s": setup_s,
@@ -251,6 +253,23 @@ class Run:
         log.info("done: %d complete trials, %d failed, %.1f s searching (%s, %d worker%s)", n_done, failures,
                  t_search, ex.kind, ex.slots, "" if ex.slots == 1 else "s")
         return 0
+
+    def _write_supernet_point(self, space) -> None:
+        """supernet.json: the full network's cost and pre-trained accuracy, for the report."""
+        info = getattr(self.evaluator, "supernet_info", {}) or {}
+        point = {**space.cost(space.full()), "genome_id": space.genome_id(space.full())}
+        if "full_val_acc" in info:
+            point["val_acc"] = info["full_val_acc"]
+        (self.dir / "supernet.json").write_text(json.dumps(point, indent=2))
+
+    def report(self) -> None:
+        """report.html and its PNGs; a failure here never fails the run."""
+        try:
+            from search.report import write_report
+
+            log.info("report: %s", write_report(self.dir))
+        except Exception as e:  # noqa: BLE001
+            log.warning("could not write the report: %s", e)
 
     def _write_timings(self, entry: dict) -> None:
         """timings.json: one entry per session of this run (run, then each resume)."""
@@ -282,6 +301,7 @@ class Run:
             bar.close()
             self.write_outputs(store.records(), signs)
             opt.finish(self.dir)
+            self.report()
         log.info("done (Ray Tune): %d complete trials, %d failed, %.1f s searching", done, failed, time.time() - t0)
         return 0
 

@@ -1,0 +1,63 @@
+"""Export a sliced PyTorch model to a deployable format and check it in that format's runtime:
+TorchScript (`torch.jit.load`), ONNX (onnxruntime), TVM (a compiled Relax library on the VM).
+Every export returns the largest absolute difference to PyTorch on sample inputs."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+EXT = {"torchscript": ".ts", "onnx": ".onnx", "tvm": ".so"}
+
+
+def _reference(model: nn.Module, x: torch.Tensor) -> np.ndarray:
+    with torch.no_grad():
+        return model(x).detach().numpy()
+
+
+def to_torchscript(model: nn.Module, x: torch.Tensor, path: Path) -> float:
+    with torch.no_grad():
+        ts = torch.jit.trace(model, x[:1])
+    ts.save(str(path))
+    loaded = torch.jit.load(str(path))
+    with torch.no_grad():
+        y = loaded(x).numpy()
+    return float(np.abs(y - _reference(model, x)).max())
+
+
+def to_onnx(model: nn.Module, x: torch.Tensor, path: Path) -> float:
+    import onnxruntime as ort
+
+    torch.onnx.export(model, (x[:1],), str(path), input_names=["input"], output_names=["output"],
+                      dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}}, dynamo=False)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    y = sess.run(None, {"input": x.numpy()})[0]
+    return float(np.abs(y - _reference(model, x)).max())
+
+
+def to_tvm(model: nn.Module, x: torch.Tensor, path: Path, target: str | None = None) -> float:
+    """Compile with TVM (Relax, via torch.export) for `target` (default: this host) and run the
+    library on the Relax VM. The kernels are TVM's defaults; tuning is kernels.tvm's business."""
+    from kernels.tvm_compile import compile_module, run_library
+
+    lib = compile_module(model, tuple(x[:1].shape), target)
+    lib.export_library(str(path))
+    y = run_library(path, x[:1].numpy())
+    ref = _reference(model, x[:1])
+    return float(np.abs(y - ref).max())
+
+
+EXPORTERS = {"torchscript": to_torchscript, "onnx": to_onnx, "tvm": to_tvm}
+
+
+def export_model(model: nn.Module, resolution: int, fmt: str, path: Path, seed: int = 0) -> float:
+    """Write `model` in `fmt` to `path`; the max abs difference to PyTorch on seeded inputs."""
+    model = model.eval()
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(4, 3, resolution, resolution, generator=g)
+    return EXPORTERS[fmt](model, x, path)

@@ -1,0 +1,236 @@
+"""`search report RUN_DIR`: report.html and its PNGs for any run, also one still going.
+
+- `front_latency.png`, `front_flops.png`: accuracy against latency and against FLOPs, every
+  complete trial, the Pareto front joined, the supernet (the full genome) marked;
+- `progress.png`: best-so-far of the first objective and the hypervolume of the first two
+  objectives over the trials;
+- `dimensions.png`: how the trials spread over each dimension of the space."""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+
+from spaces.dims import Choice, Mask, Scale
+from spaces.errors import ConfigError
+
+from search.config import load_run_config
+from search.hypervolume import hypervolume_2d
+from search.records import TrialRecord, best, dominates
+from search.store import load_records
+
+log = logging.getLogger(__name__)
+ACC_METRICS = ("val_acc", "test_acc", "c10_test", "fitness")
+
+
+def _accuracy_metric(cfg, records) -> tuple[str, float]:
+    """The metric the front plots put upward: the first maximised objective, else an accuracy."""
+    for o in cfg.objectives:
+        if o.direction == "maximize":
+            return o.metric, 1.0
+    for m in ACC_METRICS:
+        if any(m in r.metrics for r in records):
+            return m, 1.0
+    return cfg.objectives[0].metric, -1.0
+
+
+def _front2(points: list[tuple[float, float, TrialRecord]]) -> list[tuple[float, float, TrialRecord]]:
+    """Non-dominated points for (x down, y up), by x."""
+    out = [p for p in points if not any(dominates([q[1], q[0]], [p[1], p[0]], [1.0, -1.0]) for q in points)]
+    return sorted(out, key=lambda p: p[0])
+
+
+def _plot_front(path: Path, records, acc: str, x: str, xlabel: str, full_id: str, supernet: dict | None) -> bool:
+    import matplotlib.pyplot as plt
+
+    pts = [(float(r.metrics[x]), float(r.metrics[acc]), r) for r in records
+           if r.complete and x in r.metrics and acc in r.metrics and _finite(r.metrics[x], r.metrics[acc])]
+    if not pts:
+        return False
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=16, alpha=0.5, label="trials")
+    fr = _front2(pts)
+    ax.plot([p[0] for p in fr], [p[1] for p in fr], "r-o", ms=5, label=f"Pareto front ({len(fr)})")
+    full = [p for p in pts if p[2].genome_id == full_id]
+    if full:
+        ax.scatter([full[0][0]], [full[0][1]], marker="*", s=220, c="k", zorder=5, label="supernet (full genome)")
+    elif supernet and x in supernet and supernet.get(acc) is not None:
+        ax.scatter([supernet[x]], [supernet[acc]], marker="*", s=220, c="k", zorder=5, label="supernet (pre-trained)")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(acc)
+    if x == "flops":
+        ax.set_xscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def _finite(*vs) -> bool:
+    return all(isinstance(v, (int, float)) and math.isfinite(v) for v in vs)
+
+
+def hypervolume_curve(records: list[TrialRecord], signs: list[float]) -> tuple[list[float], list[float]]:
+    """Hypervolume of the first two objectives after each trial; the reference point is the
+    worst value of each objective over the whole run."""
+    done = [r for r in records if r.complete and r.values and len(r.values) >= 2]
+    if not done:
+        return [], []
+    ref = [min(s * r.values[i] for r in done) * s for i, s in enumerate(signs[:2])]
+    xs, hv, pts = [], [], []
+    for r in records:
+        if r.complete and r.values:
+            pts.append(r.values[:2])
+        xs.append(r.number)
+        hv.append(hypervolume_2d(pts, signs[:2], ref) if pts else 0.0)
+    return xs, hv
+
+
+def _plot_progress(path: Path, records, cfg, signs) -> None:
+    import matplotlib.pyplot as plt
+
+    two = len(cfg.objectives) >= 2
+    fig, axes = plt.subplots(1, 2 if two else 1, figsize=(11 if two else 6, 4))
+    axes = axes if two else [axes]
+    xs, ys, cur = [], [], None
+    for r in records:
+        if r.complete and r.values:
+            v = r.values[0]
+            cur = v if cur is None or signs[0] * v > signs[0] * cur else cur
+        if cur is not None:
+            xs.append(r.number)
+            ys.append(cur)
+    axes[0].step(xs, ys, where="post")
+    axes[0].set_xlabel("trial")
+    axes[0].set_ylabel(f"best {cfg.objectives[0].metric} so far")
+    axes[0].grid(alpha=0.3)
+    if two:
+        hx, hv = hypervolume_curve(records, signs)
+        axes[1].plot(hx, hv)
+        axes[1].set_xlabel("trial")
+        axes[1].set_ylabel(f"hypervolume ({cfg.objectives[0].metric} x {cfg.objectives[1].metric})")
+        axes[1].grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _plot_dimensions(path: Path, records, space, limit: int = 24) -> None:
+    import matplotlib.pyplot as plt
+
+    dims = list(space.dims.values())[:limit]
+    n = len(dims)
+    cols = min(4, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.4 * rows), squeeze=False)
+    done = [r for r in records if r.complete]
+    for ax, d in zip(axes.flat, dims):
+        vals = [r.genome[d.name] for r in done if d.name in r.genome]
+        if isinstance(d, Mask):
+            ax.hist([sum(v) / len(v) for v in vals], bins=10, range=(0, 1))
+            ax.set_xlabel("kept fraction", fontsize=7)
+        elif isinstance(d, Scale):
+            ax.hist([float(v) for v in vals], bins=10, range=(d.low, d.high))
+        elif isinstance(d, Choice):
+            opts = [str(o) for o in d.options]
+            ax.bar(range(len(opts)), [sum(str(v) == o for v in vals) for o in opts])
+            ax.set_xticks(range(len(opts)), opts, rotation=30, fontsize=6, ha="right")
+        ax.set_title(d.name, fontsize=8)
+        ax.tick_params(labelsize=6)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.suptitle(f"trials per dimension ({len(done)} complete)" + (f", first {limit} dimensions" if len(space.dims) > limit else ""),
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _supernet_point(run_dir: Path) -> dict | None:
+    p = run_dir / "supernet.json"
+    return json.loads(p.read_text()) if p.exists() else None
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """(Re)build report.html and the PNGs of a run folder; returns the HTML's path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from search.records import pareto_front
+
+    path = Path(run_dir)
+    if not (path / "config.yaml").exists():
+        raise ConfigError(str(path), None, "not a run folder (no config.yaml)")
+    cfg, space, _ = load_run_config(path / "config.yaml")
+    records = load_records(path, cfg.storage, space, cfg.objectives, cfg.constraints)
+    signs = [1.0 if o.direction == "maximize" else -1.0 for o in cfg.objectives]
+    acc, _ = _accuracy_metric(cfg, records)
+    full_id = space.genome_id(space.full())
+    sup = _supernet_point(path)
+    figs = []
+    if _plot_front(path / "front_latency.png", records, acc, "latency_ms", "latency (ms)", full_id, sup):
+        figs.append(("front_latency.png", f"{acc} against latency"))
+    if _plot_front(path / "front_flops.png", records, acc, "flops", "FLOPs", full_id, sup):
+        figs.append(("front_flops.png", f"{acc} against FLOPs"))
+    if records:
+        _plot_progress(path / "progress.png", records, cfg, signs)
+        figs.append(("progress.png", "best so far and hypervolume over trials"))
+        _plot_dimensions(path / "dimensions.png", records, space)
+        figs.append(("dimensions.png", "trials per dimension"))
+    front = pareto_front(records, signs)
+    b = best(records, signs)
+    n_ok = sum(r.complete for r in records)
+    metrics = [o.metric for o in cfg.objectives] + [m for m in ("val_acc", "test_acc", "latency_ms", "flops", "params", "model_bits")
+                                                    if m not in {o.metric for o in cfg.objectives}]
+    metrics = [m for m in metrics if any(m in r.metrics for r in front)]
+    timings = json.loads((path / "timings.json").read_text()) if (path / "timings.json").exists() else []
+    e = html.escape
+
+    def cell(v):
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        if isinstance(v, int) and abs(v) >= 10000:
+            return f"{v / 1e6:.3f} M"
+        return e(str(v))
+
+    rows = "".join("<tr><td>{}</td><td><code>{}</code></td>{}</tr>".format(
+        r.number, r.genome_id, "".join(f"<td>{cell(r.metrics.get(m, ''))}</td>" for m in metrics)) for r in front)
+    imgs = "".join(f'<figure><img src="{f}?t={int(time.time())}" alt="{e(c)}"><figcaption>{e(c)}</figcaption></figure>'
+                   for f, c in figs)
+    objs = ", ".join(f"{o.direction} {o.metric}" for o in cfg.objectives)
+    cons = ", ".join(f"{c.metric} in [{c.min if c.min is not None else '-inf'}, {c.max if c.max is not None else 'inf'}]"
+                     for c in cfg.constraints) or "none"
+    best_line = (f"trial {b.number} (<code>{b.genome_id}</code>): " + ", ".join(f"{m} {cell(b.metrics.get(m, ''))}" for m in metrics)
+                 if b else "no complete trial yet")
+    tim = "".join(f"<li>{e(t.get('at', ''))}: {e(t.get('executor', t.get('runner', '')))}, {t.get('workers', '')} worker(s), "
+                  f"set-up {t.get('setup_s', 0):.1f} s, start-up {t.get('executor_startup_s', 0):.1f} s, "
+                  f"search {t.get('search_s', 0):.1f} s, {t.get('trials', 0)} trials</li>" for t in timings)
+    page = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>archsearch run {e(path.name)}</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1200px}} table{{border-collapse:collapse;font-size:13px}}
+td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}} figure{{display:inline-block;margin:0 1em 1em 0}}
+img{{max-width:560px;border:1px solid #ddd}} code{{font-size:12px}}</style></head><body>
+<h1>Run {e(path.name)}</h1>
+<p>Space <b>{e(space.name)}</b> ({len(space.dims)} dimensions), optimiser <b>{e(cfg.optimizer.name)}</b>,
+evaluator <b>{e(cfg.evaluator.kind)}</b>, seed {cfg.seed}. Objectives: {e(objs)}. Constraints: {e(cons)}.</p>
+<p><b>{n_ok}</b> complete trials of a budget of {cfg.budget}, {len(records) - n_ok} failed.
+Best: {best_line}.</p>
+<p>Report written {time.strftime('%Y-%m-%d %H:%M:%S')}{' (run still going)' if n_ok < cfg.budget else ''}.</p>
+{imgs}
+<h2>Pareto front ({len(front)} trials)</h2>
+<table><tr><th>trial</th><th>genome id</th>{''.join(f'<th>{e(m)}</th>' for m in metrics)}</tr>{rows}</table>
+<h2>Sessions</h2><ul>{tim or '<li>no finished session yet</li>'}</ul>
+</body></html>
+"""
+    out = path / "report.html"
+    tmp = path / "report.html.tmp"
+    tmp.write_text(page)
+    os.replace(tmp, out)
+    return out
