@@ -202,8 +202,8 @@ def write_report(run_dir: str | Path) -> Path:
 
     rows = "".join("<tr><td>{}</td><td><code>{}</code></td>{}</tr>".format(
         r.number, r.genome_id, "".join(f"<td>{cell(r.metrics.get(m, ''))}</td>" for m in metrics)) for r in front)
-    imgs = "".join(f'<figure><img src="{f}?t={int(time.time())}" alt="{e(c)}"><figcaption>{e(c)}</figcaption></figure>'
-                   for f, c in figs)
+    imgs = "".join(f'<figure{" class=wide" if f == "dimensions.png" else ""}><img src="{f}?t={int(time.time())}" '
+                   f'alt="{e(c)}"><figcaption>{e(c)}</figcaption></figure>' for f, c in figs)
     objs = ", ".join(f"{o.direction} {o.metric}" for o in cfg.objectives)
     cons = ", ".join(f"{c.metric} in [{c.min if c.min is not None else '-inf'}, {c.max if c.max is not None else 'inf'}]"
                      for c in cfg.constraints) or "none"
@@ -216,7 +216,7 @@ def write_report(run_dir: str | Path) -> Path:
 <html><head><meta charset="utf-8"><title>archsearch run {e(path.name)}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1200px}} table{{border-collapse:collapse;font-size:13px}}
 td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}} figure{{display:inline-block;margin:0 1em 1em 0}}
-img{{max-width:560px;border:1px solid #ddd}} code{{font-size:12px}}</style></head><body>
+img{{max-width:560px;border:1px solid #ddd}} figure.wide{{display:block}} figure.wide img{{max-width:1100px}} code{{font-size:12px}}</style></head><body>
 <h1>Run {e(path.name)}</h1>
 <p>Space <b>{e(space.name)}</b> ({len(space.dims)} dimensions), optimiser <b>{e(cfg.optimizer.name)}</b>,
 evaluator <b>{e(cfg.evaluator.kind)}</b>, seed {cfg.seed}. Objectives: {e(objs)}. Constraints: {e(cons)}.</p>
