@@ -136,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("export", help="write sliced models of a run, checked against PyTorch")
     s.add_argument("run_dir")
     which = s.add_mutually_exclusive_group()
-    which.add_argument("--trial", type=int, help="the trial number to export (default: the best)")
+    which.add_argument("--trial", type=int, action="append", help="a trial number to export, repeatable (default: the best)")
     which.add_argument("--pareto", action="store_true", help="every trial of the Pareto front")
     s.add_argument("--format", action="append", choices=["onnx", "torchscript", "tvm"],
                    help="repeatable (default: torchscript)")

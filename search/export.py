@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 TOLERANCE = 1e-4
 
 
-def export(run_dir: str, trial: int | None = None, pareto: bool = False, formats: list[str] | None = None,
+def export(run_dir: str, trial: int | list[int] | None = None, pareto: bool = False, formats: list[str] | None = None,
            out: str | None = None) -> int:
     from kernels.export import EXT, export_model
 
@@ -33,11 +33,14 @@ def export(run_dir: str, trial: int | None = None, pareto: bool = False, formats
     records = load_records(path, cfg.storage, space, cfg.objectives, cfg.constraints)
     signs = [1.0 if o.direction == "maximize" else -1.0 for o in cfg.objectives]
     if trial is not None:
-        chosen = [r for r in records if r.number == trial]
-        if not chosen:
-            raise ConfigError(str(path), "--trial", f"no trial {trial} (the run has trials 0..{len(records) - 1})")
-        if not chosen[0].complete:
-            raise ConfigError(str(path), "--trial", f"trial {trial} failed: {chosen[0].reason}")
+        chosen = []
+        for t in [trial] if isinstance(trial, int) else trial:
+            found = [r for r in records if r.number == t]
+            if not found:
+                raise ConfigError(str(path), "--trial", f"no trial {t} (the run has trials 0..{len(records) - 1})")
+            if not found[0].complete:
+                raise ConfigError(str(path), "--trial", f"trial {t} failed: {found[0].reason}")
+            chosen.append(found[0])
     elif pareto:
         chosen = pareto_front(records, signs)
     else:

@@ -54,5 +54,17 @@ def test_export_pareto_models_in_onnx_and_torchscript(tmp_path, cache_dir):
         else:
             y = torch.jit.load(str(f))(x).detach().numpy()
         assert y.shape[0] == 2 and np.isfinite(y).all()
+    # three models in each of the three formats, each loaded in its own runtime
+    from kernels.tvm_compile import run_library
+
+    r = run_cli("export", out, "--trial", 0, "--trial", 1, "--trial", 2, "--format", "tvm", "--format", "onnx",
+                "--format", "torchscript", "--out", tmp_path / "three")
+    assert r.returncode == 0, r.stderr[-2000:]
+    three = json.loads((tmp_path / "three" / "manifest.json").read_text())
+    assert sorted((e["trial"], e["format"]) for e in three) == sorted((t, f) for t in (0, 1, 2) for f in ("tvm", "onnx", "torchscript"))
+    assert all(e["max_abs_diff"] <= 1e-4 for e in three)
+    for e in (e for e in three if e["format"] == "tvm"):
+        y = run_library(tmp_path / "three" / e["file"], np.random.randn(1, 3, e["resolution"], e["resolution"]).astype("float32"))
+        assert np.isfinite(y).all()
     r = run_cli("export", out, "--trial", 999)
     assert r.returncode == 2 and "--trial" in r.stderr
