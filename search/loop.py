@@ -174,6 +174,7 @@ class Run:
         self._write_supernet_point(space)
         store = RunStore(self.dir, space, cfg.objectives, cfg.constraints, cfg.storage)
         opt = self.opt_cls(space, cfg.objectives, cfg.constraints, cfg.seed, self.opt_options)
+        opt.attach(self.dir)
         records = store.records()
         for r in records:  # resume: replay every stored trial into the optimiser
             opt.tell(r)

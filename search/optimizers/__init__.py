@@ -7,11 +7,12 @@ from spaces.errors import ConfigError
 from search.optimizers.base import Optimizer
 from search.optimizers.evolution import GA, Aging, Coevolution
 from search.optimizers.given import Given
+from search.optimizers.nat import NAT
 from search.optimizers.optuna_search import OptunaSearch
 from search.optimizers.random_search import RandomSearch
 from search.optimizers.tinynet import TinyNetFormula
 
-OPTIMIZERS: dict[str, type[Optimizer]] = {o.name: o for o in (RandomSearch, GA, Aging, Coevolution, OptunaSearch, TinyNetFormula, Given)}
+OPTIMIZERS: dict[str, type[Optimizer]] = {o.name: o for o in (RandomSearch, GA, Aging, Coevolution, OptunaSearch, TinyNetFormula, Given, NAT)}
 
 
 def optimizer_class(name: str, file: str | None = None) -> type[Optimizer]:

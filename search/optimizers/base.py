@@ -50,6 +50,9 @@ class Optimizer:
     def check_options(cls, space: Space, options: BaseModel, file: str | None) -> None:
         """Raise ConfigError if the options do not fit the space (files they name, etc.)."""
 
+    def attach(self, run_dir) -> None:
+        """Told the run folder before the first tell/ask (optimisers that checkpoint state use it)."""
+
     def finish(self, run_dir) -> None:
         """Write the optimiser's own artefacts (plots, fitted models) into the run folder."""
 
