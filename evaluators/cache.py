@@ -25,10 +25,15 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("ARCHSEARCH_CACHE", Path.home() / ".cache" / "archsearch"))
 
 
+FINETUNE_ONLY = ("weight_training", "slb_t_start", "slb_t_end", "slb_lr")
+
+
 def supernet_key(space: Space, data: Splits, recipe: TrainRecipe, sandwich: int, seed: int) -> dict:
     dims = {n: [d.kind, d.target, d.scope, d.describe()] for n, d in space.dims.items()}
+    # how fine-tuning trains low-bit weights does not change pre-training
+    recipe = {k: v for k, v in dataclasses.asdict(recipe).items() if k not in FINETUNE_ONLY}
     return {"space": space.name, "family": space.family.spec.model_dump(), "dimensions": dims,
-            "dataset": data.name, "data_fingerprint": data.fingerprint(), "recipe": dataclasses.asdict(recipe),
+            "dataset": data.name, "data_fingerprint": data.fingerprint(), "recipe": recipe,
             "sandwich": sandwich, "seed": seed, "format": 1}
 
 

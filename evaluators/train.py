@@ -40,6 +40,10 @@ class TrainRecipe:
     weight_decay: float = 5e-5
     momentum: float = 0.9
     label_smoothing: float = 0.0
+    weight_training: str = "slb"  # low-bit weight sets: slb (Searching for Low-Bit Weights) or ste
+    slb_t_start: float = 1.0
+    slb_t_end: float = 100.0
+    slb_lr: float = 0.05  # Adam's learning rate for the SLB logits and scales
 
 
 def _optimizer(params, r: TrainRecipe):
@@ -195,19 +199,38 @@ def evaluate(model: nn.Module, split: tuple[torch.Tensor, torch.Tensor], resolut
 
 def fine_tune(model: nn.Module, data: Splits, resolution: int, recipe: TrainRecipe, seed: int,
               quant: dict[str, str] | None = None, on_epoch=None, skip_last_epoch_callback: bool = False) -> dict:
-    """Fine-tune in place. Convs with a weight set train through a straight-through estimator
-    and end exactly on their set. Raises FloatingPointError on a NaN loss."""
+    """Fine-tune in place. Convs with a low-bit weight set train by SLB (logits over the set's
+    values, rising temperature; `weight_training: slb`, the default) or through a
+    straight-through estimator (`ste`, and always for int8); either way they end exactly on
+    their set. Raises FloatingPointError on a NaN loss."""
+    from evaluators.slb import SLBTrainer, slb_layers
+
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
+    slb = None
+    if quant and recipe.weight_training == "slb":
+        layers = slb_layers(model, quant)
+        if layers:
+            slb = SLBTrainer(layers, recipe.slb_t_start, recipe.slb_t_end)
+    slb_ids = {id(m) for m, _ in slb.layers} if slb else set()
     qconvs = [(m, quant.get(m.qgroup, "float")) for m in model.modules()
-              if quant and isinstance(m, GConv2d) and m.qgroup is not None and quant.get(m.qgroup, "float") != "float"]
-    opt = _optimizer(model.parameters(), recipe)
+              if quant and isinstance(m, GConv2d) and m.qgroup is not None and quant.get(m.qgroup, "float") != "float"
+              and id(m) not in slb_ids]
+    slb_params = {id(p) for q in (slb.params if slb else []) for p in q.parameters()}
+    opt = _optimizer([p for p in model.parameters() if p.requires_grad and id(p) not in slb_params], recipe)
+    slb_opt = None
+    if slb:  # logits over value sets have their own scale: Adam, no weight decay, the same schedule
+        slb_opt = torch.optim.Adam([p for q in slb.params for p in q.parameters()], lr=recipe.slb_lr)
     x, y = data.train
     total = _total_steps(len(x), recipe)
     per_epoch = max(1, len(x) // recipe.batch_size)
     model.train()
     last = float("nan")
     for step, b in _steps(len(x), recipe, opt, gen):
+        if slb:
+            slb.set_progress(step / max(1, total - 1))
+            slb_opt.param_groups[0]["lr"] = recipe.slb_lr * _lr_at(recipe, step, total) / recipe.lr
+            slb_opt.zero_grad(set_to_none=True)
         shadow = [m.weight.detach().clone() for m, _ in qconvs]
         for m, ws in qconvs:
             quantize_(m.weight, ws)
@@ -221,9 +244,13 @@ def fine_tune(model: nn.Module, data: Splits, resolution: int, recipe: TrainReci
             for (m, _), w in zip(qconvs, shadow):
                 m.weight.copy_(w)  # straight-through: the gradient of the quantised weight
         opt.step()
+        if slb_opt is not None:
+            slb_opt.step()
         last = loss.item()
         if on_epoch and (step + 1) % per_epoch == 0 and not (skip_last_epoch_callback and step + 1 >= total):
             on_epoch((step + 1) // per_epoch, model)
+    if slb:
+        slb.finalize()
     for m, ws in qconvs:
         quantize_(m.weight, ws)
     return {"steps": total, "final_train_loss": last}

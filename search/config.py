@@ -67,6 +67,10 @@ class RecipeCfg(_M):
     weight_decay: float = Field(5e-5, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    weight_training: Literal["slb", "ste"] = Field("slb", description="how low-bit weight sets train (int8: always ste)")
+    slb_t_start: float = Field(1.0, gt=0)
+    slb_t_end: float = Field(100.0, gt=0)
+    slb_lr: float = Field(0.05, gt=0, description="Adam's learning rate for SLB's logits and scales")
 
 
 class PretrainCfg(RecipeCfg):

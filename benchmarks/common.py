@@ -1,0 +1,104 @@
+"""What several benchmarks share: a CIFAR-10 subset from ../shared/data and a float ResNet-20
+trained on it once (cached), built from `spaces/resnet20.yaml` so that its sub-networks are the
+space's own."""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "cifar10_jpg.zip"
+
+
+def cifar_subset(path: str | Path, per_class: int, test_per_class: int, seed: int = 0):
+    """Train / val (10 % of train) / test splits of CIFAR-10 JPEGs, `per_class` train images per class."""
+    from evaluators.data import imagefolder
+
+    return imagefolder(str(path), 32, seed, 0.1, 0.0, per_class, test_per_class)
+
+
+def resnet20_space(weight_sets: list[str] | None = None):
+    """`spaces/resnet20.yaml`, with a per-stage weight-set dimension when `weight_sets` is given."""
+    from spaces.config import read_yaml, space_from_dict
+
+    d = read_yaml(ROOT / "spaces" / "resnet20.yaml")
+    if weight_sets:
+        d["dimensions"]["weights"] = {"kind": "weightset", "per": "stage", "options": list(weight_sets)}
+    return space_from_dict(d, str(ROOT / "spaces" / "resnet20.yaml"))
+
+
+def float_resnet20(space, data, epochs: float, seed: int = 0, cache: Path | None = None, lr: float = 0.1):
+    """The full ResNet-20 of `space`, trained from scratch on `data` (cached by its recipe).
+    Returns (model, info)."""
+    from evaluators.cache import default_cache_dir
+    from evaluators.train import TrainRecipe, evaluate, fine_tune
+
+    recipe = TrainRecipe(epochs=epochs, batch_size=128, lr=lr, weight_decay=5e-4, schedule="cosine")
+    key = f"resnet20-{data.name}-{data.fingerprint()}-e{epochs}-lr{lr}-s{seed}"
+    folder = Path(cache or default_cache_dir()) / "benchmarks"
+    folder.mkdir(parents=True, exist_ok=True)
+    weights, meta = folder / f"{key}.pt", folder / f"{key}.json"
+    space = space.with_classes(data.num_classes)
+    g = {n: ("float" if n.startswith("weights.") else v) for n, v in space.full().items()}
+    model = space.build(g, space.supernet(seed))
+    if weights.exists() and meta.exists():
+        model.load_state_dict(torch.load(weights, weights_only=True))
+        return model, json.loads(meta.read_text())
+    t0 = time.time()
+    print(f"training float ResNet-20 on {len(data.train[0])} images for {epochs} epochs ...", flush=True)
+    fine_tune(model, data, 32, recipe, seed)
+    acc, _ = evaluate(model, data.test, 32)
+    info = {"epochs": epochs, "lr": lr, "train_images": len(data.train[0]), "test_acc": acc,
+            "train_time_s": round(time.time() - t0, 1)}
+    torch.save(model.state_dict(), weights)
+    meta.write_text(json.dumps(info, indent=2))
+    return model, info
+
+
+def clone(model):
+    return copy.deepcopy(model)
+
+
+def cifar_run_sets(data: str | Path, per_class: int, test_per_class: int, pretrain_epochs: float,
+                   finetune_epochs: float) -> list[str]:
+    """`--set` overrides that run `spaces/resnet20.yaml` on a CIFAR-10 subset (shared by the
+    pruning and DCP benchmarks, so they share one cached supernet)."""
+    return ["dataset=imagefolder", f"dataset.path={Path(data).resolve()}", f"dataset.per_class={per_class}",
+            f"dataset.test_per_class={test_per_class}", "dataset.val_fraction=0.1",
+            f"pretrain.epochs={pretrain_epochs}", "pretrain.batch_size=64", "pretrain.lr=0.1",
+            f"evaluator.finetune.epochs={finetune_epochs}", "evaluator.finetune.batch_size=128",
+            "evaluator.finetune.lr=0.02", "latency=none"]
+
+
+def cli(*args) -> None:
+    """`search ARGS` in-process evaluation (`--workers 0`), failing loudly."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "search.cli", *map(str, args), "--no-progress", "--workers", "0"]
+    print("$", " ".join(cmd[2:]), flush=True)
+    subprocess.run(cmd, cwd=ROOT, check=True)
+
+
+def same_counts(space, genome, imp, rng):
+    """Genomes keeping as many filters per group as `genome`: by L1 norm (`imp`, the builder's
+    importance of the pre-trained supernet) and at random."""
+    import torch
+
+    gl, gr = dict(genome), dict(genome)
+    for name, v in genome.items():
+        if not name.startswith("mask."):
+            continue
+        group, k = name.removeprefix("mask."), sum(v)
+        top = set(torch.argsort(imp[group], descending=True)[:k].tolist())
+        gl[name] = tuple(int(i in top) for i in range(len(v)))
+        pick = set(rng.sample(range(len(v)), k))
+        gr[name] = tuple(int(i in pick) for i in range(len(v)))
+    assert space.cost(gl) == space.cost(genome) == space.cost(gr)
+    return gl, gr
