@@ -102,3 +102,26 @@ def same_counts(space, genome, imp, rng):
         gr[name] = tuple(int(i in pick) for i in range(len(v)))
     assert space.cost(gl) == space.cost(genome) == space.cost(gr)
     return gl, gr
+
+
+def add_cifar_args(ap, work: str, out: str) -> None:
+    """The CIFAR-10-subset options the pruning and DCP benchmarks share."""
+    ap.add_argument("--data", default=str(DEFAULT_DATA))
+    ap.add_argument("--per-class", type=int, default=400)
+    ap.add_argument("--test-per-class", type=int, default=100)
+    ap.add_argument("--pretrain-epochs", type=float, default=6)
+    ap.add_argument("--finetune-epochs", type=float, default=2)
+    ap.add_argument("--work", default=str(ROOT / "runs" / work))
+    ap.add_argument("--out", default=str(RESULTS / out))
+
+
+def fresh_work(args) -> tuple[Path, list[str]]:
+    """An empty work folder and the `--set` arguments of the CIFAR-10-subset runs."""
+    import shutil
+
+    work = Path(args.work)
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    sets = cifar_run_sets(args.data, args.per_class, args.test_per_class, args.pretrain_epochs, args.finetune_epochs)
+    return work, [a for s in sets for a in ("--set", s)]

@@ -207,6 +207,10 @@ class CycleGANEvaluator:
         return detached_copy(self, ("dom", "supernet", "_state", "d_a", "d_b", "full_ab", "full_ba",
                                     "d_full_ab", "d_full_ba"))
 
+    def summarize(self, run_dir, genome: Genome) -> dict:
+        """Full against pruned generators for the run's best candidate; see `summarize_best`."""
+        return summarize_best(self, Path(run_dir), genome)
+
     def _channels(self, genome: Genome, direction: str) -> int:
         sizes = self.space.arch(genome).sizes
         return sum(v for k, v in sizes.items() if k.startswith(direction + "."))
@@ -248,3 +252,60 @@ class CycleGANEvaluator:
             log.warning("trial %s failed: %s", gid, e)
             log.debug("%s", traceback.format_exc())
             return EvalResult(gid, "failed", {"wall_time_s": time.time() - t0}, reason=f"{type(e).__name__}: {e}")
+
+
+def _generator_flops(gen: nn.Module, x: torch.Tensor) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as fc:
+        gen(x)
+    return int(fc.get_total_flops())
+
+
+@torch.no_grad()
+def summarize_best(ev: "CycleGANEvaluator", run_dir: Path, genome: Genome, n: int = 8) -> dict:
+    """cyclegan.json (each generator's FLOPs and params, cycle and discriminator-aware losses,
+    pruned against full) and cyclegan_samples.png (translations by the full and the pruned pair)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ev.setup()
+    full = ev.supernet
+    pruned = ev.space.build(genome, ev.supernet)
+    recalibrate_generators(pruned, ev.dom)
+    pruned.eval()
+    a, b = ev.dom.a_val, ev.dom.b_val
+    out: dict[str, Any] = {"genome_id": ev.space.genome_id(genome)}
+    for d, x, cyc_x, disc in (("ab", a, "a", ev.d_b), ("ba", b, "b", ev.d_a)):
+        other = "ba" if d == "ab" else "ab"
+        row = {}
+        for name, model in (("full", full), ("pruned", pruned)):
+            g, back = getattr(model, d), getattr(model, other)
+            y = g(x)
+            row[name] = {"flops": _generator_flops(g, x[:1]), "params": sum(p.numel() for p in g.parameters()),
+                         "cycle_l1": float(F.l1_loss(back(y), x)), "d_score": float(disc(y).mean())}
+        row["flops_reduction"] = row["full"]["flops"] / max(1, row["pruned"]["flops"])
+        row["params_reduction"] = row["full"]["params"] / max(1, row["pruned"]["params"])
+        row["l1_pruned_to_full"] = float(F.l1_loss(getattr(pruned, d)(x), getattr(full, d)(x)))
+        out[d] = row
+    (Path(run_dir) / "cyclegan.json").write_text(json.dumps(out, indent=2))
+    rows = [("A", a[:n]), ("full G_AB(A)", full.ab(a[:n])), ("pruned G_AB(A)", pruned.ab(a[:n])),
+            ("B", b[:n]), ("full G_BA(B)", full.ba(b[:n])), ("pruned G_BA(B)", pruned.ba(b[:n]))]
+    fig, axes = plt.subplots(len(rows), n, figsize=(n * 1.1, len(rows) * 1.2))
+    for i, (label, imgs) in enumerate(rows):
+        for j in range(n):
+            ax = axes[i][j]
+            ax.imshow(imgs[j, 0].clamp(-1, 1).cpu().numpy(), cmap="gray", vmin=-1, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j == 0:
+                ax.set_ylabel(label, fontsize=7)
+    fig.suptitle(f"G_AB {out['ab']['flops_reduction']:.1f}x, G_BA {out['ba']['flops_reduction']:.1f}x fewer FLOPs; "
+                 f"cycle L1 A {out['ab']['full']['cycle_l1']:.3f} -> {out['ab']['pruned']['cycle_l1']:.3f}, "
+                 f"B {out['ba']['full']['cycle_l1']:.3f} -> {out['ba']['pruned']['cycle_l1']:.3f}", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(Path(run_dir) / "cyclegan_samples.png", dpi=110)
+    plt.close(fig)
+    return out

@@ -128,6 +128,8 @@ class Run:
         opt_cls.check_space(space, file)
         opt_cls.check_options(space, self.opt_options, file)
         self.opt_cls = opt_cls
+        if getattr(opt_cls, "needs_model", False) and self.evaluator.kind != "train":
+            raise ConfigError(file, "optimizer.name", f"{opt_cls.name} prunes a trained network; it needs evaluator.kind train")
         if cfg.runner == "tune" and self.evaluator.kind != "train":
             raise ConfigError(file, "runner", "the tune runner fine-tunes candidates; it needs evaluator.kind train")
 
@@ -175,6 +177,9 @@ class Run:
         store = RunStore(self.dir, space, cfg.objectives, cfg.constraints, cfg.storage)
         opt = self.opt_cls(space, cfg.objectives, cfg.constraints, cfg.seed, self.opt_options)
         opt.attach(self.dir)
+        prepare = getattr(opt, "prepare", None)
+        if prepare is not None:  # DCP: needs the model and the data, not only scores
+            prepare(self.evaluator)
         records = store.records()
         for r in records:  # resume: replay every stored trial into the optimiser
             opt.tell(r)
@@ -335,3 +340,9 @@ class Run:
             with torch.no_grad():
                 ts = torch.jit.trace(model, torch.randn(1, 3, r, r))
             ts.save(str(bdir / "model.ts"))
+        summarize = getattr(self.evaluator, "summarize", None)
+        if summarize is not None:  # the evaluator's own view of the best candidate (samples, comparisons)
+            try:
+                summarize(self.dir, b.genome)
+            except Exception as e:  # noqa: BLE001 - a summary never loses the run's results
+                log.warning("could not summarise the best candidate: %s", e)

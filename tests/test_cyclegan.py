@@ -45,3 +45,10 @@ def test_coevolution_compresses_both_generators(tmp_path, cache_dir):
     assert y.shape == (2, 3, 16, 16) and torch.isfinite(y).all()
     front = json.loads((out / "pareto.json").read_text())["front"]
     assert len(front) >= 3
+    # the best pair against the full generators: FLOPs, cycle loss, sample translations
+    summary = json.loads((out / "cyclegan.json").read_text())
+    assert summary["genome_id"] == json.loads((out / "best" / "metrics.json").read_text())["genome_id"]
+    for d in ("ab", "ba"):
+        assert summary[d]["flops_reduction"] > 1.0 and summary[d]["pruned"]["flops"] < summary[d]["full"]["flops"]
+        assert summary[d]["pruned"]["cycle_l1"] < 0.5
+    assert (out / "cyclegan_samples.png").stat().st_size > 5000

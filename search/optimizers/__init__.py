@@ -5,6 +5,7 @@ from __future__ import annotations
 from spaces.errors import ConfigError
 
 from search.optimizers.base import Optimizer
+from search.optimizers.dcp import DCP
 from search.optimizers.evolution import GA, Aging, Coevolution
 from search.optimizers.given import Given
 from search.optimizers.nat import NAT
@@ -12,7 +13,7 @@ from search.optimizers.optuna_search import OptunaSearch
 from search.optimizers.random_search import RandomSearch
 from search.optimizers.tinynet import TinyNetFormula
 
-OPTIMIZERS: dict[str, type[Optimizer]] = {o.name: o for o in (RandomSearch, GA, Aging, Coevolution, OptunaSearch, TinyNetFormula, Given, NAT)}
+OPTIMIZERS: dict[str, type[Optimizer]] = {o.name: o for o in (RandomSearch, GA, Aging, Coevolution, OptunaSearch, TinyNetFormula, Given, NAT, DCP)}
 
 
 def optimizer_class(name: str, file: str | None = None) -> type[Optimizer]:
