@@ -60,10 +60,13 @@ def _split(x: torch.Tensor, y: torch.Tensor, fractions: tuple[float, float], see
 
 
 def _normalise(*xs: torch.Tensor) -> list[torch.Tensor]:
-    """Per-channel standardisation with the training split's statistics."""
+    """Per-channel standardisation with the training split's statistics. The result is
+    contiguous (NCHW): images decoded as HWC would otherwise carry channels-last strides into
+    every batch, and oneDNN's strided 1x1-convolution backward on such inputs takes minutes
+    per step on this CPU."""
     mean = xs[0].mean((0, 2, 3), keepdim=True)
     std = xs[0].std((0, 2, 3), keepdim=True).clamp(min=1e-3)
-    return [(x - mean) / std for x in xs]
+    return [((x - mean) / std).contiguous() for x in xs]
 
 
 def _to_resolution(x: torch.Tensor, r: int) -> torch.Tensor:

@@ -35,6 +35,9 @@ def test_imagefolder_loads_cifar_zip_per_class_subset():
     assert d.classes[0] == "airplane" and d.num_classes == 10
     assert len(d.train[1]) + len(d.val[1]) == 200 and len(d.test[1]) == 100
     assert d.train[0].shape[1:] == (3, 32, 32)
+    # contiguous NCHW: channels-last strides from HWC decoding made oneDNN's 1x1 conv backward
+    # take minutes per step (a ResNet-20 pre-training stalled at step 3)
+    assert all(s[0].is_contiguous() for s in (d.train, d.val, d.test))
     e = imagefolder(str(CIFAR_ZIP), 32, 0, 0.2, 0.0, per_class=20, test_per_class=10)
     assert torch.equal(d.train[0], e.train[0])  # the same subset for the same seed
     f = imagefolder(str(CIFAR_ZIP), 32, 1, 0.2, 0.0, per_class=20, test_per_class=10)
