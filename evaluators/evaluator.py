@@ -20,7 +20,7 @@ from spaces.families.cell import arch_str
 from spaces.layers import GConv2d
 from spaces.space import Genome, Space
 
-from kernels.torch_timing import make_latency  # noqa: F401  (the latency providers, re-exported)
+from kernels.latency import make_latency  # noqa: F401  (the latency providers, re-exported)
 
 from evaluators import cache as supernet_cache
 from evaluators.data import Splits, load_dataset

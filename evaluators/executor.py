@@ -129,6 +129,10 @@ class RayExecutor:
             workers = max(1, int(total // cpw))
         cpw = cpus_per_worker or max(1, total // max(1, workers))
         self.cpus_per_worker = cpw
+        from kernels.service import attach_service
+
+        self.evaluator = evaluator
+        attach_service(evaluator)  # tvm latency: one process on this node measures for every worker
         state = evaluator.supernet_state() if hasattr(evaluator, "supernet_state") else None
         blank = evaluator.detached() if hasattr(evaluator, "detached") else evaluator
         self._refs = [ray.put(blank), ray.put(state)]  # alive as long as the executor
@@ -203,6 +207,9 @@ class RayExecutor:
             except Exception:  # noqa: BLE001
                 pass
         self.actors = []
+        from kernels.service import stop_service
+
+        stop_service(self.evaluator)
         if self.started_here:  # only what this run started; a cluster given by address stays up
             ray.shutdown()
 

@@ -22,6 +22,8 @@ from spaces.dims import Mask, Scale
 from spaces.layers import GConv2d, quantize_, quantized_ste
 from spaces.space import Genome, Space
 
+from kernels.lock import core_lock
+
 from evaluators.data import Splits, at_resolution
 
 log = logging.getLogger(__name__)
@@ -75,15 +77,17 @@ def _total_steps(n: int, r: TrainRecipe) -> int:
 
 
 def _steps(n: int, r: TrainRecipe, opt, gen: torch.Generator):
-    """Yield (step, batch indices) for the recipe's step count, setting the scheduled lr."""
-    total, step = _total_steps(n, r), 0
+    """Yield (step, batch indices) for the recipe's step count, setting the scheduled lr; each
+    step holds the machine's core lock shared."""
+    total, step, lock = _total_steps(n, r), 0, core_lock()
     while step < total:
         for b in _batches(n, r.batch_size, gen):
             if step >= total:
                 return
             for group in opt.param_groups:
                 group["lr"] = _lr_at(r, step, total)
-            yield step, b
+            with lock.shared():  # a latency measurement never runs beside a training step
+                yield step, b
             step += 1
 
 

@@ -11,6 +11,8 @@ import time
 import torch
 from torch import nn
 
+from kernels.lock import core_lock
+
 
 class TorchLatency:
     """Median wall time of `repeats` batch-1 forward passes after `warmup` runs."""
@@ -29,13 +31,14 @@ class TorchLatency:
             torch.set_num_threads(self.threads)
         try:
             x = torch.randn(1, 3, resolution, resolution)
-            for _ in range(self.warmup):
-                model(x)
-            times = []
-            for _ in range(self.repeats):
-                t = time.perf_counter()
-                model(x)
-                times.append((time.perf_counter() - t) * 1e3)
+            with core_lock().exclusive("measurement"):  # nothing else on these cores meanwhile
+                for _ in range(self.warmup):
+                    model(x)
+                times = []
+                for _ in range(self.repeats):
+                    t = time.perf_counter()
+                    model(x)
+                    times.append((time.perf_counter() - t) * 1e3)
         finally:
             torch.set_num_threads(old)
             model.train(was)
@@ -43,11 +46,3 @@ class TorchLatency:
         return {"latency_ms": statistics.median(times), "latency_spread_ms": q[2] - q[0],
                 "latency_source": self.name}
 
-
-def make_latency(provider: str, **kw):
-    """The configured latency provider, or None for `none`."""
-    if provider == "none":
-        return None
-    if provider == "torch":
-        return TorchLatency(**kw)
-    raise ValueError(f"unknown latency provider {provider!r}")

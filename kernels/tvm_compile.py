@@ -1,13 +1,19 @@
 """TVM compilation of a PyTorch module: `torch.export` -> Relax (`from_exported_program`) ->
-`tvm.compile` for a target (default: this host's CPU), and the Relax VM to run the result.
+batch norm folded into the convolutions -> the Relax preparation passes -> (tuned kernels from a
+MetaSchedule database, when given) -> `tvm.compile` for a target (default: this host's CPU),
+and the Relax VM to run the result.
 
-This is the compile path that export uses. Kernels here are TVM's defaults, not tuned: such a
-library is a correct deployable artefact, but its timing is no latency signal on CPU."""
+Without a database the kernels are TVM's defaults: a correct deployable artefact, but on CPU its
+timing is no latency signal (no tiling, no vectorisation)."""
 
 from __future__ import annotations
 
+import importlib
+import json
 import logging
 import os
+import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -17,23 +23,56 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 
-def host_target(target: str | dict | None = None):
-    """A TVM target: the given one (JSON dict or its string form), else LLVM for this host's
-    CPU (its `mcpu`) with as many cores as the machine has."""
-    import json
-
+def load_tvm():
+    """Import TVM with only this host's tensor intrinsics: `import tvm.s_tir.tensor_intrin`
+    loads CUDA, ROCm, Hexagon and ARM ones too (about 30-60 s here), and every MetaSchedule
+    tuning context and build worker imports it. Idempotent; also the build workers' initializer."""
     import tvm
+    import tvm.s_tir
+
+    name = "tvm.s_tir.tensor_intrin"
+    if name not in sys.modules:
+        pkg = types.ModuleType(name)
+        pkg.__path__ = [os.path.join(os.path.dirname(tvm.s_tir.__file__), "tensor_intrin")]
+        sys.modules[name] = pkg
+        tvm.s_tir.tensor_intrin = pkg
+        import platform
+
+        arch = platform.machine().lower()
+        for sub in (["x86"] if arch in ("x86_64", "amd64", "i686") else ["arm_cpu"] if arch in ("aarch64", "arm64") else []):
+            try:
+                importlib.import_module(f"{name}.{sub}")
+            except Exception as e:  # noqa: BLE001 - tensorisation is an optimisation, not a need
+                log.debug("tensor intrinsics %s not loaded: %s", sub, e)
+    return tvm
+
+
+def host_target(target: str | dict | None = None):
+    """A TVM target: the given one (JSON dict, its string form, or a TVM target string), else
+    LLVM for this host's CPU (its `mcpu`) with as many cores as the machine has."""
+    tvm = load_tvm()
     from tvm.target import codegen
 
     if target is None:
         target = {"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu(), "num-cores": os.cpu_count() or 1}
     elif isinstance(target, str) and target.strip().startswith("{"):
         target = json.loads(target)
-    return tvm.target.Target(target)
+    return target if isinstance(target, tvm.target.Target) else tvm.target.Target(target)
+
+
+def target_key(target) -> str:
+    """A folder name for a target: its kind, CPU and cores, and a digest of the whole."""
+    import hashlib
+
+    s = str(target)
+    d = json.loads(s) if s.startswith("{") else {"kind": s}
+    tag = "-".join(str(d.get(k)) for k in ("kind", "mcpu", "num-cores") if d.get(k) is not None)
+    return f"{tag}-{hashlib.sha256(s.encode()).hexdigest()[:8]}"
 
 
 def import_module(model: nn.Module, shape: tuple[int, ...]):
     """The model (in eval mode) as a Relax IRModule with its weights bound as constants."""
+    load_tvm()
     from tvm.relax.frontend.torch import from_exported_program
 
     model = model.eval()
@@ -42,15 +81,46 @@ def import_module(model: nn.Module, shape: tuple[int, ...]):
     return from_exported_program(ep, keep_params_as_input=False)
 
 
-def compile_module(model: nn.Module, shape: tuple[int, ...], target=None):
+def prepare(mod, target):
+    """Fold batch norm into the convolutions and run the Relax preparation passes (decompose for
+    inference, canonicalise bindings, legalise and fuse): the form whose fused kernels
+    MetaSchedule extracts as tasks and whose kernels a database applies to."""
+    tvm = load_tvm()
+    from tvm import relax
+
+    with target:
+        return tvm.transform.Sequential([
+            relax.transform.FoldBatchnormToConv2D(),
+            relax.transform.DecomposeOpsForInference(),
+            relax.transform.CanonicalizeBindings(),
+            relax.get_pipeline("zero"),
+        ])(mod)
+
+
+def prepared_module(model: nn.Module, shape: tuple[int, ...], target):
+    return prepare(import_module(model, shape), target)
+
+
+def build(prepared, target, database=None):
+    """Compile a prepared module; with a MetaSchedule database, its tuned kernels replace the
+    defaults (tasks it does not hold keep the default schedule)."""
+    tvm = load_tvm()
+    from tvm import relax
+
+    mod = prepared
+    if database is not None:
+        with target, database:
+            mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
+    return tvm.compile(mod, target=target)
+
+
+def compile_module(model: nn.Module, shape: tuple[int, ...], target=None, database=None):
     """Compile for `target`; returns the executable (`export_library` writes a shared library)."""
-    import tvm
-
-    mod = import_module(model, shape)
-    return tvm.compile(mod, target=host_target(target))
+    t = host_target(target)
+    return build(prepared_module(model, shape, t), t, database)
 
 
-def _first(out):
+def first_output(out) -> np.ndarray:
     while not hasattr(out, "numpy"):
         out = out[0]
     return out.numpy()
@@ -58,9 +128,9 @@ def _first(out):
 
 def run_library(path: Path, x: np.ndarray) -> np.ndarray:
     """Load a library written by `export_library` and run its `main` on the Relax VM (CPU)."""
-    import tvm
+    tvm = load_tvm()
     from tvm import relax
 
     lib = tvm.runtime.load_module(str(path))
     vm = relax.VirtualMachine(lib, tvm.cpu())
-    return _first(vm["main"](tvm.runtime.tensor(np.ascontiguousarray(x, dtype=np.float32))))
+    return first_output(vm["main"](tvm.runtime.tensor(np.ascontiguousarray(x, dtype=np.float32))))

@@ -99,10 +99,17 @@ class EvaluatorCfg(_M):
 
 
 class LatencyCfg(_M):
-    provider: Literal["torch", "none"] = "torch"
-    repeats: int = Field(20, ge=1)
+    provider: Literal["tvm", "tvm-model", "torch", "onnxruntime", "none"] = "torch"
+    repeats: int = Field(20, ge=1, description="timed runs (median and interquartile spread)")
     warmup: int = Field(3, ge=0)
-    threads: int | None = Field(None, ge=1)
+    threads: int | None = Field(None, ge=1, description="torch / onnxruntime threads; default theirs")
+    target: str | dict[str, Any] | None = Field(None, description="TVM target; default: llvm for this host's CPU")
+    trials_per_task: int = Field(32, ge=0, description="MetaSchedule trials per new kernel (0: no tuning)")
+    strategy: Literal["replay-trace", "evolutionary"] = "replay-trace"
+    database: str | None = Field(None, description="folder of the tuning databases (one per target); default <cache>/tvm")
+    fit_networks: int = Field(12, ge=1, description="tvm-model: networks measured to fit the model")
+    holdout: int = Field(4, ge=0, description="tvm-model: networks measured to check it, never fitted on")
+    check_front: int = Field(8, ge=0, description="tvm-model: Pareto-front networks measured at the end")
 
 
 class RayCfg(_M):

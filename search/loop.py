@@ -35,8 +35,10 @@ def make_evaluator(cfg: RunCfg, space: Space, file: str | None):
 
     if cfg.evaluator.kind == "table":
         return TableEvaluator(space, cfg.evaluator.table, cfg.evaluator.dataset, cfg.evaluator.device, file)
-    lat = make_latency(cfg.latency.provider, repeats=cfg.latency.repeats, warmup=cfg.latency.warmup,
-                       threads=cfg.latency.threads) if cfg.latency.provider != "none" else None
+    try:
+        lat = make_latency(cfg.latency, cfg.cache_dir())
+    except ValueError as e:
+        raise ConfigError(file, "latency.target", str(e)) from None
     if cfg.evaluator.kind == "cyclegan":
         from evaluators.cyclegan import CycleGANEvaluator
 
@@ -174,6 +176,7 @@ class Run:
         self.evaluator.setup(progress=_pretrain_progress(progress))
         space = self.evaluator.space  # with the dataset's classes
         self._write_supernet_point(space)
+        self._prepare_latency(space)
         store = RunStore(self.dir, space, cfg.objectives, cfg.constraints, cfg.storage)
         opt = self.opt_cls(space, cfg.objectives, cfg.constraints, cfg.seed, self.opt_options)
         opt.attach(self.dir)
@@ -247,6 +250,7 @@ class Run:
         finally:
             bar.close()
             t_fin = time.time()
+            self._finish_latency(records, signs)  # before the executor stops: it may own the latency service
             ex.close()
             self.write_outputs(store.records() if records else records, signs)
             opt.finish(self.dir)
@@ -259,6 +263,23 @@ class Run:
         log.info("done: %d complete trials, %d failed, %.1f s searching (%s, %d worker%s)", n_done, failures,
                  t_search, ex.kind, ex.slots, "" if ex.slots == 1 else "s")
         return 0
+
+    def _prepare_latency(self, space) -> None:
+        """Providers that need the space before the search (tvm-model fits its latency model)."""
+        lat = getattr(self.evaluator, "latency", None)
+        if lat is not None and hasattr(lat, "prepare_run"):
+            lat.prepare_run(space, self.evaluator.supernet, self.dir, self.cfg.seed)
+
+    def _finish_latency(self, records: list[TrialRecord], signs: list[float]) -> None:
+        """latency.json: what the provider did (tvm-model: its error on the measured front)."""
+        lat = getattr(self.evaluator, "latency", None)
+        if lat is None or not hasattr(lat, "finish_run"):
+            return
+        try:
+            front = pareto_front([r for r in records if r.complete], signs)
+            lat.finish_run(self.evaluator.space, self.evaluator.supernet, self.dir, front)
+        except Exception as e:  # noqa: BLE001 - a check never loses the run's results
+            log.warning("could not check the latency of the front: %s", e)
 
     def _write_supernet_point(self, space) -> None:
         """supernet.json: the full network's cost and pre-trained accuracy, for the report."""
@@ -305,6 +326,7 @@ class Run:
             done, failed = run_tune(self, opt, store, records, on_trial)
         finally:
             bar.close()
+            self._finish_latency(store.records(), signs)
             self.write_outputs(store.records(), signs)
             opt.finish(self.dir)
             self.report()

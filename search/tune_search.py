@@ -102,8 +102,11 @@ def run_tune(run, opt, store, records: list[TrialRecord], progress_cb=None) -> t
     from search.loop import trial_seed
 
     cfg, ev = run.cfg, run.evaluator
+    from kernels.service import attach_service, stop_service
+
     started = connect_ray(cfg.address, cfg.ray.object_store_memory)
     try:
+        attach_service(ev)  # tvm latency: one process on this node measures for every trial
         total = int(ray.cluster_resources().get("CPU", 1))
         workers = run.workers() or max(1, int(total // (cfg.ray.cpus_per_worker or 1)))
         cpw = cfg.ray.cpus_per_worker or max(1, total // workers)
@@ -143,5 +146,6 @@ def run_tune(run, opt, store, records: list[TrialRecord], progress_cb=None) -> t
         tuner.fit()
         return searcher.n_done - n0, searcher.n_failed
     finally:
+        stop_service(ev)
         if started:
             ray.shutdown()

@@ -1,0 +1,171 @@
+"""Real latency from TVM: compile a candidate with MetaSchedule-tuned kernels for the target and
+time it on the Relax VM with TVM's time evaluator (median over repeats, interquartile spread),
+its outputs checked against PyTorch.
+
+`TVMBackend` owns TVM in one long-lived process (the run's driver, or the latency service actor
+that Ray workers call), so TVM's start-up is paid once; measurements and tuning hold the
+machine's core lock. Measured networks are kept in `networks.jsonl` beside the tuning database:
+they are what the latency model is calibrated on, and they are never measured twice."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from kernels.latency_model import LatencyModel, Op, op_of_kernel, torch_ops
+from kernels.lock import core_lock
+from kernels.tvm_compile import build, first_output, host_target, load_tvm, prepared_module
+from kernels.tvm_tuning import TuningDB, extract_kernels
+
+log = logging.getLogger(__name__)
+
+
+def fold_batch_norm(model: nn.Module) -> nn.Module:
+    """An eval-mode copy with batch norm folded into the preceding convolutions (torch.fx), or the
+    model itself where it cannot be traced (TVM's own fold pass then does the common case)."""
+    import copy
+
+    model = copy.deepcopy(model).eval()
+    try:
+        from torch.fx.experimental.optimization import fuse
+
+        return fuse(model)
+    except Exception as e:  # noqa: BLE001 - not every module is fx-traceable
+        log.debug("torch.fx could not fold batch norm (%s); TVM's pass folds what it matches", e)
+        return model
+
+
+def network_key(ops: list[Op], resolution: int) -> str:
+    """A network, as far as latency goes: its operators in order and its input."""
+    blob = json.dumps([resolution, LatencyModel.ops_to_json(ops)])
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class TVMBackend:
+    """Compile, tune (missing kernels only), time and check networks on one target."""
+
+    def __init__(self, folder: str | Path, target: str | dict | None = None, trials_per_task: int = 32,
+                 strategy: str = "replay-trace", repeats: int = 20, seed: int = 0):
+        load_tvm()
+        self.target = host_target(target)
+        self.db = TuningDB(folder, self.target, trials_per_task, strategy, seed)
+        self.repeats = repeats
+        self.networks_file = self.db.dir / "networks.jsonl"
+
+    # --- networks measured before --------------------------------------------------------------
+    def networks(self) -> dict[str, dict]:
+        out = {}
+        if self.networks_file.exists():
+            for line in self.networks_file.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                out[row["key"]] = row
+        return out
+
+    def _remember(self, row: dict) -> None:
+        with open(self.networks_file, "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+
+    # --- one network ---------------------------------------------------------------------------
+    def measure(self, model: nn.Module, resolution: int, tune: bool = True, check: bool = True,
+                remember: bool = True) -> dict:
+        """Tune the kernels the database lacks (if `tune`), compile, check against PyTorch, time.
+        Returns the latency (ms), its spread, how many kernels were tuned and what it cost."""
+        tvm = load_tvm()
+        from tvm import relax
+
+        t0 = time.time()
+        model = model.eval()
+        ops = torch_ops(model, resolution)
+        folded = fold_batch_norm(model)
+        shape = (1, 3, resolution, resolution)
+        prepared = prepared_module(folded, shape, self.target)
+        kernels = extract_kernels(prepared, self.target)
+        t_prep = time.time() - t0
+        tuned_now, t1 = 0, time.time()
+        if tune:
+            tuned_now = self.db.tune(kernels)
+        else:
+            self.db.note_seen(kernels)
+        t_tune = time.time() - t1
+        self.db.reload()
+        tuned = [k for k in kernels if self.db.record(k) is not None]
+        t2 = time.time()
+        ex = build(prepared, self.target, self.db.database if tuned else None)
+        vm = relax.VirtualMachine(ex, tvm.cpu())
+        t_build = time.time() - t2
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(*shape, generator=g)
+        xt = tvm.runtime.tensor(x.numpy())
+        diff = None
+        if check:
+            with torch.no_grad():
+                ref = model(x).numpy()
+            diff = float(np.abs(first_output(vm["main"](xt)) - ref).max())
+        with core_lock().exclusive("measurement"):
+            res = vm.time_evaluator("main", tvm.cpu(), number=1, repeat=self.repeats, min_repeat_ms=20)(xt)
+        times = np.sort(np.asarray(res.results, dtype=float) * 1e3)
+        q1, med, q3 = np.percentile(times, [25, 50, 75])
+        frac = len(tuned) / max(1, len(kernels))
+        out = {"latency_ms": float(med), "latency_spread_ms": float(q3 - q1),
+               "latency_source": "tvm" if frac == 1.0 else f"tvm-untuned-{len(kernels) - len(tuned)}-of-{len(kernels)}",
+               "latency_tuned_fraction": frac, "latency_kernels": len(kernels), "latency_kernels_tuned_now": tuned_now,
+               "latency_tuning_s": t_tune, "latency_compile_s": t_prep + t_build}
+        if diff is not None:
+            out["latency_max_abs_diff"] = diff
+        if remember and frac == 1.0:
+            self._remember({"key": network_key(ops, resolution), "resolution": resolution,
+                            "ops": LatencyModel.ops_to_json(ops), "kernels": sorted({k.key for k in kernels}),
+                            "ms": out["latency_ms"], "spread_ms": out["latency_spread_ms"],
+                            "at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        return out
+
+    # --- the latency model ---------------------------------------------------------------------
+    def fit_model(self, networks: list[dict]) -> LatencyModel:
+        """A latency model from the kernels of `networks` (rows of networks.jsonl) and their
+        whole-network times: only what those networks taught it."""
+        self.db.reload()
+        keys = set().union(*[set(n["kernels"]) for n in networks]) if networks else set()
+        rows = []
+        for key in keys:
+            row = self.db.table.get(key)
+            if row is None:
+                continue
+            op = op_of_kernel(row["name"], row["shapes"])
+            if op is not None:
+                rows.append((op, row["seconds"]))
+        m = LatencyModel()
+        m.fit_ops(rows)
+        m.fit_networks([(LatencyModel.ops_from_json(n["ops"]), n["ms"]) for n in networks])
+        return m
+
+
+def spread_genomes(space, n: int, seed: int, exclude: set[str] = frozenset()) -> list[dict]:
+    """`n` distinct genomes spread over the space's FLOPs range: the full network first, then
+    random genomes at evenly spaced FLOPs quantiles of a seeded sample."""
+    rng = random.Random(seed)
+    pool, seen = [space.full()], {space.genome_id(space.full())}
+    for _ in range(50 * max(1, n)):
+        g = space.sample(rng)
+        gid = space.genome_id(g)
+        if gid not in seen:
+            seen.add(gid)
+            pool.append(g)
+        if len(pool) >= 20 * max(1, n):
+            break
+    pool = [g for g in pool if space.genome_id(g) not in exclude]
+    if len(pool) <= n:
+        return pool
+    first, rest = pool[0], sorted(pool[1:], key=lambda g: space.cost(g)["flops"])
+    idx = np.linspace(0, len(rest) - 1, n - 1).round().astype(int)
+    return [first] + [rest[i] for i in dict.fromkeys(idx.tolist())]

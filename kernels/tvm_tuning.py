@@ -1,0 +1,218 @@
+"""MetaSchedule tuning with one persistent database per target, shared by every run.
+
+Tasks are MetaSchedule's fused kernels, identified by their structural workload: a layer shape
+tuned for one candidate is never tuned again for another, and only tasks the database lacks are
+tuned (`tune_tasks` alone would tune them all again). Beside the MetaSchedule database the folder
+keeps `kernels.jsonl`, one line per tuned kernel (its name, buffer shapes and measured time):
+the per-operator latency table that `kernels.latency_model` is fitted on.
+
+    <cache>/tvm/<target key>/database_workload.json, database_tuning_record.json, kernels.jsonl
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kernels.latency_model import op_of_kernel
+from kernels.lock import core_lock
+from kernels.tvm_compile import load_tvm, target_key
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Kernel:
+    """One fused kernel of a network: its structural key, name, buffer shapes and call count."""
+
+    key: str
+    name: str
+    shapes: list[list[int]]
+    calls: int
+    task: object = field(default=None, repr=False)
+
+    @property
+    def op(self):
+        """Its anchor operator (a convolution, matrix product or mean), or None."""
+        return op_of_kernel(self.name, self.shapes)
+
+
+def extract_kernels(prepared, target) -> list[Kernel]:
+    """The fused kernels MetaSchedule would tune for a prepared module."""
+    load_tvm()
+    from tvm.s_tir import meta_schedule as ms
+    from tvm_ffi import structural_hash
+
+    out = []
+    for t in ms.relax_integration.extract_tasks(prepared, target):
+        func = t.dispatched[0]["main"]
+        shapes = [[int(d) for d in p.shape] for p in func.params]
+        key = f"{structural_hash(t.dispatched[0]) & 0xFFFFFFFFFFFFFFFF:016x}"
+        out.append(Kernel(key, t.task_name, shapes, int(t.weight), t))
+    return out
+
+
+def _in_process_builder():
+    """A MetaSchedule builder that compiles candidates in this process: the default one starts a
+    fresh pool of worker processes for every batch, each importing TVM again (seconds each)."""
+    load_tvm()
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.builder import BuilderResult, PyBuilder
+    from tvm.s_tir.meta_schedule.builder.local_builder import default_build, default_export
+
+    @derived_object
+    class InProcessBuilder(PyBuilder):
+        def build(self, build_inputs):
+            results = []
+            for bi in build_inputs:
+                try:
+                    results.append(BuilderResult(default_export(default_build(bi.mod, bi.target, None)), None))
+                except Exception as e:  # noqa: BLE001 - a failed candidate, not a failed tuning
+                    results.append(BuilderResult(None, f"build failed: {e}"))
+            return results
+
+    return InProcessBuilder()
+
+
+class TuningDB:
+    """A target's tuning database: which kernels are tuned, their times, and tuning of the rest."""
+
+    def __init__(self, folder: str | Path, target, trials_per_task: int = 32, strategy: str = "replay-trace",
+                 seed: int = 0):
+        self.target = target
+        self.dir = Path(folder).expanduser() / target_key(target)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.trials_per_task, self.strategy, self.seed = trials_per_task, strategy, seed
+        self._db = None
+        self._loaded_size = -1
+        self.table: dict[str, dict] = {}
+        self.stats = {"tasks_seen": 0, "tasks_tuned": 0, "tuning_s": 0.0}
+        self._seen: set[str] = set()
+        self.reload()
+
+    # --- the database ----------------------------------------------------------------------
+    def _files(self):
+        return self.dir / "database_workload.json", self.dir / "database_tuning_record.json"
+
+    def reload(self) -> None:
+        """Read what other processes may have added since (cheap when nothing changed)."""
+        wl, rec = self._files()
+        size = sum(p.stat().st_size for p in (wl, rec) if p.exists())
+        table = self.dir / "kernels.jsonl"
+        if table.exists():
+            for line in table.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut by a crash
+                self.table[row["key"]] = row
+        if size == self._loaded_size and self._db is not None:
+            return
+        load_tvm()
+        from tvm.s_tir import meta_schedule as ms
+
+        self._db = ms.database.JSONDatabase(str(wl), str(rec), allow_missing=True, module_equality="structural")
+        self._loaded_size = size
+
+    @property
+    def database(self):
+        return self._db
+
+    def record(self, k: Kernel):
+        return self._db.query_tuning_record(k.task.dispatched[0], self.target, "main")
+
+    def seconds(self, k: Kernel) -> float | None:
+        """The tuned kernel's measured time (the best record's mean), or None if untuned."""
+        row = self.table.get(k.key)
+        if row is not None and row.get("seconds"):
+            return row["seconds"]
+        r = self.record(k)
+        if r is None or not r.run_secs:
+            return None
+        secs = [float(s) for s in r.run_secs]
+        return sum(secs) / len(secs)
+
+    def missing(self, kernels: list[Kernel]) -> list[Kernel]:
+        out, keys = [], set()
+        for k in kernels:
+            if k.key not in keys and self.record(k) is None:
+                keys.add(k.key)
+                out.append(k)
+        return out
+
+    def note_seen(self, kernels: list[Kernel]) -> None:
+        new = {k.key for k in kernels} - self._seen
+        self._seen |= new
+        self.stats["tasks_seen"] = len(self._seen)
+
+    # --- tuning ------------------------------------------------------------------------------
+    def tune(self, kernels: list[Kernel], trials_per_task: int | None = None) -> int:
+        """Tune the kernels the database lacks (under the core lock: tuning measures). Returns
+        how many were tuned; writes their rows to the latency table."""
+        trials = trials_per_task or self.trials_per_task
+        self.note_seen(kernels)
+        with core_lock().exclusive("tuning"):
+            self.reload()
+            todo = self.missing(kernels)
+            if not todo or trials <= 0:
+                self._table_rows(kernels)
+                return 0
+            load_tvm()
+            from tvm.s_tir import meta_schedule as ms
+
+            t0 = time.time()
+            logs = Path(tempfile.mkdtemp(prefix="archsearch-ms-"))
+            try:
+                ctxs, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+                    [k.task for k in todo], work_dir=str(logs), strategy=self.strategy,
+                    num_threads=self._cores(), seed=self.seed)
+                builder = _in_process_builder()
+                runner = ms.runner.LocalRunner(evaluator_config=ms.runner.EvaluatorConfig(
+                    number=3, repeat=3, min_repeat_ms=20, enable_cpu_cache_flush=False))
+                log.info("tuning %d new kernel%s (%d trials each)", len(todo), "" if len(todo) == 1 else "s", trials)
+                ms.tune_tasks(tasks=ctxs, task_weights=weights, work_dir=str(logs),
+                              max_trials_global=trials * len(ctxs), max_trials_per_task=trials,
+                              num_trials_per_iter=min(trials, 16), builder=builder, runner=runner,
+                              database=self._db, cost_model="random" if self.strategy != "evolutionary" else "xgb")
+            finally:
+                shutil.rmtree(logs, ignore_errors=True)
+            dt = time.time() - t0
+            self.stats["tasks_tuned"] += len(todo)
+            self.stats["tuning_s"] += dt
+            wl, rec = self._files()
+            self._loaded_size = sum(p.stat().st_size for p in (wl, rec) if p.exists())
+            self._table_rows(kernels)
+            failed = [k.name for k in todo if self.record(k) is None]
+            if failed:
+                log.warning("no working schedule found for %d kernel%s: %s", len(failed),
+                            "" if len(failed) == 1 else "s", ", ".join(failed[:5]))
+            log.info("tuned %d kernels in %.0f s", len(todo), dt)
+            return len(todo)
+
+    def _cores(self) -> int:
+        n = self.target.attrs.get("num-cores") if hasattr(self.target, "attrs") else None
+        import os
+
+        return int(n) if n else (os.cpu_count() or 1)
+
+    def _table_rows(self, kernels: list[Kernel]) -> None:
+        """Add the tuned kernels missing from the latency table."""
+        rows = []
+        for k in kernels:
+            if k.key in self.table:
+                continue
+            s = self.seconds(k)
+            if s is None:
+                continue
+            row = {"key": k.key, "name": k.name, "shapes": k.shapes, "seconds": s}
+            self.table[k.key] = row
+            rows.append(row)
+        if rows:
+            with open(self.dir / "kernels.jsonl", "a") as fh:
+                for row in rows:
+                    fh.write(json.dumps(row) + "\n")

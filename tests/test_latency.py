@@ -1,0 +1,197 @@
+"""Real latency: the core lock, TVM compile / tune / time on a tiny network with a tiny trial
+budget, the operators both sides see, the latency model, and runs with `latency: tvm-model`
+(in-process) and `latency: tvm` (Ray workers calling the latency service)."""
+
+import json
+import multiprocessing as mp
+import random
+import time
+
+import optuna
+import pytest
+import torch
+
+from kernels.latency_model import LatencyModel, op_of_kernel, torch_ops
+from kernels.lock import CoreLock
+from search.store import STUDY_NAME, open_storage
+from spaces import load_space
+from tests.conftest import TINY, run_cli, space_path
+
+
+# --- the core lock ------------------------------------------------------------------------------
+def _hold_shared(folder, seconds, started):
+    lock = CoreLock(folder)
+    with lock.shared():
+        started.set()
+        time.sleep(seconds)
+
+
+def _try_shared(folder, q):
+    lock = CoreLock(folder)
+    t0 = time.perf_counter()
+    with lock.shared():
+        q.put(time.perf_counter() - t0)
+
+
+def test_a_measurement_waits_for_the_step_in_flight_and_holds_new_steps_back(tmp_path):
+    ctx = mp.get_context("fork")
+    started = ctx.Event()
+    trainer = ctx.Process(target=_hold_shared, args=(tmp_path, 1.0, started))
+    trainer.start()
+    assert started.wait(10)
+    lock = CoreLock(tmp_path)
+    t0 = time.perf_counter()
+    q = ctx.Queue()
+    with lock.exclusive():
+        waited = time.perf_counter() - t0
+        late = ctx.Process(target=_try_shared, args=(tmp_path, q))  # a step asking during the measurement
+        late.start()
+        time.sleep(0.5)
+    trainer.join(10)
+    late.join(10)
+    assert waited >= 0.5, "the measurement started beside a training step"
+    assert q.get(timeout=5) >= 0.4, "a training step started during the measurement"
+
+
+def test_the_lock_can_be_switched_off(tmp_path, monkeypatch):
+    monkeypatch.setenv("ARCHSEARCH_CORE_LOCK", "off")
+    lock = CoreLock()
+    with lock.exclusive(), lock.shared():
+        pass
+    assert not lock.enabled
+
+
+# --- TVM -----------------------------------------------------------------------------------------
+def _tiny_model(seed: int):
+    space = load_space(TINY)
+    g = space.full() if seed == 0 else space.sample(random.Random(seed))
+    model = space.build(g, space.supernet(seed=0)).eval()
+    torch.manual_seed(seed)
+    for m in model.modules():  # a classifier that is not zero-initialised: outputs worth comparing
+        if isinstance(m, torch.nn.Linear):
+            torch.nn.init.normal_(m.weight, std=0.5)
+            torch.nn.init.normal_(m.bias, std=0.5)
+    return model, space.arch(g).resolution
+
+
+@pytest.fixture(scope="module")
+def backend(tmp_path_factory):
+    from kernels.tvm_latency import TVMBackend
+
+    return TVMBackend(tmp_path_factory.mktemp("tvm"), trials_per_task=2, repeats=10)
+
+
+@pytest.mark.slow
+def test_tuned_kernels_time_the_network_match_pytorch_and_are_reused(backend):
+    from kernels.tvm_latency import TVMBackend
+
+    model, r = _tiny_model(0)
+    m = backend.measure(model, r)
+    assert m["latency_source"] == "tvm" and m["latency_tuned_fraction"] == 1.0
+    assert m["latency_kernels_tuned_now"] > 0
+    assert 0 < m["latency_ms"] < 50 and m["latency_spread_ms"] >= 0
+    assert m["latency_max_abs_diff"] < 1e-4
+    # a fresh process-like backend on the same database tunes nothing again
+    again = TVMBackend(backend.db.dir.parent, trials_per_task=2, repeats=10).measure(model, r)
+    assert again["latency_kernels_tuned_now"] == 0 and again["latency_source"] == "tvm"
+    rows = [json.loads(line) for line in (backend.db.dir / "kernels.jsonl").read_text().splitlines()]
+    assert len({r["key"] for r in rows}) == m["latency_kernels"]  # the latency table holds every kernel once
+    # untuned kernels are labelled as such
+    other, r2 = _tiny_model(3)
+    un = backend.measure(other, r2, tune=False, remember=False)
+    assert un["latency_source"].startswith("tvm-untuned") or un["latency_tuned_fraction"] == 1.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["tiny", "resnet20"])
+def test_pytorch_sees_the_same_operators_as_the_tvm_kernels(name):
+    """The latency model prices PyTorch operators with what TVM kernels taught it: both sides
+    must describe a network by the same operators."""
+    from collections import Counter
+
+    from kernels.tvm_compile import host_target, prepared_module
+    from kernels.tvm_latency import fold_batch_norm
+    from kernels.tvm_tuning import extract_kernels
+
+    space = load_space(TINY if name == "tiny" else space_path(name))
+    target = host_target()
+    for seed in range(2):
+        g = space.full() if seed == 0 else space.sample(random.Random(seed))
+        model = space.build(g, space.supernet(seed=0)).eval()
+        r = space.arch(g).resolution
+        kernels = extract_kernels(prepared_module(fold_batch_norm(model), (1, 3, r, r), target), target)
+        tvm_side = Counter()
+        for k in kernels:
+            op = op_of_kernel(k.name, k.shapes)
+            assert op is not None, k.name
+            tvm_side[op.key] += k.calls
+        assert tvm_side == Counter(o.key for o in torch_ops(model, r))
+
+
+@pytest.mark.slow
+def test_the_latency_model_prices_networks_it_was_not_fitted_on(backend):
+    from kernels.tvm_latency import spread_genomes
+
+    space = load_space(TINY)
+    sup = space.supernet(seed=0)
+    nets = []
+    for g in spread_genomes(space, 7, seed=1):
+        model = space.build(g, sup).eval()
+        r = space.arch(g).resolution
+        backend.measure(model, r, check=False)
+        from kernels.tvm_latency import network_key
+
+        nets.append(backend.networks()[network_key(torch_ops(model, r), r)])
+    model = backend.fit_model(nets[:5])
+    assert model.fit_info["networks"] == 5
+    for n in nets[5:]:
+        pred = model.predict_ms(LatencyModel.ops_from_json(n["ops"]))
+        assert abs(pred - n["ms"]) / n["ms"] < 0.5, (pred, n["ms"])
+
+
+# --- runs -------------------------------------------------------------------------------------
+def _trials(out):
+    study = optuna.load_study(study_name=STUDY_NAME, storage=open_storage(out, None))
+    return [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+
+
+@pytest.mark.slow
+def test_tvm_model_run_fits_checks_and_reports_its_error(tmp_path, cache_dir):
+    out = tmp_path / "run"
+    r = run_cli("run", TINY, "--budget", 3, "--out", out, "--no-progress", "--set", f"cache={cache_dir}",
+                "--set", "latency=tvm-model", "--set", "latency.trials_per_task=2", "--set", "latency.fit_networks=4",
+                "--set", "latency.holdout=1", "--set", "latency.check_front=2",
+                "--set", "objectives=[{metric: val_acc}, {metric: latency_ms, direction: minimize}]")
+    assert r.returncode == 0, r.stderr[-3000:]
+    rep = json.loads((out / "latency.json").read_text())
+    assert rep["provider"] == "tvm-model" and rep["fit_networks"] == 4
+    assert len(rep["holdout"]) == 1 and rep["holdout_mape"] >= 0
+    assert 1 <= len(rep["front"]) <= 2 and all(c["source"] == "tvm" for c in rep["front"])
+    assert rep["front_mape"] is not None
+    trials = _trials(out)
+    assert len(trials) == 3
+    assert all(t.user_attrs["metrics"]["latency_source"] == "tvm-model" for t in trials)
+
+
+@pytest.mark.slow
+def test_tvm_latency_on_ray_workers_goes_through_one_service(tmp_path, cache_dir, ray_session):
+    out = tmp_path / "run"
+    r = run_cli("run", TINY, "--address", ray_session, "--workers", 2, "--budget", 2, "--out", out,
+                "--no-progress", "--set", f"cache={cache_dir}", "--set", "latency=tvm",
+                "--set", f"latency.database={tmp_path / 'tvm'}",
+                "--set", "latency.trials_per_task=1", "--set", "latency.repeats=5")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "latency service (tvm) started" in r.stderr
+    trials = _trials(out)
+    assert len(trials) == 2
+    assert all(t.user_attrs["metrics"]["latency_source"] == "tvm" for t in trials)
+    stats = json.loads((out / "latency.json").read_text())
+    assert stats["provider"] == "tvm" and stats["tasks_seen"] >= stats["tasks_tuned"] > 0
+
+
+def test_bad_latency_settings_are_exit_2_naming_the_field(tmp_path):
+    r = run_cli("run", TINY, "--out", tmp_path / "a", "--set", "latency=tvmx")
+    assert r.returncode == 2 and "latency.provider" in r.stderr
+    r = run_cli("run", TINY, "--out", tmp_path / "b", "--set", "latency=tvm", "--set", "latency.target={kind: nosuch}")
+    assert r.returncode == 2 and "latency.target" in r.stderr, r.stderr[-2000:]
+    assert not (tmp_path / "b" / "study.journal").exists()
