@@ -40,24 +40,40 @@ def to_onnx(model: nn.Module, x: torch.Tensor, path: Path) -> float:
     return float(np.abs(y - _reference(model, x)).max())
 
 
-def to_tvm(model: nn.Module, x: torch.Tensor, path: Path, target: str | None = None) -> float:
-    """Compile with TVM (Relax, via torch.export) for `target` (default: this host) and run the
-    library on the Relax VM. The kernels are TVM's defaults; tuning is kernels.tvm's business."""
-    from kernels.tvm_compile import compile_module, run_library
+def to_tvm(model: nn.Module, x: torch.Tensor, path: Path, target: str | dict | None = None,
+           database: str | Path | None = None) -> tuple[float, dict]:
+    """Compile with TVM (Relax, via torch.export, batch norm folded) for `target` (default: this
+    host) with the tuned kernels the target's tuning database holds (`database`: the folder of
+    tuning databases; kernels it lacks keep TVM's default schedule), and run the library on the
+    Relax VM. Returns the max abs difference and how many kernels were tuned."""
+    from kernels.tvm_compile import build, host_target, prepared_module, run_library
+    from kernels.tvm_latency import fold_batch_norm
+    from kernels.tvm_tuning import TuningDB, extract_kernels
 
-    lib = compile_module(model, tuple(x[:1].shape), target)
+    t = host_target(target)
+    prepared = prepared_module(fold_batch_norm(model), tuple(x[:1].shape), t)
+    db, info = None, {"kernels": None, "tuned_kernels": 0}
+    if database is not None:
+        db = TuningDB(database, t)
+        kernels = extract_kernels(prepared, t)
+        info = {"kernels": len(kernels), "tuned_kernels": sum(db.record(k) is not None for k in kernels)}
+    lib = build(prepared, t, db.database if db is not None and info["tuned_kernels"] else None)
     lib.export_library(str(path))
     y = run_library(path, x[:1].numpy())
     ref = _reference(model, x[:1])
-    return float(np.abs(y - ref).max())
+    return float(np.abs(y - ref).max()), info
 
 
 EXPORTERS = {"torchscript": to_torchscript, "onnx": to_onnx, "tvm": to_tvm}
 
 
-def export_model(model: nn.Module, resolution: int, fmt: str, path: Path, seed: int = 0) -> float:
-    """Write `model` in `fmt` to `path`; the max abs difference to PyTorch on seeded inputs."""
+def export_model(model: nn.Module, resolution: int, fmt: str, path: Path, seed: int = 0,
+                 tvm_database: str | Path | None = None) -> tuple[float, dict]:
+    """Write `model` in `fmt` to `path`; the max abs difference to PyTorch on seeded inputs, and
+    what else the format reports (TVM: kernels tuned)."""
     model = model.eval()
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(4, 3, resolution, resolution, generator=g)
-    return EXPORTERS[fmt](model, x, path)
+    if fmt == "tvm":
+        return to_tvm(model, x, path, database=tvm_database)
+    return EXPORTERS[fmt](model, x, path), {}

@@ -32,6 +32,7 @@ def export(run_dir: str, trial: int | list[int] | None = None, pareto: bool = Fa
     cfg, space, _ = load_run_config(path / "config.yaml")
     records = load_records(path, cfg.storage, space, cfg.objectives, cfg.constraints)
     signs = [1.0 if o.direction == "maximize" else -1.0 for o in cfg.objectives]
+    tvm_db = cfg.latency.database or cfg.cache_dir() / "tvm"  # tuned kernels for the TVM library
     if trial is not None:
         chosen = []
         for t in [trial] if isinstance(trial, int) else trial:
@@ -72,15 +73,16 @@ def export(run_dir: str, trial: int | list[int] | None = None, pareto: bool = Fa
         for fmt in formats:
             f = dest / f"trial{r.number}-{r.genome_id}{EXT[fmt]}"
             t0 = time.time()
-            diff = export_model(model, arch.resolution, fmt, f)
-            entry = {"trial": r.number, "genome_id": r.genome_id, "format": fmt, "file": f.name,
+            diff, info = export_model(model, arch.resolution, fmt, f, tvm_database=tvm_db)
+            entry = {"trial": r.number, "genome_id": r.genome_id, "format": fmt, "file": f.name, **info,
                      "bytes": f.stat().st_size, "max_abs_diff": diff, "ok": diff <= TOLERANCE,
                      "resolution": arch.resolution, "seconds": round(time.time() - t0, 2),
                      "at": time.strftime("%Y-%m-%dT%H:%M:%S")}
             manifest.append(entry)
             rows.append(entry)
             worst = max(worst, diff)
-            print(f"trial {r.number:>4} {r.genome_id}  {fmt:<11} {f.name:<40} max |diff| {diff:.2e}  "
+            tuned = f"  {info['tuned_kernels']}/{info['kernels']} kernels tuned" if info.get("kernels") else ""
+            print(f"trial {r.number:>4} {r.genome_id}  {fmt:<11} {f.name:<40} max |diff| {diff:.2e}{tuned}  "
                   f"{'ok' if entry['ok'] else 'ABOVE ' + str(TOLERANCE)}")
     manifest_path.write_text(json.dumps(manifest, indent=2))
     print(f"{len(rows)} export(s) in {dest}; manifest {manifest_path.name}")

@@ -98,3 +98,32 @@ def test_weight_sets_quantise_inherited_weights():
     conv = model.stages[2][0].project[0]
     for row in conv.weight.detach().flatten(1):
         assert len(torch.unique(row)) <= 3  # {-a, 0, a} per output channel
+
+
+def test_channel_multiple_rounds_kept_counts_within_the_mask_and_costs_stay_exact():
+    """`channel_multiple` collapses masks and widths onto hardware-friendly channel counts (fewer
+    kernels to tune); the mask still bounds what is kept and the analytic cost stays exact."""
+    from spaces.config import read_yaml, space_from_dict
+
+    d = read_yaml(space_path("tinynet"))
+    d["family"]["channel_multiple"] = 8
+    space = space_from_dict(d, "tinynet.yaml")
+    plain = load_space(space_path("tinynet"))
+    sup = space.supernet(seed=0).eval()
+    shapes, plain_shapes = set(), set()
+    for s in range(40):
+        g = space.sample(s)
+        arch = space.arch(g)
+        for grp, k in arch.sizes.items():
+            assert k < 8 or k % 8 == 0 or k == space.family.groups()[grp], (grp, k)
+            if grp in arch.masks:
+                assert k <= sum(arch.masks[grp])
+        shapes |= set(arch.sizes.items())
+        plain_shapes |= set(plain.arch(g).sizes.items())
+        model = space.build(g, sup).eval()
+        r = space.resolution(g)
+        with FlopCounterMode(display=False) as fc, torch.no_grad():
+            model(torch.randn(1, 3, r, r))
+        assert space.cost(g)["params"] == sum(p.numel() for p in model.parameters())
+        assert abs(space.cost(g)["flops"] - fc.get_total_flops()) <= 0.01 * fc.get_total_flops()
+    assert len(shapes) < 0.7 * len(plain_shapes)  # 117 vs 205 (group, count) pairs when written

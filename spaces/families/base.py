@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from spaces.dims import Choice, Condition, Dimension, Mask, Scale, WeightSet, blocks_kept
@@ -19,6 +19,8 @@ class FamilySpec(BaseModel):
     kind: str
     resolution: int = 32
     num_classes: int = 10
+    channel_multiple: int = Field(1, ge=1, description="kept channel counts rounded to this multiple "
+                                  "(hardware-friendly shapes; fewer distinct kernels to tune)")
 
 
 @dataclass
@@ -41,10 +43,16 @@ class Arch:
         return d
 
 
-def keep_count(n: int, mask: tuple | None, width: float) -> int:
-    """Filters a group keeps: the mask's ones, then the width multiplier, at least one."""
+def keep_count(n: int, mask: tuple | None, width: float, multiple: int = 1) -> int:
+    """Filters a group keeps: the mask's ones, then the width multiplier, at least one; with
+    `multiple`, counts of at least that many are rounded to its nearest multiple that the mask
+    allows (never more filters than the mask keeps); a whole group stays whole."""
     kept = sum(mask) if mask is not None else n
-    return max(1, int(width * kept + 0.5))
+    k = max(1, int(width * kept + 0.5))
+    if multiple > 1 and multiple <= k < n:
+        r = int(k / multiple + 0.5) * multiple
+        k = r if r <= kept else (kept // multiple) * multiple
+    return k
 
 
 # target -> (dimension classes allowed, scopes allowed; "" = the whole network)
@@ -139,7 +147,7 @@ class Family:
         res = max(4, int(round(scalar("resolution", 1.0) * self.spec.resolution)))
         depth, width = scalar("depth", 1.0), scalar("width", 1.0)
         masks = {d.scope: tuple(genome[d.name]) for d in by_target.get("filters", [])}
-        sizes = {g: keep_count(n, masks.get(g), width) for g, n in self.groups().items()}
+        sizes = {g: keep_count(n, masks.get(g), width, self.spec.channel_multiple) for g, n in self.groups().items()}
         depths = {s: blocks_kept(depth, n) for s, n in self.stage_blocks().items()}
         kernels = {b: self.default_kernel(b) for _, _, b in self.blocks()}
         for d in by_target.get("kernel", []):
