@@ -43,6 +43,26 @@ def fold_batch_norm(model: nn.Module) -> nn.Module:
         return model
 
 
+def realistic(model, resolution: int, seed: int = 0):
+    """A network whose outputs depend on its input, as a trained one's do: batch-norm statistics
+    recalibrated on random inputs and a random classifier (an initialised supernet's outputs are
+    nearly constant, which would make any output check pass). Latency does not depend on it."""
+    import torch
+
+    torch.manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = None
+            m.reset_running_stats()
+        if isinstance(m, torch.nn.Linear):
+            torch.nn.init.normal_(m.weight, std=0.5)
+    model.train()
+    with torch.no_grad():
+        for _ in range(4):
+            model(torch.randn(16, 3, resolution, resolution))
+    return model.eval()
+
+
 def network_key(ops: list[Op], resolution: int) -> str:
     """A network, as far as latency goes: its operators in order and its input."""
     blob = json.dumps([resolution, LatencyModel.ops_to_json(ops)])

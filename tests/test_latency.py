@@ -9,7 +9,6 @@ import time
 
 import optuna
 import pytest
-import torch
 
 from kernels.latency_model import LatencyModel, op_of_kernel, torch_ops
 from kernels.lock import CoreLock
@@ -63,15 +62,12 @@ def test_the_lock_can_be_switched_off(tmp_path, monkeypatch):
 
 # --- TVM -----------------------------------------------------------------------------------------
 def _tiny_model(seed: int):
+    from kernels.tvm_latency import realistic
+
     space = load_space(TINY)
     g = space.full() if seed == 0 else space.sample(random.Random(seed))
-    model = space.build(g, space.supernet(seed=0)).eval()
-    torch.manual_seed(seed)
-    for m in model.modules():  # a classifier that is not zero-initialised: outputs worth comparing
-        if isinstance(m, torch.nn.Linear):
-            torch.nn.init.normal_(m.weight, std=0.5)
-            torch.nn.init.normal_(m.bias, std=0.5)
-    return model, space.arch(g).resolution
+    r = space.arch(g).resolution
+    return realistic(space.build(g, space.supernet(seed=0)), r, seed), r
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +86,7 @@ def test_tuned_kernels_time_the_network_match_pytorch_and_are_reused(backend):
     assert m["latency_source"] == "tvm" and m["latency_tuned_fraction"] == 1.0
     assert m["latency_kernels_tuned_now"] > 0
     assert 0 < m["latency_ms"] < 50 and m["latency_spread_ms"] >= 0
-    assert m["latency_max_abs_diff"] < 1e-4
+    assert 0 < m["latency_max_abs_diff"] < 1e-4  # not bit-identical: TVM's own kernels, batch norm folded
     # a fresh process-like backend on the same database tunes nothing again
     again = TVMBackend(backend.db.dir.parent, trials_per_task=2, repeats=10).measure(model, r)
     assert again["latency_kernels_tuned_now"] == 0 and again["latency_source"] == "tvm"
