@@ -158,6 +158,30 @@ def _supernet_point(run_dir: Path) -> dict | None:
     return json.loads(p.read_text()) if p.exists() else None
 
 
+def _latency_section(path: Path) -> str:
+    """Where the run's latencies came from (latency.json): the tuning database's reuse and, for
+    the latency model, its error against tuned whole-network measurements."""
+    f = path / "latency.json"
+    if not f.exists():
+        return ""
+    try:
+        d = json.loads(f.read_text())
+    except json.JSONDecodeError:
+        return ""
+    e = html.escape
+    items = [f"provider <b>{e(str(d.get('provider')))}</b>, target <code>{e(str(d.get('target', '')))}</code>"]
+    if "tasks_seen" in d:
+        items.append(f"kernels seen {d['tasks_seen']}, tuned in this run {d.get('tasks_tuned', 0)} "
+                     f"({d.get('tuning_s', 0):.0f} s of tuning)")
+    if d.get("holdout_mape") is not None:
+        items.append(f"latency model: fitted on {d.get('fit_networks')} networks, error on {len(d.get('holdout', []))} "
+                     f"held-out networks <b>{d['holdout_mape']:.1f} %</b> (mean absolute percentage)")
+    if d.get("front_mape") is not None:
+        items.append(f"error on the Pareto front measured with tuned kernels ({len(d.get('front', []))} networks): "
+                     f"<b>{d['front_mape']:.1f} %</b>")
+    return "<h2>Latency</h2><ul>" + "".join(f"<li>{i}</li>" for i in items) + "</ul>"
+
+
 def write_report(run_dir: str | Path) -> Path:
     """(Re)build report.html and the PNGs of a run folder; returns the HTML's path."""
     import matplotlib
@@ -212,6 +236,7 @@ def write_report(run_dir: str | Path) -> Path:
     tim = "".join(f"<li>{e(t.get('at', ''))}: {e(t.get('executor', t.get('runner', '')))}, {t.get('workers', '')} worker(s), "
                   f"set-up {t.get('setup_s', 0):.1f} s, start-up {t.get('executor_startup_s', 0):.1f} s, "
                   f"search {t.get('search_s', 0):.1f} s, {t.get('trials', 0)} trials</li>" for t in timings)
+    lat = _latency_section(path)
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>archsearch run {e(path.name)}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1200px}} table{{border-collapse:collapse;font-size:13px}}
@@ -226,6 +251,7 @@ Best: {best_line}.</p>
 {imgs}
 <h2>Pareto front ({len(front)} trials)</h2>
 <table><tr><th>trial</th><th>genome id</th>{''.join(f'<th>{e(m)}</th>' for m in metrics)}</tr>{rows}</table>
+{lat}
 <h2>Sessions</h2><ul>{tim or '<li>no finished session yet</li>'}</ul>
 </body></html>
 """

@@ -164,6 +164,7 @@ def test_tvm_model_run_fits_checks_and_reports_its_error(tmp_path, cache_dir):
     assert len(rep["holdout"]) == 1 and rep["holdout_mape"] >= 0
     assert 1 <= len(rep["front"]) <= 2 and all(c["source"] == "tvm" for c in rep["front"])
     assert rep["front_mape"] is not None
+    assert "error on the Pareto front measured with tuned kernels" in (out / "report.html").read_text()
     trials = _trials(out)
     assert len(trials) == 3
     assert all(t.user_attrs["metrics"]["latency_source"] == "tvm-model" for t in trials)
