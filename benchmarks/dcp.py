@@ -99,9 +99,10 @@ def main() -> None:
              f"`../shared/data/cifar10_jpg.zip`, {args.test_per_class} test images per class, no augmentation: a "
              "subset, so accuracies are far below the paper's (full CIFAR-10, hundreds of epochs). The base: "
              f"`spaces/resnet20.yaml`'s supernet pre-trained {args.pretrain_epochs:g} epochs (sandwich rule), "
-             "shared with benchmarks/pruning.md. DCP (defaults: lambda 1, one stage fine-tuning epoch with the "
-             "stage's discrimination-aware loss, 256 selection images, 3 SGD steps of re-optimisation per added "
-             "channel) prunes the 9 block-inner channel groups; every network (DCP's, L1's, random's, the full "
+             "shared with benchmarks/pruning.md. DCP (defaults: lambda 1, each stage head first trained alone (10 "
+             "passes over 2,048 cached features), then one stage fine-tuning epoch with the stage's "
+             "discrimination-aware loss, 256 selection images, 3 Adam steps (lr 0.005) of re-optimisation per "
+             "added channel) prunes the 9 block-inner channel groups; every network (DCP's, L1's, random's, the full "
              f"one) is then fine-tuned {args.finetune_epochs:g} epochs (SGD lr 0.02, cosine) and scored on the test "
              "images. L1 / random keep the same number of channels per layer as DCP (equal FLOPs and params).", "",
              "| network | FLOPs reduction | params reduction | MFLOPs | test acc % | L1-norm, same FLOPs | random, same "
