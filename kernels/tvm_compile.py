@@ -81,10 +81,50 @@ def import_module(model: nn.Module, shape: tuple[int, ...]):
     return from_exported_program(ep, keep_params_as_input=False)
 
 
+_FAST_SIGMOID = None
+
+
+def fast_sigmoid_pass():
+    """sigmoid(x) as 1 / (1 + fast_exp(-x)): TVM's sigmoid calls the C library's exp per element,
+    which no schedule vectorises, and in SiLU networks it dominated the tuned kernels (a 1x1 conv
+    with SiLU at 32x32: 875 us with it, 70 us without). fast_exp is TVM's polynomial exp
+    (relative error about 1e-7), the one its FastMathTransform uses for exp."""
+    global _FAST_SIGMOID
+    if _FAST_SIGMOID is not None:
+        return _FAST_SIGMOID
+    tvm = load_tvm()
+    from tvm import relax, topi
+    from tvm.relax import PyExprMutator, expr_functor
+
+    def sigmoid(x):
+        one = tvm.tirx.const(1.0, x.dtype)
+        return topi.divide(one, topi.add(one, topi.fast_exp(topi.negative(x))))
+
+    @expr_functor.mutator
+    class Mutator(PyExprMutator):
+        def visit_call_(self, call):
+            call = super().visit_call_(call)
+            if getattr(call.op, "name", "") == "relax.sigmoid":
+                return self.builder_.call_te(sigmoid, call.args[0], primfunc_name_hint="fast_sigmoid")
+            return call
+
+    @tvm.transform.module_pass(opt_level=0, name="FastSigmoid")
+    class FastSigmoid:
+        def transform_module(self, mod, ctx):
+            m = Mutator(mod)
+            for gv, f in mod.functions_items():
+                if isinstance(f, relax.Function):
+                    m.builder_.update_func(gv, m.visit_expr(f))
+            return m.builder_.get()
+
+    _FAST_SIGMOID = FastSigmoid()
+    return _FAST_SIGMOID
+
+
 def prepare(mod, target):
-    """Fold batch norm into the convolutions and run the Relax preparation passes (decompose for
-    inference, canonicalise bindings, legalise and fuse): the form whose fused kernels
-    MetaSchedule extracts as tasks and whose kernels a database applies to."""
+    """Fold batch norm into the convolutions, vectorisable sigmoids, and the Relax preparation
+    passes (decompose for inference, canonicalise bindings, legalise and fuse): the form whose
+    fused kernels MetaSchedule extracts as tasks and whose kernels a database applies to."""
     tvm = load_tvm()
     from tvm import relax
 
@@ -93,6 +133,7 @@ def prepare(mod, target):
             relax.transform.FoldBatchnormToConv2D(),
             relax.transform.DecomposeOpsForInference(),
             relax.transform.CanonicalizeBindings(),
+            fast_sigmoid_pass(),
             relax.get_pipeline("zero"),
         ])(mod)
 
