@@ -19,7 +19,7 @@ from torch.func import functional_call
 
 from spaces.builder import importance, kept_indices, sliced_state
 from spaces.dims import Mask, Scale
-from spaces.layers import GConv2d, quantize_, quantized_ste
+from spaces.layers import GConv2d, mask_kernels_, quantize_, quantized_ste
 from spaces.space import Genome, Space
 
 from kernels.lock import core_lock
@@ -257,4 +257,5 @@ def fine_tune(model: nn.Module, data: Splits, resolution: int, recipe: TrainReci
         slb.finalize()
     for m, ws in qconvs:
         quantize_(m.weight, ws)
+    mask_kernels_(model)  # kernel-pruned convs (DKP) keep exact zeros, also on a weight set
     return {"steps": total, "final_train_loss": last}

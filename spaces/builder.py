@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from spaces.families.base import Arch
-from spaces.layers import FIXED_GROUPS, GBatchNorm2d, GConv2d, GLinear, quantize_
+from spaces.layers import FIXED_GROUPS, GBatchNorm2d, GConv2d, GLinear, mask_kernels_, quantize_
 
 
 @torch.no_grad()
@@ -67,6 +67,9 @@ def sliced_state(sub: nn.Module, supernet: nn.Module, idx: dict[str, torch.Tenso
                 o = (ks - k) // 2
                 w = w[:, :, o:o + k, o:o + k]
             out[pre + "weight"] = w
+            if s.kernel_mask is not None:  # kernel-level pruning: the mask is sliced like the weight
+                km = _take(s.kernel_mask, 0, m.gout, idx)
+                out[pre + "kernel_mask"] = km if m.depthwise else _take(km, 1, m.gin, idx)
             if m.bias is not None:
                 out[pre + "bias"] = _take(s.bias, 0, m.gout, idx)
         elif isinstance(m, GBatchNorm2d):
@@ -97,10 +100,38 @@ def quantize_model_(model: nn.Module, quant: dict[str, str]) -> None:
             quantize_(m.weight, quant.get(m.qgroup, "float"))
 
 
+@torch.no_grad()
+def kernel_sparse_cost(space, genome, model: nn.Module) -> dict[str, int]:
+    """(FLOPs, params) of `genome` as `space.cost` counts them, less every kernel that a kernel
+    mask of `model` (the genome's built sub-network) prunes: its weights and multiply-adds."""
+    cost = dict(space.cost(genome))
+    convs = [m for m in model.modules() if isinstance(m, GConv2d) and m.kernel_mask is not None]
+    if not convs:
+        return cost
+    pixels: dict[int, int] = {}
+    hooks = [m.register_forward_hook(lambda mod, _i, out: pixels.__setitem__(id(mod), out.shape[-2] * out.shape[-1]))
+             for m in convs]
+    r, was = space.resolution(genome), model.training
+    model.eval()
+    try:
+        space.family.costed_forward(model, torch.zeros(1, 3, r, r))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was)
+    for m in convs:
+        pruned = int((m.kernel_mask == 0).sum())
+        per_kernel = m.kernel_size[0] * m.kernel_size[1]
+        cost["params"] -= pruned * per_kernel
+        cost["flops"] -= 2 * pruned * per_kernel * pixels.get(id(m), 0)
+    return cost
+
+
 def build_subnet(family, arch: Arch, supernet: nn.Module) -> nn.Module:
     """The physically smaller module of `arch`, its weights inherited from `supernet`."""
     sub = family.module(arch)
     inherit_(sub, supernet, kept_indices(arch, family.groups(), importance(supernet)))
     quantize_model_(sub, arch.quant)
+    mask_kernels_(sub)
     sub.train(supernet.training)
     return sub

@@ -20,6 +20,34 @@ class GConv2d(nn.Conv2d):
         super().__init__(cin, cout, k, stride=stride, padding=k // 2, groups=cin if depthwise else 1,
                          bias=bias)
         self.gin, self.gout, self.depthwise, self.qgroup = gin, gout, depthwise, qgroup
+        # kernel-level pruning (DKP): (cout, cin) of 1 / 0, or None (every other path: a plain conv)
+        self.register_buffer("kernel_mask", None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kernel_mask is None:
+            return super().forward(x)
+        # pruned kernels contribute nothing and get no gradient, so training keeps them at zero
+        return self._conv_forward(x, self.weight * self.kernel_mask[:, :, None, None], self.bias)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        # a state with a kernel mask (a DKP-pruned supernet, a sub-network's fine-tuned weights)
+        # gives a freshly built layer its mask: every load_state_dict path carries it
+        key = prefix + "kernel_mask"
+        if self.kernel_mask is None and key in state_dict:
+            self.kernel_mask = torch.empty_like(state_dict[key], device=self.weight.device)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
+
+@torch.no_grad()
+def mask_kernels_(model: nn.Module) -> None:
+    """Zero the pruned kernels of every conv with a kernel mask (after quantisation, which may
+    move a zero weight onto a set's non-zero value)."""
+    for m in model.modules():
+        if isinstance(m, GConv2d) and m.kernel_mask is not None:
+            w = m.weight
+            w.mul_(m.kernel_mask[:, :, None, None].to(w.dtype))
 
 
 class GBatchNorm2d(nn.BatchNorm2d):

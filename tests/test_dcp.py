@@ -80,3 +80,139 @@ def test_dcp_needs_a_resnet_space_and_valid_options(tmp_path):
     assert r.returncode == 2 and "resnet" in r.stderr
     r = run_cli("run", space_path("resnet20"), "--optimizer", "dcp", "--set", "epsilon=-1", "--out", tmp_path / "b")
     assert r.returncode == 2 and "epsilon" in r.stderr
+
+
+# --- DKP: the same selection over single kernels (granularity: kernel) ---------------------------
+
+DKP = ["--set", "granularity=kernel", "--set", "kernel_batch=0.1", "--set", "stage_epochs=0", "--set", "head_epochs=3",
+       "--set", "head_images=512", "--set", "select_images=64", "--set", "inner_steps=2"]
+
+
+@pytest.fixture(scope="module")
+def dkp_run(tmp_path_factory, cache_dir):
+    out = tmp_path_factory.mktemp("dkp") / "run"
+    r = run_cli("run", space_path("resnet20"), "--optimizer", "dcp", "--set", "epsilon=0.05", *DKP, *FAST,
+                "--set", f"cache={cache_dir}", "--out", out, "--no-progress", timeout=1500)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out
+
+
+def _kernel_masks(state):
+    return {k.removesuffix(".kernel_mask"): v for k, v in state.items() if k.endswith(".kernel_mask")}
+
+
+def test_kernel_masks_are_sliced_carried_and_counted():
+    """A conv's kernel mask is sliced with its weight, adopted by any load_state_dict, keeps its
+    kernels at zero through training, and the sparse cost leaves exactly its zeros out."""
+    import torch
+
+    from spaces import load_space
+    from spaces.builder import kernel_sparse_cost
+
+    space = load_space(space_path("resnet20"))
+    sup = space.supernet(0).eval()
+    conv = sup.stages[1][1].conv2
+    km = (torch.rand(conv.out_channels, conv.in_channels, generator=torch.Generator().manual_seed(0)) > 0.6).float()
+    conv.kernel_mask = km
+    worker = space.supernet(1)  # a Ray worker's fresh supernet loads the driver's state
+    worker.load_state_dict(sup.state_dict())
+    assert torch.equal(worker.stages[1][1].conv2.kernel_mask, km) and worker.stages[1][0].conv2.kernel_mask is None
+    g = space.full()
+    g["mask.s2.b1"] = tuple(0 if i in (0, 5) else 1 for i in range(32))
+    g = space.validate(g)
+    sub = space.build(g, sup)
+    sm = sub.stages[1][1].conv2.kernel_mask
+    assert torch.equal(sm, km[:, [i for i in range(32) if i not in (0, 5)]])
+    assert (sub.stages[1][1].conv2.weight[sm == 0] == 0).all()  # the builder zeroes them
+    assert all(m.kernel_mask is None for n, m in sub.named_modules() if n != "stages.1.1.conv2" and hasattr(m, "kernel_mask"))
+    fresh = space.family.module(space.arch(g))
+    fresh.load_state_dict(sub.state_dict())  # a fresh module adopts the mask (workers, exports)
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(fresh.eval()(x), sub.eval()(x))
+    opt = torch.optim.SGD(sub.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3)
+    sub.train()
+    for _ in range(3):
+        loss = sub(x).logsumexp(1).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    w = sub.stages[1][1].conv2.weight
+    assert (w[sm == 0] == 0).all() and (w[sm == 1] != 0).all()
+    dense, sparse = space.cost(g), kernel_sparse_cost(space, g, sub)
+    pruned = int((sm == 0).sum())
+    assert dense["params"] - sparse["params"] == pruned * 9
+    assert dense["flops"] - sparse["flops"] == 2 * pruned * 9 * 16 * 16  # stage 2: 16 x 16 outputs
+    plain = space.build(g, space.supernet(0))  # no mask anywhere: a plain conv, the dense cost
+    assert kernel_sparse_cost(space, g, plain) == dense
+
+
+@pytest.mark.slow
+def test_dkp_run_keeps_pruned_kernels_at_zero_and_counts_sparse_flops(dkp_run):
+    import torch
+
+    report = json.loads((dkp_run / "dcp.json").read_text())
+    trial = json.loads((dkp_run / "pareto.json").read_text())["front"][0]
+    assert report["granularity"] == "kernel" and report["genome"] == trial["genome"]
+    layers = report["layers"]
+    assert len(layers) == 9
+    assert report["kept_kernels"] < report["kernels"]
+    # (b) after the evaluator's fine-tuning, the stored weights' pruned kernels are exactly zero
+    state = torch.load(dkp_run / "trials" / f"{trial['genome_id']}.pt", weights_only=True)
+    masks = _kernel_masks(state)
+    assert len(masks) == 9
+    zeros = 0
+    for si in range(3):
+        for bj in range(3):
+            info, m = layers[f"s{si + 1}.b{bj}"], masks[f"stages.{si}.{bj}.conv2"]
+            full = torch.tensor([[int(c) for c in row] for row in info["kernel_mask"]], dtype=m.dtype)
+            assert torch.equal(m, full[:, info["kept_channels"]])  # dcp.json's selection, sliced
+            assert len(info["kept_channels"]) == info["kept"] == m.shape[1]
+            w = state[f"stages.{si}.{bj}.conv2.weight"]
+            assert (w[m == 0] == 0).all()
+            assert (w[m == 1].flatten(1).abs().sum(1) > 0).all()  # the kept kernels were trained
+            zeros += int((m == 0).sum())
+    assert zeros > 0  # kernels pruned inside kept channels, not only whole channels
+    best = torch.load(dkp_run / "best" / "model.pt", weights_only=True)
+    assert all((best[f"{k}.weight"][m == 0] == 0).all() for k, m in _kernel_masks(best).items())
+    # (c) the kernel-sparse cost is below the dense cost, which is what the trial's flops count
+    assert report["cost"]["flops"] == trial["metrics"]["flops"]
+    assert report["sparse_cost"]["flops"] < report["cost"]["flops"] < report["full_cost"]["flops"]
+    assert report["sparse_cost"]["params"] < report["cost"]["params"]
+    assert trial["metrics"]["val_acc"] > 0.5  # digits, chance is 0.1
+
+
+@pytest.mark.slow
+def test_larger_epsilon_keeps_fewer_kernels(cache_dir):
+    """(a) the adaptive rule stops DKP's selection: a larger epsilon keeps fewer kernels."""
+    from search.config import load_run_config
+    from search.loop import make_evaluator
+
+    cfg, space, _ = load_run_config(space_path("resnet20"), ["pretrain.epochs=2", "latency=none", f"cache={cache_dir}"])
+    ev = make_evaluator(cfg, space, None)
+    ev.setup()
+    kept = {}
+    for eps in (0.1, 0.02):
+        sup = ev.space.supernet(0)
+        sup.load_state_dict(ev.supernet.state_dict())
+        g, model, rep = discrimination_aware_pruning(ev.space, sup, ev.data, DCPOptions(
+            granularity="kernel", kernel_batch=0.1, epsilon=eps, stage_epochs=0, head_epochs=3, head_images=512,
+            select_images=64, inner_steps=2), seed=0)
+        kept[eps] = rep["kept_kernels"]
+        stopped = [v for v in rep["layers"].values() if v["stopped"] == "epsilon"]
+        assert stopped, rep["layers"]
+        for v in stopped:  # the rule, exactly: the last step's relative change <= epsilon
+            loss = v["loss"]
+            assert abs(loss[-1] - loss[-2]) / loss[0] <= eps + 1e-4
+            assert v["kept_kernels"] < v["kernels"] and len(loss) == v["steps"] + 1
+        for v in rep["layers"].values():  # batches of kernel_batch x the layer's kernels
+            assert v["steps"] <= 10 and v["kept"] >= 2
+        assert ev.space.genome_id(g)
+    assert kept[0.1] < kept[0.02], kept
+
+
+def test_kernel_batch_needs_kernel_granularity(tmp_path):
+    r = run_cli("run", space_path("resnet20"), "--optimizer", "dcp", "--set", "kernel_batch=0.1", "--out", tmp_path / "a")
+    assert r.returncode == 2 and "kernel_batch" in r.stderr and "granularity" in r.stderr
+    r = run_cli("run", space_path("resnet20"), "--optimizer", "dcp", "--set", "granularity=filter", "--out", tmp_path / "b")
+    assert r.returncode == 2 and "granularity" in r.stderr

@@ -16,6 +16,21 @@ like any other trial. What it does, stage by stage (P = the family's stages):
    (`inner_steps`), and stop when |L(W^{t-1}) - L(W^t)| / L(W^0) <= epsilon (the adaptive rule
    of the journal version) or at `max_keep` of the channels.
 
+DKP (`granularity: kernel`, the journal version's kernel pruning) makes the same greedy choice
+over the conv's single kernels W[o, i, :, :] (input-output channel pairs) instead of its input
+channels: the kernels are ranked by the norm of their gradient of the same L, the selected ones
+re-optimised after each addition, and the same adaptive rule (or `max_keep` of the kernels)
+stops. One kernel per step over cout x cin pairs would take thousands of steps, so each step adds
+the top `kernel_batch` fraction of the layer's kernels (2.5 %: at most 40 steps a layer); the rule
+compares whole steps, so at one epsilon a larger batch keeps more kernels. Input
+channels none of whose kernels are kept leave the genome's mask (a physically smaller network,
+as DCP); the pruned kernels of the channels that stay are a `kernel_mask` buffer on the conv
+(spaces.layers.GConv2d), which the forward pass applies (they get no gradient, so fine-tuning
+keeps them at zero), which the builder slices with the weight, and which every state dict
+carries (the supernet, the trial's weights, exports). `dcp.json` gives the genome's dense cost
+(`cost`, as `space.cost` and the trial's `flops` count it) and its kernel-sparse cost
+(`sparse_cost`, the pruned kernels' weights and multiply-adds not counted).
+
 The pruned model's weights (the re-optimised convs and the stage fine-tuning) are written into
 the run's supernet in memory, so the trial inherits exactly DCP's weights; they are also saved
 as `dcp_supernet.pt` in the run folder (a resumed run reloads them). `dcp.json` records every
@@ -29,13 +44,14 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from spaces.builder import kernel_sparse_cost
 from spaces.errors import ConfigError
 
 from search.optimizers.base import Optimizer
@@ -58,6 +74,10 @@ class DCPOptions(BaseModel):
     inner_steps: int = Field(3, ge=0, description="SGD steps re-optimising the selected channels' weights after each addition")
     inner_lr: float = Field(0.005, gt=0, description="Adam's learning rate for the re-optimisation")
     batch_size: int = Field(128, ge=1)
+    granularity: Literal["channel", "kernel"] = Field(
+        "channel", description="channel: DCP; kernel: DKP, the same selection over single kernels W[o, i]")
+    kernel_batch: float = Field(0.025, gt=0, le=1, description="kernel granularity: the fraction of a layer's "
+                                "cout x cin kernels added per greedy step (at least one): at most 1 / kernel_batch steps")
 
 
 class StageHead(nn.Module):
@@ -97,6 +117,11 @@ class DCP(Optimizer):
         if not inner:
             raise ConfigError(file, "optimizer.name", f"dcp needs filter masks on the blocks' inner groups (mask per: group) in space {space.name!r}")
 
+    @classmethod
+    def check_options(cls, space, options, file):
+        if "kernel_batch" in options.model_fields_set and options.granularity != "kernel":
+            raise ConfigError(file, "optimizer.options.kernel_batch", "applies to granularity: kernel (DKP) only")
+
     def __init__(self, space, objectives, constraints, seed, options=None):
         super().__init__(space, objectives, constraints, seed, options)
         self.check_space(space, None)
@@ -128,6 +153,8 @@ class DCP(Optimizer):
         self.result["genome"] = space.to_json(self.genome)
         self.result["cost"] = space.cost(self.genome)
         self.result["full_cost"] = space.cost(space.full())
+        if self.options.granularity == "kernel":  # the pruned kernels' weights and FLOPs not counted
+            self.result["sparse_cost"] = kernel_sparse_cost(space, self.genome, space.build(self.genome, sup))
         if self.run_dir is not None:
             torch.save(sup.state_dict(), saved)
             (self.run_dir / "dcp.json").write_text(json.dumps(self.result, indent=2))
@@ -166,6 +193,9 @@ def discrimination_aware_pruning(space, supernet: nn.Module, data, o: DCPOptions
     genome = dict(full)
     masks: dict[str, torch.Tensor] = {}  # group -> kept input channels of conv2 (1/0)
     report: dict[str, Any] = {"epsilon": o.epsilon, "layers": {}}
+    kernel = o.granularity == "kernel"
+    if kernel:
+        report.update(granularity="kernel", kernel_batch=o.kernel_batch)
 
     def enforce():
         with torch.no_grad():
@@ -173,7 +203,7 @@ def discrimination_aware_pruning(space, supernet: nn.Module, data, o: DCPOptions
                 for bj, block in enumerate(stage):
                     m = masks.get(f"s{si + 1}.b{bj}")
                     if m is not None:
-                        block.conv2.weight.mul_(m.view(1, -1, 1, 1))
+                        block.conv2.weight.mul_(m.view(1, -1, 1, 1) if m.dim() == 1 else m[:, :, None, None])
 
     for si, stage in enumerate(model.stages):
         group_stage = f"s{si + 1}"
@@ -194,17 +224,30 @@ def discrimination_aware_pruning(space, supernet: nn.Module, data, o: DCPOptions
             if dim not in space.dims:
                 continue
             t0 = time.time()
-            keep, info = _select_channels(model, baseline, head, si, bj, xs, ys, o, space.dims[dim].min_keep)
-            masks[group] = keep
+            if kernel:
+                kmask, info = _select_kernels(model, baseline, head, si, bj, xs, ys, o, space.dims[dim].min_keep)
+                block.conv2.kernel_mask = kmask  # the forward pass applies it: later training keeps zeros
+                masks[group] = kmask
+                keep = (kmask.sum(0) > 0).float()
+            else:
+                keep, info = _select_channels(model, baseline, head, si, bj, xs, ys, o, space.dims[dim].min_keep)
+                masks[group] = keep
             enforce()
             genome[dim] = tuple(int(v) for v in keep.tolist())
             info["time_s"] = round(time.time() - t0, 2)
             report["layers"][group] = info
-            log.info("dcp: %s keeps %d of %d channels (%s, %.1f s)", group, info["kept"], info["channels"],
-                     info["stopped"], info["time_s"])
+            if kernel:
+                log.info("dcp: %s keeps %d of %d kernels, %d of %d channels (%s, %.1f s)", group, info["kept_kernels"],
+                         info["kernels"], info["kept"], info["channels"], info["stopped"], info["time_s"])
+            else:
+                log.info("dcp: %s keeps %d of %d channels (%s, %.1f s)", group, info["kept"], info["channels"],
+                         info["stopped"], info["time_s"])
         for p in model.parameters():
             p.requires_grad_(True)
     model.eval()
+    if kernel:
+        report["kernels"] = sum(v["kernels"] for v in report["layers"].values())
+        report["kept_kernels"] = sum(v["kept_kernels"] for v in report["layers"].values())
     return space.validate(genome), model, report
 
 
@@ -259,8 +302,9 @@ def _stage_finetune(model, head, si, data, o: DCPOptions, gen, enforce) -> None:
         enforce()
 
 
-def _select_channels(model, baseline, head, si, bj, xs, ys, o: DCPOptions, min_keep: int):
-    """Greedy discrimination-aware selection of the channels entering block bj's second conv."""
+def _layer_loss(model, baseline, head, si, bj, xs, ys, o: DCPOptions):
+    """The joint loss L = L_M + lambda * L_S of block bj's second conv as a function of its weight
+    (and of a mask over its input channels), and the conv."""
     block = model.stages[si][bj]
     rest = list(model.stages[si])[bj + 1:]
     with torch.no_grad():
@@ -275,10 +319,6 @@ def _select_channels(model, baseline, head, si, bj, xs, ys, o: DCPOptions, min_k
         feats = F.relu(block.bn1(block.conv1(h)))  # what the pruned model feeds it
         shortcut = h if block.shortcut is None else block.shortcut(h)
     conv = block.conv2
-    n = conv.in_channels
-    cap = max(min_keep, min(n, math.floor(o.max_keep * n + 1e-9)))
-    w0 = conv.weight.detach().clone()
-    mask = torch.zeros(n)
     scale = float(target.pow(2).mean()) or 1.0
 
     def loss_at(weight, m):
@@ -289,6 +329,16 @@ def _select_channels(model, baseline, head, si, bj, xs, ys, o: DCPOptions, min_k
         l_s = F.cross_entropy(head(z), ys)
         return l_m + o.discrimination_weight * l_s, l_m, l_s
 
+    return conv, loss_at
+
+
+def _select_channels(model, baseline, head, si, bj, xs, ys, o: DCPOptions, min_keep: int):
+    """Greedy discrimination-aware selection of the channels entering block bj's second conv."""
+    conv, loss_at = _layer_loss(model, baseline, head, si, bj, xs, ys, o)
+    n = conv.in_channels
+    cap = max(min_keep, min(n, math.floor(o.max_keep * n + 1e-9)))
+    w0 = conv.weight.detach().clone()
+    mask = torch.zeros(n)
     ones = torch.ones(n)
     w = torch.zeros_like(w0)  # unselected channels carry zero weights
     curve = []
@@ -342,3 +392,83 @@ def _select_channels(model, baseline, head, si, bj, xs, ys, o: DCPOptions, min_k
             "kept_channels": [int(i) for i in torch.nonzero(mask).flatten().tolist()]}
     return mask, info
 
+
+
+def _select_kernels(model, baseline, head, si, bj, xs, ys, o: DCPOptions, min_keep: int):
+    """DKP: greedy discrimination-aware selection of the single kernels W[o, i] of block bj's
+    second conv, `kernel_batch` of them per step. Returns the (cout, cin) kernel mask; at least
+    `min_keep` input channels keep a kernel (the genome's mask needs them)."""
+    conv, loss_at = _layer_loss(model, baseline, head, si, bj, xs, ys, o)
+    cout, n = conv.out_channels, conv.in_channels
+    total = cout * n
+    cap = max(min_keep, min(total, math.floor(o.max_keep * total + 1e-9)))
+    batch = max(1, round(o.kernel_batch * total))
+    w0 = conv.weight.detach().clone()
+    kmask = torch.zeros(cout, n)
+    ones = torch.ones(n)  # every input channel's features flow in; unselected kernels are zero
+    w = torch.zeros_like(w0)
+    curve = []
+    with torch.no_grad():
+        l0 = float(loss_at(w, ones)[0])
+    curve.append(l0)
+    prev, stopped = l0, "max_keep"
+    while True:
+        selected, channels = int(kmask.sum()), int((kmask.sum(0) > 0).sum())
+        if selected >= total or (selected >= cap and channels >= min_keep):
+            break
+        wv = w.clone().requires_grad_(True)
+        g, = torch.autograd.grad(loss_at(wv, ones)[0], wv)
+        score = g.pow(2).sum((2, 3)).sqrt()  # (cout, cin): each kernel's gradient norm
+        score[kmask.bool()] = -1.0
+        new = torch.zeros(cout, n)
+        if selected < cap:
+            new.view(-1)[score.flatten().topk(min(batch, cap - selected)).indices] = 1.0
+        else:  # at the cap with too few input channels: the best kernel of the best untouched ones
+            untouched = kmask.sum(0) == 0
+            best_o = score.argmax(0)
+            col = torch.where(untouched, score.max(0).values, torch.full((n,), -2.0))
+            for i in col.topk(min_keep - channels).indices.tolist():
+                new[best_o[i], i] = 1.0
+        kmask += new
+        add = new[:, :, None, None]
+        # the new kernels start from their pre-trained weights scaled by the best of a few factors
+        # (0 keeps the loss where it was, so an addition never starts worse)
+        with torch.no_grad():
+            trials = []
+            for beta in (0.0, 0.5, 1.0):
+                wb = w * (1 - add) + beta * w0 * add
+                trials.append((float(loss_at(wb, ones)[0]), beta))
+            w = w * (1 - add) + min(trials)[1] * w0 * add
+        # re-optimise the selected kernels on the joint loss
+        keep = kmask[:, :, None, None]
+        wv = w.clone().requires_grad_(True)
+        opt = torch.optim.Adam([wv], lr=o.inner_lr)
+        best = (min(trials)[0], wv.detach().clone())
+        for _ in range(o.inner_steps):
+            loss = loss_at(wv, ones)[0]
+            if loss.item() < best[0]:
+                best = (loss.item(), wv.detach().clone())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            wv.grad.mul_(keep)
+            opt.step()
+        with torch.no_grad():
+            last = float(loss_at(wv, ones)[0])
+        if last < best[0]:
+            best = (last, wv.detach().clone())
+        cur, w = best[0], best[1] * keep
+        curve.append(cur)
+        if int((kmask.sum(0) > 0).sum()) >= min_keep and abs(prev - cur) / max(l0, 1e-12) <= o.epsilon:
+            stopped = "epsilon"
+            break
+        prev = cur
+    with torch.no_grad():
+        conv.weight.copy_(w * kmask[:, :, None, None])
+    per_in = kmask.sum(0)
+    info = {"granularity": "kernel", "kernels": total, "kept_kernels": int(kmask.sum()), "kernel_batch": batch,
+            "steps": len(curve) - 1, "channels": n, "kept": int((per_in > 0).sum()), "stopped": stopped,
+            "loss": [round(v, 5) for v in curve],
+            "kept_channels": [int(i) for i in torch.nonzero(per_in).flatten().tolist()],
+            # row o: which input channels' kernels W[o, i] output channel o keeps
+            "kernel_mask": ["".join("1" if v else "0" for v in row) for row in kmask.bool().tolist()]}
+    return kmask, info
