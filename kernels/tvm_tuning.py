@@ -57,6 +57,33 @@ def extract_kernels(prepared, target) -> list[Kernel]:
     return out
 
 
+_MS_LOGGER = "tvm.s_tir.meta_schedule"
+
+
+def _detach_foreign_handlers() -> list[logging.Handler]:
+    """MetaSchedule configures its loggers with logging.config.dictConfig, naming every handler
+    already on its logger; a handler it did not create (a test's log capture, an application's
+    handler: unnamed) makes that fail. Take them off for the tuning; `_close_ms_handlers` puts them back."""
+    logger = logging.getLogger(_MS_LOGGER)
+    foreign = [h for h in logger.handlers if not (h.get_name() or "").startswith(_MS_LOGGER)]
+    for h in foreign:
+        logger.removeHandler(h)
+    return foreign
+
+
+def _close_ms_handlers(foreign: list[logging.Handler]) -> None:
+    """Close MetaSchedule's per-tuning file handlers (their folder is removed) and give its logger
+    back the handlers it had."""
+    for name in [_MS_LOGGER, *[n for n in logging.root.manager.loggerDict if n.startswith(_MS_LOGGER + ".task_")]]:
+        logger = logging.getLogger(name)
+        for h in list(logger.handlers):
+            if isinstance(h, logging.FileHandler) and (h.get_name() or "").startswith(_MS_LOGGER):
+                logger.removeHandler(h)
+                h.close()
+    for h in foreign:
+        logging.getLogger(_MS_LOGGER).addHandler(h)
+
+
 def _in_process_builder():
     """A MetaSchedule builder that compiles candidates in this process: the default one starts a
     fresh pool of worker processes for every batch, each importing TVM again (seconds each)."""
@@ -167,6 +194,7 @@ class TuningDB:
 
             t0 = time.time()
             logs = Path(tempfile.mkdtemp(prefix="archsearch-ms-"))
+            foreign = _detach_foreign_handlers()
             try:
                 ctxs, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
                     [k.task for k in todo], work_dir=str(logs), strategy=self.strategy,
@@ -180,6 +208,7 @@ class TuningDB:
                               num_trials_per_iter=min(trials, 16), builder=builder, runner=runner,
                               database=self._db, cost_model="random" if self.strategy != "evolutionary" else "xgb")
             finally:
+                _close_ms_handlers(foreign)
                 shutil.rmtree(logs, ignore_errors=True)
             dt = time.time() - t0
             self.stats["tasks_tuned"] += len(todo)
