@@ -196,8 +196,7 @@ def write(args, rows, nets, s, secs) -> None:
          f"{cpu}, 2 cores, {platform.python_version()}). Target `{host_target()}`. Batch 1, networks of "
          "`spaces/tinynet.yaml` (EfficientNet-B0-style, 32x32 at r = 1). Median of "
          f"{args.repeats} timed runs each; every measurement and every tuning session holds the machine's core "
-         "lock, so nothing of ours trains beside it (other benchmarks were running on the machine, paused at "
-         "each training step).", ""]
+         "lock, so nothing of ours trains beside it.", ""]
     if rows:
         L += ["## 1. Five networks", "",
               f"TVM tuned: batch norm folded into the convolutions, MetaSchedule `{args.strategy}` with "
