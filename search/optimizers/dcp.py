@@ -332,6 +332,28 @@ def _layer_loss(model, baseline, head, si, bj, xs, ys, o: DCPOptions):
     return conv, loss_at
 
 
+def _reoptimise(w, keep, start, loss_at, ones, o: DCPOptions):
+    """`o.inner_steps` Adam steps (scale-free: the joint loss's gradients vary by stage) on the
+    selected weights (`keep`: 1 where selected) from `w`, whose loss is `start`; returns the best
+    point seen and its loss, so the loss never rises with an addition."""
+    wv = w.clone().requires_grad_(True)
+    opt = torch.optim.Adam([wv], lr=o.inner_lr)
+    best = (start, wv.detach().clone())
+    for _ in range(o.inner_steps):
+        loss = loss_at(wv, ones)[0]
+        if loss.item() < best[0]:
+            best = (loss.item(), wv.detach().clone())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        wv.grad.mul_(keep)
+        opt.step()
+    with torch.no_grad():
+        last = float(loss_at(wv, ones)[0])
+    if last < best[0]:
+        best = (last, wv.detach().clone())
+    return best[0], best[1] * keep
+
+
 def _select_channels(model, baseline, head, si, bj, xs, ys, o: DCPOptions, min_keep: int):
     """Greedy discrimination-aware selection of the channels entering block bj's second conv."""
     conv, loss_at = _layer_loss(model, baseline, head, si, bj, xs, ys, o)
@@ -364,23 +386,7 @@ def _select_channels(model, baseline, head, si, bj, xs, ys, o: DCPOptions, min_k
                 trials.append((float(loss_at(w, ones)[0]), beta))
             w[:, j] = min(trials)[1] * w0[:, j]
         # re-optimise the selected channels' weights on the joint loss
-        wv = w.clone().requires_grad_(True)
-        opt = torch.optim.Adam([wv], lr=o.inner_lr)  # scale-free: the joint loss's gradients vary by stage
-        keep = mask.view(1, -1, 1, 1)
-        best = (min(trials)[0], wv.detach().clone())
-        for _ in range(o.inner_steps):
-            loss = loss_at(wv, ones)[0]
-            if float(loss) < best[0]:
-                best = (float(loss), wv.detach().clone())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            wv.grad.mul_(keep)
-            opt.step()
-        with torch.no_grad():
-            last = float(loss_at(wv, ones)[0])
-        if last < best[0]:
-            best = (last, wv.detach().clone())
-        cur, w = best[0], best[1] * keep  # the best point seen: the loss never rises with a channel
+        cur, w = _reoptimise(w, mask.view(1, -1, 1, 1), min(trials)[0], loss_at, ones, o)
         curve.append(cur)
         if int(mask.sum()) >= min_keep and abs(prev - cur) / max(l0, 1e-12) <= o.epsilon:
             stopped = "epsilon"
@@ -391,7 +397,6 @@ def _select_channels(model, baseline, head, si, bj, xs, ys, o: DCPOptions, min_k
     info = {"channels": n, "kept": int(mask.sum()), "stopped": stopped, "loss": [round(v, 5) for v in curve],
             "kept_channels": [int(i) for i in torch.nonzero(mask).flatten().tolist()]}
     return mask, info
-
 
 
 def _select_kernels(model, baseline, head, si, bj, xs, ys, o: DCPOptions, min_keep: int):
@@ -440,23 +445,7 @@ def _select_kernels(model, baseline, head, si, bj, xs, ys, o: DCPOptions, min_ke
                 trials.append((float(loss_at(wb, ones)[0]), beta))
             w = w * (1 - add) + min(trials)[1] * w0 * add
         # re-optimise the selected kernels on the joint loss
-        keep = kmask[:, :, None, None]
-        wv = w.clone().requires_grad_(True)
-        opt = torch.optim.Adam([wv], lr=o.inner_lr)
-        best = (min(trials)[0], wv.detach().clone())
-        for _ in range(o.inner_steps):
-            loss = loss_at(wv, ones)[0]
-            if loss.item() < best[0]:
-                best = (loss.item(), wv.detach().clone())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            wv.grad.mul_(keep)
-            opt.step()
-        with torch.no_grad():
-            last = float(loss_at(wv, ones)[0])
-        if last < best[0]:
-            best = (last, wv.detach().clone())
-        cur, w = best[0], best[1] * keep
+        cur, w = _reoptimise(w, kmask[:, :, None, None], min(trials)[0], loss_at, ones, o)
         curve.append(cur)
         if int((kmask.sum(0) > 0).sum()) >= min_keep and abs(prev - cur) / max(l0, 1e-12) <= o.epsilon:
             stopped = "epsilon"
