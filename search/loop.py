@@ -326,11 +326,14 @@ class Run:
             done, failed = run_tune(self, opt, store, records, on_trial)
         finally:
             bar.close()
+            t_search, t_fin = time.time() - t0, time.time()
             self._finish_latency(store.records(), signs)
             self.write_outputs(store.records(), signs)
             opt.finish(self.dir)
             self.report()
-        log.info("done (Ray Tune): %d complete trials, %d failed, %.1f s searching", done, failed, time.time() - t0)
+        self._write_timings({"runner": "tune", "scheduler": cfg.tune.scheduler, "search_s": t_search,
+                             "finish_s": time.time() - t_fin, "trials": done + failed})
+        log.info("done (Ray Tune): %d complete trials, %d failed, %.1f s searching", done, failed, t_search)
         return 0
 
     def write_outputs(self, records: list[TrialRecord], signs: list[float]) -> None:

@@ -2,6 +2,7 @@
 loopback, a worker process killed mid-run. Nothing here runs `ray stop`: every Ray process a
 test starts is stopped by its own PID (process group)."""
 
+import json
 import os
 import shutil
 import signal
@@ -147,6 +148,8 @@ def test_tune_runner_with_asha(tmp_path, cache_dir, ray_session):
     assert all(t.user_attrs["metrics"]["epoch"] < 3 for t in early)
     assert all("test_acc" in t.user_attrs["metrics"] for t in full)
     assert all((out / "trials" / f"{t.user_attrs['genome_id']}.pt").exists() for t in full)
+    timing, = json.loads((out / "timings.json").read_text())
+    assert timing["runner"] == "tune" and timing["scheduler"] == "asha" and timing["trials"] == 8
 
 
 @pytest.mark.parametrize("name", ["random", "ga", "aging", "optuna"])
