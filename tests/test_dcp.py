@@ -56,20 +56,27 @@ def test_the_result_seeds_other_optimisers(dcp_run, tmp_path, cache_dir):
     assert got["genome"] == json.loads((dcp_run / "dcp.json").read_text())["genome"]
 
 
-def test_larger_epsilon_prunes_more(cache_dir):
-    """The paper's trend on one pre-trained network: a larger epsilon stops earlier."""
+def _prune_pretrained(cache_dir, epsilons, **options):
+    """DCP / DKP at each epsilon on copies of one pre-trained ResNet-20 supernet: yields
+    (epsilon, (evaluator, genome, report))."""
     from search.config import load_run_config
     from search.loop import make_evaluator
 
     cfg, space, _ = load_run_config(space_path("resnet20"), ["pretrain.epochs=2", "latency=none", f"cache={cache_dir}"])
     ev = make_evaluator(cfg, space, None)
     ev.setup()
-    kept = {}
-    for eps in (0.2, 0.005):
+    for eps in epsilons:
         sup = ev.space.supernet(0)
         sup.load_state_dict(ev.supernet.state_dict())
-        g, _, rep = discrimination_aware_pruning(ev.space, sup, ev.data, DCPOptions(
-            epsilon=eps, stage_epochs=0, select_images=96, inner_steps=2), seed=0)
+        g, _, rep = discrimination_aware_pruning(ev.space, sup, ev.data, DCPOptions(epsilon=eps, **options), seed=0)
+        yield eps, (ev, g, rep)
+
+
+def test_larger_epsilon_prunes_more(cache_dir):
+    """The paper's trend on one pre-trained network: a larger epsilon stops earlier."""
+    kept = {}
+    for eps, (ev, g, rep) in _prune_pretrained(cache_dir, (0.2, 0.005), stage_epochs=0, select_images=96,
+                                               inner_steps=2):
         kept[eps] = sum(v["kept"] for v in rep["layers"].values())
         assert ev.space.genome_id(g)
     assert kept[0.2] < kept[0.005], kept
@@ -185,19 +192,10 @@ def test_dkp_run_keeps_pruned_kernels_at_zero_and_counts_sparse_flops(dkp_run):
 @pytest.mark.slow
 def test_larger_epsilon_keeps_fewer_kernels(cache_dir):
     """(a) the adaptive rule stops DKP's selection: a larger epsilon keeps fewer kernels."""
-    from search.config import load_run_config
-    from search.loop import make_evaluator
-
-    cfg, space, _ = load_run_config(space_path("resnet20"), ["pretrain.epochs=2", "latency=none", f"cache={cache_dir}"])
-    ev = make_evaluator(cfg, space, None)
-    ev.setup()
     kept = {}
-    for eps in (0.1, 0.02):
-        sup = ev.space.supernet(0)
-        sup.load_state_dict(ev.supernet.state_dict())
-        g, model, rep = discrimination_aware_pruning(ev.space, sup, ev.data, DCPOptions(
-            granularity="kernel", kernel_batch=0.1, epsilon=eps, stage_epochs=0, head_epochs=3, head_images=512,
-            select_images=64, inner_steps=2), seed=0)
+    for eps, (ev, g, rep) in _prune_pretrained(cache_dir, (0.1, 0.02), granularity="kernel", kernel_batch=0.1,
+                                               stage_epochs=0, head_epochs=3, head_images=512, select_images=64,
+                                               inner_steps=2):
         kept[eps] = rep["kept_kernels"]
         stopped = [v for v in rep["layers"].values() if v["stopped"] == "epsilon"]
         assert stopped, rep["layers"]
