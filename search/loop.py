@@ -327,8 +327,9 @@ class Run:
         finally:
             bar.close()
             t_search, t_fin = time.time() - t0, time.time()
-            self._finish_latency(store.records(), signs)
-            self.write_outputs(store.records(), signs)
+            stored = store.records()  # read the journal once for both
+            self._finish_latency(stored, signs)
+            self.write_outputs(stored, signs)
             opt.finish(self.dir)
             self.report()
         self._write_timings({"runner": "tune", "scheduler": cfg.tune.scheduler, "search_s": t_search,

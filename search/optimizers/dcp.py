@@ -236,12 +236,9 @@ def discrimination_aware_pruning(space, supernet: nn.Module, data, o: DCPOptions
             genome[dim] = tuple(int(v) for v in keep.tolist())
             info["time_s"] = round(time.time() - t0, 2)
             report["layers"][group] = info
-            if kernel:
-                log.info("dcp: %s keeps %d of %d kernels, %d of %d channels (%s, %.1f s)", group, info["kept_kernels"],
-                         info["kernels"], info["kept"], info["channels"], info["stopped"], info["time_s"])
-            else:
-                log.info("dcp: %s keeps %d of %d channels (%s, %.1f s)", group, info["kept"], info["channels"],
-                         info["stopped"], info["time_s"])
+            kernels = f"{info['kept_kernels']} of {info['kernels']} kernels, " if kernel else ""
+            log.info("dcp: %s keeps %s%d of %d channels (%s, %.1f s)", group, kernels, info["kept"], info["channels"],
+                     info["stopped"], info["time_s"])
         for p in model.parameters():
             p.requires_grad_(True)
     model.eval()
