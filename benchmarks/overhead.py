@@ -9,7 +9,7 @@ with 2 evaluator workers (1 CPU and 1 torch thread each) and reports:
   worker-second not spent evaluating, amortised (target: <= 5 % of the evaluation time);
 - throughput (trials per minute) and the 2-worker speed-up (target: >= 1.8x).
 
-    python benchmarks/overhead.py [--budget 16] [--epochs 3] [--space spaces/tinynet.yaml]
+    python benchmarks/overhead.py [--budget 48] [--epochs 3] [--space spaces/tinynet.yaml]
 
 Writes benchmarks/results/overhead.md. The supernet comes from the cache (pre-trained on the
 first run, not counted).
@@ -61,7 +61,7 @@ def run(space: str, out: Path, workers: int, budget: int, epochs: float, seed: i
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--space", default="spaces/tinynet.yaml")
-    ap.add_argument("--budget", type=int, default=24)
+    ap.add_argument("--budget", type=int, default=48)
     ap.add_argument("--epochs", type=float, default=3.0, help="fine-tuning epochs (about 10 s per evaluation on 1 thread)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", default="runs/bench-overhead")

@@ -177,7 +177,9 @@ class RayExecutor:
 
         ray = self.ray
         while True:
-            ready, _ = ray.wait(list(self.running), num_returns=1)
+            ready = []
+            while not ready:  # a bounded wait, so that Ctrl-C reaches the run within a second
+                ready, _ = ray.wait(list(self.running), num_returns=1, timeout=1.0)
             ref = ready[0]
             idx, job = self.running.pop(ref)
             try:
