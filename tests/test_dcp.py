@@ -214,3 +214,29 @@ def test_kernel_batch_needs_kernel_granularity(tmp_path):
     assert r.returncode == 2 and "kernel_batch" in r.stderr and "granularity" in r.stderr
     r = run_cli("run", space_path("resnet20"), "--optimizer", "dcp", "--set", "granularity=filter", "--out", tmp_path / "b")
     assert r.returncode == 2 and "granularity" in r.stderr
+
+
+def test_a_stalled_reoptimisation_is_retried_with_smaller_steps():
+    """Adam's first steps move every weight by about the learning rate: on a sharp loss that
+    overshoots, and the addition would look like convergence to the stopping rule. The retry with
+    a smaller rate must find the lower loss; with no retries the loss stays where it started."""
+    import torch
+
+    from search.optimizers.dcp import _reoptimise
+
+    target = torch.full((2, 3, 1, 1), 0.001)
+
+    def loss_at(w, m):
+        loss = 1e4 * (w - target).pow(2).sum()
+        return loss, loss, loss
+
+    w, keep, ones = torch.zeros(2, 3, 1, 1), torch.ones(1, 3, 1, 1), torch.ones(3)
+    start = float(loss_at(w, ones)[0])
+    stalled, _ = _reoptimise(w, keep, start, loss_at, ones, DCPOptions(inner_retries=0))
+    assert stalled == start  # 0.005 a step overshoots 0.001 from both sides
+    lower, w2 = _reoptimise(w, keep, start, loss_at, ones, DCPOptions())
+    assert lower < 0.2 * start
+    assert abs(lower - float(loss_at(w2, ones)[0])) < 1e-9
+    keep[0, 2] = 0  # unselected channels keep zero weights
+    _, w3 = _reoptimise(w, keep, start, loss_at, ones, DCPOptions())
+    assert w3[:, 2].abs().max() == 0 and w3[:, :2].abs().max() > 0

@@ -71,8 +71,10 @@ class DCPOptions(BaseModel):
     head_epochs: int = Field(10, ge=0, description="passes training each stage's classifier alone, on cached features")
     head_images: int = Field(2048, ge=16, description="training images those passes use")
     select_images: int = Field(256, ge=8, description="training images the selection's losses are computed on")
-    inner_steps: int = Field(3, ge=0, description="SGD steps re-optimising the selected channels' weights after each addition")
+    inner_steps: int = Field(3, ge=0, description="Adam steps re-optimising the selected channels' weights after each addition")
     inner_lr: float = Field(0.005, gt=0, description="Adam's learning rate for the re-optimisation")
+    inner_retries: int = Field(3, ge=0, description="times a re-optimisation that lowers nothing is retried "
+                               "with a 4x smaller learning rate")
     batch_size: int = Field(128, ge=1)
     granularity: Literal["channel", "kernel"] = Field(
         "channel", description="channel: DCP; kernel: DKP, the same selection over single kernels W[o, i]")
@@ -332,11 +334,23 @@ def _layer_loss(model, baseline, head, si, bj, xs, ys, o: DCPOptions):
 def _reoptimise(w, keep, start, loss_at, ones, o: DCPOptions):
     """`o.inner_steps` Adam steps (scale-free: the joint loss's gradients vary by stage) on the
     selected weights (`keep`: 1 where selected) from `w`, whose loss is `start`; returns the best
-    point seen and its loss, so the loss never rises with an addition."""
+    point seen and its loss, so the loss never rises with an addition. Steps that find nothing
+    lower (they overshoot) are retried with a learning rate 4x smaller, up to `o.inner_retries`
+    times: a stalled re-optimisation would otherwise read as convergence to the stopping rule."""
+    lr = o.inner_lr
+    for _ in range(1 + (o.inner_retries if o.inner_steps else 0)):
+        loss, wv = _adam_steps(w, keep, start, loss_at, ones, o.inner_steps, lr)
+        if loss < start:
+            return loss, wv
+        lr /= 4
+    return start, w * keep
+
+
+def _adam_steps(w, keep, start, loss_at, ones, steps: int, lr: float):
     wv = w.clone().requires_grad_(True)
-    opt = torch.optim.Adam([wv], lr=o.inner_lr)
+    opt = torch.optim.Adam([wv], lr=lr)
     best = (start, wv.detach().clone())
-    for _ in range(o.inner_steps):
+    for _ in range(steps):
         loss = loss_at(wv, ones)[0]
         if loss.item() < best[0]:
             best = (loss.item(), wv.detach().clone())
