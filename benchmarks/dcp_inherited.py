@@ -22,13 +22,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import add_cifar_args, cifar_run_sets, same_counts  # noqa: E402
+from benchmarks.common import DCP_DATA, add_cifar_args, cifar_run_sets, same_counts  # noqa: E402
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--epsilons", type=float, nargs="+", default=[0.1, 0.01, 0.001])
-    add_cifar_args(ap, "bench-dcp", "unused")
+    add_cifar_args(ap, "bench-dcp", "unused", **DCP_DATA)
     args = ap.parse_args()
     import torch
 
@@ -38,7 +38,8 @@ def main() -> None:
     from spaces.builder import importance
 
     work = Path(args.work)
-    sets = cifar_run_sets(args.data, args.per_class, args.test_per_class, args.pretrain_epochs, args.finetune_epochs)
+    sets = cifar_run_sets(args.data, args.per_class, args.test_per_class, args.pretrain_epochs, args.finetune_epochs,
+                          args.sandwich)
     cfg, space, _ = load_run_config(ROOT / "spaces" / "resnet20.yaml", sets)
     ev = make_evaluator(cfg, space, "spaces/resnet20.yaml")
     ev.setup()
