@@ -177,9 +177,7 @@ class RayExecutor:
 
         ray = self.ray
         while True:
-            ready = []
-            while not ready:  # a bounded wait, so that Ctrl-C reaches the run within a second
-                ready, _ = ray.wait(list(self.running), num_returns=1, timeout=1.0)
+            ready, _ = ray.wait(list(self.running), num_returns=1)
             ref = ready[0]
             idx, job = self.running.pop(ref)
             try:

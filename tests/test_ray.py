@@ -74,6 +74,41 @@ def test_killed_worker_is_retried_and_the_run_completes(tmp_path, cache_dir, ray
     assert len(done) == budget
 
 
+def test_ctrl_c_stops_a_ray_run_within_seconds(tmp_path, cache_dir, ray_session):
+    """Ctrl-C while a worker is mid-evaluation: the run stops within seconds (it does not wait for
+    the evaluation), says so, exits 130, and `search resume` finishes the budget."""
+    out, log = tmp_path / "run", tmp_path / "stderr.txt"
+    cmd = [sys.executable, "-m", "search.cli", "run", str(TINY), "--address", ray_session, "--workers", "1",
+           "--budget", "3", "--out", str(out), "--no-progress", "--set", f"cache={cache_dir}",
+           "--set", "evaluator.finetune.steps=4000"]  # minutes an evaluation: far longer than the test waits
+    with open(log, "w") as err:
+        # a shell starts background jobs with SIGINT ignored, and Python keeps an ignored SIGINT:
+        # the run must see Ctrl-C as a terminal would send it, however pytest itself was started
+        p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.time() + 300
+        while "Ray evaluator workers" not in log.read_text() and time.time() < deadline and p.poll() is None:
+            time.sleep(0.5)
+        assert "Ray evaluator workers" in log.read_text(), log.read_text()[-3000:]
+        time.sleep(3)  # the first evaluation is under way
+        t0 = time.time()
+        p.send_signal(signal.SIGINT)
+        rc = p.wait(timeout=60)
+        stopped = time.time() - t0
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert rc == 130, log.read_text()[-3000:]
+    assert "interrupted" in log.read_text()
+    assert stopped < 20, stopped
+    r = run_cli("resume", out, "--address", ray_session, "--workers", 1, "--no-progress",
+                "--set", "evaluator.finetune.steps=20")
+    assert r.returncode == 0, r.stderr[-3000:]
+    done = [t for t in _trials(out) if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == 3
+
+
 def _start_node(args, log):
     return subprocess.Popen([str(Path(sys.executable).with_name("ray")), "start", "--block", *args],
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
