@@ -65,6 +65,13 @@ def clone(model):
     return copy.deepcopy(model)
 
 
+def dcp_supernet(supernet, run: Path):
+    """A copy of `supernet` with the pruned weights a DCP run left in its folder (dcp_supernet.pt)."""
+    pruned = copy.deepcopy(supernet)
+    pruned.load_state_dict(torch.load(Path(run) / "dcp_supernet.pt", weights_only=True))
+    return pruned
+
+
 def cifar_run_sets(data: str | Path, per_class: int, test_per_class: int, pretrain_epochs: float,
                    finetune_epochs: float, sandwich: int = 4) -> list[str]:
     """`--set` overrides that run `spaces/resnet20.yaml` on a CIFAR-10 subset (the pruning and DCP

@@ -19,7 +19,6 @@ start from an ordinary pre-trained model; `--sandwich 4` uses the supernet of be
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import random
 import sys
@@ -29,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import DCP_DATA, add_cifar_args, cli, fresh_work, same_counts  # noqa: E402
+from benchmarks.common import DCP_DATA, add_cifar_args, cli, dcp_supernet, fresh_work, same_counts  # noqa: E402
 
 PAPER = {0.1: "27x, 12.7 %", 0.01: "5.4x, 6.6 %", 0.001: "2.9x, 5.4 %"}
 
@@ -74,7 +73,8 @@ def main() -> None:
         rec = RunStore(work / f"dcp-{eps:g}", space, cfg.objectives, cfg.constraints, cfg.storage).records()
         g = space.from_json(d["genome"])
         gl, gr = same_counts(space, g, imp, rng)
-        dcp[eps] = {"report": d, "metrics": next(r.metrics for r in rec if r.complete), "l1": gl, "random": gr}
+        dcp[eps] = {"report": d, "genome": g, "metrics": next(r.metrics for r in rec if r.complete), "l1": gl,
+                    "random": gr}
         baselines += [space.to_json(gl), space.to_json(gr)]
     (work / "baselines.json").write_text(json.dumps(baselines))
     if "baselines" not in times:
@@ -139,8 +139,6 @@ def seed_table(args, work: Path, ev, dcp: dict, got: dict, full: dict) -> list[s
     error over the seeds, and DCP minus L1 per seed (paired: same seed, same FLOPs)."""
     import statistics
 
-    import torch
-
     space, pre = ev.space, ev.supernet
     cache = work / "seeds.json"  # test accuracies of the extra seeds, so a rerun adds what is missing
     done = json.loads(cache.read_text()) if cache.exists() else {}
@@ -169,9 +167,7 @@ def seed_table(args, work: Path, ev, dcp: dict, got: dict, full: dict) -> list[s
     rows = [f"| full network | {ms(fa)} | | | |"]
     for eps in args.epsilons:
         d = dcp[eps]
-        dsup = copy.deepcopy(pre)
-        dsup.load_state_dict(torch.load(work / f"dcp-{eps:g}" / "dcp_supernet.pt", weights_only=True))
-        da = accs(f"dcp-{eps:g}", space.from_json(d["report"]["genome"]), d["metrics"], dsup)
+        da = accs(f"dcp-{eps:g}", d["genome"], d["metrics"], dcp_supernet(pre, work / f"dcp-{eps:g}"))
         la = accs(f"l1-{eps:g}", d["l1"], got[space.genome_id(d["l1"])], pre)
         ra = accs(f"random-{eps:g}", d["random"], got[space.genome_id(d["random"])], pre)
         diff = [a - b for a, b in zip(da, la)]

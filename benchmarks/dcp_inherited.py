@@ -13,7 +13,6 @@ seed, same order). Prints a markdown table.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import random
 import sys
@@ -22,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import DCP_DATA, add_cifar_args, cifar_run_sets, same_counts  # noqa: E402
+from benchmarks.common import DCP_DATA, add_cifar_args, cifar_run_sets, dcp_supernet, same_counts  # noqa: E402
 
 
 def main() -> None:
@@ -30,7 +29,6 @@ def main() -> None:
     ap.add_argument("--epsilons", type=float, nargs="+", default=[0.1, 0.01, 0.001])
     add_cifar_args(ap, "bench-dcp", "unused", **DCP_DATA)
     args = ap.parse_args()
-    import torch
 
     from evaluators.train import evaluate, recalibrate_bn
     from search.config import load_run_config
@@ -56,8 +54,7 @@ def main() -> None:
     for eps in args.epsilons:
         run = work / f"dcp-{eps:g}"
         g = space.from_json(json.loads((run / "dcp.json").read_text())["genome"])
-        dsup = copy.deepcopy(sup)
-        dsup.load_state_dict(torch.load(run / "dcp_supernet.pt", weights_only=True))
+        dsup = dcp_supernet(sup, run)
         gl, gr = same_counts(space, g, imp, rng)
         rows.append(f"| eps {eps:g} | {acc(g, dsup)} | {acc(g, sup)} | {acc(gl, sup)} | {acc(gr, sup)} |")
     print("\n".join(["| network | DCP (its weights) | DCP's channels, pre-trained weights | L1-norm | random |",
