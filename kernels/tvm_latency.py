@@ -22,7 +22,7 @@ from torch import nn
 
 from kernels.latency_model import LatencyModel, Op, op_of_kernel, torch_ops
 from kernels.lock import core_lock
-from kernels.tvm_compile import build, first_output, host_target, load_tvm, prepared_module
+from kernels.tvm_compile import build, first_output, host_cores, host_target, load_tvm, prepared_module, runtime_threads
 from kernels.tvm_tuning import TuningDB, extract_kernels
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,8 @@ class TVMBackend:
                  strategy: str = "replay-trace", repeats: int = 20, seed: int = 0):
         load_tvm()
         self.target = host_target(target)
+        cores = self.target.attrs.get("num-cores") if hasattr(self.target, "attrs") else None
+        self.threads = runtime_threads(min(int(cores), host_cores()) if cores else None)
         self.db = TuningDB(folder, self.target, trials_per_task, strategy, seed)
         self.repeats = repeats
         self.networks_file = self.db.dir / "networks.jsonl"

@@ -6,13 +6,15 @@ tuned (`tune_tasks` alone would tune them all again). Beside the MetaSchedule da
 keeps `kernels.jsonl`, one line per tuned kernel (its name, buffer shapes and measured time):
 the per-operator latency table that `kernels.latency_model` is fitted on.
 
-    <cache>/tvm/<target key>/database_workload.json, database_tuning_record.json, kernels.jsonl
+    <cache>/tvm/<kind>-<mcpu>-<cores>-t<runtime threads>-<digest>/
+        database_workload.json, database_tuning_record.json, kernels.jsonl, networks.jsonl
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -112,7 +114,9 @@ class TuningDB:
     def __init__(self, folder: str | Path, target, trials_per_task: int = 32, strategy: str = "replay-trace",
                  seed: int = 0):
         self.target = target
-        self.dir = Path(folder).expanduser() / target_key(target)
+        load_tvm()
+        self.threads = int(os.environ["TVM_NUM_THREADS"])
+        self.dir = Path(folder).expanduser() / target_key(target, self.threads)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.trials_per_task, self.strategy, self.seed = trials_per_task, strategy, seed
         self._db = None
@@ -225,8 +229,6 @@ class TuningDB:
 
     def _cores(self) -> int:
         n = self.target.attrs.get("num-cores") if hasattr(self.target, "attrs") else None
-        import os
-
         return int(n) if n else (os.cpu_count() or 1)
 
     def _table_rows(self, kernels: list[Kernel]) -> None:

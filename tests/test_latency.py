@@ -77,6 +77,26 @@ def backend(tmp_path_factory):
     return TVMBackend(tmp_path_factory.mktemp("tvm"), trials_per_task=2, repeats=10)
 
 
+def test_tvm_runs_kernels_on_every_core_even_where_omp_says_one():
+    """TVM's own default is OMP_NUM_THREADS (1 in a Ray worker), else half the CPUs on x86; its
+    kernels are tuned and timed on all of the host's cores instead, and the database names them."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("from kernels.tvm_compile import load_tvm, host_cores, host_target, target_key; tvm = load_tvm(); "
+            "print(tvm.get_global_func('runtime.NumThreads')(), host_cores(), target_key(host_target(), host_cores()))")
+    env = {k: v for k, v in os.environ.items() if k != "TVM_NUM_THREADS"}
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                         text=True, check=True, cwd=Path(__file__).resolve().parents[1]).stdout.split()
+    assert out[0] == out[1] and f"-t{out[1]}-" in out[2]
+    # a user's own setting is kept
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "TVM_NUM_THREADS": "1"}, capture_output=True,
+                         text=True, check=True, cwd=Path(__file__).resolve().parents[1]).stdout.split()
+    assert out[0] == "1"
+
+
 @pytest.mark.slow
 def test_tuned_kernels_time_the_network_match_pytorch_and_are_reused(backend):
     from kernels.tvm_latency import TVMBackend
@@ -89,6 +109,7 @@ def test_tuned_kernels_time_the_network_match_pytorch_and_are_reused(backend):
     assert 0 < m["latency_max_abs_diff"] < 1e-4  # not bit-identical: TVM's own kernels, batch norm folded
     # a fresh process-like backend on the same database tunes nothing again
     again = TVMBackend(backend.db.dir.parent, trials_per_task=2, repeats=10).measure(model, r)
+    assert f"-t{backend.threads}-" in backend.db.dir.name
     assert again["latency_kernels_tuned_now"] == 0 and again["latency_source"] == "tvm"
     rows = [json.loads(line) for line in (backend.db.dir / "kernels.jsonl").read_text().splitlines()]
     assert len({r["key"] for r in rows}) == m["latency_kernels"]  # the latency table holds every kernel once
