@@ -47,6 +47,10 @@ class OnnxRuntimeLatency:
         self.repeats, self.warmup, self.threads = repeats, warmup, threads
 
     def measure(self, model: nn.Module, resolution: int) -> dict:
+        return self.time(self.session(model, resolution))
+
+    def session(self, model: nn.Module, resolution: int):
+        """An inference session of the candidate and its seeded input, ready to be timed again and again."""
         import onnxruntime as ort
 
         model = model.eval()
@@ -59,7 +63,10 @@ class OnnxRuntimeLatency:
             if self.threads:
                 so.intra_op_num_threads = self.threads
             sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        feed = {"input": x.numpy()}
+        return sess, {"input": x.numpy()}
+
+    def time(self, session) -> dict:
+        sess, feed = session
         with core_lock().exclusive("measurement"):
             for _ in range(self.warmup):
                 sess.run(None, feed)

@@ -103,6 +103,19 @@ class TVMBackend:
                 remember: bool = True) -> dict:
         """Tune the kernels the database lacks (if `tune`), compile, check against PyTorch, time.
         Returns the latency (ms), its spread, how many kernels were tuned and what it cost."""
+        c = self.compile(model, resolution, tune=tune, check=check)
+        out = {**self.time(c), **c["info"]}
+        if remember and out["latency_tuned_fraction"] == 1.0:
+            self._remember({"key": network_key(c["ops"], resolution), "resolution": resolution,
+                            "ops": LatencyModel.ops_to_json(c["ops"]), "kernels": sorted({k.key for k in c["kernels"]}),
+                            "ms": out["latency_ms"], "spread_ms": out["latency_spread_ms"],
+                            "at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        return out
+
+    def compile(self, model: nn.Module, resolution: int, tune: bool = True, check: bool = True) -> dict:
+        """The candidate compiled for the target with whichever tuned kernels the database has (its
+        missing ones tuned first if `tune`) on the Relax VM, with its seeded input: a compiled
+        network that `time` can time again and again."""
         tvm = load_tvm()
         from tvm import relax
 
@@ -129,28 +142,26 @@ class TVMBackend:
         g = torch.Generator().manual_seed(0)
         x = torch.randn(*shape, generator=g)
         xt = tvm.runtime.tensor(x.numpy())
-        diff = None
+        frac = len(tuned) / max(1, len(kernels))
+        info = {"latency_source": "tvm" if frac == 1.0 else f"tvm-untuned-{len(kernels) - len(tuned)}-of-{len(kernels)}",
+                "latency_tuned_fraction": frac, "latency_kernels": len(kernels), "latency_kernels_tuned_now": tuned_now,
+                "latency_tuning_s": t_tune, "latency_compile_s": t_prep + t_build}
         if check:
             with torch.no_grad():
                 ref = model(x).numpy()
-            diff = float(np.abs(first_output(vm["main"](xt)) - ref).max())
+            info["latency_max_abs_diff"] = float(np.abs(first_output(vm["main"](xt)) - ref).max())
+        return {"vm": vm, "input": xt, "ops": ops, "kernels": kernels, "info": info}
+
+    def time(self, compiled: dict) -> dict:
+        """Median and interquartile spread (ms) of the compiled network over `repeats` runs, with
+        the machine's cores held."""
+        tvm = load_tvm()
         with core_lock().exclusive("measurement"):
-            res = vm.time_evaluator("main", tvm.cpu(), number=1, repeat=self.repeats, min_repeat_ms=20)(xt)
+            res = compiled["vm"].time_evaluator("main", tvm.cpu(), number=1, repeat=self.repeats,
+                                                min_repeat_ms=20)(compiled["input"])
         times = np.sort(np.asarray(res.results, dtype=float) * 1e3)
         q1, med, q3 = np.percentile(times, [25, 50, 75])
-        frac = len(tuned) / max(1, len(kernels))
-        out = {"latency_ms": float(med), "latency_spread_ms": float(q3 - q1),
-               "latency_source": "tvm" if frac == 1.0 else f"tvm-untuned-{len(kernels) - len(tuned)}-of-{len(kernels)}",
-               "latency_tuned_fraction": frac, "latency_kernels": len(kernels), "latency_kernels_tuned_now": tuned_now,
-               "latency_tuning_s": t_tune, "latency_compile_s": t_prep + t_build}
-        if diff is not None:
-            out["latency_max_abs_diff"] = diff
-        if remember and frac == 1.0:
-            self._remember({"key": network_key(ops, resolution), "resolution": resolution,
-                            "ops": LatencyModel.ops_to_json(ops), "kernels": sorted({k.key for k in kernels}),
-                            "ms": out["latency_ms"], "spread_ms": out["latency_spread_ms"],
-                            "at": time.strftime("%Y-%m-%dT%H:%M:%S")})
-        return out
+        return {"latency_ms": float(med), "latency_spread_ms": float(q3 - q1)}
 
     # --- the latency model ---------------------------------------------------------------------
     def fit_model(self, networks: list[dict]) -> LatencyModel:
