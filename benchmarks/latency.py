@@ -17,13 +17,17 @@ against whole-network measurement on candidates it was not fitted on.
 Writes benchmarks/results/latency.md (and latency.json beside it).
 
     python benchmarks/latency.py [--trials 32] [--strategy replay-trace] [--candidates 50]
-        [--fit 12] [--search-trials 8] [--work runs/bench-latency]
+        [--fit 12] [--search-trials 8] [--rounds 5] [--work runs/bench-latency]
+
+Part 1 is resumable: tuning goes on where it stopped, and every invocation times the five
+networks again from the kept database (`--candidates 0` to time them alone).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import shutil
 import sys
@@ -52,8 +56,8 @@ def main() -> None:
     ap.add_argument("--search-trials", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=50)
     ap.add_argument("--skip-networks", action="store_true")
-    ap.add_argument("--remeasure", action="store_true",
-                    help="time the networks of part 1 again (their kernels stay tuned; tuning figures kept)")
+    ap.add_argument("--rounds", type=int, default=5,
+                    help="interleaved timing rounds of part 1 (each runtime's figure: the median over rounds)")
     ap.add_argument("--work", default=str(ROOT / "runs" / "bench-latency"))
     ap.add_argument("--out", default=str(RESULTS / "latency.md"))
     args = ap.parse_args()
@@ -94,30 +98,44 @@ def main() -> None:
             state["networks_key"] = key
         tuned = TVMBackend(work / "tvm-tuned", trials_per_task=args.trials, strategy=args.strategy, repeats=args.repeats)
         untuned = TVMBackend(work / "tvm-untuned", trials_per_task=0, repeats=args.repeats)
-        eager, ort = TorchLatency(repeats=args.repeats, warmup=5), OnnxRuntimeLatency(repeats=args.repeats, warmup=5)
-        if args.remeasure:
-            for row in rows:
-                row["tuning_first"] = {k: row[k] for k in ("kernels", "kernels_tuned", "tuning_s")}
-            kept, rows[:] = list(rows), []
+        threads = tuned.threads  # all three on the same threads: TVM's runtime, onnxruntime's intra-op, torch's
+        eager = TorchLatency(repeats=args.repeats, warmup=5, threads=threads)
+        ort = OnnxRuntimeLatency(repeats=args.repeats, warmup=5, threads=threads)
+        # a) tuning, network by network from an empty database (so later rows reuse earlier kernels)
         for i, g in enumerate(genomes[len(rows):], start=len(rows)):
             model, r = _model(space, sup, g), space.arch(g).resolution
             print(f"network {i + 1}/{len(genomes)}: {space.cost(g)['flops'] / 1e6:.2f} MFLOPs, {r}x{r}", flush=True)
-            row = {"name": "base" if i == 0 else f"candidate {i}", "genome_id": space.genome_id(g),
-                   "resolution": r, **space.cost(g)}
-            row["eager_ms"] = eager.measure(model, r)["latency_ms"]
-            row["ort_ms"] = ort.measure(model, r)["latency_ms"]
-            u = untuned.measure(model, r, tune=False, remember=False)
-            row["untuned_ms"], row["untuned_diff"] = u["latency_ms"], u["latency_max_abs_diff"]
-            m = tuned.measure(model, r, tune=True)
-            row.update({"tuned_ms": m["latency_ms"], "tuned_spread_ms": m["latency_spread_ms"],
-                        "tuned_diff": m["latency_max_abs_diff"], "kernels": m["latency_kernels"],
-                        "kernels_tuned": m["latency_kernels_tuned_now"], "tuning_s": m["latency_tuning_s"],
-                        "source": m["latency_source"]})
-            if args.remeasure and i < len(kept):  # what tuning cost the first time
-                row.update(kept[i]["tuning_first"])
-            rows.append(row)
+            m = tuned.compile(model, r, tune=True)["info"]
+            u = untuned.compile(model, r, tune=False)["info"]
+            rows.append({"name": "base" if i == 0 else f"candidate {i}", "genome_id": space.genome_id(g),
+                         "resolution": r, **space.cost(g), "untuned_diff": u["latency_max_abs_diff"],
+                         "tuned_diff": m["latency_max_abs_diff"], "kernels": m["latency_kernels"],
+                         "kernels_tuned": m["latency_kernels_tuned_now"], "tuning_s": m["latency_tuning_s"],
+                         "source": m["latency_source"]})
             save()
-            print(json.dumps(row), flush=True)
+            print(json.dumps(rows[-1]), flush=True)
+        # b) timing: the five networks four ways in interleaved rounds, each a median of `repeats` runs;
+        # the figure is the median over rounds, so a slow spell of this shared VM hits every runtime alike
+        compiled = []
+        for g in genomes:
+            model, r = _model(space, sup, g), space.arch(g).resolution
+            compiled.append((model, r, ort.session(model, r), untuned.compile(model, r, tune=False, check=False),
+                         tuned.compile(model, r, tune=False, check=False)))
+        runs = {k: [[] for _ in genomes] for k in ("eager_ms", "ort_ms", "untuned_ms", "tuned_ms")}
+        for rnd in range(args.rounds):
+            for i, (model, r, sess, cu, ct) in enumerate(compiled):
+                time.sleep(0.2)  # TVM's thread pool spins for a moment after a run
+                runs["eager_ms"][i].append(eager.measure(model, r)["latency_ms"])
+                runs["ort_ms"][i].append(ort.time(sess)["latency_ms"])
+                runs["untuned_ms"][i].append(untuned.time(cu)["latency_ms"])
+                runs["tuned_ms"][i].append(tuned.time(ct)["latency_ms"])
+            print(f"round {rnd + 1}/{args.rounds}: tuned " +
+                  " ".join(f"{v[-1]:.3f}" for v in runs["tuned_ms"]) + " ms, onnxruntime " +
+                  " ".join(f"{v[-1]:.3f}" for v in runs["ort_ms"]) + " ms", flush=True)
+        for i, row in enumerate(rows):
+            for k, v in runs.items():
+                row[k], row[k[:-3] + "_rounds"] = float(np.median(v[i])), v[i]
+        save()
 
     # --- 2. a 50-candidate search: reuse, and the latency model on unseen candidates ---------------
     search = state.setdefault("search", {"trials": args.search_trials, "nets": []})
@@ -152,6 +170,9 @@ def main() -> None:
               f"{m['latency_kernels_tuned_now']} tuned now ({m['latency_tuning_s']:.0f} s)", flush=True)
 
     full = [n for n in nets if n["net"] is not None]
+    if not full:  # part 1 alone (--candidates 0 on a fresh work folder)
+        write(args, rows, nets, None, time.time() - t_all)
+        return
     fit, test = full[: args.fit], full[args.fit:]
     model = b.fit_model([n["net"] for n in fit])
     errs = [abs(model.predict_ms(LatencyModel.ops_from_json(n["ops"])) - n["ms"]) / n["ms"] * 100 for n in test]
@@ -195,7 +216,10 @@ def write(args, rows, nets, s, secs) -> None:
          f"{args.candidates} --fit {args.fit} --search-trials {args.search_trials}` ({time.strftime('%Y-%m-%d')}, "
          f"{cpu}, 2 cores, {platform.python_version()}). Target `{host_target()}`. Batch 1, networks of "
          "`spaces/tinynet.yaml` (EfficientNet-B0-style, 32x32 at r = 1). Median of "
-         f"{args.repeats} timed runs each; every measurement and every tuning session holds the machine's core "
+         f"{args.repeats} timed runs each, in {args.rounds} interleaved rounds (eager, onnxruntime, TVM untuned, TVM tuned "
+         "for each network in turn; the figure is the median over rounds), on "
+         f"{os.environ.get('TVM_NUM_THREADS', '?')} threads for all three runtimes (TVM's runtime, onnxruntime's "
+         "intra-op pool, torch's); every measurement and every tuning session holds the machine's core "
          "lock, so nothing of ours trains beside it.", ""]
     if rows:
         L += ["## 1. Five networks", "",
@@ -217,6 +241,14 @@ def write(args, rows, nets, s, secs) -> None:
               f"tuned vs untuned TVM: {np.mean([r['untuned_ms'] / r['tuned_ms'] for r in rows]):.1f}x faster on average.",
               f"- Tuning: {sum(r['tuning_s'] for r in rows):.0f} s for {sum(r['kernels_tuned'] for r in rows)} kernels "
               f"({sum(r['kernels'] for r in rows)} kernel instances in the five networks)."]
+    if s is None:  # part 2 not run: the file's part 2 from its last run stays, under its own date
+        out = Path(args.out)
+        before = out.read_text() if out.exists() else ""
+        if "\n## 2. " in before:
+            L += ["", "## 2." + before.split("\n## 2.", 1)[1].rstrip("\n")]
+        out.write_text("\n".join(L) + "\n")
+        print("\n".join(L))
+        return
     L += ["", "## 2. A 50-candidate search: kernel reuse and the latency model", "",
           f"{s['candidates']} random candidates of the space (`channel_multiple: 8`), each compiled with tuned "
           f"kernels and timed (`latency: tvm`, {args.search_trials} replay-trace trials per new kernel, empty "
