@@ -199,10 +199,13 @@ def test_larger_epsilon_keeps_fewer_kernels(cache_dir):
         kept[eps] = rep["kept_kernels"]
         stopped = [v for v in rep["layers"].values() if v["stopped"] == "epsilon"]
         assert stopped, rep["layers"]
+        # the rule pruned: it stopped some layer before all its kernels were kept (it may also fire
+        # on the step that fills a layer: which layers do depends on the CPU's float rounding)
+        assert any(v["kept_kernels"] < v["kernels"] for v in stopped), rep["layers"]
         for v in stopped:  # the rule, exactly: the last step's relative change <= epsilon
             loss = v["loss"]
             assert abs(loss[-1] - loss[-2]) / loss[0] <= eps + 1e-4
-            assert v["kept_kernels"] < v["kernels"] and len(loss) == v["steps"] + 1
+            assert v["kept_kernels"] <= v["kernels"] and len(loss) == v["steps"] + 1
         for v in rep["layers"].values():  # batches of kernel_batch x the layer's kernels
             assert v["steps"] <= 10 and v["kept"] >= 2
         assert ev.space.genome_id(g)
