@@ -25,16 +25,11 @@ import torch
 from torch import nn
 
 from kernels.lock import core_lock
-from kernels.torch_timing import TorchLatency
+from kernels.torch_timing import TorchLatency, summary
 
 log = logging.getLogger(__name__)
 
 PROVIDERS = ("tvm", "tvm-model", "torch", "onnxruntime", "none")
-
-
-def _summary(times_ms: list[float], source: str) -> dict:
-    q1, med, q3 = np.percentile(np.asarray(times_ms), [25, 50, 75])
-    return {"latency_ms": float(med), "latency_spread_ms": float(q3 - q1), "latency_source": source}
 
 
 class OnnxRuntimeLatency:
@@ -75,7 +70,7 @@ class OnnxRuntimeLatency:
                 t = time.perf_counter()
                 sess.run(None, feed)
                 times.append((time.perf_counter() - t) * 1e3)
-        return _summary(times, self.name)
+        return {**summary(times), "latency_source": self.name}
 
 
 class TVMLatency:

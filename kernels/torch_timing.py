@@ -5,13 +5,19 @@ off as tuned-kernel latency."""
 
 from __future__ import annotations
 
-import statistics
 import time
 
+import numpy as np
 import torch
 from torch import nn
 
 from kernels.lock import core_lock
+
+
+def summary(times_ms) -> dict[str, float]:
+    """Median and interquartile spread (ms) of repeated timings: how every provider reports."""
+    q1, med, q3 = np.percentile(np.asarray(times_ms, dtype=float), [25, 50, 75])
+    return {"latency_ms": float(med), "latency_spread_ms": float(q3 - q1)}
 
 
 class TorchLatency:
@@ -42,7 +48,5 @@ class TorchLatency:
         finally:
             torch.set_num_threads(old)
             model.train(was)
-        q = statistics.quantiles(times, n=4) if len(times) >= 4 else [min(times), 0, max(times)]
-        return {"latency_ms": statistics.median(times), "latency_spread_ms": q[2] - q[0],
-                "latency_source": self.name}
+        return {**summary(times), "latency_source": self.name}
 

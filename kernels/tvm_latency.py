@@ -23,6 +23,7 @@ from torch import nn
 from kernels.latency_model import LatencyModel, Op, op_of_kernel, torch_ops
 from kernels.lock import core_lock
 from kernels.tvm_compile import build, first_output, host_cores, host_target, load_tvm, prepared_module, runtime_threads
+from kernels.torch_timing import summary
 from kernels.tvm_tuning import TuningDB, extract_kernels
 
 log = logging.getLogger(__name__)
@@ -159,9 +160,7 @@ class TVMBackend:
         with core_lock().exclusive("measurement"):
             res = compiled["vm"].time_evaluator("main", tvm.cpu(), number=1, repeat=self.repeats,
                                                 min_repeat_ms=20)(compiled["input"])
-        times = np.sort(np.asarray(res.results, dtype=float) * 1e3)
-        q1, med, q3 = np.percentile(times, [25, 50, 75])
-        return {"latency_ms": float(med), "latency_spread_ms": float(q3 - q1)}
+        return summary(np.asarray(res.results, dtype=float) * 1e3)
 
     # --- the latency model ---------------------------------------------------------------------
     def fit_model(self, networks: list[dict]) -> LatencyModel:
