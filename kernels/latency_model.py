@@ -140,8 +140,11 @@ class LatencyModel:
 
     # --- per operator ------------------------------------------------------------------------
     def fit_ops(self, rows: list[tuple[Op, float]]) -> None:
-        """rows: (operator, measured seconds of its tuned kernel)."""
+        """rows: (operator, measured seconds of its tuned kernel), in any order: the fit sorts them,
+        so the same measurements give the same model (the regressions subsample rows)."""
         from sklearn.ensemble import GradientBoostingRegressor
+
+        rows = sorted(rows, key=lambda r: (r[0].key, r[1]))
 
         by_key: dict[str, list[float]] = {}
         for op, s in rows:
