@@ -94,10 +94,17 @@ def test_onnxruntime_and_eager_time_the_same_network_and_say_so():
 
 
 @pytest.fixture(scope="module")
-def backend(tmp_path_factory):
+def tvm_db(tmp_path_factory):
+    """One tuning database for this module, as a user's runs share one: a kernel tuned by one
+    test is not tuned again by the next (the first test checks tuning from empty)."""
+    return tmp_path_factory.mktemp("tvm")
+
+
+@pytest.fixture(scope="module")
+def backend(tvm_db):
     from kernels.tvm_latency import TVMBackend
 
-    return TVMBackend(tmp_path_factory.mktemp("tvm"), trials_per_task=2, repeats=10)
+    return TVMBackend(tvm_db, trials_per_task=2, repeats=10)
 
 
 def test_tvm_runs_kernels_on_every_core_even_where_omp_says_one():
@@ -202,11 +209,11 @@ def _trials(out):
 
 
 @pytest.mark.slow
-def test_tvm_model_run_fits_checks_and_reports_its_error(tmp_path, cache_dir):
+def test_tvm_model_run_fits_checks_and_reports_its_error(tmp_path, cache_dir, tvm_db):
     out = tmp_path / "run"
     r = run_cli("run", TINY, "--budget", 3, "--out", out, "--no-progress", "--set", f"cache={cache_dir}",
-                "--set", "latency=tvm-model", "--set", "latency.trials_per_task=2", "--set", "latency.fit_networks=4",
-                "--set", "latency.holdout=1", "--set", "latency.check_front=2",
+                "--set", "latency=tvm-model", "--set", f"latency.database={tvm_db}", "--set", "latency.trials_per_task=2",
+                "--set", "latency.fit_networks=4", "--set", "latency.holdout=1", "--set", "latency.check_front=2",
                 "--set", "objectives=[{metric: val_acc}, {metric: latency_ms, direction: minimize}]")
     assert r.returncode == 0, r.stderr[-3000:]
     rep = json.loads((out / "latency.json").read_text())
