@@ -28,6 +28,7 @@ file can be rewritten from the kept state without timing anything again.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import random
@@ -185,20 +186,23 @@ def main() -> None:
         write(args, rows, nets, None)
         return
     fit, test = full[: args.fit], full[args.fit:]
+
+    def ape(m, ns):  # absolute percentage errors of model m on networks ns
+        return [abs(m.predict_ms(LatencyModel.ops_from_json(n["ops"])) - n["ms"]) / n["ms"] * 100 for n in ns]
+
     model = b.fit_model([n["net"] for n in fit])
-    errs = [abs(model.predict_ms(LatencyModel.ops_from_json(n["ops"])) - n["ms"]) / n["ms"] * 100 for n in test]
-    fit_errs = [abs(model.predict_ms(LatencyModel.ops_from_json(n["ops"])) - n["ms"]) / n["ms"] * 100 for n in fit]
+    errs, fit_errs = ape(model, test), ape(model, fit)
     # the same with every candidate's own kernel times (no regression: what composition alone misses)
     exact = b.fit_model([n["net"] for n in full])
     exact.fit_networks([(LatencyModel.ops_from_json(n["ops"]), n["ms"]) for n in fit])
-    exact_errs = [abs(exact.predict_ms(LatencyModel.ops_from_json(n["ops"])) - n["ms"]) / n["ms"] * 100 for n in test]
+    exact_errs = ape(exact, test)
     # how far one timing of a network strays from its own median over part 1's rounds (the floor)
-    noise = [abs(v - np.median(r["tuned_rounds"])) / np.median(r["tuned_rounds"]) * 100
-             for r in rows if r.get("tuned_rounds") for v in r["tuned_rounds"]]
-    # the uncalibrated sum of kernel times, for contrast
-    raw = b.fit_model([n["net"] for n in fit])
+    noise = [abs(v - med) / med * 100 for r in rows if r.get("tuned_rounds")
+             for med in [float(np.median(r["tuned_rounds"]))] for v in r["tuned_rounds"]]
+    # the uncalibrated sum of kernel times, for contrast (the fitted model's kernels, calibration off)
+    raw = copy.copy(model)
     raw.calib = (1.0, 0.0, 0.0)
-    raw_errs = [abs(raw.predict_ms(LatencyModel.ops_from_json(n["ops"])) - n["ms"]) / n["ms"] * 100 for n in test]
+    raw_errs = ape(raw, test)
     kernel_total = sum(n["kernels"] for n in nets)
     distinct = len(seen_keys)
     tuned_total = sum(n["tuned_now"] for n in nets)
@@ -325,7 +329,6 @@ def _search_section(args, nets, s) -> list[str]:
           "noise of timing a network once on this host (the last line).",
           "", f"Goal: at most 10 %: **{'met' if s['mape_test'] is not None and s['mape_test'] <= 10 else 'not met'}**. "
           f"Calibration: {json.dumps(s['model']['calibration'])}."]
-    return L
     return L
 
 
