@@ -21,6 +21,7 @@ from spaces.layers import GConv2d
 from spaces.space import Genome, Space
 
 from kernels.latency import make_latency  # noqa: F401  (the latency providers, re-exported)
+from kernels.lock import core_lock
 
 from evaluators import cache as supernet_cache
 from evaluators.data import Splits, load_dataset
@@ -132,7 +133,8 @@ class TrainEvaluator:
             on_epoch = None
             if report is not None:
                 def on_epoch(epoch, net):
-                    acc, loss = evaluate(net, self.data.val, arch.resolution)
+                    with core_lock().shared():  # the report below may block: not under the lock
+                        acc, loss = evaluate(net, self.data.val, arch.resolution)
                     net.train()
                     report({**m, "val_acc": acc, "val_loss": loss, "epoch": epoch})
             t1 = time.time()

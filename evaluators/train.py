@@ -77,17 +77,20 @@ def _total_steps(n: int, r: TrainRecipe) -> int:
 
 
 def _steps(n: int, r: TrainRecipe, opt, gen: torch.Generator):
-    """Yield (step, batch indices) for the recipe's step count, setting the scheduled lr; each
-    step holds the machine's core lock shared."""
-    total, step, lock = _total_steps(n, r), 0, core_lock()
+    """Yield (step, batch indices) for the recipe's step count, setting the scheduled lr.
+
+    The caller holds `core_lock().shared()` around each step's compute, so that a latency
+    measurement never runs beside it, and never around callbacks: the lock must not be held
+    while control is elsewhere (a Tune report blocks until the driver asks for more, forever if
+    the scheduler stops the trial, and a measurement waiting on that step would wait forever)."""
+    total, step = _total_steps(n, r), 0
     while step < total:
         for b in _batches(n, r.batch_size, gen):
             if step >= total:
                 return
             for group in opt.param_groups:
                 group["lr"] = _lr_at(r, step, total)
-            with lock.shared():  # a latency measurement never runs beside a training step
-                yield step, b
+            yield step, b
             step += 1
 
 
@@ -118,28 +121,29 @@ def pretrain_supernet(space: Space, data: Splits, recipe: TrainRecipe, seed: int
     total = _total_steps(len(x), recipe)
     full = space.full()
     fam_groups = space.family.groups()
-    t0, imp = time.time(), importance(sup)
+    t0, imp, lock = time.time(), importance(sup), core_lock()
     for step, b in _steps(len(x), recipe, opt, gen):
-        if step % 20 == 0:
-            imp = importance(sup)  # keep "most important filters" current for width cuts
-        xb, yb = x[b], y[b]
-        genomes = [full] + ([smallest_genome(space, rng)] if sandwich > 1 else [])
-        genomes += [space.sample(rng) for _ in range(max(0, sandwich - 2))]
-        opt.zero_grad(set_to_none=True)
-        teacher = None
-        for k, g in enumerate(genomes):
-            arch = space.arch(g)
-            logits = run_subnet(space, sup, arch, at_resolution(xb, arch.resolution),
-                                kept_indices(arch, fam_groups, imp))
-            if k == 0:
-                loss = F.cross_entropy(logits, yb, label_smoothing=recipe.label_smoothing)
-                teacher = F.softmax(logits.detach(), 1)
-                ce = loss.item()
-            else:  # in-place distillation from the full network
-                loss = F.kl_div(F.log_softmax(logits, 1), teacher, reduction="batchmean")
-            loss.backward()
-        nn.utils.clip_grad_norm_(sup.parameters(), 5.0)
-        opt.step()
+        with lock.shared():  # a latency measurement never runs beside a training step
+            if step % 20 == 0:
+                imp = importance(sup)  # keep "most important filters" current for width cuts
+            xb, yb = x[b], y[b]
+            genomes = [full] + ([smallest_genome(space, rng)] if sandwich > 1 else [])
+            genomes += [space.sample(rng) for _ in range(max(0, sandwich - 2))]
+            opt.zero_grad(set_to_none=True)
+            teacher = None
+            for k, g in enumerate(genomes):
+                arch = space.arch(g)
+                logits = run_subnet(space, sup, arch, at_resolution(xb, arch.resolution),
+                                    kept_indices(arch, fam_groups, imp))
+                if k == 0:
+                    loss = F.cross_entropy(logits, yb, label_smoothing=recipe.label_smoothing)
+                    teacher = F.softmax(logits.detach(), 1)
+                    ce = loss.item()
+                else:  # in-place distillation from the full network
+                    loss = F.kl_div(F.log_softmax(logits, 1), teacher, reduction="batchmean")
+                loss.backward()
+            nn.utils.clip_grad_norm_(sup.parameters(), 5.0)
+            opt.step()
         if progress:
             progress(step + 1, total, ce)  # the full network's cross-entropy
     # the supernet's own BN statistics: those of the full network
@@ -230,27 +234,29 @@ def fine_tune(model: nn.Module, data: Splits, resolution: int, recipe: TrainReci
     per_epoch = max(1, len(x) // recipe.batch_size)
     model.train()
     last = float("nan")
+    lock = core_lock()
     for step, b in _steps(len(x), recipe, opt, gen):
-        if slb:
-            slb.set_progress(step / max(1, total - 1))
-            slb_opt.param_groups[0]["lr"] = recipe.slb_lr * _lr_at(recipe, step, total) / recipe.lr
-            slb_opt.zero_grad(set_to_none=True)
-        shadow = [m.weight.detach().clone() for m, _ in qconvs]
-        for m, ws in qconvs:
-            quantize_(m.weight, ws)
-        loss = F.cross_entropy(model(at_resolution(x[b], resolution)), y[b],
-                               label_smoothing=recipe.label_smoothing)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss.item()} at step {step}")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        with torch.no_grad():
-            for (m, _), w in zip(qconvs, shadow):
-                m.weight.copy_(w)  # straight-through: the gradient of the quantised weight
-        opt.step()
-        if slb_opt is not None:
-            slb_opt.step()
-        last = loss.item()
+        with lock.shared():  # never around on_epoch, which may block (a Tune report)
+            if slb:
+                slb.set_progress(step / max(1, total - 1))
+                slb_opt.param_groups[0]["lr"] = recipe.slb_lr * _lr_at(recipe, step, total) / recipe.lr
+                slb_opt.zero_grad(set_to_none=True)
+            shadow = [m.weight.detach().clone() for m, _ in qconvs]
+            for m, ws in qconvs:
+                quantize_(m.weight, ws)
+            loss = F.cross_entropy(model(at_resolution(x[b], resolution)), y[b],
+                                   label_smoothing=recipe.label_smoothing)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss.item()} at step {step}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            with torch.no_grad():
+                for (m, _), w in zip(qconvs, shadow):
+                    m.weight.copy_(w)  # straight-through: the gradient of the quantised weight
+            opt.step()
+            if slb_opt is not None:
+                slb_opt.step()
+            last = loss.item()
         if on_epoch and (step + 1) % per_epoch == 0 and not (skip_last_epoch_callback and step + 1 >= total):
             on_epoch((step + 1) // per_epoch, model)
     if slb:

@@ -60,6 +60,41 @@ def test_the_lock_can_be_switched_off(tmp_path, monkeypatch):
     assert not lock.enabled
 
 
+def _cores_free(folder) -> bool:
+    """Could a measurement take the cores now? (A separate open file, as another process has.)"""
+    import fcntl
+    import os
+
+    fd = os.open(folder / "archsearch-cores.cores", os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def test_training_steps_hold_the_lock_but_epoch_callbacks_do_not(tmp_path, monkeypatch):
+    """A step's compute holds the lock shared; the epoch callback runs without it, because it may
+    block: a Tune report waits for the driver, forever once ASHA has stopped the trial, and a
+    measurement waiting on that step held every other worker back (a hung CI run)."""
+    import kernels.lock as kl
+    from evaluators.data import digits
+    from evaluators.train import TrainRecipe, fine_tune
+
+    monkeypatch.setattr(kl, "_LOCK", CoreLock(tmp_path))
+    data = digits(16, 0, 0.2, 0.2)
+    space = load_space(TINY).with_classes(data.num_classes)
+    model = space.build(space.full(), space.supernet(0))
+    in_steps, in_callbacks = [], []
+    model.register_forward_hook(lambda *_: in_steps.append(_cores_free(tmp_path)))
+    fine_tune(model, data, 16, TrainRecipe(epochs=2, batch_size=256, lr=0.02), seed=0,
+              on_epoch=lambda epoch, net: in_callbacks.append((epoch, _cores_free(tmp_path))))
+    assert in_steps and not any(in_steps), "a training step ran without the core lock"
+    assert in_callbacks == [(1, True), (2, True)], "the epoch callback ran under the core lock"
+
+
 # --- TVM -----------------------------------------------------------------------------------------
 def _tiny_model(seed: int):
     from kernels.tvm_latency import realistic
