@@ -95,7 +95,15 @@ class TVMBackend:
                 out[row["key"]] = row
         return out
 
-    def _remember(self, row: dict) -> None:
+    def _remember(self, compiled: dict, resolution: int, out: dict, rounds_ms: list[float] | None = None) -> None:
+        """A fully tuned network's kernels and whole-network time, for the latency model (the
+        last row of a network wins)."""
+        if out["latency_tuned_fraction"] != 1.0:
+            return
+        row = {"key": network_key(compiled["ops"], resolution), "resolution": resolution,
+               "ops": LatencyModel.ops_to_json(compiled["ops"]), "kernels": sorted({k.key for k in compiled["kernels"]}),
+               "ms": out["latency_ms"], "spread_ms": out["latency_spread_ms"], "rounds_ms": rounds_ms,
+               "at": time.strftime("%Y-%m-%dT%H:%M:%S")}
         with open(self.networks_file, "a") as fh:
             fh.write(json.dumps(row) + "\n")
 
@@ -106,11 +114,33 @@ class TVMBackend:
         Returns the latency (ms), its spread, how many kernels were tuned and what it cost."""
         c = self.compile(model, resolution, tune=tune, check=check)
         out = {**self.time(c), **c["info"]}
-        if remember and out["latency_tuned_fraction"] == 1.0:
-            self._remember({"key": network_key(c["ops"], resolution), "resolution": resolution,
-                            "ops": LatencyModel.ops_to_json(c["ops"]), "kernels": sorted({k.key for k in c["kernels"]}),
-                            "ms": out["latency_ms"], "spread_ms": out["latency_spread_ms"],
-                            "at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        if remember:
+            self._remember(c, resolution, out)
+        return out
+
+    def measure_rounds(self, items: list[tuple[nn.Module, int]], rounds: int, tune: bool = True,
+                       progress=None) -> list[dict]:
+        """Measure several networks in `rounds` interleaved rounds (each network timed once per
+        round, in turn), each one's latency the median over rounds; remembered with its rounds.
+
+        On a shared 2-core VM the slow spells last seconds: one timing of a network strays 13 %
+        from its median on average, up to 1.7x (benchmarks/results/latency.md). Rounds spread each
+        network's timings over the time the others take, so one spell costs one round, not all."""
+        compiled = []
+        for i, (model, r) in enumerate(items):
+            compiled.append(self.compile(model, r, tune=tune, check=False))
+            if progress:
+                progress(i + 1, len(items))
+        times: list[list[float]] = [[] for _ in compiled]
+        for _ in range(max(1, rounds)):
+            for c, t in zip(compiled, times):
+                time.sleep(0.2)  # TVM's thread pool spins for a moment after a run
+                t.append(self.time(c)["latency_ms"])
+        out = []
+        for (model, r), c, t in zip(items, compiled, times):
+            res = {**summary(t), "latency_rounds_ms": t, **c["info"]}
+            self._remember(c, r, res, rounds_ms=t)
+            out.append(res)
         return out
 
     def compile(self, model: nn.Module, resolution: int, tune: bool = True, check: bool = True) -> dict:

@@ -110,6 +110,8 @@ class LatencyCfg(_M):
     fit_networks: int = Field(12, ge=1, description="tvm-model: networks measured to fit the model")
     holdout: int = Field(4, ge=0, description="tvm-model: networks measured to check it, never fitted on")
     check_front: int = Field(8, ge=0, description="tvm-model: Pareto-front networks measured at the end")
+    rounds: int = Field(5, ge=1, description="tvm-model: interleaved timing rounds of the networks it fits on "
+                                             "and checks (each one's latency: the median over rounds)")
 
 
 class RayCfg(_M):

@@ -218,18 +218,18 @@ def test_pytorch_sees_the_same_operators_as_the_tvm_kernels(name):
 
 @pytest.mark.slow
 def test_the_latency_model_prices_networks_it_was_not_fitted_on(backend):
-    from kernels.tvm_latency import spread_genomes
+    """Seven networks timed in three interleaved rounds (as tvm-model measures its sample): a fit
+    on five prices the other two within 50 %."""
+    from kernels.tvm_latency import network_key, spread_genomes
 
     space = load_space(TINY)
     sup = space.supernet(seed=0)
-    nets = []
-    for g in spread_genomes(space, 7, seed=1):
-        model = space.build(g, sup).eval()
-        r = space.arch(g).resolution
-        backend.measure(model, r, check=False)
-        from kernels.tvm_latency import network_key
-
-        nets.append(backend.networks()[network_key(torch_ops(model, r), r)])
+    items = [(space.build(g, sup).eval(), space.arch(g).resolution) for g in spread_genomes(space, 7, seed=1)]
+    res = backend.measure_rounds(items, rounds=3)
+    assert all(len(m["latency_rounds_ms"]) == 3 and m["latency_source"] == "tvm" for m in res)
+    known = backend.networks()
+    nets = [known[network_key(torch_ops(model, r), r)] for model, r in items]
+    assert [n["rounds_ms"] for n in nets] == [m["latency_rounds_ms"] for m in res]
     model = backend.fit_model(nets[:5])
     assert model.fit_info["networks"] == 5
     for n in nets[5:]:
@@ -249,10 +249,10 @@ def test_tvm_model_run_fits_checks_and_reports_its_error(tmp_path, cache_dir, tv
     r = run_cli("run", TINY, "--budget", 3, "--out", out, "--no-progress", "--set", f"cache={cache_dir}",
                 "--set", "latency=tvm-model", "--set", f"latency.database={tvm_db}", "--set", "latency.trials_per_task=2",
                 "--set", "latency.fit_networks=4", "--set", "latency.holdout=1", "--set", "latency.check_front=2",
-                "--set", "objectives=[{metric: val_acc}, {metric: latency_ms, direction: minimize}]")
+                "--set", "latency.rounds=3", "--set", "objectives=[{metric: val_acc}, {metric: latency_ms, direction: minimize}]")
     assert r.returncode == 0, r.stderr[-3000:]
     rep = json.loads((out / "latency.json").read_text())
-    assert rep["provider"] == "tvm-model" and rep["fit_networks"] == 4
+    assert rep["provider"] == "tvm-model" and rep["fit_networks"] == 4 and rep["rounds"] == 3
     assert len(rep["holdout"]) == 1 and rep["holdout_mape"] >= 0
     assert 1 <= len(rep["front"]) <= 2 and all(c["source"] == "tvm" for c in rep["front"])
     assert rep["front_mape"] is not None
