@@ -119,23 +119,27 @@ class TVMBackend:
         return out
 
     def measure_rounds(self, items: list[tuple[nn.Module, int]], rounds: int, tune: bool = True,
-                       progress=None) -> list[dict]:
+                       progress=None, min_round_s: float = 3.0) -> list[dict]:
         """Measure several networks in `rounds` interleaved rounds (each network timed once per
         round, in turn), each one's latency the median over rounds; remembered with its rounds.
 
         On a shared 2-core VM the slow spells last seconds: one timing of a network strays 13 %
         from its median on average, up to 1.7x (benchmarks/results/latency.md). Rounds spread each
-        network's timings over the time the others take, so one spell costs one round, not all."""
+        network's timings over the time the others take, so one spell costs one round, not all; a
+        round shorter than `min_round_s` (few networks) waits out the rest, without the cores."""
         compiled = []
         for i, (model, r) in enumerate(items):
             compiled.append(self.compile(model, r, tune=tune, check=False))
             if progress:
                 progress(i + 1, len(items))
         times: list[list[float]] = [[] for _ in compiled]
-        for _ in range(max(1, rounds)):
+        for k in range(max(1, rounds)):
+            t0 = time.perf_counter()
             for c, t in zip(compiled, times):
                 time.sleep(0.2)  # TVM's thread pool spins for a moment after a run
                 t.append(self.time(c)["latency_ms"])
+            if k + 1 < rounds:
+                time.sleep(max(0.0, min_round_s - (time.perf_counter() - t0)))
         out = []
         for (model, r), c, t in zip(items, compiled, times):
             res = {**summary(t), "latency_rounds_ms": t, **c["info"]}
