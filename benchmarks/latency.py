@@ -216,14 +216,16 @@ def main() -> None:
     # the same model fitted and scored on one timing per candidate (what part 2 had before its rounds)
     once = [{**n, "ms": n["ms_once"], "net": {**n["net"], "ms": n["ms_once"]}} for n in full if "ms_once" in n]
     once_errs = ape(b.fit_model([n["net"] for n in once[: args.fit]]), once[args.fit:]) if once else []
-    rounds_dev = [abs(v - n["ms"]) / n["ms"] * 100 for n in nets for v in n.get("rounds_ms", [])]
+    def deviation(series):  # % by which each timing strays from its own series' median
+        return [abs(v - med) / med * 100 for t in series if t for med in [float(np.median(t))] for v in t]
+
+    rounds_dev = deviation([n.get("rounds_ms") for n in nets])
     # in time order (round by round, candidate by candidate): how long a slow spell lasts
     k = min((len(n.get("rounds_ms", [])) for n in nets), default=0)
     seq = np.array([n["rounds_ms"][j] / n["ms"] - 1 for j in range(k) for n in nets]) if k > 1 else np.zeros(0)
     lag = {d: float(np.corrcoef(seq[:-d], seq[d:])[0, 1]) for d in (1, 5)} if len(seq) > 10 else {}
     # how far one timing of a network strays from its own median over part 1's rounds (the floor)
-    noise = [abs(v - med) / med * 100 for r in rows if r.get("tuned_rounds")
-             for med in [float(np.median(r["tuned_rounds"]))] for v in r["tuned_rounds"]]
+    noise = deviation([r.get("tuned_rounds") for r in rows])
     # the uncalibrated sum of kernel times, for contrast (the fitted model's kernels, calibration off)
     raw = copy.copy(model)
     raw.calib = (1.0, 0.0, 0.0)
@@ -239,7 +241,7 @@ def main() -> None:
                "mape_uncalibrated_sum": float(np.mean(raw_errs)) if raw_errs else None,
                "mape_exact_kernels": float(np.mean(exact_errs)) if exact_errs else None,
                "repeat_deviation_pct": float(np.mean(noise)) if noise else None,
-               "search_rounds": min((len(n.get("rounds_ms", [])) for n in nets), default=0),
+               "search_rounds": k,
                "mape_test_one_timing": float(np.mean(once_errs)) if once_errs else None,
                "search_round_deviation_pct": float(np.mean(rounds_dev)) if rounds_dev else None,
                "search_round_max_ratio": float(max(v / n["ms"] for n in nets for v in n["rounds_ms"])) if k else None,
@@ -350,18 +352,13 @@ def _search_section(args, nets, s) -> list[str]:
           f"| latency model, {s['test']} held-out candidates | **{s['mape_test']:.1f}** (max {s['max_ape_test']:.1f}) |",
           f"| the same, on its {s['fit']} fitting candidates | {s['mape_fit']:.1f} |",
           f"| uncalibrated sum of predicted kernel times, held-out | {s['mape_uncalibrated_sum']:.1f} |"]
-    if s.get("mape_exact_kernels") is not None:
-        L.append(f"| the same model with every held-out candidate's own tuned kernel times (no regression) | "
-                 f"{s['mape_exact_kernels']:.1f} |")
-    if s.get("mape_test_one_timing") is not None:
-        L.append(f"| the latency model fitted and scored on one timing per candidate (the search's own) | "
-                 f"{s['mape_test_one_timing']:.1f} |")
-    if s.get("search_round_deviation_pct") is not None:
-        L.append(f"| for scale: one round's timing of a candidate against its median over the rounds | "
-                 f"{s['search_round_deviation_pct']:.1f} |")
-    if s.get("repeat_deviation_pct") is not None:
-        L.append(f"| for scale: one timing of a tuned network against its own median over part 1's rounds | "
-                 f"{s['repeat_deviation_pct']:.1f} |")
+    for key, label in (
+            ("mape_exact_kernels", "the same model with every held-out candidate's own tuned kernel times (no regression)"),
+            ("mape_test_one_timing", "the latency model fitted and scored on one timing per candidate (the search's own)"),
+            ("search_round_deviation_pct", "for scale: one round's timing of a candidate against its median over the rounds"),
+            ("repeat_deviation_pct", "for scale: one timing of a tuned network against its own median over part 1's rounds")):
+        if s.get(key) is not None:  # lines older states lack
+            L.append(f"| {label} | {s[key]:.1f} |")
     L += ["", "Reading: the line with each candidate's own kernel times leaves out the per-kind regressions' error; "
           "what it still shows is how far whole networks stray from a calibrated sum of their kernels. The last "
           "lines are the noise of timing a network once on this 2-core VM"
