@@ -57,7 +57,7 @@ def main() -> None:
         times_file.write_text(json.dumps(times))
 
     from search.config import load_run_config
-    from search.loop import make_evaluator
+    from evaluators.registry import make_evaluator
     from search.store import RunStore
     from spaces.builder import importance
 

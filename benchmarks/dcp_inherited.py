@@ -32,7 +32,7 @@ def main() -> None:
 
     from evaluators.train import evaluate, recalibrate_bn
     from search.config import load_run_config
-    from search.loop import make_evaluator
+    from evaluators.registry import make_evaluator
     from spaces.builder import importance
 
     work = Path(args.work)

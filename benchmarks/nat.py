@@ -83,7 +83,7 @@ class Table:
     """CIFAR-10 test accuracy (percent) and cost of cells, by lookup."""
 
     def __init__(self):
-        from evaluators.evaluator import TableEvaluator
+        from evaluators.table import TableEvaluator
         from spaces import load_space
 
         self.space = load_space(ROOT / "spaces" / "nb201.yaml")

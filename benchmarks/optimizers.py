@@ -49,7 +49,7 @@ def main() -> int:
     if not Path(args.csv).exists():
         sys.exit(f"optimizers.py: error: {args.csv} does not exist (the NAS-Bench-201 table)")
 
-    from evaluators.evaluator import TableEvaluator
+    from evaluators.table import TableEvaluator
     from search.config import Objective
     from search.hypervolume import hypervolume_2d
     from search.optimizers import OPTIMIZERS

@@ -47,7 +47,7 @@ def main() -> None:
 
     # the GA front, and the L1 / random genomes at the same per-group counts
     from search.config import load_run_config
-    from search.loop import make_evaluator
+    from evaluators.registry import make_evaluator
     from spaces.builder import importance
 
     cfg, space, _ = load_run_config(ROOT / "spaces" / "resnet20.yaml", sets)

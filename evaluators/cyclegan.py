@@ -35,6 +35,8 @@ from torch import nn
 from spaces.errors import ConfigError
 from spaces.space import Genome, Space
 
+from evaluators.base import EvalResult, Evaluator, detached_copy, latency_provider
+
 log = logging.getLogger(__name__)
 
 
@@ -134,11 +136,11 @@ def recalibrate_generators(model: nn.Module, dom: Domains, batches: int = 4, bs:
     model.eval()
 
 
-class CycleGANEvaluator:
+class CycleGANEvaluator(Evaluator):
     """Scores pruned generator pairs by the co-evolutionary compression fitness."""
 
     kind = "cyclegan"
-    metrics = ("fitness", "fitness_ab", "fitness_ba", "dis_ab", "dis_ba", "cyc_a", "cyc_b", "kept_ab", "kept_ba",
+    METRICS = ("fitness", "fitness_ab", "fitness_ba", "dis_ab", "dis_ba", "cyc_a", "cyc_b", "kept_ab", "kept_ba",
                "l1_to_full_ab", "l1_to_full_ba", "flops", "params", "latency_ms", "latency_spread_ms", "wall_time_s")
 
     def __init__(self, space: Space, cfg, seed: int, cache_dir: Path, latency=None, config_file: str | None = None):
@@ -149,6 +151,16 @@ class CycleGANEvaluator:
         self.dom: Domains | None = None
         self.supernet = None
         self.supernet_info: dict = {}
+
+    @classmethod
+    def from_config(cls, cfg, space: Space, file: str | None) -> "CycleGANEvaluator":
+        return cls(space, cfg.evaluator.cyclegan, cfg.seed, cfg.cache_dir(), latency_provider(cfg, file), file)
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        if self.latency is None:
+            return tuple(m for m in self.METRICS if not m.startswith("latency_"))
+        return self.METRICS
 
     def _key(self) -> dict:
         c = self.cfg
@@ -202,14 +214,12 @@ class CycleGANEvaluator:
         return self._state
 
     def detached(self):
-        from evaluators.executor import detached_copy
-
         return detached_copy(self, ("dom", "supernet", "_state", "d_a", "d_b", "full_ab", "full_ba",
                                     "d_full_ab", "d_full_ba"))
 
-    def summarize(self, run_dir, genome: Genome) -> dict:
+    def summarize(self, run_dir, genome: Genome) -> None:
         """Full against pruned generators for the run's best candidate; see `summarize_best`."""
-        return summarize_best(self, Path(run_dir), genome)
+        summarize_best(self, Path(run_dir), genome)
 
     def _channels(self, genome: Genome, direction: str) -> int:
         sizes = self.space.arch(genome).sizes
@@ -217,8 +227,6 @@ class CycleGANEvaluator:
 
     @torch.no_grad()
     def evaluate(self, genome: Genome, seed: int = 0, report=None):
-        from evaluators.evaluator import EvalResult
-
         self.setup()
         gid = self.space.genome_id(genome)
         t0 = time.time()

@@ -1,14 +1,11 @@
-"""Evaluators turn a genome into metrics. `TrainEvaluator`: inherit from the pre-trained
-supernet, fine-tune, score, time. `TableEvaluator`: look the genome up in NAS-Bench-201."""
+"""The fine-tuning evaluator: inherit from the pre-trained supernet, fine-tune, score, time."""
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import time
 import traceback
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,30 +13,17 @@ import torch
 
 from spaces.dims import bits_of
 from spaces.errors import ConfigError
-from spaces.families.cell import arch_str
 from spaces.layers import GConv2d
 from spaces.space import Genome, Space
 
-from kernels.latency import make_latency  # noqa: F401  (the latency providers, re-exported)
-from kernels.lock import core_lock
+from kernels.cores import core_lock
 
 from evaluators import cache as supernet_cache
+from evaluators.base import EvalResult, Evaluator, TrainedModel, detached_copy, latency_provider
 from evaluators.data import Splits, load_dataset
 from evaluators.train import TrainRecipe, evaluate, fine_tune, recalibrate_bn
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class EvalResult:
-    """One evaluation: complete with metrics, or failed with a reason."""
-
-    genome_id: str
-    status: str  # "complete" | "failed"
-    metrics: dict[str, Any] = field(default_factory=dict)
-    reason: str | None = None
-    state_dict: dict[str, torch.Tensor] | None = None
-    node: str = ""
 
 
 def model_bits(model: torch.nn.Module, quant: dict[str, str]) -> int:
@@ -59,10 +43,12 @@ def model_bits(model: torch.nn.Module, quant: dict[str, str]) -> int:
     return total
 
 
-class TrainEvaluator:
+class TrainEvaluator(Evaluator):
     """Fine-tuning evaluator over a pre-trained, cached supernet."""
 
     kind = "train"
+    fine_tunes = True
+    provides_model = True
     METRICS = ("val_acc", "val_loss", "test_acc", "test_loss", "inherited_val_acc", "flops", "params",
                "model_bits", "latency_ms", "latency_spread_ms", "train_time_s", "wall_time_s")
 
@@ -81,8 +67,21 @@ class TrainEvaluator:
         self.space = space
         self.supernet_info: dict = {}
 
+    @classmethod
+    def from_config(cls, cfg, space: Space, file: str | None) -> "TrainEvaluator":
+        if space.family.task != "classify":
+            raise ConfigError(file, "evaluator.kind", f"space {space.name!r} is no classifier (family "
+                              f"{space.family.kind!r}); use an evaluator of its task")
+        latency = latency_provider(cfg, file)
+        ft = TrainRecipe(**cfg.evaluator.finetune.model_dump())
+        pt = cfg.pretrain.model_dump()
+        sandwich = pt.pop("sandwich")
+        return cls(space, cfg.dataset, ft, TrainRecipe(**pt), sandwich, cfg.seed, cfg.cache_dir(), latency, file)
+
     @property
     def metrics(self) -> tuple[str, ...]:
+        if self.latency is None:
+            return tuple(m for m in self.METRICS if not m.startswith("latency_"))
         return self.METRICS
 
     def setup(self, progress=None, supernet_state: dict | None = None) -> None:
@@ -108,11 +107,19 @@ class TrainEvaluator:
 
     def detached(self) -> "TrainEvaluator":
         """This evaluator without its data and supernet: what is shipped to a worker."""
-        from evaluators.executor import detached_copy
-
         c = detached_copy(self, ("data", "supernet"))
         c.space = self.base_space
         return c
+
+    def worker_key(self) -> tuple:
+        return (type(self).__name__, self.seed, self.base_space.name)
+
+    def base_point(self) -> dict[str, Any]:
+        return {"val_acc": self.supernet_info["full_val_acc"]} if "full_val_acc" in self.supernet_info else {}
+
+    def trained_model(self) -> TrainedModel:
+        self.setup()
+        return TrainedModel(self.space, self.supernet, self.data, self.seed)
 
     def evaluate(self, genome: Genome, seed: int = 0, report=None) -> EvalResult:
         """Inherit, fine-tune, score. `report(metrics)`, if given, hears the validation metrics
@@ -154,55 +161,3 @@ class TrainEvaluator:
             log.warning("trial %s failed: %s", gid, e)
             log.debug("%s", traceback.format_exc())
             return EvalResult(gid, "failed", {"wall_time_s": time.time() - t0}, reason=f"{type(e).__name__}: {e}")
-
-
-NB201_ACC = {"cifar10": "c10_test", "cifar100": "c100_test", "imagenet16": "in16_test"}
-
-
-class TableEvaluator:
-    """NAS-Bench-201 lookup: test accuracies and measured latencies, no training."""
-
-    kind = "table"
-
-    def __init__(self, space: Space, path: str, dataset: str = "cifar10", device: str = "raspi4",
-                 config_file: str | None = None):
-        if space.family.kind != "cell":
-            raise ConfigError(config_file, "evaluator.kind", f"the table evaluator needs a cell space, {space.name!r} is {space.family.kind}")
-        p = Path(path).expanduser()
-        if not p.is_file():
-            raise ConfigError(config_file, "evaluator.table", f"table {str(p)!r} does not exist")
-        if dataset not in NB201_ACC:
-            raise ConfigError(config_file, "evaluator.dataset", f"unknown dataset {dataset!r}; expected one of {', '.join(NB201_ACC)}")
-        with open(p, newline="") as fh:
-            reader = csv.DictReader(fh)
-            cols = reader.fieldnames or []
-            if "arch_str" not in cols:
-                raise ConfigError(config_file, "evaluator.table", f"{str(p)!r} has no arch_str column")
-            lat_col = f"lat_{device}"
-            if lat_col not in cols:
-                devs = sorted(c[4:] for c in cols if c.startswith("lat_"))
-                raise ConfigError(config_file, "evaluator.device", f"unknown device {device!r}; the table has {', '.join(devs)}")
-            keep = ["c10_test", "c100_test", "in16_test", lat_col]
-            self.rows = {r["arch_str"]: {k: float(r[k]) for k in keep} for r in reader}
-        self.space, self.acc_col, self.lat_col, self.device = space, NB201_ACC[dataset], lat_col, device
-        self.supernet_info = {}
-        self._cost: dict[str, dict] = {}
-
-    metrics = ("val_acc", "test_acc", "c10_test", "c100_test", "in16_test", "latency_ms", "flops", "params")
-
-    def setup(self, progress=None, supernet_state=None) -> None:
-        pass
-
-    def evaluate(self, genome: Genome, seed: int = 0) -> EvalResult:
-        gid = self.space.genome_id(genome)
-        arch = self.space.arch(genome)
-        key = arch_str(arch.ops)
-        row = self.rows.get(key)
-        if row is None:
-            return EvalResult(gid, "failed", reason=f"{key} is not in the table")
-        if gid not in self._cost:
-            self._cost[gid] = self.space.cost(genome)
-        acc = row[self.acc_col] / 100.0
-        m = {"val_acc": acc, "test_acc": acc, "c10_test": row["c10_test"], "c100_test": row["c100_test"],
-             "in16_test": row["in16_test"], "latency_ms": row[self.lat_col], **self._cost[gid]}
-        return EvalResult(gid, "complete", m)

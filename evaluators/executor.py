@@ -8,12 +8,13 @@ is left running. A worker process that dies mid-evaluation costs a retry on anot
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import socket
 import time
 from dataclasses import dataclass
+
+from evaluators.base import EvalResult
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +38,6 @@ class InProcess:
 
     def submit(self, key: str, genome: dict, seed: int) -> None:
         self._queue.append(Job(key, genome, seed))
-
-    def pending(self) -> int:
-        return len(self._queue)
 
     def next_result(self):
         job = self._queue.pop(0)
@@ -129,13 +127,9 @@ class RayExecutor:
             workers = max(1, int(total // cpw))
         cpw = cpus_per_worker or max(1, total // max(1, workers))
         self.cpus_per_worker = cpw
-        from kernels.service import attach_service
-
         self.evaluator = evaluator
-        attach_service(evaluator)  # tvm latency: one process on this node measures for every worker
-        state = evaluator.supernet_state() if hasattr(evaluator, "supernet_state") else None
-        blank = evaluator.detached() if hasattr(evaluator, "detached") else evaluator
-        self._refs = [ray.put(blank), ray.put(state)]  # alive as long as the executor
+        evaluator.start_workers()  # tvm latency: one process on this node measures for every worker
+        self._refs = [ray.put(evaluator.detached()), ray.put(evaluator.supernet_state())]  # alive as long as the executor
         # no Ray restarts: a dead worker is replaced here, so retries stay bounded and visible
         self._actor_cls = ray.remote(EvaluatorActor).options(
             num_cpus=cpw, max_restarts=0, max_task_retries=0, scheduling_strategy="SPREAD")
@@ -153,9 +147,6 @@ class RayExecutor:
     def _new_actor(self):
         return self._actor_cls.remote(self._refs, max(1, int(self.cpus_per_worker)))
 
-    def actor_pids(self) -> list[int]:
-        return [i["pid"] for i in self.ray.get([a.info.remote() for a in self.actors])]
-
     def _dispatch(self, job: Job, avoid: int | None = None) -> None:
         order = [i for i in self.idle if i != avoid] or self.idle
         idx = order[0]
@@ -168,13 +159,8 @@ class RayExecutor:
             raise RuntimeError("no idle worker: wait for a result before submitting")
         self._dispatch(Job(key, genome, seed))
 
-    def pending(self) -> int:
-        return len(self.running)
-
     def next_result(self):
         """Block until one evaluation finishes; retries those whose worker died."""
-        from evaluators.evaluator import EvalResult
-
         ray = self.ray
         while True:
             ready, _ = ray.wait(list(self.running), num_returns=1)
@@ -207,9 +193,7 @@ class RayExecutor:
             except Exception:  # noqa: BLE001
                 pass
         self.actors = []
-        from kernels.service import stop_service
-
-        stop_service(self.evaluator)
+        self.evaluator.stop_workers()
         if self.started_here:  # only what this run started; a cluster given by address stays up
             ray.shutdown()
 
@@ -219,11 +203,3 @@ def make_executor(evaluator, workers: int | None, address: str | None = None, **
     if workers == 0:
         return InProcess(evaluator)
     return RayExecutor(evaluator, workers, address, **ray_options)
-
-
-def detached_copy(obj, heavy: tuple[str, ...]):
-    """A shallow copy without the heavy attributes (data, supernet) to ship to a worker."""
-    c = copy.copy(obj)
-    for name in heavy:
-        setattr(c, name, None)
-    return c

@@ -22,7 +22,7 @@ from spaces.dims import Mask, Scale
 from spaces.layers import GConv2d, mask_kernels_, quantize_, quantized_ste
 from spaces.space import Genome, Space
 
-from kernels.lock import core_lock
+from kernels.cores import core_lock
 
 from evaluators.data import Splits, at_resolution
 

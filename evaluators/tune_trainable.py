@@ -10,7 +10,7 @@ _CACHE: dict = {}  # per worker process: the set-up evaluator
 
 
 def _evaluator(blank, supernet_state):
-    key = id(blank.__class__), blank.seed, getattr(blank.base_space, "name", "")
+    key = blank.worker_key()
     ev = _CACHE.get(key)
     if ev is None:
         import torch

@@ -7,7 +7,8 @@ predicting, which needs neither TVM nor `torch.export`. Each operator's time is 
 measured time where the latency table holds that exact shape, else the per-kind regression's
 prediction; a network's latency is a linear calibration of the per-operator sum (plus a cost
 per operator: the VM's dispatch and the elementwise kernels the sum leaves out), fitted on
-whole-network measurements, because the sum alone was off by 15-45 %."""
+whole-network measurements, because the sum alone misses what lies between the kernels
+(benchmarks/results/latency.md gives its error with and without the calibration)."""
 
 from __future__ import annotations
 

@@ -20,39 +20,34 @@ class LatencyServiceActor:
         return self.provider.measure(model, resolution)
 
     def stats(self) -> dict:
-        return self.provider.service_stats()
+        return self.provider.stats()
 
 
-def attach_service(evaluator):
-    """Start the latency service on this (the driver's) node when the evaluator's provider wants
-    one; returns its actor handle (or None). Needs a connected Ray."""
-    lat = getattr(evaluator, "latency", None)
-    if lat is None or not getattr(lat, "wants_service", False) or getattr(lat, "service", None) is not None:
-        return getattr(lat, "service", None)
+def start_service(provider):
+    """Start the service for `provider` on this (the driver's) node; returns its actor handle.
+    Needs a connected Ray."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     node = ray.get_runtime_context().get_node_id()
     cls = ray.remote(LatencyServiceActor).options(
         num_cpus=0, max_restarts=1, scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
-    lat.service = cls.remote(lat)
-    log.info("latency service (%s) started on node %s", lat.name, node[:12])
-    return lat.service
+    handle = cls.remote(provider)
+    log.info("latency service (%s) started on node %s", provider.name, node[:12])
+    return handle
 
 
-def stop_service(evaluator) -> None:
-    lat = getattr(evaluator, "latency", None)
-    handle = getattr(lat, "service", None)
-    if handle is None:
-        return
+def stop_service(handle) -> dict:
+    """Stop the service; returns its last stats (empty if it cannot say)."""
     import ray
 
+    stats = {}
     try:
-        lat.last_stats = ray.get(handle.stats.remote(), timeout=60)
-    except Exception:  # noqa: BLE001
+        stats = ray.get(handle.stats.remote(), timeout=60)
+    except Exception:  # noqa: BLE001 - stopping never fails the run
         pass
     try:
         ray.kill(handle)
     except Exception:  # noqa: BLE001
         pass
-    lat.service = None
+    return stats

@@ -7,26 +7,24 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 import torch
 from torch import nn
 
-from kernels.lock import core_lock
+from kernels.cores import core_lock
+from kernels.provider import LatencyProvider, summary
 
 
-def summary(times_ms) -> dict[str, float]:
-    """Median and interquartile spread (ms) of repeated timings: how every provider reports."""
-    q1, med, q3 = np.percentile(np.asarray(times_ms, dtype=float), [25, 50, 75])
-    return {"latency_ms": float(med), "latency_spread_ms": float(q3 - q1)}
-
-
-class TorchLatency:
+class TorchLatency(LatencyProvider):
     """Median wall time of `repeats` batch-1 forward passes after `warmup` runs."""
 
     name = "torch"
 
     def __init__(self, repeats: int = 30, warmup: int = 5, threads: int | None = None):
         self.repeats, self.warmup, self.threads = repeats, warmup, threads
+
+    @classmethod
+    def from_config(cls, cfg, cache_dir) -> "TorchLatency":
+        return cls(repeats=cfg.repeats, warmup=cfg.warmup, threads=cfg.threads)
 
     @torch.no_grad()
     def measure(self, model: nn.Module, resolution: int) -> dict[str, float | str]:
@@ -49,4 +47,3 @@ class TorchLatency:
             torch.set_num_threads(old)
             model.train(was)
         return {**summary(times), "latency_source": self.name}
-

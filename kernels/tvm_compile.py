@@ -37,8 +37,8 @@ _THREADS_SET_BY_US = False
 def runtime_threads(n: int | None = None) -> int:
     """Make TVM's runtime run kernels on `n` threads (default: all of this host's cores); returns
     the number it will use. Without TVM_NUM_THREADS, TVM takes OMP_NUM_THREADS (1 in a Ray worker)
-    or, on x86, half the logical CPUs (it assumes hyper-threading: 1 thread on this 2-core VM).
-    Measured here on the tinynet base: 0.85 ms that way, 0.41 ms on 2 threads. It has to be in the
+    or, on x86, half the logical CPUs (it assumes hyper-threading, so a small VM without it runs
+    on half its cores; benchmarks/results/latency.md measures the cost). It has to be in the
     environment before TVM's thread pool starts (its first parallel kernel), and MetaSchedule's
     runner processes inherit it, so kernels are tuned on the threads they will run on. A
     TVM_NUM_THREADS the user set is kept."""
@@ -51,7 +51,7 @@ def runtime_threads(n: int | None = None) -> int:
 
 def load_tvm():
     """Import TVM with only this host's tensor intrinsics: `import tvm.s_tir.tensor_intrin`
-    loads CUDA, ROCm, Hexagon and ARM ones too (about 30-60 s here), and every MetaSchedule
+    loads CUDA, ROCm, Hexagon and ARM ones too (tens of seconds on a small CPU), and every MetaSchedule
     tuning context and build worker imports it. Idempotent; also the build workers' initializer.
     TVM's runtime threads: `runtime_threads`."""
     if "TVM_NUM_THREADS" not in os.environ:
@@ -187,12 +187,6 @@ def build(prepared, target, database=None):
         with target, database:
             mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
     return tvm.compile(mod, target=target)
-
-
-def compile_module(model: nn.Module, shape: tuple[int, ...], target=None, database=None):
-    """Compile for `target`; returns the executable (`export_library` writes a shared library)."""
-    t = host_target(target)
-    return build(prepared_module(model, shape, t), t, database)
 
 
 def first_output(out) -> np.ndarray:

@@ -21,9 +21,9 @@ import torch
 from torch import nn
 
 from kernels.latency_model import LatencyModel, Op, op_of_kernel, torch_ops
-from kernels.lock import core_lock
+from kernels.cores import core_lock
 from kernels.tvm_compile import build, first_output, host_cores, host_target, load_tvm, prepared_module, runtime_threads
-from kernels.torch_timing import summary
+from kernels.provider import summary
 from kernels.tvm_tuning import TuningDB, extract_kernels
 
 log = logging.getLogger(__name__)
@@ -123,8 +123,8 @@ class TVMBackend:
         """Measure several networks in `rounds` interleaved rounds (each network timed once per
         round, in turn), each one's latency the median over rounds; remembered with its rounds.
 
-        On a shared 2-core VM the slow spells last seconds: one timing of a network strays 13 %
-        from its median on average, up to 1.7x (benchmarks/results/latency.md). Rounds spread each
+        On a shared machine the slow spells last seconds, so one timing of a network can stray far
+        from its median (benchmarks/results/latency.md measures how far). Rounds spread each
         network's timings over the time the others take, so one spell costs one round, not all; a
         round shorter than `min_round_s` (few networks) waits out the rest, without the cores."""
         compiled = []

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kernels.latency_model import op_of_kernel
-from kernels.lock import core_lock
+from kernels.cores import core_lock
 from kernels.tvm_compile import load_tvm, target_key
 
 log = logging.getLogger(__name__)

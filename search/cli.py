@@ -63,7 +63,7 @@ def _flags(args) -> dict:
 
 
 def _cmd_run(args) -> int:
-    from search.loop import Run
+    from search.run import Run
 
     run = Run.create(args.config, args.out, args.set or [], _flags(args))
     print(f"run folder: {run.dir}", file=sys.stderr)
@@ -71,7 +71,7 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_resume(args) -> int:
-    from search.loop import Run
+    from search.run import Run
 
     run = Run.open(args.run_dir, args.set or [], _flags(args))
     return run.execute(progress=not args.no_progress)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from spaces.config import SPACE_KEYS, read_yaml, space_from_dict
 from spaces.errors import ConfigError
@@ -23,6 +23,21 @@ class _M(BaseModel):
 class Objective(_M):
     metric: str
     direction: Literal["maximize", "minimize"] = "maximize"
+
+    @property
+    def sign(self) -> float:
+        """+1 to maximise, -1 to minimise: the one place a direction becomes a number."""
+        return 1.0 if self.direction == "maximize" else -1.0
+
+    @property
+    def mode(self) -> str:
+        """Ray Tune's name for the direction."""
+        return "max" if self.sign > 0 else "min"
+
+
+def signs(objectives: list[Objective]) -> list[float]:
+    """Each objective's sign (+1 maximise, -1 minimise)."""
+    return [o.sign for o in objectives]
 
 
 class Constraint(_M):
@@ -90,16 +105,25 @@ class CycleGANCfg(_M):
 
 
 class EvaluatorCfg(_M):
-    kind: Literal["train", "table", "cyclegan"] = "train"
+    kind: str = Field("train", description="an evaluator of evaluators.registry")
     finetune: RecipeCfg = RecipeCfg()
     cyclegan: CycleGANCfg = CycleGANCfg()
     table: str = "../shared/data/nb201_merged.csv"
     dataset: str = "cifar10"
     device: str = "raspi4"
 
+    @field_validator("kind")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        from evaluators.registry import EVALUATORS
+
+        if v not in EVALUATORS:
+            raise ValueError(f"unknown evaluator {v!r}; expected one of {', '.join(EVALUATORS)}")
+        return v
+
 
 class LatencyCfg(_M):
-    provider: Literal["tvm", "tvm-model", "torch", "onnxruntime", "none"] = "torch"
+    provider: str = Field("torch", description="a provider of kernels.latency.PROVIDERS, or none")
     repeats: int = Field(20, ge=1, description="timed runs (median and interquartile spread)")
     warmup: int = Field(3, ge=0)
     threads: int | None = Field(None, ge=1, description="torch / onnxruntime threads; default theirs")
@@ -112,6 +136,15 @@ class LatencyCfg(_M):
     check_front: int = Field(8, ge=0, description="tvm-model: Pareto-front networks measured at the end")
     rounds: int = Field(5, ge=1, description="tvm-model: interleaved timing rounds of the networks it fits on "
                                              "and checks (each one's latency: the median over rounds)")
+
+    @field_validator("provider")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        from kernels.latency import NONE, PROVIDERS
+
+        if v != NONE and v not in PROVIDERS:
+            raise ValueError(f"unknown latency provider {v!r}; expected one of {', '.join([*PROVIDERS, NONE])}")
+        return v
 
 
 class RayCfg(_M):
@@ -215,7 +248,9 @@ def apply_overrides(data: dict[str, Any], sets: list[str]) -> dict[str, Any]:
 def _pydantic_error(file: str, e: ValidationError) -> ConfigError:
     first = e.errors()[0]
     loc = ".".join(str(x) for x in first["loc"]) or None
-    msg = first["msg"]
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "value_error":
+        return ConfigError(file, loc, msg)
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
     elif first["type"] == "missing":

@@ -13,63 +13,65 @@ import torch
 
 from spaces.errors import ConfigError
 
-from search.config import load_run_config
 from search.errors import RunFailed
-from search.records import best, pareto_front
-from search.store import load_records
+from search.runs import open_run
 
 log = logging.getLogger(__name__)
 TOLERANCE = 1e-4
+
+
+def _chosen(run, trial: int | list[int] | None, pareto: bool) -> list:
+    """The trials to export: those named, the front, or the best."""
+    if trial is None:
+        if pareto:
+            return run.front()
+        b = run.best()
+        return [b] if b else []
+    chosen = []
+    for t in [trial] if isinstance(trial, int) else trial:
+        found = [r for r in run.records if r.number == t]
+        if not found:
+            raise ConfigError(str(run.dir), "--trial", f"no trial {t} (the run has trials 0..{len(run.records) - 1})")
+        if not found[0].complete:
+            raise ConfigError(str(run.dir), "--trial", f"trial {t} failed: {found[0].reason}")
+        chosen.append(found[0])
+    return chosen
+
+
+def _trained_model(run, r, space_cache: dict):
+    """The sliced model of trial `r` with its fine-tuned weights, and its arch."""
+    weights = run.dir / "trials" / f"{r.genome_id}.pt"
+    if not weights.exists():
+        raise ConfigError(str(run.dir), "--trial", f"trial {r.number} has no stored weights ({weights.name}); "
+                                                   "table evaluations and early-stopped Tune trials have none")
+    state = torch.load(weights, weights_only=True)
+    if "space" not in space_cache:  # the stored classifier gives the dataset's number of classes
+        heads = [v for k, v in state.items() if k.endswith("classifier.weight")]
+        space_cache["space"] = run.space.with_classes(heads[0].shape[0]) if heads else run.space
+    sp = space_cache["space"]
+    arch = sp.arch(r.genome)
+    model = sp.family.module(arch)
+    model.load_state_dict(state)
+    return model.eval(), arch
 
 
 def export(run_dir: str, trial: int | list[int] | None = None, pareto: bool = False, formats: list[str] | None = None,
            out: str | None = None) -> int:
     from kernels.export import EXT, export_model
 
-    path = Path(run_dir)
-    if not (path / "config.yaml").exists():
-        raise ConfigError(str(path), None, "not a run folder (no config.yaml)")
-    cfg, space, _ = load_run_config(path / "config.yaml")
-    records = load_records(path, cfg.storage, space, cfg.objectives, cfg.constraints)
-    signs = [1.0 if o.direction == "maximize" else -1.0 for o in cfg.objectives]
-    tvm_db = cfg.latency.database or cfg.cache_dir() / "tvm"  # tuned kernels for the TVM library
-    if trial is not None:
-        chosen = []
-        for t in [trial] if isinstance(trial, int) else trial:
-            found = [r for r in records if r.number == t]
-            if not found:
-                raise ConfigError(str(path), "--trial", f"no trial {t} (the run has trials 0..{len(records) - 1})")
-            if not found[0].complete:
-                raise ConfigError(str(path), "--trial", f"trial {t} failed: {found[0].reason}")
-            chosen.append(found[0])
-    elif pareto:
-        chosen = pareto_front(records, signs)
-    else:
-        b = best(records, signs)
-        chosen = [b] if b else []
+    run = open_run(run_dir)
+    tvm_db = run.cfg.latency.database or run.cfg.cache_dir() / "tvm"  # tuned kernels for the TVM library
+    chosen = _chosen(run, trial, pareto)
     if not chosen:
-        raise ConfigError(str(path), None, "no complete trial to export")
+        raise ConfigError(str(run.dir), None, "no complete trial to export")
     formats = formats or ["torchscript"]
-    dest = Path(out) if out else path / "export"
+    dest = Path(out) if out else run.dir / "export"
     dest.mkdir(parents=True, exist_ok=True)
     manifest_path = dest / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else []
-    rows, worst = [], 0.0
-    with_classes = None
+    rows, spaces = [], {}
     for r in chosen:
-        weights = path / "trials" / f"{r.genome_id}.pt"
-        if not weights.exists():
-            raise ConfigError(str(path), "--trial", f"trial {r.number} has no stored weights ({weights.name}); "
-                                                    "table evaluations and early-stopped Tune trials have none")
-        state = torch.load(weights, weights_only=True)
-        if with_classes is None:  # the stored classifier gives the dataset's number of classes
-            heads = [v for k, v in state.items() if k.endswith("classifier.weight")]
-            with_classes = space.with_classes(heads[0].shape[0]) if heads else space
-        sp = with_classes
-        arch = sp.arch(r.genome)
-        model = sp.family.module(arch)
-        model.load_state_dict(state)
-        model.eval()
+        model, arch = _trained_model(run, r, spaces)
         for fmt in formats:
             f = dest / f"trial{r.number}-{r.genome_id}{EXT[fmt]}"
             t0 = time.time()
@@ -80,12 +82,12 @@ def export(run_dir: str, trial: int | list[int] | None = None, pareto: bool = Fa
                      "at": time.strftime("%Y-%m-%dT%H:%M:%S")}
             manifest.append(entry)
             rows.append(entry)
-            worst = max(worst, diff)
             tuned = f"  {info['tuned_kernels']}/{info['kernels']} kernels tuned" if info.get("kernels") else ""
             print(f"trial {r.number:>4} {r.genome_id}  {fmt:<11} {f.name:<40} max |diff| {diff:.2e}{tuned}  "
                   f"{'ok' if entry['ok'] else 'ABOVE ' + str(TOLERANCE)}")
     manifest_path.write_text(json.dumps(manifest, indent=2))
     print(f"{len(rows)} export(s) in {dest}; manifest {manifest_path.name}")
+    worst = max(e["max_abs_diff"] for e in rows)
     if worst > TOLERANCE:
         raise RunFailed(f"an export differs from PyTorch by {worst:.2e} (> {TOLERANCE})")
     return 0

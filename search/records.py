@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +32,20 @@ class TrialRecord:
     @property
     def total_violation(self) -> float:
         return sum(max(0.0, v) for v in self.violations.values())
+
+
+def make_record(number: int, space, genome: dict, status: str, metrics: dict, objectives: list, constraints: list,
+                reason: str | None = None, node: str = "") -> TrialRecord:
+    """The record of one finished trial: objective values and constraint violations from its
+    metrics; a complete trial with a non-finite objective counts as failed."""
+    values, violations = None, {}
+    if status == "complete":
+        values = [float(metrics[o.metric]) for o in objectives]
+        violations = {c.metric: c.violation(float(metrics[c.metric])) for c in constraints}
+        if not all(math.isfinite(v) for v in values):
+            status, reason, values, violations = "failed", f"non-finite objective {values}", None, {}
+    return TrialRecord(number, space.canonical(genome), space.genome_id(genome), status, dict(metrics), values,
+                       violations, reason, node)
 
 
 def dominates(a: list[float], b: list[float], signs: list[float]) -> bool:

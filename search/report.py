@@ -17,12 +17,10 @@ import time
 from pathlib import Path
 
 from spaces.dims import Choice, Mask, Scale
-from spaces.errors import ConfigError
 
-from search.config import load_run_config
 from search.hypervolume import hypervolume_2d
-from search.records import TrialRecord, best, dominates
-from search.store import load_records
+from search.records import TrialRecord, dominates
+from search.runs import open_run
 
 log = logging.getLogger(__name__)
 ACC_METRICS = ("val_acc", "test_acc", "c10_test", "fitness")
@@ -31,7 +29,7 @@ ACC_METRICS = ("val_acc", "test_acc", "c10_test", "fitness")
 def _accuracy_metric(cfg, records) -> tuple[str, float]:
     """The metric the front plots put upward: the first maximised objective, else an accuracy."""
     for o in cfg.objectives:
-        if o.direction == "maximize":
+        if o.sign > 0:
             return o.metric, 1.0
     for m in ACC_METRICS:
         if any(m in r.metrics for r in records):
@@ -182,81 +180,93 @@ def _latency_section(path: Path) -> str:
     return "<h2>Latency</h2><ul>" + "".join(f"<li>{i}</li>" for i in items) + "</ul>"
 
 
-def write_report(run_dir: str | Path) -> Path:
-    """(Re)build report.html and the PNGs of a run folder; returns the HTML's path."""
-    import matplotlib
+def _cell(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, int) and abs(v) >= 10000:
+        return f"{v / 1e6:.3f} M"
+    return html.escape(str(v))
 
-    matplotlib.use("Agg")
-    from search.records import pareto_front
 
-    path = Path(run_dir)
-    if not (path / "config.yaml").exists():
-        raise ConfigError(str(path), None, "not a run folder (no config.yaml)")
-    cfg, space, _ = load_run_config(path / "config.yaml")
-    records = load_records(path, cfg.storage, space, cfg.objectives, cfg.constraints)
-    signs = [1.0 if o.direction == "maximize" else -1.0 for o in cfg.objectives]
-    acc, _ = _accuracy_metric(cfg, records)
-    full_id = space.genome_id(space.full())
-    sup = _supernet_point(path)
-    figs = []
+def _figures(run, acc: str) -> list[tuple[str, str]]:
+    """The PNGs of a run (those it has data for), with their captions."""
+    path, records, space = run.dir, run.records, run.space
+    full_id, sup, figs = space.genome_id(space.full()), _supernet_point(path), []
     if _plot_front(path / "front_latency.png", records, acc, "latency_ms", "latency (ms)", full_id, sup):
         figs.append(("front_latency.png", f"{acc} against latency"))
     if _plot_front(path / "front_flops.png", records, acc, "flops", "FLOPs", full_id, sup):
         figs.append(("front_flops.png", f"{acc} against FLOPs"))
     if records:
-        _plot_progress(path / "progress.png", records, cfg, signs)
+        _plot_progress(path / "progress.png", records, run.cfg, run.signs)
         figs.append(("progress.png", "best so far and hypervolume over trials"))
         _plot_dimensions(path / "dimensions.png", records, space)
         figs.append(("dimensions.png", "trials per dimension"))
-    front = pareto_front(records, signs)
-    b = best(records, signs)
-    n_ok = sum(r.complete for r in records)
-    metrics = [o.metric for o in cfg.objectives] + [m for m in ("val_acc", "test_acc", "latency_ms", "flops", "params", "model_bits")
-                                                    if m not in {o.metric for o in cfg.objectives}]
-    metrics = [m for m in metrics if any(m in r.metrics for r in front)]
-    timings = json.loads((path / "timings.json").read_text()) if (path / "timings.json").exists() else []
-    e = html.escape
+    return figs
 
-    def cell(v):
-        if isinstance(v, float):
-            return f"{v:.4g}"
-        if isinstance(v, int) and abs(v) >= 10000:
-            return f"{v / 1e6:.3f} M"
-        return e(str(v))
 
-    rows = "".join("<tr><td>{}</td><td><code>{}</code></td>{}</tr>".format(
-        r.number, r.genome_id, "".join(f"<td>{cell(r.metrics.get(m, ''))}</td>" for m in metrics)) for r in front)
-    imgs = "".join(f'<figure{" class=wide" if f == "dimensions.png" else ""}><img src="{f}?t={int(time.time())}" '
-                   f'alt="{e(c)}"><figcaption>{e(c)}</figcaption></figure>' for f, c in figs)
+def _summary_html(run, metrics: list[str]) -> str:
+    """What was searched, how far it got, and the best trial."""
+    e, cfg, b = html.escape, run.cfg, run.best()
+    n_ok = len(run.complete)
     objs = ", ".join(f"{o.direction} {o.metric}" for o in cfg.objectives)
     cons = ", ".join(f"{c.metric} in [{c.min if c.min is not None else '-inf'}, {c.max if c.max is not None else 'inf'}]"
                      for c in cfg.constraints) or "none"
-    best_line = (f"trial {b.number} (<code>{b.genome_id}</code>): " + ", ".join(f"{m} {cell(b.metrics.get(m, ''))}" for m in metrics)
-                 if b else "no complete trial yet")
-    tim = "".join(f"<li>{e(t.get('at', ''))}: {e(t.get('executor', t.get('runner', '')))}, {t.get('workers', '')} worker(s), "
-                  f"set-up {t.get('setup_s', 0):.1f} s, start-up {t.get('executor_startup_s', 0):.1f} s, "
-                  f"search {t.get('search_s', 0):.1f} s, {t.get('trials', 0)} trials</li>" for t in timings)
-    lat = _latency_section(path)
+    best_line = (f"trial {b.number} (<code>{b.genome_id}</code>): "
+                 + ", ".join(f"{m} {_cell(b.metrics.get(m, ''))}" for m in metrics) if b else "no complete trial yet")
+    return (f"<p>Space <b>{e(run.space.name)}</b> ({len(run.space.dims)} dimensions), optimiser "
+            f"<b>{e(cfg.optimizer.name)}</b>,\nevaluator <b>{e(cfg.evaluator.kind)}</b>, seed {cfg.seed}. "
+            f"Objectives: {e(objs)}. Constraints: {e(cons)}.</p>\n"
+            f"<p><b>{n_ok}</b> complete trials of a budget of {cfg.budget}, {len(run.records) - n_ok} failed.\n"
+            f"Best: {best_line}.</p>\n<p>Report written {time.strftime('%Y-%m-%d %H:%M:%S')}"
+            f"{' (run still going)' if n_ok < cfg.budget else ''}.</p>")
+
+
+def _sessions_html(path: Path) -> str:
+    timings = json.loads((path / "timings.json").read_text()) if (path / "timings.json").exists() else []
+    e = html.escape
+    items = "".join(f"<li>{e(t.get('at', ''))}: {e(t.get('executor', t.get('runner', '')))}, "
+                    f"{t.get('workers', '')} worker(s), set-up {t.get('setup_s', 0):.1f} s, "
+                    f"start-up {t.get('executor_startup_s', 0):.1f} s, search {t.get('search_s', 0):.1f} s, "
+                    f"{t.get('trials', 0)} trials</li>" for t in timings)
+    return f"<h2>Sessions</h2><ul>{items or '<li>no finished session yet</li>'}</ul>"
+
+
+STYLE = """body{font-family:sans-serif;margin:2em;max-width:1200px} table{border-collapse:collapse;font-size:13px}
+td,th{border:1px solid #ccc;padding:3px 8px;text-align:right} figure{display:inline-block;margin:0 1em 1em 0}
+img{max-width:560px;border:1px solid #ddd} figure.wide{display:block} figure.wide img{max-width:1100px}
+code{font-size:12px}"""
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """(Re)build report.html and the PNGs of a run folder; returns the HTML's path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    run = open_run(run_dir)
+    path, e = run.dir, html.escape
+    acc, _ = _accuracy_metric(run.cfg, run.records)
+    figs = _figures(run, acc)
+    front = run.front()
+    own = [o.metric for o in run.cfg.objectives]
+    metrics = own + [m for m in ("val_acc", "test_acc", "latency_ms", "flops", "params", "model_bits") if m not in own]
+    metrics = [m for m in metrics if any(m in r.metrics for r in front)]
+    rows = "".join("<tr><td>{}</td><td><code>{}</code></td>{}</tr>".format(
+        r.number, r.genome_id, "".join(f"<td>{_cell(r.metrics.get(m, ''))}</td>" for m in metrics)) for r in front)
+    imgs = "".join(f'<figure{" class=wide" if f == "dimensions.png" else ""}><img src="{f}?t={int(time.time())}" '
+                   f'alt="{e(c)}"><figcaption>{e(c)}</figcaption></figure>' for f, c in figs)
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>archsearch run {e(path.name)}</title>
-<style>body{{font-family:sans-serif;margin:2em;max-width:1200px}} table{{border-collapse:collapse;font-size:13px}}
-td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}} figure{{display:inline-block;margin:0 1em 1em 0}}
-img{{max-width:560px;border:1px solid #ddd}} figure.wide{{display:block}} figure.wide img{{max-width:1100px}} code{{font-size:12px}}</style></head><body>
+<style>{STYLE}</style></head><body>
 <h1>Run {e(path.name)}</h1>
-<p>Space <b>{e(space.name)}</b> ({len(space.dims)} dimensions), optimiser <b>{e(cfg.optimizer.name)}</b>,
-evaluator <b>{e(cfg.evaluator.kind)}</b>, seed {cfg.seed}. Objectives: {e(objs)}. Constraints: {e(cons)}.</p>
-<p><b>{n_ok}</b> complete trials of a budget of {cfg.budget}, {len(records) - n_ok} failed.
-Best: {best_line}.</p>
-<p>Report written {time.strftime('%Y-%m-%d %H:%M:%S')}{' (run still going)' if n_ok < cfg.budget else ''}.</p>
+{_summary_html(run, metrics)}
 {imgs}
 <h2>Pareto front ({len(front)} trials)</h2>
-<table><tr><th>trial</th><th>genome id</th>{''.join(f'<th>{e(m)}</th>' for m in metrics)}</tr>{rows}</table>
-{lat}
-<h2>Sessions</h2><ul>{tim or '<li>no finished session yet</li>'}</ul>
+<table><tr><th>trial</th><th>genome id</th>{"".join(f"<th>{e(m)}</th>" for m in metrics)}</tr>{rows}</table>
+{_latency_section(path)}
+{_sessions_html(path)}
 </body></html>
 """
-    out = path / "report.html"
-    tmp = path / "report.html.tmp"
+    out, tmp = path / "report.html", path / "report.html.tmp"
     tmp.write_text(page)
     os.replace(tmp, out)
     return out

@@ -26,17 +26,14 @@ def _from_json_obj(obj: Any) -> list[dict]:
 
 
 def _run_folder(path: Path, space: Space) -> list[dict]:
-    from search.config import load_run_config
-    from search.records import pareto_front
-    from search.store import load_records
+    """A run's complete trials read in `space`: its front first, then the rest, best first."""
+    from search.runs import open_run
 
-    cfg, _, _ = load_run_config(path / "config.yaml")
-    recs = load_records(path, cfg.storage, space, cfg.objectives, cfg.constraints)
-    signs = [1.0 if o.direction == "maximize" else -1.0 for o in cfg.objectives]
-    front = pareto_front(recs, signs)
+    run = open_run(path, space)
+    front = run.front()
     ids = {r.genome_id for r in front}
-    rest = sorted((r for r in recs if r.complete and r.genome_id not in ids),
-                  key=lambda r: [-s * v for s, v in zip(signs, r.values)])
+    rest = sorted((r for r in run.complete if r.genome_id not in ids),
+                  key=lambda r: [-s * v for s, v in zip(run.signs, r.values)])
     return [space.to_json(r.genome) for r in front + rest]
 
 

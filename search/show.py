@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from spaces.errors import ConfigError
-
-from search.config import load_run_config
-from search.records import TrialRecord, best, pareto_front
-from search.store import load_records
+from search.records import TrialRecord
+from search.runs import open_run
 
 COLS = ("val_acc", "test_acc", "latency_ms", "flops", "params", "model_bits", "wall_time_s")
 
@@ -31,33 +26,24 @@ def table(rows: list[TrialRecord], metrics: list[str]) -> str:
 
 
 def show(run_dir: str, top: int = 10) -> int:
-    path = Path(run_dir)
-    if not (path / "config.yaml").exists():
-        raise ConfigError(str(path), None, "not a run folder (no config.yaml)")
-    cfg, space, _ = load_run_config(path / "config.yaml")
-    try:
-        records = load_records(path, cfg.storage, space, cfg.objectives, cfg.constraints)
-    except KeyError:
-        records = []
-    signs = [1.0 if o.direction == "maximize" else -1.0 for o in cfg.objectives]
-    done = [r for r in records if r.complete]
-    failed = [r for r in records if not r.complete]
+    run = open_run(run_dir)
+    cfg, space, done, failed = run.cfg, run.space, run.complete, run.failed
     objs = ", ".join(f"{o.direction} {o.metric}" for o in cfg.objectives)
-    print(f"{path}: space {space.name}, optimizer {cfg.optimizer.name}, {len(done)}/{cfg.budget} complete, "
+    print(f"{run.dir}: space {space.name}, optimizer {cfg.optimizer.name}, {len(done)}/{cfg.budget} complete, "
           f"{len(failed)} failed; objectives: {objs}")
-    metrics = [o.metric for o in cfg.objectives] + [c for c in COLS if c not in {o.metric for o in cfg.objectives}]
-    metrics = [m for m in metrics if any(m in r.metrics for r in done)]
+    own = [o.metric for o in cfg.objectives]
+    metrics = [m for m in own + [c for c in COLS if c not in own] if any(m in r.metrics for r in done)]
     if not done:
         print("no complete trial yet")
         return 0
-    front = pareto_front(records, signs)
+    front = run.front()
     print(f"\nPareto front ({len(front)} trials):")
     print(table(front, metrics))
-    ranked = sorted(done, key=lambda r: (not r.feasible, -signs[0] * r.values[0]))[:top]
+    ranked = run.ranked()[:top]
     print(f"\nbest {len(ranked)} by {cfg.objectives[0].metric}:")
     print(table(ranked, metrics))
-    b = best(records, signs)
-    print(f"\nbest trial {b.number} ({b.genome_id}); model in {path / 'best'}")
+    b = run.best()
+    print(f"\nbest trial {b.number} ({b.genome_id}); model in {run.dir / 'best'}")
     if failed:
-        print(f"\nfailed trials: " + "; ".join(f"{r.number}: {r.reason}" for r in failed[:5]))
+        print("\nfailed trials: " + "; ".join(f"{r.number}: {r.reason}" for r in failed[:5]))
     return 0

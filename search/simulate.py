@@ -3,23 +3,16 @@ benchmarks on the tabular evaluator, where thousands of trials take seconds."""
 
 from __future__ import annotations
 
+from search.engine import Engine, Ticket
 from search.records import TrialRecord
+from search.store import MemoryStore
 
 
 def simulate(opt, evaluator, budget: int, constraints: list | None = None) -> list[TrialRecord]:
-    """Ask/evaluate/tell until `budget` complete trials (or the optimiser stops asking)."""
-    space, records, n = opt.space, [], 0
-    constraints = constraints or []
-    while n < budget:
-        g = opt.ask()
-        if g is None:
-            break
-        res = evaluator.evaluate(g)
-        values = [float(res.metrics[o.metric]) for o in opt.objectives] if res.status == "complete" else None
-        viol = {c.metric: c.violation(float(res.metrics[c.metric])) for c in constraints} if values else {}
-        rec = TrialRecord(len(records), space.canonical(g), space.genome_id(g), res.status, res.metrics, values,
-                          viol, res.reason)
-        opt.tell(rec)
-        records.append(rec)
-        n += rec.complete
-    return records
+    """The engine's trials, evaluated one at a time, until `budget` complete trials (or the
+    optimiser stops asking)."""
+    engine = Engine(opt, MemoryStore(opt.space, opt.objectives, list(constraints or [])), budget)
+    while isinstance(ticket := engine.next(), Ticket):
+        res = evaluator.evaluate(ticket.genome)
+        engine.complete(ticket.genome_id, res.status, res.metrics, res.reason)
+    return engine.records

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from optuna.trial import TrialState, create_trial
 
 from spaces.space import Space
 
-from search.records import TrialRecord
+from search.records import TrialRecord, make_record
 
 log = logging.getLogger(__name__)
 STUDY_NAME = "archsearch"
@@ -37,9 +38,35 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
-class RunStore:
-    def __init__(self, run_dir: Path, space: Space, objectives: list, constraints: list, storage_url: str | None = None):
+class MemoryStore:
+    """Trials kept in memory only: for the tabular simulation, tests and a bare Tune searcher."""
+
+    def __init__(self, space: Space, objectives: list, constraints: list):
         self.space, self.objectives, self.constraints = space, objectives, constraints
+        self._records: list[TrialRecord] = []
+
+    def record(self, genome: dict, status: str, metrics: dict, reason: str | None = None, node: str = "") -> TrialRecord:
+        """Store one trial; returns the record the optimiser is then told."""
+        rec = make_record(len(self._records), self.space, genome, status, metrics, self.objectives, self.constraints,
+                          reason, node)
+        self._records.append(rec)
+        return rec
+
+    def save_weights(self, genome_id: str, state: dict) -> None:
+        """Weights are not kept in memory."""
+
+    def records(self) -> list[TrialRecord]:
+        return list(self._records)
+
+
+class RunStore(MemoryStore):
+    """The run folder's study: each trial written durably (with its genome and metrics as user
+    attributes) when it is recorded, its weights under `trials/`."""
+
+    def __init__(self, run_dir: Path, space: Space, objectives: list, constraints: list,
+                 storage_url: str | None = None):
+        super().__init__(space, objectives, constraints)
+        self.dir = Path(run_dir)
         self.storage = open_storage(run_dir, storage_url)
         self.study = optuna.create_study(
             study_name=STUDY_NAME, storage=self.storage, load_if_exists=True,
@@ -50,34 +77,34 @@ class RunStore:
         self._n = len(self.study.get_trials(deepcopy=False))
 
     def record(self, genome: dict, status: str, metrics: dict, reason: str | None = None, node: str = "") -> TrialRecord:
-        """Store one trial; returns the record the optimiser is then told."""
-        gid = self.space.genome_id(genome)
+        rec = make_record(self._n, self.space, genome, status, metrics, self.objectives, self.constraints, reason, node)
         params, dists = self.space.to_optuna(genome)
-        values, violations = None, {}
-        if status == "complete":
-            values = [float(metrics[o.metric]) for o in self.objectives]
-            violations = {c.metric: c.violation(float(metrics[c.metric])) for c in self.constraints}
-            if not all(math.isfinite(v) for v in values):
-                status, reason, values, violations = "failed", f"non-finite objective {values}", None, {}
-        attrs = {"genome": self.space.to_json(genome), "genome_id": gid,
+        attrs = {"genome": self.space.to_json(genome), "genome_id": rec.genome_id,
                  "metrics": {k: _jsonable(v) for k, v in metrics.items()}, "node": node}
-        if reason:
-            attrs["fail_reason"] = reason
+        if rec.reason:
+            attrs["fail_reason"] = rec.reason
         trial = create_trial(
-            state=TrialState.COMPLETE if status == "complete" else TrialState.FAIL,
-            values=values, params=params, distributions=dists, user_attrs=attrs,
-            constraints={f"{k}": v for k, v in violations.items()} or None)
+            state=TrialState.COMPLETE if rec.complete else TrialState.FAIL,
+            values=rec.values, params=params, distributions=dists, user_attrs=attrs,
+            constraints=dict(rec.violations) or None)
         self.study.add_trial(trial)
-        rec = TrialRecord(self._n, self.space.canonical(genome), gid, status, dict(metrics), values, violations, reason, node)
         self._n += 1
         return rec
 
+    def save_weights(self, genome_id: str, state: dict) -> None:
+        """trials/<genome id>.pt, written atomically."""
+        import torch
+
+        wdir = self.dir / "trials"
+        wdir.mkdir(exist_ok=True)
+        tmp = wdir / f"{genome_id}.pt.tmp"
+        torch.save(state, tmp)
+        os.replace(tmp, wdir / f"{genome_id}.pt")
+
     def records(self) -> list[TrialRecord]:
         """Every finished trial in the order it was stored."""
-        out = []
-        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
-            out.append(trial_record(self.space, self.objectives, self.constraints, t))
-        return out
+        return [trial_record(self.space, self.objectives, self.constraints, t)
+                for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))]
 
 
 def trial_record(space: Space, objectives: list, constraints: list, t) -> TrialRecord:

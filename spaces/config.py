@@ -8,19 +8,15 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from spaces.dims import KINDS, WEIGHT_SETS, Choice, Dimension, Mask, Scale, WeightSet
+from spaces.dims import Dimension, YamlDim
 from spaces.errors import ConfigError, GenomeError
 from spaces.families import FAMILIES
 from spaces.families.base import TARGETS
+from spaces.kinds import KINDS
 from spaces.space import Space
 
 SPACE_KEYS = {"name", "description", "family", "dimensions", "groups"}
-DIM_KEYS = {
-    "mask": {"kind", "target", "per", "min_keep", "length", "keep_prob"},
-    "choice": {"kind", "target", "per", "options", "default"},
-    "weightset": {"kind", "target", "per", "options", "default"},
-    "scale": {"kind", "target", "per", "low", "high", "step", "default"},
-}
+COMMON_DIM_KEYS = {"kind", "target", "per"}
 DEFAULT_PER = {"filters": "stage", "kernel": "block", "op": "edge", "weights": "stage"}
 SHIPPED = Path(__file__).resolve().parent
 
@@ -53,13 +49,6 @@ def load_space(path: str | Path, data: dict[str, Any] | None = None) -> Space:
 
 def _err(file, field, reason):
     return ConfigError(file, field, reason)
-
-
-def _num(file, field, v, *, integer=False):
-    ok = isinstance(v, int) if integer else isinstance(v, (int, float))
-    if isinstance(v, bool) or not ok:
-        raise _err(file, field, f"expected {'an integer' if integer else 'a number'}, got {v!r}")
-    return v
 
 
 def space_from_dict(data: dict[str, Any], file: str = "<space>") -> Space:
@@ -116,9 +105,11 @@ def _expand(file, family, dname, draw, depth_dim) -> list[Dimension]:
     kind = draw.get("kind")
     if kind not in KINDS:
         raise _err(file, f"{f}.kind", f"unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
-    extra = set(draw) - DIM_KEYS[kind]
+    allowed = COMMON_DIM_KEYS | KINDS[kind].yaml_keys
+    extra = set(draw) - allowed
     if extra:
-        raise _err(file, f"{f}.{sorted(extra)[0]}", f"unknown key for a {kind} dimension; allowed: {', '.join(sorted(DIM_KEYS[kind]))}")
+        raise _err(file, f"{f}.{sorted(extra)[0]}",
+                   f"unknown key for a {kind} dimension; allowed: {', '.join(sorted(allowed))}")
     target = draw.get("target", dname)
     if target not in TARGETS or target not in family.targets:
         allowed = ", ".join(t for t in TARGETS if t in family.targets)
@@ -136,7 +127,7 @@ def _expand(file, family, dname, draw, depth_dim) -> list[Dimension]:
 
     def make(name, scope, cond) -> Dimension:
         try:
-            return _make_dim(file, f, kind, draw, name, target, scope, cond, family, per)
+            return KINDS[kind].from_yaml(YamlDim(file, f, draw, name, target, scope, cond, family))
         except GenomeError as e:
             raise _err(file, f, e.reason) from None
 
@@ -154,77 +145,6 @@ def _expand(file, family, dname, draw, depth_dim) -> list[Dimension]:
     if target == "filters":
         return [make(f"{dname}.{s}", family.mask_group(per, s), c) for s, c in scoped]
     return [make(f"{dname}.{s}", s, c) for s, c in scoped]
-
-
-def _make_dim(file, f, kind, d, name, target, scope, cond, family, per) -> Dimension:
-    if kind == "mask":
-        n = family.groups()[scope]
-        length = d.get("length", n)
-        _num(file, f"{f}.length", length, integer=True)
-        if length != n:
-            rel = "longer" if length > n else "shorter"
-            raise _err(file, f"{f}.length", f"mask of length {length} is {rel} than its layer group {scope!r} ({n} filters)")
-        mk = d.get("min_keep", 1)
-        _num(file, f"{f}.min_keep", mk, integer=True)
-        if mk < 1:
-            raise _err(file, f"{f}.min_keep", f"must be at least 1 (a layer needs a filter), got {mk}")
-        if mk > n:
-            raise _err(file, f"{f}.min_keep", f"{mk} is more than the {n} filters of group {scope!r}")
-        kp = d.get("keep_prob", [0.25, 1.0])
-        if (not isinstance(kp, list) or len(kp) != 2 or not all(isinstance(x, (int, float)) for x in kp)
-                or not 0 <= kp[0] <= kp[1] <= 1):
-            raise _err(file, f"{f}.keep_prob", f"expected [low, high] with 0 <= low <= high <= 1, got {kp!r}")
-        return Mask(name, target, scope, cond, length=n, min_keep=mk, keep_prob=tuple(kp))
-    if kind in ("choice", "weightset"):
-        opts = d.get("options")
-        if not isinstance(opts, list) or not opts:
-            raise _err(file, f"{f}.options", "must be a non-empty list")
-        if len(set(map(repr, opts))) != len(opts):
-            raise _err(file, f"{f}.options", "has duplicates")
-        if kind == "weightset":
-            bad = [o for o in opts if o not in WEIGHT_SETS]
-            if bad:
-                raise _err(file, f"{f}.options", f"unknown weight set {bad[0]!r}; expected from {', '.join(WEIGHT_SETS)}")
-        if target == "kernel":
-            bad = [o for o in opts if o not in family.kernel_options or isinstance(o, bool)]
-            if bad:
-                raise _err(file, f"{f}.options", f"kernel {bad[0]!r} not supported; expected from {list(family.kernel_options)}")
-            default = d.get("default", max(opts))
-        elif target == "op":
-            bad = [o for o in opts if o not in family.op_options]
-            if bad:
-                raise _err(file, f"{f}.options", f"unknown op {bad[0]!r}; expected from {', '.join(family.op_options)}")
-            default = d.get("default", family.default_op() if family.default_op() in opts else opts[-1])
-        else:
-            default = d.get("default")
-        if default is not None and default not in opts:
-            raise _err(file, f"{f}.default", f"{default!r} is not one of the options")
-        cls = WeightSet if kind == "weightset" else Choice
-        return cls(name, target, scope, cond, default=default, options=tuple(opts))
-    # scale
-    low, high = d.get("low"), d.get("high")
-    if low is None or high is None:
-        raise _err(file, f"{f}.{'low' if low is None else 'high'}", "required for a scale")
-    _num(file, f"{f}.low", low)
-    _num(file, f"{f}.high", high)
-    if low > high:
-        raise _err(file, f"{f}.low", f"low {low} is greater than high {high}")
-    if low <= 0:
-        raise _err(file, f"{f}.low", f"a multiplier must be positive, got {low}")
-    step = d.get("step")
-    if step is not None:
-        _num(file, f"{f}.step", step)
-        if step <= 0:
-            raise _err(file, f"{f}.step", f"must be positive, got {step}")
-    default = d.get("default")
-    dim = Scale(name, target, scope, cond, default=None, low=float(low), high=float(high),
-                step=float(step) if step else None)
-    if default is not None:
-        try:
-            dim.default = dim.validate(default)
-        except GenomeError as e:
-            raise _err(file, f"{f}.default", e.reason) from None
-    return dim
 
 
 def shipped_spaces() -> list[Path]:

@@ -14,7 +14,7 @@ from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 
-from spaces.errors import GenomeError
+from spaces.errors import ConfigError, GenomeError
 
 # Weight sets by name: the values a weight may take before the per-channel scale.
 WEIGHT_SETS: dict[str, int | None] = {
@@ -48,8 +48,38 @@ def blocks_kept(depth: float, blocks: int) -> int:
 
 
 @dataclass
+class YamlDim:
+    """One dimension of a space file as it is being read: where it stands (for errors), its
+    mapping, and what it was resolved to (name, target, layer scope, condition, family)."""
+
+    file: str
+    field: str
+    spec: dict[str, Any]
+    name: str
+    target: str
+    scope: str
+    condition: Condition | None
+    family: Any
+
+    def err(self, key: str | None, reason: str) -> ConfigError:
+        return ConfigError(self.file, f"{self.field}.{key}" if key else self.field, reason)
+
+    def number(self, key: str, default: Any = None, integer: bool = False) -> Any:
+        """The value of `key` (or `default`), which must be a number (an integer)."""
+        v = self.spec.get(key, default)
+        ok = isinstance(v, int) if integer else isinstance(v, (int, float))
+        if isinstance(v, bool) or not ok:
+            raise self.err(key, f"expected {'an integer' if integer else 'a number'}, got {v!r}")
+        return v
+
+
+@dataclass
 class Dimension:
-    """One named axis of the space. `target` says what it acts on; `scope` which layers."""
+    """One named axis of the space. `target` says what it acts on; `scope` which layers.
+
+    A new kind is a subclass with its `kind`, the keys its YAML takes (`yaml_keys`, beside
+    kind, target and per), `from_yaml` and the value and encoding methods below, registered in
+    `spaces.kinds`."""
 
     name: str
     target: str = ""
@@ -57,6 +87,12 @@ class Dimension:
     condition: Condition | None = None
     default: Any = None
     kind: ClassVar[str] = ""
+    yaml_keys: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def from_yaml(cls, y: YamlDim) -> "Dimension":
+        """The dimension a space file's mapping `y.spec` describes; ConfigError naming the key."""
+        raise NotImplementedError
 
     # --- values -----------------------------------------------------------------------------
     def sample(self, rng: random.Random) -> Any:
@@ -127,6 +163,25 @@ class Mask(Dimension):
     min_keep: int = 1
     keep_prob: tuple[float, float] = (0.25, 1.0)
     kind: ClassVar[str] = "mask"
+    yaml_keys: ClassVar[frozenset[str]] = frozenset({"min_keep", "length", "keep_prob"})
+
+    @classmethod
+    def from_yaml(cls, y: YamlDim) -> "Mask":
+        n = y.family.groups()[y.scope]
+        length = y.number("length", n, integer=True)
+        if length != n:
+            rel = "longer" if length > n else "shorter"
+            raise y.err("length", f"mask of length {length} is {rel} than its layer group {y.scope!r} ({n} filters)")
+        mk = y.number("min_keep", 1, integer=True)
+        if mk < 1:
+            raise y.err("min_keep", f"must be at least 1 (a layer needs a filter), got {mk}")
+        if mk > n:
+            raise y.err("min_keep", f"{mk} is more than the {n} filters of group {y.scope!r}")
+        kp = y.spec.get("keep_prob", [0.25, 1.0])
+        if (not isinstance(kp, list) or len(kp) != 2 or not all(isinstance(x, (int, float)) for x in kp)
+                or not 0 <= kp[0] <= kp[1] <= 1):
+            raise y.err("keep_prob", f"expected [low, high] with 0 <= low <= high <= 1, got {kp!r}")
+        return cls(y.name, y.target, y.scope, y.condition, length=n, min_keep=mk, keep_prob=tuple(kp))
 
     def __post_init__(self):
         if self.default is None:
@@ -233,6 +288,36 @@ class Choice(Dimension):
 
     options: tuple = ()
     kind: ClassVar[str] = "choice"
+    yaml_keys: ClassVar[frozenset[str]] = frozenset({"options", "default"})
+
+    @classmethod
+    def from_yaml(cls, y: YamlDim) -> "Choice":
+        opts = y.spec.get("options")
+        if not isinstance(opts, list) or not opts:
+            raise y.err("options", "must be a non-empty list")
+        if len(set(map(repr, opts))) != len(opts):
+            raise y.err("options", "has duplicates")
+        cls.check_options(y, opts)
+        fam = y.family
+        if y.target == "kernel":
+            bad = [o for o in opts if o not in fam.kernel_options or isinstance(o, bool)]
+            if bad:
+                raise y.err("options", f"kernel {bad[0]!r} not supported; expected from {list(fam.kernel_options)}")
+            default = y.spec.get("default", max(opts))
+        elif y.target == "op":
+            bad = [o for o in opts if o not in fam.op_options]
+            if bad:
+                raise y.err("options", f"unknown op {bad[0]!r}; expected from {', '.join(fam.op_options)}")
+            default = y.spec.get("default", fam.default_op() if fam.default_op() in opts else opts[-1])
+        else:
+            default = y.spec.get("default")
+        if default is not None and default not in opts:
+            raise y.err("default", f"{default!r} is not one of the options")
+        return cls(y.name, y.target, y.scope, y.condition, default=default, options=tuple(opts))
+
+    @classmethod
+    def check_options(cls, y: YamlDim, options: list) -> None:
+        """Raise for options this kind cannot take (any value will do for a choice)."""
 
     def __post_init__(self):
         self.options = tuple(self.options)
@@ -311,6 +396,12 @@ class WeightSet(Choice):
 
     kind: ClassVar[str] = "weightset"
 
+    @classmethod
+    def check_options(cls, y: YamlDim, options: list) -> None:
+        bad = [o for o in options if o not in WEIGHT_SETS]
+        if bad:
+            raise y.err("options", f"unknown weight set {bad[0]!r}; expected from {', '.join(WEIGHT_SETS)}")
+
     def __post_init__(self):
         bad = [o for o in self.options if o not in WEIGHT_SETS]
         if bad:
@@ -341,6 +432,29 @@ class Scale(Dimension):
     high: float = 1.0
     step: float | None = None
     kind: ClassVar[str] = "scale"
+    yaml_keys: ClassVar[frozenset[str]] = frozenset({"low", "high", "step", "default"})
+
+    @classmethod
+    def from_yaml(cls, y: YamlDim) -> "Scale":
+        for key in ("low", "high"):
+            if y.spec.get(key) is None:
+                raise y.err(key, "required for a scale")
+        low, high = y.number("low"), y.number("high")
+        if low > high:
+            raise y.err("low", f"low {low} is greater than high {high}")
+        if low <= 0:
+            raise y.err("low", f"a multiplier must be positive, got {low}")
+        step = y.spec.get("step")
+        if step is not None and y.number("step") <= 0:
+            raise y.err("step", f"must be positive, got {step}")
+        dim = cls(y.name, y.target, y.scope, y.condition, default=None, low=float(low), high=float(high),
+                  step=float(step) if step else None)
+        if y.spec.get("default") is not None:
+            try:
+                dim.default = dim.validate(y.spec["default"])
+            except GenomeError as e:
+                raise y.err("default", e.reason) from None
+        return dim
 
     def __post_init__(self):
         if self.default is None:
@@ -432,6 +546,3 @@ class Scale(Dimension):
 
     def describe(self):
         return f"scale [{self.low}, {self.high}]" + (f" step {self.step}" if self.step else "")
-
-
-KINDS: dict[str, type[Dimension]] = {k.kind: k for k in (Mask, Choice, Scale, WeightSet)}

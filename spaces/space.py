@@ -83,17 +83,6 @@ class Space:
         rng = _rng(seed)
         return self.canonical({n: d.sample(rng) for n, d in self.dims.items()})
 
-    def mutate(self, genome: Genome, seed: int | random.Random | None = None, rate: float = 0.1) -> Genome:
-        rng = _rng(seed)
-        return self.canonical({n: d.mutate(genome[n], rng, rate) for n, d in self.dims.items()})
-
-    def crossover(self, a: Genome, b: Genome, seed: int | random.Random | None = None) -> tuple[Genome, Genome]:
-        rng = _rng(seed)
-        c1, c2 = {}, {}
-        for n, d in self.dims.items():
-            c1[n], c2[n] = d.crossover(a[n], b[n], rng)
-        return self.canonical(c1), self.canonical(c2)
-
     def genome_id(self, genome: Genome) -> str:
         """A stable digest of the active part of the genome: the candidate's id."""
         g = self.canonical(genome)

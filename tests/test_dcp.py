@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from search.optimizers.dcp import DCPOptions, discrimination_aware_pruning
+from evaluators.dcp import DCPSettings, discrimination_aware_pruning
 from tests.conftest import run_cli, space_path
 
 FAST = ["--set", "pretrain.epochs=2", "--set", "evaluator.finetune.epochs=1", "--set", "latency=none"]
@@ -60,7 +60,7 @@ def _prune_pretrained(cache_dir, epsilons, **options):
     """DCP / DKP at each epsilon on copies of one pre-trained ResNet-20 supernet: yields
     (epsilon, (evaluator, genome, report))."""
     from search.config import load_run_config
-    from search.loop import make_evaluator
+    from evaluators.registry import make_evaluator
 
     cfg, space, _ = load_run_config(space_path("resnet20"), ["pretrain.epochs=2", "latency=none", f"cache={cache_dir}"])
     ev = make_evaluator(cfg, space, None)
@@ -68,7 +68,7 @@ def _prune_pretrained(cache_dir, epsilons, **options):
     for eps in epsilons:
         sup = ev.space.supernet(0)
         sup.load_state_dict(ev.supernet.state_dict())
-        g, _, rep = discrimination_aware_pruning(ev.space, sup, ev.data, DCPOptions(epsilon=eps, **options), seed=0)
+        g, _, rep = discrimination_aware_pruning(ev.space, sup, ev.data, DCPSettings(epsilon=eps, **options), seed=0)
         yield eps, (ev, g, rep)
 
 
@@ -225,7 +225,7 @@ def test_a_stalled_reoptimisation_is_retried_with_smaller_steps():
     a smaller rate must find the lower loss; with no retries the loss stays where it started."""
     import torch
 
-    from search.optimizers.dcp import _reoptimise
+    from evaluators.dcp import _reoptimise
 
     target = torch.full((2, 3, 1, 1), 0.001)
 
@@ -235,11 +235,11 @@ def test_a_stalled_reoptimisation_is_retried_with_smaller_steps():
 
     w, keep, ones = torch.zeros(2, 3, 1, 1), torch.ones(1, 3, 1, 1), torch.ones(3)
     start = float(loss_at(w, ones)[0])
-    stalled, _ = _reoptimise(w, keep, start, loss_at, ones, DCPOptions(inner_retries=0))
+    stalled, _ = _reoptimise(w, keep, start, loss_at, ones, DCPSettings(inner_retries=0))
     assert stalled == start  # 0.005 a step overshoots 0.001 from both sides
-    lower, w2 = _reoptimise(w, keep, start, loss_at, ones, DCPOptions())
+    lower, w2 = _reoptimise(w, keep, start, loss_at, ones, DCPSettings())
     assert lower < 0.2 * start
     assert abs(lower - float(loss_at(w2, ones)[0])) < 1e-9
     keep[0, 2] = 0  # unselected channels keep zero weights
-    _, w3 = _reoptimise(w, keep, start, loss_at, ones, DCPOptions())
+    _, w3 = _reoptimise(w, keep, start, loss_at, ones, DCPSettings())
     assert w3[:, 2].abs().max() == 0 and w3[:, :2].abs().max() > 0

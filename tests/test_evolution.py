@@ -7,7 +7,7 @@ import statistics
 import pytest
 import yaml
 
-from evaluators.evaluator import TableEvaluator
+from evaluators.table import TableEvaluator
 from search.config import Constraint, Objective
 from search.hypervolume import hypervolume_2d
 from search.optimizers import OPTIMIZERS

@@ -11,7 +11,7 @@ import optuna
 import pytest
 
 from kernels.latency_model import LatencyModel, op_of_kernel, torch_ops
-from kernels.lock import CoreLock
+from kernels.cores import CoreLock
 from search.store import STUDY_NAME, open_storage
 from spaces import load_space
 from tests.conftest import TINY, run_cli, space_path
@@ -79,7 +79,7 @@ def test_training_steps_hold_the_lock_but_epoch_callbacks_do_not(tmp_path, monke
     """A step's compute holds the lock shared; the epoch callback runs without it, because it may
     block: a Tune report waits for the driver, forever once ASHA has stopped the trial, and a
     measurement waiting on that step held every other worker back (a hung CI run)."""
-    import kernels.lock as kl
+    import kernels.cores as kl
     from evaluators.data import digits
     from evaluators.train import TrainRecipe, fine_tune
 

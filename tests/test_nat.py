@@ -12,7 +12,7 @@ from gymnasium.utils.env_checker import check_env
 
 from agents.nat import KEEP, NONE, SKIP, NATAgent, NATEnv, cell_graph, never_costlier, observe, transform, valid_mask
 from agents.nat.cell import cell_ops
-from evaluators.evaluator import TableEvaluator
+from evaluators.table import TableEvaluator
 from search.config import Constraint, Objective
 from search.optimizers import OPTIMIZERS
 from search.records import TrialRecord

@@ -7,7 +7,7 @@ import matplotlib
 import optuna
 import pytest
 
-from evaluators.evaluator import TableEvaluator
+from evaluators.table import TableEvaluator
 from search.config import Constraint, Objective
 from search.optimizers import OPTIMIZERS
 from search.records import pareto_front

@@ -17,7 +17,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from search.loop import Run
+from search.run import Run
 from search.store import STUDY_NAME, open_storage
 from tests.conftest import ROOT, TINY, run_cli
 
@@ -191,7 +191,7 @@ def test_tune_runner_with_asha(tmp_path, cache_dir, ray_session):
 def test_every_optimizer_is_a_tune_searcher(name, ray_session):
     from ray import tune
 
-    from evaluators.evaluator import TableEvaluator
+    from evaluators.table import TableEvaluator
     from search.config import Objective
     from search.optimizers import OPTIMIZERS
     from search.tune_search import OptimizerSearcher

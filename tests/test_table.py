@@ -6,7 +6,7 @@ import json
 import optuna
 import pytest
 
-from evaluators.evaluator import TableEvaluator
+from evaluators.table import TableEvaluator
 from search.store import STUDY_NAME, open_storage
 from spaces import ConfigError, load_space
 from spaces.families.cell import arch_str

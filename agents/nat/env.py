@@ -27,12 +27,12 @@ class NATEnv(gym.Env):
 
     metadata: dict[str, Any] = {"render_modes": []}
 
-    def __init__(self, space: Space, evaluator: Any, metric: str = "val_acc", direction: str = "maximize",
+    def __init__(self, space: Space, evaluator: Any, metric: str = "val_acc", sign: float = 1.0,
                  constraints: Sequence[Any] = (), penalty: float = 1.0, archs: Sequence[Genome] | None = None,
                  eval_seed: int = 0):
         check_cell_space(space)
         self.space, self.evaluator, self.metric = space, evaluator, metric
-        self.sign = 1.0 if direction == "maximize" else -1.0
+        self.sign = sign  # +1: the metric is maximised, -1: minimised
         self.constraints, self.penalty, self.eval_seed = list(constraints), penalty, eval_seed
         self.archs = [space.canonical(g) for g in archs] if archs else None
         self.observation_space = spaces.Dict({

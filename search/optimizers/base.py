@@ -1,10 +1,12 @@
-"""The optimiser interface: ask for a genome, be told its trial. Optimisers see a Space and
-trial records, never a model."""
+"""The optimiser contract: ask for a genome, be told its trial. Optimisers see a Space and
+trial records; one that needs the trained network (DCP) declares `needs_model` and gets it in
+`prepare`. Every hook but `ask` has a documented default. Registration: one line in
+`search.optimizers.OPTIMIZERS`."""
 
 from __future__ import annotations
 
 import random
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -13,20 +15,28 @@ from spaces.space import Genome, Space
 
 from search.records import TrialRecord
 
+if TYPE_CHECKING:
+    from evaluators.base import TrainedModel
+
 
 class NoOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
 class Optimizer:
-    """Ask/tell over a Space with objectives (signs +1 maximise, -1 minimise) and constraints."""
+    """Ask/tell over a Space with objectives (signs +1 maximise, -1 minimise) and constraints.
+
+    The engine calls, in order: `attach(run_dir)`, `prepare(model)` if `needs_model`, `tell`
+    for every stored trial (resume), then `ask` / `tell` until the budget, then `finish`."""
 
     name: ClassVar[str] = ""
     Options: ClassVar[type[BaseModel]] = NoOptions
+    # prunes a trained network: the run hands it the evaluator's `trained_model()` in `prepare`
+    needs_model: ClassVar[bool] = False
 
     def __init__(self, space: Space, objectives: list, constraints: list, seed: int, options: Any = None):
         self.space, self.objectives, self.constraints, self.seed = space, objectives, constraints, seed
-        self.signs = [1.0 if o.direction == "maximize" else -1.0 for o in objectives]
+        self.signs = [o.sign for o in objectives]
         self.options = options if options is not None else self.Options()
         self.rng = random.Random(seed)
         self.history: list[TrialRecord] = []
@@ -52,6 +62,10 @@ class Optimizer:
 
     def attach(self, run_dir) -> None:
         """Told the run folder before the first tell/ask (optimisers that checkpoint state use it)."""
+
+    def prepare(self, model: TrainedModel) -> None:
+        """With `needs_model`: the pre-trained network and data, before the first ask (default:
+        not called)."""
 
     def finish(self, run_dir) -> None:
         """Write the optimiser's own artefacts (plots, fitted models) into the run folder."""

@@ -59,14 +59,13 @@ class OptunaSearch(Optimizer):
         return optuna.samplers.RandomSampler(seed=seed)
 
     def _warm_start(self, run_dir: str) -> None:
-        from search.config import load_run_config
-        from search.store import load_records
+        from search.runs import open_run
 
-        cfg, space, _ = load_run_config(f"{run_dir}/config.yaml")
-        if space.name != self.space.name:
-            log.warning("warm start from %s skipped: space %s, not %s", run_dir, space.name, self.space.name)
+        run = open_run(run_dir)
+        if run.space.name != self.space.name:
+            log.warning("warm start from %s skipped: space %s, not %s", run_dir, run.space.name, self.space.name)
             return
-        recs = load_records(run_dir, cfg.storage, self.space, self.objectives, self.constraints)
+        recs = open_run(run_dir, self.space, self.objectives, self.constraints).records
         for r in recs:
             if all(o.metric in r.metrics for o in self.objectives) or not r.complete:
                 r.values = [float(r.metrics[o.metric]) for o in self.objectives] if r.complete else None

@@ -71,6 +71,9 @@ class Family:
     """Base family. Subclasses define `Spec`, the structure methods, `module` and `cost`."""
 
     kind: ClassVar[str] = ""
+    # what its networks do: "classify" (images -> class logits) or "translate" (image -> image);
+    # evaluators declare which they score
+    task: ClassVar[str] = "classify"
     Spec: ClassVar[type[FamilySpec]] = FamilySpec
     targets: ClassVar[tuple[str, ...]] = ()
     kernel_options: ClassVar[tuple[int, ...]] = ()

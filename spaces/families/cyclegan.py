@@ -34,6 +34,7 @@ class CycleGANSpec(FamilySpec):
 
 class CycleGANFamily(Family):
     kind = "cyclegan"
+    task = "translate"
     Spec = CycleGANSpec
     targets = ("filters", "weights")
 

@@ -1,4 +1,6 @@
-"""One lock per machine over its cores, so that no latency measurement overlaps tuning or training.
+"""The machine's cores, guarded by one lock, so that no latency measurement overlaps tuning or
+training. It lives with the measurements (`kernels/`), which need the cores to themselves;
+training (`evaluators/`) only shares them.
 
 On 2 cores anything running beside a measurement ruins it. Training steps hold the lock shared
 (many at once, released after every step); measurements and tuning hold it exclusively. A

@@ -1,0 +1,55 @@
+"""The latency-provider contract: how a candidate network gets its latency.
+
+A subclass sets `name`, implements `measure` (and `from_config` when it takes settings), and
+overrides the run hooks it needs; each has a documented no-op default. Registration: one line
+in `kernels.latency.PROVIDERS`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from torch import nn
+
+
+def summary(times_ms) -> dict[str, float]:
+    """Median and interquartile spread (ms) of repeated timings: how every provider reports."""
+    q1, med, q3 = np.percentile(np.asarray(times_ms, dtype=float), [25, 50, 75])
+    return {"latency_ms": float(med), "latency_spread_ms": float(q3 - q1)}
+
+
+class LatencyProvider:
+    """Measures a candidate; every figure carries `latency_source`, so a run never passes one
+    provider's figures off as another's."""
+
+    name: ClassVar[str] = ""
+
+    @classmethod
+    def from_config(cls, cfg, cache_dir: Path) -> "LatencyProvider":
+        """Build from the run's `latency:` section (`search.config.LatencyCfg`); raise ValueError
+        for a setting this host cannot honour."""
+        return cls()
+
+    def measure(self, model: nn.Module, resolution: int) -> dict[str, Any]:
+        """`latency_ms` and `latency_source` (and `latency_spread_ms` where it times repeats) of
+        one batch-1 forward pass at `resolution`."""
+        raise NotImplementedError
+
+    def prepare_run(self, space, supernet: nn.Module | None, run_dir: Path, seed: int) -> None:
+        """Before the first trial, with the pre-trained supernet (default: nothing to prepare)."""
+
+    def finish_run(self, space, supernet: nn.Module | None, run_dir: Path, front: list) -> None:
+        """After the last trial, with the run's Pareto front (records with `genome`, `metrics`,
+        `number`, `genome_id`); may write `latency.json` (default: nothing)."""
+
+    def start_service(self) -> None:
+        """Ray is connected on the driver: a provider that measures every candidate in one process
+        on the target starts that process here (default: workers measure themselves)."""
+
+    def stop_service(self) -> None:
+        """Stop what `start_service` started, keeping its `stats()`."""
+
+    def stats(self) -> dict[str, Any]:
+        """What the provider did so far (kernels tuned, time spent), for latency.json."""
+        return {}

@@ -1,0 +1,218 @@
+"""A run: its folder, its config, its evaluator and optimiser, and the engine between them.
+
+A run folder holds the resolved `config.yaml`, the study (`study.journal`), the weights of every
+trained trial (`trials/`), `supernet.json`, `pareto.json`, `best/`, `timings.json` and the
+report. `Run.execute` sets the evaluator and the optimiser up, replays the stored trials
+(resume), hands the engine to a runner (`search.loop` or `search.tune_search`) and writes the
+outputs, also when the search stops early."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from spaces.errors import ConfigError
+from spaces.space import Space
+
+from evaluators.registry import make_evaluator
+
+from search.config import RunCfg, load_run_config
+from search.engine import Engine
+from search.optimizers import optimizer_class
+from search.progress import pretrain_progress
+from search.records import TrialRecord, best, pareto_front
+from search.store import RunStore
+
+log = logging.getLogger("archsearch.run")
+
+
+def check_metrics(cfg: RunCfg, evaluator, file: str | None) -> None:
+    """Every objective and constraint names a metric the evaluator gives."""
+    known = set(evaluator.metrics)
+    fields = [(f"objectives.{i}.metric", o.metric) for i, o in enumerate(cfg.objectives)]
+    fields += [(f"constraints.{i}.metric", c.metric) for i, c in enumerate(cfg.constraints)]
+    for field, metric in fields:
+        if metric not in known:
+            raise ConfigError(file, field, f"unknown metric {metric!r}; the {evaluator.kind} evaluator gives "
+                              f"{', '.join(sorted(known))}")
+
+
+class Run:
+    """A run folder and everything needed to go on with it."""
+
+    def __init__(self, run_dir: Path, cfg: RunCfg, space: Space, file: str | None):
+        self.dir, self.cfg, self.space, self.file = Path(run_dir), cfg, space, file
+        self.executor = None  # while the loop runner executes: where evaluations run
+        self.evaluator = make_evaluator(cfg, space, file)
+        check_metrics(cfg, self.evaluator, file)
+        opt_cls = optimizer_class(cfg.optimizer.name, file)
+        self.opt_options = opt_cls.parse_options(cfg.optimizer.options, file)
+        opt_cls.check_space(space, file)
+        opt_cls.check_options(space, self.opt_options, file)
+        self.opt_cls = opt_cls
+        kind = self.evaluator.kind
+        if opt_cls.needs_model and not self.evaluator.provides_model:
+            raise ConfigError(file, "optimizer.name", f"{opt_cls.name} prunes a trained network; the {kind} "
+                              "evaluator has none (it needs evaluator.kind train)")
+        if cfg.runner == "tune" and not self.evaluator.fine_tunes:
+            raise ConfigError(file, "runner", f"the tune runner fine-tunes candidates; the {kind} evaluator does "
+                              "not (it needs evaluator.kind train)")
+
+    def workers(self) -> int | None:
+        """0 (in-process), N, or None (one per core on Ray)."""
+        if self.cfg.workers is not None:
+            return self.cfg.workers
+        if not self.evaluator.fine_tunes or (os.cpu_count() or 1) == 1 and not self.cfg.address:
+            return 0  # look-ups gain nothing from workers
+        return None
+
+    @classmethod
+    def create(cls, config: str, out: str | None, sets: list[str], flags: dict[str, Any]) -> "Run":
+        cfg, space, resolved = load_run_config(config, sets, flags)
+        run_dir = Path(out) if out else Path("runs") / f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        if run_dir.exists() and (run_dir / "config.yaml").exists():
+            raise ConfigError(str(run_dir), "--out", "already holds a run; use `search resume` or another folder")
+        run = cls(run_dir, cfg, space, config)
+        run.dir.mkdir(parents=True, exist_ok=True)
+        (run.dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+        return run
+
+    @classmethod
+    def open(cls, run_dir: str, sets: list[str] | None = None, flags: dict[str, Any] | None = None) -> "Run":
+        path = Path(run_dir)
+        cfg_file = path / "config.yaml"
+        if not cfg_file.exists():
+            raise ConfigError(str(path), None, "not a run folder (no config.yaml)")
+        cfg, space, resolved = load_run_config(cfg_file, sets, flags)
+        run = cls(path, cfg, space, str(cfg_file))
+        if sets or any(v is not None for v in (flags or {}).values()):
+            cfg_file.write_text(yaml.safe_dump(resolved, sort_keys=False))
+        return run
+
+    # --- the search ------------------------------------------------------------------------------
+    def execute(self, progress: bool = True) -> int:
+        """Set up, search until the budget (or the optimiser stops), write the outputs."""
+        t0 = time.time()
+        engine = self.start(progress)
+        setup_s, n0 = time.time() - t0, engine.n_done
+        log.info("setup %.1f s; searching %s with %s, budget %d", setup_s, engine.opt.space.name, engine.opt.name,
+                 engine.budget)
+        if self.cfg.runner == "tune":
+            from search.tune_search import run_tune as runner
+        else:
+            from search.loop import run_loop as runner
+        t_fin = None
+        try:
+            timings = runner(self, engine, progress)
+            t_fin = time.time()
+        finally:
+            self.write_outputs(self.evaluator.space, engine.store.records())
+            engine.opt.finish(self.dir)
+            if t_fin is not None:  # a session that ended as it should
+                trials = engine.n_done - n0 + engine.failures
+                self._write_timings({**timings, "setup_s": setup_s, "finish_s": time.time() - t_fin,
+                                     "trials": trials})
+            self.report()
+        log.info("done: %d complete trials, %d failed in this session (%s)", engine.n_done, engine.failures,
+                 timings["runner"])
+        return 0
+
+    def start(self, progress: bool) -> Engine:
+        """The evaluator set up, the optimiser prepared and told every stored trial (resume)."""
+        cfg = self.cfg
+        self.evaluator.setup(progress=pretrain_progress(progress))
+        space = self.evaluator.space  # with the dataset's classes
+        self._write_supernet_point(space)
+        self.evaluator.run_started(self.dir, cfg.seed)
+        store = RunStore(self.dir, space, cfg.objectives, cfg.constraints, cfg.storage)
+        opt = self.opt_cls(space, cfg.objectives, cfg.constraints, cfg.seed, self.opt_options)
+        opt.attach(self.dir)
+        if opt.needs_model:
+            opt.prepare(self.evaluator.trained_model())
+        max_failures = cfg.max_failures if cfg.max_failures is not None else max(10, cfg.budget)
+        engine = Engine(opt, store, cfg.budget, cfg.seed, max_failures)
+        if engine.replay():
+            log.info("resuming %s: %d complete trials of %d", self.dir, engine.n_done, cfg.budget)
+        return engine
+
+    def finish_trials(self, engine: Engine) -> None:
+        """After the last trial, while the workers (and a latency service) are still up: the
+        evaluator's own check of the front (tvm-model measures it); never fails the run."""
+        try:
+            front = pareto_front([r for r in engine.store.records() if r.complete], engine.signs)
+            self.evaluator.run_finished(self.dir, front)
+        except Exception as e:  # noqa: BLE001 - a check never loses the run's results
+            log.warning("could not check the latency of the front: %s", e)
+
+    # --- outputs ---------------------------------------------------------------------------------
+    def _write_supernet_point(self, space) -> None:
+        """supernet.json: the full network's cost and what the evaluator knows of it, for the report."""
+        point = {**space.cost(space.full()), "genome_id": space.genome_id(space.full()),
+                 **self.evaluator.base_point()}
+        (self.dir / "supernet.json").write_text(json.dumps(point, indent=2))
+
+    def report(self) -> None:
+        """report.html and its PNGs; a failure here never fails the run."""
+        try:
+            from search.report import write_report
+
+            log.info("report: %s", write_report(self.dir))
+        except Exception as e:  # noqa: BLE001
+            log.warning("could not write the report: %s", e)
+
+    def _write_timings(self, entry: dict) -> None:
+        """timings.json: one entry per session of this run (run, then each resume)."""
+        path = self.dir / "timings.json"
+        try:
+            sessions = json.loads(path.read_text()) if path.exists() else []
+        except json.JSONDecodeError:
+            sessions = []
+        rounded = {k: round(v, 3) if isinstance(v, float) else v for k, v in entry.items()}
+        sessions.append({"at": time.strftime("%Y-%m-%dT%H:%M:%S"), **rounded})
+        path.write_text(json.dumps(sessions, indent=2))
+
+    def write_outputs(self, space: Space, records: list[TrialRecord]) -> None:
+        """pareto.json and best/ (genome, metrics, state dict and TorchScript of the best model)."""
+        signs = [o.sign for o in self.cfg.objectives]
+        front = pareto_front(records, signs)
+
+        def entry(r: TrialRecord) -> dict:
+            return {"trial": r.number, "genome_id": r.genome_id, "values": r.values, "feasible": r.feasible,
+                    "metrics": dict(r.metrics), "genome": space.to_json(r.genome)}
+
+        objectives = [o.model_dump() for o in self.cfg.objectives]
+        (self.dir / "pareto.json").write_text(
+            json.dumps({"objectives": objectives, "front": [entry(r) for r in front]}, indent=2, default=str))
+        b = best(records, signs)
+        if b is None:
+            return
+        bdir = self.dir / "best"
+        bdir.mkdir(exist_ok=True)
+        (bdir / "genome.json").write_text(json.dumps(space.to_json(b.genome), indent=2))
+        (bdir / "metrics.json").write_text(json.dumps(entry(b), indent=2, default=str))
+        self._write_best_model(space, b, bdir)
+        try:  # the evaluator's own view of the best candidate (samples, comparisons)
+            self.evaluator.summarize(self.dir, b.genome)
+        except Exception as e:  # noqa: BLE001 - a summary never loses the run's results
+            log.warning("could not summarise the best candidate: %s", e)
+
+    def _write_best_model(self, space: Space, b: TrialRecord, bdir: Path) -> None:
+        weights = self.dir / "trials" / f"{b.genome_id}.pt"
+        if not weights.exists():
+            return
+        arch = space.arch(b.genome)
+        model = space.family.module(arch)
+        model.load_state_dict(torch.load(weights, weights_only=True))
+        model.eval()
+        torch.save(model.state_dict(), bdir / "model.pt")
+        r = arch.resolution
+        with torch.no_grad():
+            ts = torch.jit.trace(model, torch.randn(1, 3, r, r))
+        ts.save(str(bdir / "model.ts"))

@@ -1,0 +1,64 @@
+"""Opening a run folder, finished or still going: its config, space and stored trials, for
+show, report, export, seeding and warm starts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from spaces.errors import ConfigError
+from spaces.space import Space
+
+from search.config import RunCfg, load_run_config
+from search.records import TrialRecord, best, pareto_front
+from search.store import load_records
+
+
+@dataclass
+class OpenRun:
+    """A run folder's config, space and trials (in the order they were stored)."""
+
+    dir: Path
+    cfg: RunCfg
+    space: Space
+    records: list[TrialRecord]
+
+    @property
+    def signs(self) -> list[float]:
+        return [o.sign for o in self.cfg.objectives]
+
+    @property
+    def complete(self) -> list[TrialRecord]:
+        return [r for r in self.records if r.complete]
+
+    @property
+    def failed(self) -> list[TrialRecord]:
+        return [r for r in self.records if not r.complete]
+
+    def front(self) -> list[TrialRecord]:
+        return pareto_front(self.records, self.signs)
+
+    def best(self) -> TrialRecord | None:
+        return best(self.records, self.signs)
+
+    def ranked(self) -> list[TrialRecord]:
+        """Complete trials, feasible first, then by the first objective."""
+        s = self.signs[0]
+        return sorted(self.complete, key=lambda r: (not r.feasible, -s * r.values[0]))
+
+
+def open_run(path: str | Path, space: Space | None = None, objectives: list | None = None,
+             constraints: list | None = None) -> OpenRun:
+    """Read a run folder (ConfigError if it is none). Its genomes are read in `space`, its
+    objective values and feasibility by `objectives` / `constraints` (default: the run's own)."""
+    path = Path(path)
+    if not (path / "config.yaml").exists():
+        raise ConfigError(str(path), None, "not a run folder (no config.yaml)")
+    cfg, own_space, _ = load_run_config(path / "config.yaml")
+    space = space or own_space
+    try:
+        records = load_records(path, cfg.storage, space, objectives or cfg.objectives,
+                               cfg.constraints if constraints is None else constraints)
+    except KeyError:  # the study is not created yet
+        records = []
+    return OpenRun(path, cfg, space, records)
