@@ -29,11 +29,17 @@ def resnet20_space(weight_sets: list[str] | None = None):
 
     d = read_yaml(ROOT / "spaces" / "resnet20.yaml")
     if weight_sets:
-        d["dimensions"]["weights"] = {"kind": "weightset", "per": "stage", "options": list(weight_sets)}
+        d["dimensions"]["weights"] = {
+            "kind": "weightset",
+            "per": "stage",
+            "options": list(weight_sets),
+        }
     return space_from_dict(d, str(ROOT / "spaces" / "resnet20.yaml"))
 
 
-def float_resnet20(space, data, epochs: float, seed: int = 0, cache: Path | None = None, lr: float = 0.1):
+def float_resnet20(
+    space, data, epochs: float, seed: int = 0, cache: Path | None = None, lr: float = 0.1
+):
     """The full ResNet-20 of `space`, trained from scratch on `data` (cached by its recipe).
     Returns (model, info)."""
     from evaluators.cache import default_cache_dir
@@ -51,11 +57,19 @@ def float_resnet20(space, data, epochs: float, seed: int = 0, cache: Path | None
         model.load_state_dict(torch.load(weights, weights_only=True))
         return model, json.loads(meta.read_text())
     t0 = time.time()
-    print(f"training float ResNet-20 on {len(data.train[0])} images for {epochs} epochs ...", flush=True)
+    print(
+        f"training float ResNet-20 on {len(data.train[0])} images for {epochs} epochs ...",
+        flush=True,
+    )
     fine_tune(model, data, 32, recipe, seed)
     acc, _ = evaluate(model, data.test, 32)
-    info = {"epochs": epochs, "lr": lr, "train_images": len(data.train[0]), "test_acc": acc,
-            "train_time_s": round(time.time() - t0, 1)}
+    info = {
+        "epochs": epochs,
+        "lr": lr,
+        "train_images": len(data.train[0]),
+        "test_acc": acc,
+        "train_time_s": round(time.time() - t0, 1),
+    }
     torch.save(model.state_dict(), weights)
     meta.write_text(json.dumps(info, indent=2))
     return model, info
@@ -72,16 +86,32 @@ def dcp_supernet(supernet, run: Path):
     return pruned
 
 
-def cifar_run_sets(data: str | Path, per_class: int, test_per_class: int, pretrain_epochs: float,
-                   finetune_epochs: float, sandwich: int = 4) -> list[str]:
+def cifar_run_sets(
+    data: str | Path,
+    per_class: int,
+    test_per_class: int,
+    pretrain_epochs: float,
+    finetune_epochs: float,
+    sandwich: int = 4,
+) -> list[str]:
     """`--set` overrides that run `spaces/resnet20.yaml` on a CIFAR-10 subset (the pruning and DCP
     benchmarks share one cached supernet when they share these settings). `sandwich` 1 pre-trains
     the full network alone: a plainly trained base, as the pruning papers start from."""
-    return ["dataset=imagefolder", f"dataset.path={Path(data).resolve()}", f"dataset.per_class={per_class}",
-            f"dataset.test_per_class={test_per_class}", "dataset.val_fraction=0.1",
-            f"pretrain.epochs={pretrain_epochs}", "pretrain.batch_size=64", "pretrain.lr=0.1", f"pretrain.sandwich={sandwich}",
-            f"evaluator.finetune.epochs={finetune_epochs}", "evaluator.finetune.batch_size=128",
-            "evaluator.finetune.lr=0.02", "latency=none"]
+    return [
+        "dataset=imagefolder",
+        f"dataset.path={Path(data).resolve()}",
+        f"dataset.per_class={per_class}",
+        f"dataset.test_per_class={test_per_class}",
+        "dataset.val_fraction=0.1",
+        f"pretrain.epochs={pretrain_epochs}",
+        "pretrain.batch_size=64",
+        "pretrain.lr=0.1",
+        f"pretrain.sandwich={sandwich}",
+        f"evaluator.finetune.epochs={finetune_epochs}",
+        "evaluator.finetune.batch_size=128",
+        "evaluator.finetune.lr=0.02",
+        "latency=none",
+    ]
 
 
 def cli(*args) -> None:
@@ -117,15 +147,26 @@ def same_counts(space, genome, imp, rng):
 DCP_DATA = {"per_class": 1000, "test_per_class": 500, "pretrain_epochs": 20, "sandwich": 1}
 
 
-def add_cifar_args(ap, work: str, out: str, per_class: int = 400, test_per_class: int = 100,
-                   pretrain_epochs: float = 6, sandwich: int = 4) -> None:
+def add_cifar_args(
+    ap,
+    work: str,
+    out: str,
+    per_class: int = 400,
+    test_per_class: int = 100,
+    pretrain_epochs: float = 6,
+    sandwich: int = 4,
+) -> None:
     """The CIFAR-10-subset options the pruning and DCP benchmarks share (their defaults differ)."""
     ap.add_argument("--data", default=str(DEFAULT_DATA))
     ap.add_argument("--per-class", type=int, default=per_class)
     ap.add_argument("--test-per-class", type=int, default=test_per_class)
     ap.add_argument("--pretrain-epochs", type=float, default=pretrain_epochs)
-    ap.add_argument("--sandwich", type=int, default=sandwich,
-                    help="sub-networks per pre-training batch (1: the full network alone, a plain base)")
+    ap.add_argument(
+        "--sandwich",
+        type=int,
+        default=sandwich,
+        help="sub-networks per pre-training batch (1: the full network alone, a plain base)",
+    )
     ap.add_argument("--finetune-epochs", type=float, default=2)
     ap.add_argument("--work", default=str(ROOT / "runs" / work))
     ap.add_argument("--out", default=str(RESULTS / out))
@@ -139,6 +180,12 @@ def fresh_work(args, keep: bool = False) -> tuple[Path, list[str]]:
     if work.exists() and not keep:
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
-    sets = cifar_run_sets(args.data, args.per_class, args.test_per_class, args.pretrain_epochs, args.finetune_epochs,
-                          args.sandwich)
+    sets = cifar_run_sets(
+        args.data,
+        args.per_class,
+        args.test_per_class,
+        args.pretrain_epochs,
+        args.finetune_epochs,
+        args.sandwich,
+    )
     return work, [a for s in sets for a in ("--set", s)]

@@ -25,19 +25,27 @@ from benchmarks.common import DCP_DATA, add_cifar_args, cifar_run_sets, dcp_supe
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--epsilons", type=float, nargs="+", default=[0.1, 0.01, 0.001])
     add_cifar_args(ap, "bench-dcp", "unused", **DCP_DATA)
     args = ap.parse_args()
 
+    from evaluators.registry import make_evaluator
     from evaluators.train import evaluate, recalibrate_bn
     from search.config import load_run_config
-    from evaluators.registry import make_evaluator
     from spaces.builder import importance
 
     work = Path(args.work)
-    sets = cifar_run_sets(args.data, args.per_class, args.test_per_class, args.pretrain_epochs, args.finetune_epochs,
-                          args.sandwich)
+    sets = cifar_run_sets(
+        args.data,
+        args.per_class,
+        args.test_per_class,
+        args.pretrain_epochs,
+        args.finetune_epochs,
+        args.sandwich,
+    )
     cfg, space, _ = load_run_config(ROOT / "spaces" / "resnet20.yaml", sets)
     ev = make_evaluator(cfg, space, "spaces/resnet20.yaml")
     ev.setup()
@@ -56,9 +64,18 @@ def main() -> None:
         g = space.from_json(json.loads((run / "dcp.json").read_text())["genome"])
         dsup = dcp_supernet(sup, run)
         gl, gr = same_counts(space, g, imp, rng)
-        rows.append(f"| eps {eps:g} | {acc(g, dsup)} | {acc(g, sup)} | {acc(gl, sup)} | {acc(gr, sup)} |")
-    print("\n".join(["| network | DCP (its weights) | DCP's channels, pre-trained weights | L1-norm | random |",
-                     "|---|---:|---:|---:|---:|"] + rows))
+        rows.append(
+            f"| eps {eps:g} | {acc(g, dsup)} | {acc(g, sup)} | {acc(gl, sup)} | {acc(gr, sup)} |"
+        )
+    print(
+        "\n".join(
+            [
+                "| network | DCP (its weights) | DCP's channels, pre-trained weights | L1-norm | random |",
+                "|---|---:|---:|---:|---:|",
+            ]
+            + rows
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -49,7 +49,17 @@ def cli(out: Path, *args, reuse: bool = False) -> float:
         return known[out.name]
     if out.exists():
         shutil.rmtree(out)
-    cmd = [sys.executable, "-m", "search.cli", *map(str, args), "--out", str(out), "--no-progress", "--workers", "0"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "search.cli",
+        *map(str, args),
+        "--out",
+        str(out),
+        "--no-progress",
+        "--workers",
+        "0",
+    ]
     print("$", " ".join(cmd[2:]), flush=True)
     t = time.time()
     subprocess.run(cmd, cwd=ROOT, check=True)
@@ -58,13 +68,18 @@ def cli(out: Path, *args, reuse: bool = False) -> float:
     return known[out.name]
 
 
-def network_changes(tab: "Table", row: dict) -> bool:
+def network_changes(tab: Table, row: dict) -> bool:
     """Whether a transformation changes the network, not only edges that no path uses."""
     from agents.nat.cell import cell_ops
     from spaces.families.cell import live_edges
 
-    ops = [cell_ops(tab.space, tab.space.from_json(row[k]["genome"])) for k in ("original", "transformed")]
-    return [(e, ops[0][e]) for e in live_edges(ops[0])] != [(e, ops[1][e]) for e in live_edges(ops[1])]
+    ops = [
+        cell_ops(tab.space, tab.space.from_json(row[k]["genome"]))
+        for k in ("original", "transformed")
+    ]
+    return [(e, ops[0][e]) for e in live_edges(ops[0])] != [
+        (e, ops[1][e]) for e in live_edges(ops[1])
+    ]
 
 
 def stored_trials(run_dir: Path) -> list:
@@ -76,7 +91,9 @@ def stored_trials(run_dir: Path) -> list:
 
 
 def mean_sd(xs: list[float]) -> str:
-    return f"{statistics.mean(xs):.2f} ± {statistics.stdev(xs):.2f}" if len(xs) > 1 else f"{xs[0]:.2f}"
+    return (
+        f"{statistics.mean(xs):.2f} ± {statistics.stdev(xs):.2f}" if len(xs) > 1 else f"{xs[0]:.2f}"
+    )
 
 
 class Table:
@@ -103,11 +120,19 @@ def transformed_stats(tab: Table, pairs: list[tuple[dict, dict]]) -> dict:
     dflops = [tab.cost(b)["flops"] / tab.cost(a)["flops"] - 1 for a, b in pairs]
     dparams = [tab.cost(b)["params"] / tab.cost(a)["params"] - 1 for a, b in pairs]
     gains = [y - x for x, y in zip(before, after)]
-    return {"before": statistics.mean(before), "after": statistics.mean(after), "gain": statistics.mean(gains),
-            "improved": sum(g > 0 for g in gains) / len(gains), "worse": sum(g < 0 for g in gains) / len(gains),
-            "unchanged": sum(tab.space.genome_id(a) == tab.space.genome_id(b) for a, b in pairs) / len(pairs),
-            "max_dflops": max(dflops), "max_dparams": max(dparams), "mean_dflops": statistics.mean(dflops),
-            "mean_dparams": statistics.mean(dparams)}
+    return {
+        "before": statistics.mean(before),
+        "after": statistics.mean(after),
+        "gain": statistics.mean(gains),
+        "improved": sum(g > 0 for g in gains) / len(gains),
+        "worse": sum(g < 0 for g in gains) / len(gains),
+        "unchanged": sum(tab.space.genome_id(a) == tab.space.genome_id(b) for a, b in pairs)
+        / len(pairs),
+        "max_dflops": max(dflops),
+        "max_dparams": max(dparams),
+        "mean_dflops": statistics.mean(dflops),
+        "mean_dparams": statistics.mean(dparams),
+    }
 
 
 def random_pairs(tab: Table, archs: list[dict], seed: int) -> list[tuple[dict, dict]]:
@@ -117,27 +142,42 @@ def random_pairs(tab: Table, archs: list[dict], seed: int) -> list[tuple[dict, d
     out = []
     for g in archs:
         m = valid_mask(tab.space, cell_ops(tab.space, g))
-        out.append((g, transform(tab.space, g, [int(rng.choice(np.flatnonzero(m[k]))) for k in range(6)])))
+        out.append(
+            (g, transform(tab.space, g, [int(rng.choice(np.flatnonzero(m[k]))) for k in range(6)]))
+        )
     return out
 
 
 def oracle_pairs(tab: Table, archs: list[dict]) -> list[tuple[dict, dict]]:
     from agents.nat.cell import transform
 
-    return [(g, max((transform(tab.space, g, a) for a in itertools.product(range(3), repeat=6)), key=tab.acc))
-            for g in archs]
+    return [
+        (
+            g,
+            max(
+                (transform(tab.space, g, a) for a in itertools.product(range(3), repeat=6)),
+                key=tab.acc,
+            ),
+        )
+        for g in archs
+    ]
 
 
 def rule_pairs(tab: Table, archs: list[dict]) -> list[tuple[dict, dict]]:
     out = []
     for g in archs:
-        t = {k: ("skip_connect" if k.startswith("op.") and v == "avg_pool_3x3" else v) for k, v in g.items()}
+        t = {
+            k: ("skip_connect" if k.startswith("op.") and v == "avg_pool_3x3" else v)
+            for k, v in g.items()
+        }
         out.append((g, tab.space.canonical(t)))
     return out
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--work", default="runs/bench-nat")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--train-archs", type=int, default=300)
@@ -145,8 +185,18 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=10)
     ap.add_argument("--heldout", type=int, default=100)
     ap.add_argument("--real", type=int, default=3, help="cells scored by fine-tuning (0: skip)")
-    ap.add_argument("--reuse", action="store_true", help="keep finished runs of --work (same arguments), redo the rest")
-    ap.add_argument("--finetune", type=int, nargs="+", default=[3, 8], help="fine-tuning epochs of the real cells")
+    ap.add_argument(
+        "--reuse",
+        action="store_true",
+        help="keep finished runs of --work (same arguments), redo the rest",
+    )
+    ap.add_argument(
+        "--finetune",
+        type=int,
+        nargs="+",
+        default=[3, 8],
+        help="fine-tuning epochs of the real cells",
+    )
     args = ap.parse_args()
     work = ROOT / args.work
     if work.exists() and not args.reuse:
@@ -168,24 +218,54 @@ def main() -> None:
     runs = []
     for s in args.seeds:
         out = work / f"table-s{s}"
-        wall = cli(out, "run", "spaces/nb201.yaml", "--optimizer", "nat", *TABLE, "--seed", s, "--budget", 100000,
-                   "--set", f"train_archs={args.train_archs}", "--set", f"epochs={args.epochs}",
-                   "--set", f"batch={args.batch}", "--set", f"transform={work / 'heldout.json'}", reuse=args.reuse)
+        wall = cli(
+            out,
+            "run",
+            "spaces/nb201.yaml",
+            "--optimizer",
+            "nat",
+            *TABLE,
+            "--seed",
+            s,
+            "--budget",
+            100000,
+            "--set",
+            f"train_archs={args.train_archs}",
+            "--set",
+            f"epochs={args.epochs}",
+            "--set",
+            f"batch={args.batch}",
+            "--set",
+            f"transform={work / 'heldout.json'}",
+            reuse=args.reuse,
+        )
         rep = json.loads((out / "nat.json").read_text())
-        assert rep["training"]["complete"] and rep["summary"]["transformed"] == len(held), rep["summary"]
-        pairs = [(space.from_json(t["original"]["genome"]), space.from_json(t["transformed"]["genome"]))
-                 for t in rep["transforms"]]
+        assert rep["training"]["complete"] and rep["summary"]["transformed"] == len(held), rep[
+            "summary"
+        ]
+        pairs = [
+            (space.from_json(t["original"]["genome"]), space.from_json(t["transformed"]["genome"]))
+            for t in rep["transforms"]
+        ]
         assert not {space.genome_id(a) for a, _ in pairs} - ids  # the held-out cells, in order
         st = transformed_stats(tab, pairs)
         curve = rep["training"]["curve"]
-        st.update(seed=s, wall=wall, updates=rep["training"]["updates"],
-                  first=statistics.mean(c["mean_reward"] for c in curve[:20]) * 100,
-                  last=statistics.mean(c["mean_reward"] for c in curve[-20:]) * 100, pairs=pairs, report=rep)
+        st.update(
+            seed=s,
+            wall=wall,
+            updates=rep["training"]["updates"],
+            first=statistics.mean(c["mean_reward"] for c in curve[:20]) * 100,
+            last=statistics.mean(c["mean_reward"] for c in curve[-20:]) * 100,
+            pairs=pairs,
+            report=rep,
+        )
         recs = stored_trials(out)
         st["trials"], st["duplicates"] = len(recs), len(recs) - len({r.genome_id for r in recs})
         runs.append(st)
-        print(f"seed {s}: {st['before']:.2f} -> {st['after']:.2f} ({st['gain']:+.2f}), improved {st['improved']:.0%}",
-              flush=True)
+        print(
+            f"seed {s}: {st['before']:.2f} -> {st['after']:.2f} ({st['gain']:+.2f}), improved {st['improved']:.0%}",
+            flush=True,
+        )
 
     rand = [transformed_stats(tab, random_pairs(tab, held, s)) for s in range(10)]
     oracle = transformed_stats(tab, oracle_pairs(tab, held))
@@ -193,31 +273,73 @@ def main() -> None:
     rule = transformed_stats(tab, rule_p)
     rule_ids = [space.genome_id(b) for _, b in rule_p]
     for r in runs:  # how often the agent's transformation is the hand rule's
-        r["as_rule"] = statistics.mean(space.genome_id(b) == i for (_, b), i in zip(r["pairs"], rule_ids))
+        r["as_rule"] = statistics.mean(
+            space.genome_id(b) == i for (_, b), i in zip(r["pairs"], rule_ids)
+        )
 
     # real cells: the seed-0 agent's greedy transformations of held-out cells whose network it
     # changes (a change on a dead edge leaves the network as it is), fine-tuned two ways
     real = []
     if args.real:
-        changed = [t for t in runs[0]["report"]["transforms"] if network_changes(tab, t)][:args.real]
-        (work / "real.json").write_text(json.dumps({"genomes": [t["original"]["genome"] for t in changed]}))
+        changed = [t for t in runs[0]["report"]["transforms"] if network_changes(tab, t)][
+            : args.real
+        ]
+        (work / "real.json").write_text(
+            json.dumps({"genomes": [t["original"]["genome"] for t in changed]})
+        )
         for epochs in args.finetune:
             out = work / f"real-ft{epochs}"
-            wall = cli(out, "run", "spaces/nb201.yaml", "--optimizer", "nat", *REAL, "--budget", 2 * len(changed),
-                       "--set", f"evaluator.finetune.epochs={epochs}",
-                       "--set", f"init_policy={work / f'table-s{args.seeds[0]}'}", "--set", "train_archs=0",
-                       "--set", f"transform={work / 'real.json'}", reuse=args.reuse)
+            wall = cli(
+                out,
+                "run",
+                "spaces/nb201.yaml",
+                "--optimizer",
+                "nat",
+                *REAL,
+                "--budget",
+                2 * len(changed),
+                "--set",
+                f"evaluator.finetune.epochs={epochs}",
+                "--set",
+                f"init_policy={work / f'table-s{args.seeds[0]}'}",
+                "--set",
+                "train_archs=0",
+                "--set",
+                f"transform={work / 'real.json'}",
+                reuse=args.reuse,
+            )
             rep = json.loads((out / "nat.json").read_text())
             metrics = {r.genome_id: r.metrics for r in stored_trials(out)}
-            real.append({"epochs": epochs, "wall": wall, "timings": json.loads((out / "timings.json").read_text())[-1],
-                         "rows": rep["transforms"], "summary": rep["summary"], "metrics": metrics})
+            real.append(
+                {
+                    "epochs": epochs,
+                    "wall": wall,
+                    "timings": json.loads((out / "timings.json").read_text())[-1],
+                    "rows": rep["transforms"],
+                    "summary": rep["summary"],
+                    "metrics": metrics,
+                }
+            )
 
     write_md(args, runs, rand, oracle, rule, real, tab)
 
 
 def write_md(args, runs, rand, oracle, rule, real, tab) -> None:
-    agg = {k: [r[k] for r in runs] for k in ("before", "after", "gain", "improved", "worse", "unchanged",
-                                             "max_dflops", "max_dparams", "mean_dflops", "mean_dparams")}
+    agg = {
+        k: [r[k] for r in runs]
+        for k in (
+            "before",
+            "after",
+            "gain",
+            "improved",
+            "worse",
+            "unchanged",
+            "max_dflops",
+            "max_dparams",
+            "mean_dflops",
+            "mean_dparams",
+        )
+    }
     ragg = {k: [r[k] for r in rand] for k in agg}
     lines = [
         "# NAT on NAS-Bench-201",
@@ -239,9 +361,11 @@ def write_md(args, runs, rand, oracle, rule, real, tab) -> None:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in runs:
-        lines.append(f"| NAT, seed {r['seed']} | {r['before']:.2f} | {r['after']:.2f} | {r['gain']:+.2f} | "
-                     f"{r['improved']:.0%} | {r['unchanged']:.0%} | {r['worse']:.0%} | {r['max_dflops']:+.1%} | "
-                     f"{r['max_dparams']:+.1%} | {r['mean_dflops']:+.1%} |")
+        lines.append(
+            f"| NAT, seed {r['seed']} | {r['before']:.2f} | {r['after']:.2f} | {r['gain']:+.2f} | "
+            f"{r['improved']:.0%} | {r['unchanged']:.0%} | {r['worse']:.0%} | {r['max_dflops']:+.1%} | "
+            f"{r['max_dparams']:+.1%} | {r['mean_dflops']:+.1%} |"
+        )
     lines += [
         f"| **NAT, mean ± sd of {len(runs)} seeds** | {mean_sd(agg['before'])} | **{mean_sd(agg['after'])}** | "
         f"**{mean_sd(agg['gain'])}** | {statistics.mean(agg['improved']):.0%} | {statistics.mean(agg['unchanged']):.0%} | "
@@ -264,11 +388,17 @@ def write_md(args, runs, rand, oracle, rule, real, tab) -> None:
         f"- No transformation raised FLOPs or parameters (largest change {max(agg['max_dflops']):+.1%} FLOPs, "
         f"{max(agg['max_dparams']):+.1%} params; checked with `space.cost` on every pair).",
         "- Training (mean reward of sampled transformations, points): "
-        + "; ".join(f"seed {r['seed']}: {r['first']:+.2f} over the first 20 updates -> {r['last']:+.2f} over the last 20, "
-                    f"{r['trials']} trials, {r['duplicates']} duplicates, {r['wall']:.0f} s" for r in runs) + ".",
+        + "; ".join(
+            f"seed {r['seed']}: {r['first']:+.2f} over the first 20 updates -> {r['last']:+.2f} over the last 20, "
+            f"{r['trials']} trials, {r['duplicates']} duplicates, {r['wall']:.0f} s"
+            for r in runs
+        )
+        + ".",
         "- The references say what is reachable with these transitions: on the table, replacing pooling by a "
         "skip pays most often and removing a convolution rarely does. The agent's transformation is the hand "
-        "rule's for " + ", ".join(f"{r['as_rule']:.0%} (seed {r['seed']})" for r in runs) + " of the held-out cells: "
+        "rule's for "
+        + ", ".join(f"{r['as_rule']:.0%} (seed {r['seed']})" for r in runs)
+        + " of the held-out cells: "
         "it finds that rule from rewards alone; the per-cell best (which also exploits the table's noise "
         "between equivalent cells) stays above it.",
         "",
@@ -297,32 +427,58 @@ def write_md(args, runs, rand, oracle, rule, real, tab) -> None:
             ]
             for row in rr["rows"]:
                 a, b = row["original"], row["transformed"]
-                ma, mb = rr["metrics"].get(a["genome_id"], {}), rr["metrics"].get(b["genome_id"], {})
+                ma, mb = (
+                    rr["metrics"].get(a["genome_id"], {}),
+                    rr["metrics"].get(b["genome_id"], {}),
+                )
                 ga, gb = tab.space.from_json(a["genome"]), tab.space.from_json(b["genome"])
                 ch = ", ".join(f"{k}: {v}" for k, v in row["changes"].items())
 
-                def pair(key, fmt):
-                    return f"{ma[key]:{fmt}} -> {mb[key]:{fmt}}" if key in ma and key in mb else "n/a"
+                def pair(key, fmt, ma=ma, mb=mb):
+                    return (
+                        f"{ma[key]:{fmt}} -> {mb[key]:{fmt}}" if key in ma and key in mb else "n/a"
+                    )
 
-                lines.append(f"| `{a['cell']}` | {ch} | {pair('val_acc', '.4f')} | {pair('test_acc', '.4f')} | "
-                             f"{pair('latency_ms', '.2f')} | {a['flops'] / 1e6:.1f}M -> {b['flops'] / 1e6:.1f}M | "
-                             f"{a['params'] / 1e3:.1f}k -> {b['params'] / 1e3:.1f}k | {tab.acc(ga):.2f} -> {tab.acc(gb):.2f} |")
+                lines.append(
+                    f"| `{a['cell']}` | {ch} | {pair('val_acc', '.4f')} | {pair('test_acc', '.4f')} | "
+                    f"{pair('latency_ms', '.2f')} | {a['flops'] / 1e6:.1f}M -> {b['flops'] / 1e6:.1f}M | "
+                    f"{a['params'] / 1e3:.1f}k -> {b['params'] / 1e3:.1f}k | {tab.acc(ga):.2f} -> {tab.acc(gb):.2f} |"
+                )
             sm = rr["summary"]
-            lat = [rr["metrics"][r["transformed"]["genome_id"]]["latency_ms"] / rr["metrics"][r["original"]["genome_id"]]["latency_ms"] - 1
-                   for r in rr["rows"] if r["original"]["genome_id"] in rr["metrics"] and r["transformed"]["genome_id"] in rr["metrics"]]
+            lat = [
+                rr["metrics"][r["transformed"]["genome_id"]]["latency_ms"]
+                / rr["metrics"][r["original"]["genome_id"]]["latency_ms"]
+                - 1
+                for r in rr["rows"]
+                if r["original"]["genome_id"] in rr["metrics"]
+                and r["transformed"]["genome_id"] in rr["metrics"]
+            ]
             rr["lat"] = statistics.mean(lat) if lat else float("nan")
             if "mean_gain" in sm:
-                lines += ["", f"Mean validation-accuracy gain {sm['mean_gain'] * 100:+.2f} points "
-                              f"({sm['improved']:.0%} of the cells improved); mean latency change {rr['lat']:+.0%}; "
-                              "FLOPs and params never rose.", ""]
+                lines += [
+                    "",
+                    f"Mean validation-accuracy gain {sm['mean_gain'] * 100:+.2f} points "
+                    f"({sm['improved']:.0%} of the cells improved); mean latency change {rr['lat']:+.0%}; "
+                    "FLOPs and params never rose.",
+                    "",
+                ]
         gains = [rr["summary"]["mean_gain"] * 100 for rr in real if "mean_gain" in rr["summary"]]
         if len(gains) == len(real):
-            verdict = ("costs accuracy" if max(gains) < 0 else "gains accuracy" if min(gains) > 0 else "is mixed")
+            verdict = (
+                "costs accuracy"
+                if max(gains) < 0
+                else "gains accuracy"
+                if min(gains) > 0
+                else "is mixed"
+            )
             lines += [
                 f"On digits with these short recipes the table-trained agent's rewrite {verdict}: "
-                + ", ".join(f"{g:+.2f} points after {rr['epochs']} epochs" for g, rr in zip(gains, real))
+                + ", ".join(
+                    f"{g:+.2f} points after {rr['epochs']} epochs" for g, rr in zip(gains, real)
+                )
                 + " of fine-tuning, while the rewritten cells run "
-                + ", ".join(f"{-rr['lat']:.0%}" for rr in real) + " faster (pooling costs time on a CPU though "
+                + ", ".join(f"{-rr['lat']:.0%}" for rr in real)
+                + " faster (pooling costs time on a CPU though "
                 "FLOPs count it as free). What the table rewards (CIFAR-10, 200 epochs from scratch) need not hold "
                 "for a few epochs of fine-tuning inherited weights on 8x8 digits scaled to 32x32; training the agent "
                 "on this evaluator's rewards (`--set evaluator=train`, a few hundred fine-tunings) is the faithful "

@@ -28,15 +28,23 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "benchmarks" / "results"
 GROUPS = {"early": ["op.1<-0", "op.2<-0", "op.2<-1"], "late": ["op.3<-0", "op.3<-1", "op.3<-2"]}
-OPTIONS = {"ga": {"population_size": 10}, "aging": {"population_size": 20, "sample_size": 5},
-           "coevolution": {"population_size": 6}}
-MO_OPTIONS = {"ga": {"population_size": 10}, "optuna": {"sampler": "nsga2", "population_size": 20},
-              "coevolution": {"population_size": 6}}
+OPTIONS = {
+    "ga": {"population_size": 10},
+    "aging": {"population_size": 20, "sample_size": 5},
+    "coevolution": {"population_size": 6},
+}
+MO_OPTIONS = {
+    "ga": {"population_size": 10},
+    "optuna": {"sampler": "nsga2", "population_size": 20},
+    "coevolution": {"population_size": 6},
+}
 
 
 # optimisers that need another space, measured by their own benchmarks
-MEASURED_ELSEWHERE = {"dcp": "benchmarks/results/dcp.md (and DKP: `granularity: kernel`)",
-                      "tinynet": "benchmarks/results/tinynet.md"}
+MEASURED_ELSEWHERE = {
+    "dcp": "benchmarks/results/dcp.md (and DKP: `granularity: kernel`)",
+    "tinynet": "benchmarks/results/tinynet.md",
+}
 
 
 def main() -> int:
@@ -86,13 +94,20 @@ def main() -> int:
             skipped.append((name, "evaluates a given list of genomes; no search"))
             continue
         if name == "nat":
-            skipped.append((name, "rewrites given cells after training on ~2000 queries; "
-                                  "benchmarks/results/nat.md measures it"))
+            skipped.append(
+                (
+                    name,
+                    "rewrites given cells after training on ~2000 queries; "
+                    "benchmarks/results/nat.md measures it",
+                )
+            )
             continue
         t = time.time()
         bests = []
         for seed in range(args.seeds):
-            opt = cls(sp, [Objective(metric="c10_test")], [], seed, cls.Options(**OPTIONS.get(name, {})))
+            opt = cls(
+                sp, [Objective(metric="c10_test")], [], seed, cls.Options(**OPTIONS.get(name, {}))
+            )
             recs = simulate(opt, e, args.budget_acc)
             bests.append(max(r.values[0] for r in recs if r.complete))
         m, sd = statistics.mean(bests), statistics.stdev(bests)
@@ -101,12 +116,19 @@ def main() -> int:
         hvs = []
         objs = [Objective(metric="c10_test"), Objective(metric="latency_ms", direction="minimize")]
         for seed in range(args.seeds):
-            opt = cls(sp, objs, [], seed, cls.Options(**MO_OPTIONS.get(name, OPTIONS.get(name, {}))))
+            opt = cls(
+                sp, objs, [], seed, cls.Options(**MO_OPTIONS.get(name, OPTIONS.get(name, {})))
+            )
             recs = simulate(opt, e, args.budget_hv)
             front = pareto_front(recs, [1.0, -1.0])
-            hvs.append(hypervolume_2d([r.values for r in front], [1.0, -1.0], [acc_ref, lat_ref]) / true_hv)
+            hvs.append(
+                hypervolume_2d([r.values for r in front], [1.0, -1.0], [acc_ref, lat_ref]) / true_hv
+            )
         hv_rows.append((name, statistics.mean(hvs), statistics.stdev(hvs), time.time() - t, hvs))
-        print(f"{name:<12} best c10 {m:.3f} +- {sd:.3f}   HV ratio {hv_rows[-1][1]:.4f} +- {hv_rows[-1][2]:.4f}", flush=True)
+        print(
+            f"{name:<12} best c10 {m:.3f} +- {sd:.3f}   HV ratio {hv_rows[-1][1]:.4f} +- {hv_rows[-1][2]:.4f}",
+            flush=True,
+        )
 
     import matplotlib
 
@@ -127,26 +149,46 @@ def main() -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     fig.savefig(RESULTS / "optimizers.png", dpi=100)
 
-    lines = [f"# Optimisers on NAS-Bench-201 (tabular) ({time.strftime('%Y-%m-%d')})", "",
-             f"`python benchmarks/optimizers.py --seeds {args.seeds}`; {time.time() - t_all:.0f} s in all. "
-             f"Space `spaces/nb201.yaml` (6 edges x 5 ops, 15,625 cells), scored by lookup in "
-             "`nb201_merged.csv`. Every optimiser never evaluates a genome twice. Plot: `optimizers.png`.", "",
-             f"## (a) Best CIFAR-10 test accuracy after {args.budget_acc} queries, {args.seeds} seeds", "",
-             f"Table optimum {optimum:.2f} %. Random search is the floor (the issue quotes 93.93 +- 0.20).", "",
-             "| optimiser | options | mean % | std | regret to optimum | s (all seeds) |", "|---|---|---:|---:|---:|---:|"]
+    lines = [
+        f"# Optimisers on NAS-Bench-201 (tabular) ({time.strftime('%Y-%m-%d')})",
+        "",
+        f"`python benchmarks/optimizers.py --seeds {args.seeds}`; {time.time() - t_all:.0f} s in all. "
+        f"Space `spaces/nb201.yaml` (6 edges x 5 ops, 15,625 cells), scored by lookup in "
+        "`nb201_merged.csv`. Every optimiser never evaluates a genome twice. Plot: `optimizers.png`.",
+        "",
+        f"## (a) Best CIFAR-10 test accuracy after {args.budget_acc} queries, {args.seeds} seeds",
+        "",
+        f"Table optimum {optimum:.2f} %. Random search is the floor (the issue quotes 93.93 +- 0.20).",
+        "",
+        "| optimiser | options | mean % | std | regret to optimum | s (all seeds) |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
     for name, m, sd, reg, secs, _ in sorted(acc_rows, key=lambda r: -r[1]):
-        lines.append(f"| {name} | {OPTIONS.get(name, {}) or 'defaults (TPE)' if name == 'optuna' else OPTIONS.get(name, {}) or 'defaults'} | "
-                     f"{m:.3f} | {sd:.3f} | {reg:.3f} | {secs:.1f} |")
-    lines += ["", f"## (b) Hypervolume of accuracy x lat_raspi4 after {args.budget_hv} queries / the true front's", "",
-              f"Reference point: accuracy {acc_ref:.2f} %, latency {lat_ref:.2f} (the table's worst); the true "
-              f"front's hypervolume {true_hv:.2f}.", "",
-              "| optimiser | options | mean ratio | std | s (all seeds) |", "|---|---|---:|---:|---:|"]
+        lines.append(
+            f"| {name} | {OPTIONS.get(name, {}) or 'defaults (TPE)' if name == 'optuna' else OPTIONS.get(name, {}) or 'defaults'} | "
+            f"{m:.3f} | {sd:.3f} | {reg:.3f} | {secs:.1f} |"
+        )
+    lines += [
+        "",
+        f"## (b) Hypervolume of accuracy x lat_raspi4 after {args.budget_hv} queries / the true front's",
+        "",
+        f"Reference point: accuracy {acc_ref:.2f} %, latency {lat_ref:.2f} (the table's worst); the true "
+        f"front's hypervolume {true_hv:.2f}.",
+        "",
+        "| optimiser | options | mean ratio | std | s (all seeds) |",
+        "|---|---|---:|---:|---:|",
+    ]
     for name, m, sd, secs, _ in sorted(hv_rows, key=lambda r: -r[1]):
-        lines.append(f"| {name} | {MO_OPTIONS.get(name, OPTIONS.get(name, {})) or 'defaults'} | {m:.4f} | {sd:.4f} | {secs:.1f} |")
+        lines.append(
+            f"| {name} | {MO_OPTIONS.get(name, OPTIONS.get(name, {})) or 'defaults'} | {m:.4f} | {sd:.4f} | {secs:.1f} |"
+        )
     if skipped:
         lines += ["", "Not run on this space:", ""] + [f"- `{n}`: {why}" for n, why in skipped]
-    lines += ["", "`coevolution` runs on the same table with the six edges split into two populations "
-              "(edges into nodes 1-2, edges into node 3)."]
+    lines += [
+        "",
+        "`coevolution` runs on the same table with the six edges split into two populations "
+        "(edges into nodes 1-2, edges into node 3).",
+    ]
     text = "\n".join(lines) + "\n"
     (RESULTS / "optimizers.md").write_text(text)
     print(text)

@@ -1,6 +1,6 @@
 """Open a run's report.html in headless Chromium (Debian's `chromium`) and save a screenshot.
 
-    python benchmarks/report_screenshot.py RUN_DIR [--out benchmarks/results/report_screenshot.png]
+python benchmarks/report_screenshot.py RUN_DIR [--out benchmarks/results/report_screenshot.png]
 """
 
 from __future__ import annotations
@@ -19,13 +19,31 @@ def screenshot(run_dir: Path, out: Path, width: int = 1280, height: int = 2400) 
     from search.report import write_report
 
     page = write_report(run_dir).resolve()
-    exe = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    exe = (
+        shutil.which("chromium")
+        or shutil.which("chromium-browser")
+        or shutil.which("google-chrome")
+    )
     if exe is None:
-        raise SystemExit("report_screenshot.py: error: no chromium on PATH (apt-get install chromium)")
+        raise SystemExit(
+            "report_screenshot.py: error: no chromium on PATH (apt-get install chromium)"
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                    f"--window-size={width},{height}", f"--screenshot={out.resolve()}", page.as_uri()],
-                   check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [
+            exe,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            f"--window-size={width},{height}",
+            f"--screenshot={out.resolve()}",
+            page.as_uri(),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     return out
 
 

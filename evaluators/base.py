@@ -7,18 +7,18 @@ can do. Registration: one line in `evaluators.registry`."""
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from spaces.errors import ConfigError
-from spaces.space import Genome, Space
-
 from kernels.latency import make_latency
 from kernels.provider import LatencyProvider
+from spaces.errors import ConfigError
+from spaces.space import Genome, Space
 
 
 @dataclass
@@ -60,7 +60,7 @@ class Evaluator:
     latency: LatencyProvider | None = None
 
     @classmethod
-    def from_config(cls, cfg, space: Space, file: str | None) -> "Evaluator":
+    def from_config(cls, cfg, space: Space, file: str | None) -> Evaluator:
         """Build from a run's validated config (`search.config.RunCfg`); raise ConfigError, naming
         `file` and the field, for what does not fit, before any work starts."""
         raise NotImplementedError
@@ -83,7 +83,7 @@ class Evaluator:
         """What workers load instead of the driver's cache (default: nothing)."""
         return None
 
-    def detached(self) -> "Evaluator":
+    def detached(self) -> Evaluator:
         """The copy shipped to a worker, without data or models (default: this object)."""
         return self
 
@@ -122,7 +122,8 @@ class Evaluator:
             self.latency.stop_service()
 
     def summarize(self, run_dir: Path, genome: Genome) -> None:
-        """Write the evaluator's own view of the best candidate into the run folder (default: none)."""
+        """Write the evaluator's own view of the best candidate into the run folder (default:
+        none)."""
 
 
 def detached_copy(obj, heavy: tuple[str, ...]):

@@ -13,10 +13,9 @@ from pathlib import Path
 
 import torch
 
-from spaces.space import Space
-
 from evaluators.data import Splits
 from evaluators.train import TrainRecipe, pretrain_supernet
+from spaces.space import Space
 
 log = logging.getLogger(__name__)
 
@@ -32,13 +31,28 @@ def supernet_key(space: Space, data: Splits, recipe: TrainRecipe, sandwich: int,
     dims = {n: [d.kind, d.target, d.scope, d.describe()] for n, d in space.dims.items()}
     # how fine-tuning trains low-bit weights does not change pre-training
     recipe = {k: v for k, v in dataclasses.asdict(recipe).items() if k not in FINETUNE_ONLY}
-    return {"space": space.name, "family": space.family.spec.model_dump(), "dimensions": dims,
-            "dataset": data.name, "data_fingerprint": data.fingerprint(), "recipe": recipe,
-            "sandwich": sandwich, "seed": seed, "format": 1}
+    return {
+        "space": space.name,
+        "family": space.family.spec.model_dump(),
+        "dimensions": dims,
+        "dataset": data.name,
+        "data_fingerprint": data.fingerprint(),
+        "recipe": recipe,
+        "sandwich": sandwich,
+        "seed": seed,
+        "format": 1,
+    }
 
 
-def get_or_train(space: Space, data: Splits, recipe: TrainRecipe, sandwich: int, seed: int, cache_dir: Path,
-                 progress=None):
+def get_or_train(
+    space: Space,
+    data: Splits,
+    recipe: TrainRecipe,
+    sandwich: int,
+    seed: int,
+    cache_dir: Path,
+    progress=None,
+):
     key = supernet_key(space, data, recipe, sandwich, seed)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
     folder = Path(cache_dir) / "supernets" / f"{space.name}-{digest}"
@@ -47,9 +61,18 @@ def get_or_train(space: Space, data: Splits, recipe: TrainRecipe, sandwich: int,
     if weights.exists() and manifest.exists():
         sup.load_state_dict(torch.load(weights, weights_only=True))
         info = json.loads(manifest.read_text())
-        log.info("supernet from cache %s (full network val acc %.4f)", folder, info.get("full_val_acc", float("nan")))
+        log.info(
+            "supernet from cache %s (full network val acc %.4f)",
+            folder,
+            info.get("full_val_acc", float("nan")),
+        )
         return sup, info
-    log.info("pre-training the supernet of %s on %s (%d train images)", space.name, data.name, len(data.train[0]))
+    log.info(
+        "pre-training the supernet of %s on %s (%d train images)",
+        space.name,
+        data.name,
+        len(data.train[0]),
+    )
     sup, info = pretrain_supernet(space, data, recipe, seed, sandwich, progress)
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / "supernet.pt.tmp"

@@ -32,10 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from evaluators.base import EvalResult, Evaluator, detached_copy, latency_provider
 from spaces.errors import ConfigError
 from spaces.space import Genome, Space
-
-from evaluators.base import EvalResult, Evaluator, detached_copy, latency_provider
 
 log = logging.getLogger(__name__)
 
@@ -49,15 +48,20 @@ class Domains:
 
 
 def digit_domains(resolution: int, seed: int, val_fraction: float = 0.2) -> Domains:
-    """Unpaired domains A (digits) and B (thickened, inverted digits of other images), in [-1, 1]."""
+    """Unpaired domains A (digits) and B (thickened, inverted digits of other images), in
+    [-1, 1]."""
     from sklearn.datasets import load_digits
 
-    x = torch.tensor(load_digits().images, dtype=torch.float32).unsqueeze(1) / 16.0  # (N, 1, 8, 8), ink = 1
-    x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False).clamp(0, 1)
+    x = (
+        torch.tensor(load_digits().images, dtype=torch.float32).unsqueeze(1) / 16.0
+    )  # (N, 1, 8, 8), ink = 1
+    x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False).clamp(
+        0, 1
+    )
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(len(x), generator=g)
     half = len(x) // 2
-    a, b = x[perm[:half]], x[perm[half:2 * half]]  # different images: unpaired
+    a, b = x[perm[:half]], x[perm[half : 2 * half]]  # different images: unpaired
     b = 1.0 - F.max_pool2d(b, 3, 1, 1)  # thicker strokes, inverted
     a, b = (a * 2 - 1).repeat(1, 3, 1, 1), (b * 2 - 1).repeat(1, 3, 1, 1)
     nv = int(len(a) * val_fraction)
@@ -70,39 +74,60 @@ class PatchDiscriminator(nn.Module):
     def __init__(self, ch: int = 16):
         super().__init__()
         self.net = nn.Sequential(
-            nn.Conv2d(3, ch, 4, 2, 1), nn.LeakyReLU(0.2, inplace=True),
-            nn.Conv2d(ch, 2 * ch, 4, 2, 1), nn.BatchNorm2d(2 * ch), nn.LeakyReLU(0.2, inplace=True),
-            nn.Conv2d(2 * ch, 1, 3, 1, 1))
+            nn.Conv2d(3, ch, 4, 2, 1),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(ch, 2 * ch, 4, 2, 1),
+            nn.BatchNorm2d(2 * ch),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(2 * ch, 1, 3, 1, 1),
+        )
 
     def forward(self, x):
         return self.net(x)
 
 
-def pretrain_cyclegan(space: Space, dom: Domains, steps: int, batch_size: int, lr: float, cycle_lambda: float,
-                      seed: int, progress=None) -> tuple[dict, dict]:
+def _lsgan(scores: torch.Tensor, target: float) -> torch.Tensor:
+    """LSGAN's loss: the scores' mean squared distance to 1 (real) or 0 (fake)."""
+    return F.mse_loss(scores, torch.full_like(scores, float(target)))
+
+
+def pretrain_cyclegan(
+    space: Space,
+    dom: Domains,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    cycle_lambda: float,
+    seed: int,
+    progress=None,
+) -> tuple[dict, dict]:
     """Train the full CycleGAN; returns the state ({generators, d_a, d_b}) and an info dict."""
     torch.manual_seed(seed)
     gen = space.supernet(seed)
     d_a, d_b = PatchDiscriminator(), PatchDiscriminator()
     opt_g = torch.optim.Adam(gen.parameters(), lr=lr, betas=(0.5, 0.999))
-    opt_d = torch.optim.Adam(list(d_a.parameters()) + list(d_b.parameters()), lr=lr, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(
+        list(d_a.parameters()) + list(d_b.parameters()), lr=lr, betas=(0.5, 0.999)
+    )
     g = torch.Generator().manual_seed(seed)
     t0 = time.time()
-    mse = nn.MSELoss()
     for step in range(steps):
         ia = torch.randint(len(dom.a_train), (batch_size,), generator=g)
         ib = torch.randint(len(dom.b_train), (batch_size,), generator=g)
         a, b = dom.a_train[ia], dom.b_train[ib]
         fake_b, fake_a = gen.ab(a), gen.ba(b)
         pb, pa = d_b(fake_b), d_a(fake_a)
-        loss_g = (mse(pb, torch.ones_like(pb)) + mse(pa, torch.ones_like(pa))
-                  + cycle_lambda * (F.l1_loss(gen.ba(fake_b), a) + F.l1_loss(gen.ab(fake_a), b)))
+        cycle = F.l1_loss(gen.ba(fake_b), a) + F.l1_loss(gen.ab(fake_a), b)
+        loss_g = _lsgan(pb, 1) + _lsgan(pa, 1) + cycle_lambda * cycle
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         opt_g.step()
-        ra, rb, fa, fb = d_a(a), d_b(b), d_a(fake_a.detach()), d_b(fake_b.detach())
-        loss_d = 0.5 * (mse(ra, torch.ones_like(ra)) + mse(fa, torch.zeros_like(fa))
-                        + mse(rb, torch.ones_like(rb)) + mse(fb, torch.zeros_like(fb)))
+        loss_d = 0.5 * (
+            _lsgan(d_a(a), 1)
+            + _lsgan(d_a(fake_a.detach()), 0)
+            + _lsgan(d_b(b), 1)
+            + _lsgan(d_b(fake_b.detach()), 0)
+        )
         opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         opt_d.step()
@@ -112,9 +137,16 @@ def pretrain_cyclegan(space: Space, dom: Domains, steps: int, batch_size: int, l
     with torch.no_grad():
         cyc = float(F.l1_loss(gen.ba(gen.ab(dom.a_val)), dom.a_val))
         shift = float((gen.ab(dom.a_val).mean() - dom.b_val.mean()).abs())
-    info = {"steps": steps, "train_time_s": round(time.time() - t0, 2), "val_cycle_l1_a": cyc,
-            "val_mean_gap_ab": shift, "gen_loss": float(loss_g), "disc_loss": float(loss_d)}
-    log.info("CycleGAN pre-trained: %d steps in %.1f s, val cycle L1 (A) %.3f", steps, info["train_time_s"], cyc)
+    secs = round(time.time() - t0, 2)
+    info = {
+        "steps": steps,
+        "train_time_s": secs,
+        "val_cycle_l1_a": cyc,
+        "val_mean_gap_ab": shift,
+        "gen_loss": float(loss_g),
+        "disc_loss": float(loss_d),
+    }
+    log.info("CycleGAN pre-trained: %d steps in %.1f s, val cycle L1 (A) %.3f", steps, secs, cyc)
     state = {"generators": gen.state_dict(), "d_a": d_a.state_dict(), "d_b": d_b.state_dict()}
     return state, info
 
@@ -129,8 +161,8 @@ def recalibrate_generators(model: nn.Module, dom: Domains, batches: int = 4, bs:
         m.momentum = None
     model.train()
     for i in range(batches):
-        model.ab(dom.a_train[i * bs:(i + 1) * bs])
-        model.ba(dom.b_train[i * bs:(i + 1) * bs])
+        model.ab(dom.a_train[i * bs : (i + 1) * bs])
+        model.ba(dom.b_train[i * bs : (i + 1) * bs])
     for m, mo in zip(bns, saved):
         m.momentum = mo
     model.eval()
@@ -140,12 +172,41 @@ class CycleGANEvaluator(Evaluator):
     """Scores pruned generator pairs by the co-evolutionary compression fitness."""
 
     kind = "cyclegan"
-    METRICS = ("fitness", "fitness_ab", "fitness_ba", "dis_ab", "dis_ba", "cyc_a", "cyc_b", "kept_ab", "kept_ba",
-               "l1_to_full_ab", "l1_to_full_ba", "flops", "params", "latency_ms", "latency_spread_ms", "wall_time_s")
+    METRICS = (
+        "fitness",
+        "fitness_ab",
+        "fitness_ba",
+        "dis_ab",
+        "dis_ba",
+        "cyc_a",
+        "cyc_b",
+        "kept_ab",
+        "kept_ba",
+        "l1_to_full_ab",
+        "l1_to_full_ba",
+        "flops",
+        "params",
+        "latency_ms",
+        "latency_spread_ms",
+        "wall_time_s",
+    )
 
-    def __init__(self, space: Space, cfg, seed: int, cache_dir: Path, latency=None, config_file: str | None = None):
+    def __init__(
+        self,
+        space: Space,
+        cfg,
+        seed: int,
+        cache_dir: Path,
+        latency=None,
+        config_file: str | None = None,
+    ):
         if space.family.kind != "cyclegan":
-            raise ConfigError(config_file, "evaluator.kind", f"the cyclegan evaluator needs a cyclegan space, {space.name!r} is {space.family.kind}")
+            raise ConfigError(
+                config_file,
+                "evaluator.kind",
+                f"the cyclegan evaluator needs a cyclegan space, {space.name!r} is "
+                f"{space.family.kind}",
+            )
         self.space = self.base_space = space
         self.cfg, self.seed, self.cache_dir, self.latency = cfg, seed, Path(cache_dir), latency
         self.dom: Domains | None = None
@@ -153,8 +214,15 @@ class CycleGANEvaluator(Evaluator):
         self.supernet_info: dict = {}
 
     @classmethod
-    def from_config(cls, cfg, space: Space, file: str | None) -> "CycleGANEvaluator":
-        return cls(space, cfg.evaluator.cyclegan, cfg.seed, cfg.cache_dir(), latency_provider(cfg, file), file)
+    def from_config(cls, cfg, space: Space, file: str | None) -> CycleGANEvaluator:
+        return cls(
+            space,
+            cfg.evaluator.cyclegan,
+            cfg.seed,
+            cfg.cache_dir(),
+            latency_provider(cfg, file),
+            file,
+        )
 
     @property
     def metrics(self) -> tuple[str, ...]:
@@ -164,9 +232,17 @@ class CycleGANEvaluator(Evaluator):
 
     def _key(self) -> dict:
         c = self.cfg
-        return {"space": self.space.name, "family": self.space.family.spec.model_dump(), "data": "digits-ab",
-                "steps": c.pretrain_steps, "batch_size": c.batch_size, "lr": c.lr, "cycle_lambda": c.cycle_lambda,
-                "seed": self.seed, "format": 1}
+        return {
+            "space": self.space.name,
+            "family": self.space.family.spec.model_dump(),
+            "data": "digits-ab",
+            "steps": c.pretrain_steps,
+            "batch_size": c.batch_size,
+            "lr": c.lr,
+            "cycle_lambda": c.cycle_lambda,
+            "seed": self.seed,
+            "format": 1,
+        }
 
     def setup(self, progress=None, supernet_state: dict | None = None) -> None:
         if self.supernet is not None:
@@ -184,7 +260,10 @@ class CycleGANEvaluator(Evaluator):
         self.d_b.eval()
         self._state = supernet_state
         with torch.no_grad():
-            self.full_ab, self.full_ba = self.supernet.ab(self.dom.a_val), self.supernet.ba(self.dom.b_val)
+            self.full_ab, self.full_ba = (
+                self.supernet.ab(self.dom.a_val),
+                self.supernet.ba(self.dom.b_val),
+            )
             self.d_full_ab, self.d_full_ba = self.d_b(self.full_ab), self.d_a(self.full_ba)
         self.full_sizes = {d: self._channels(self.space.full(), d) for d in ("ab", "ba")}
 
@@ -198,14 +277,29 @@ class CycleGANEvaluator(Evaluator):
             log.info("CycleGAN from cache %s", folder)
             return torch.load(weights, weights_only=True)
         c = self.cfg
-        log.info("pre-training the full CycleGAN of %s (%d steps)", self.space.name, c.pretrain_steps)
-        state, info = pretrain_cyclegan(self.space, self.dom, c.pretrain_steps, c.batch_size, c.lr, c.cycle_lambda,
-                                        self.seed, progress)
+        log.info(
+            "pre-training the full CycleGAN of %s (%d steps)", self.space.name, c.pretrain_steps
+        )
+        state, info = pretrain_cyclegan(
+            self.space,
+            self.dom,
+            c.pretrain_steps,
+            c.batch_size,
+            c.lr,
+            c.cycle_lambda,
+            self.seed,
+            progress,
+        )
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / "supernet.pt.tmp"
         torch.save(state, tmp)
         os.replace(tmp, weights)
-        self.supernet_info = {**info, "key": key, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "path": str(weights)}
+        self.supernet_info = {
+            **info,
+            "key": key,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "path": str(weights),
+        }
         manifest.write_text(json.dumps(self.supernet_info, indent=2))
         return state
 
@@ -214,8 +308,20 @@ class CycleGANEvaluator(Evaluator):
         return self._state
 
     def detached(self):
-        return detached_copy(self, ("dom", "supernet", "_state", "d_a", "d_b", "full_ab", "full_ba",
-                                    "d_full_ab", "d_full_ba"))
+        return detached_copy(
+            self,
+            (
+                "dom",
+                "supernet",
+                "_state",
+                "d_a",
+                "d_b",
+                "full_ab",
+                "full_ba",
+                "d_full_ab",
+                "d_full_ba",
+            ),
+        )
 
     def summarize(self, run_dir, genome: Genome) -> None:
         """Full against pruned generators for the run's best candidate; see `summarize_best`."""
@@ -244,10 +350,15 @@ class CycleGANEvaluator(Evaluator):
                 "kept_ba": self._channels(genome, "ba") / self.full_sizes["ba"],
                 "l1_to_full_ab": float(F.l1_loss(fake_b, self.full_ab)),
                 "l1_to_full_ba": float(F.l1_loss(fake_a, self.full_ba)),
-                **self.space.cost(genome)}
+                **self.space.cost(genome),
+            }
             c = self.cfg
-            m["fitness_ab"] = -(m["dis_ab"] + c.cycle_weight * m["cyc_a"] + c.channel_weight * m["kept_ab"])
-            m["fitness_ba"] = -(m["dis_ba"] + c.cycle_weight * m["cyc_b"] + c.channel_weight * m["kept_ba"])
+            m["fitness_ab"] = -(
+                m["dis_ab"] + c.cycle_weight * m["cyc_a"] + c.channel_weight * m["kept_ab"]
+            )
+            m["fitness_ba"] = -(
+                m["dis_ba"] + c.cycle_weight * m["cyc_b"] + c.channel_weight * m["kept_ba"]
+            )
             m["fitness"] = m["fitness_ab"] + m["fitness_ba"]
             if not all(isinstance(v, (int, str)) or v == v for v in m.values()):
                 raise FloatingPointError("NaN in the fitness terms")
@@ -259,7 +370,9 @@ class CycleGANEvaluator(Evaluator):
         except Exception as e:  # noqa: BLE001 - a candidate that raises is a failed trial
             log.warning("trial %s failed: %s", gid, e)
             log.debug("%s", traceback.format_exc())
-            return EvalResult(gid, "failed", {"wall_time_s": time.time() - t0}, reason=f"{type(e).__name__}: {e}")
+            return EvalResult(
+                gid, "failed", {"wall_time_s": time.time() - t0}, reason=f"{type(e).__name__}: {e}"
+            )
 
 
 def _generator_flops(gen: nn.Module, x: torch.Tensor) -> int:
@@ -271,7 +384,7 @@ def _generator_flops(gen: nn.Module, x: torch.Tensor) -> int:
 
 
 @torch.no_grad()
-def summarize_best(ev: "CycleGANEvaluator", run_dir: Path, genome: Genome, n: int = 8) -> dict:
+def summarize_best(ev: CycleGANEvaluator, run_dir: Path, genome: Genome, n: int = 8) -> dict:
     """cyclegan.json (each generator's FLOPs and params, cycle and discriminator-aware losses,
     pruned against full) and cyclegan_samples.png (translations by the full and the pruned pair)."""
     import matplotlib
@@ -286,21 +399,31 @@ def summarize_best(ev: "CycleGANEvaluator", run_dir: Path, genome: Genome, n: in
     pruned.eval()
     a, b = ev.dom.a_val, ev.dom.b_val
     out: dict[str, Any] = {"genome_id": ev.space.genome_id(genome)}
-    for d, x, cyc_x, disc in (("ab", a, "a", ev.d_b), ("ba", b, "b", ev.d_a)):
+    for d, x, disc in (("ab", a, ev.d_b), ("ba", b, ev.d_a)):
         other = "ba" if d == "ab" else "ab"
         row = {}
         for name, model in (("full", full), ("pruned", pruned)):
             g, back = getattr(model, d), getattr(model, other)
             y = g(x)
-            row[name] = {"flops": _generator_flops(g, x[:1]), "params": sum(p.numel() for p in g.parameters()),
-                         "cycle_l1": float(F.l1_loss(back(y), x)), "d_score": float(disc(y).mean())}
+            row[name] = {
+                "flops": _generator_flops(g, x[:1]),
+                "params": sum(p.numel() for p in g.parameters()),
+                "cycle_l1": float(F.l1_loss(back(y), x)),
+                "d_score": float(disc(y).mean()),
+            }
         row["flops_reduction"] = row["full"]["flops"] / max(1, row["pruned"]["flops"])
         row["params_reduction"] = row["full"]["params"] / max(1, row["pruned"]["params"])
         row["l1_pruned_to_full"] = float(F.l1_loss(getattr(pruned, d)(x), getattr(full, d)(x)))
         out[d] = row
     (Path(run_dir) / "cyclegan.json").write_text(json.dumps(out, indent=2))
-    rows = [("A", a[:n]), ("full G_AB(A)", full.ab(a[:n])), ("pruned G_AB(A)", pruned.ab(a[:n])),
-            ("B", b[:n]), ("full G_BA(B)", full.ba(b[:n])), ("pruned G_BA(B)", pruned.ba(b[:n]))]
+    rows = [
+        ("A", a[:n]),
+        ("full G_AB(A)", full.ab(a[:n])),
+        ("pruned G_AB(A)", pruned.ab(a[:n])),
+        ("B", b[:n]),
+        ("full G_BA(B)", full.ba(b[:n])),
+        ("pruned G_BA(B)", pruned.ba(b[:n])),
+    ]
     fig, axes = plt.subplots(len(rows), n, figsize=(n * 1.1, len(rows) * 1.2))
     for i, (label, imgs) in enumerate(rows):
         for j in range(n):
@@ -310,9 +433,13 @@ def summarize_best(ev: "CycleGANEvaluator", run_dir: Path, genome: Genome, n: in
             ax.set_yticks([])
             if j == 0:
                 ax.set_ylabel(label, fontsize=7)
-    fig.suptitle(f"G_AB {out['ab']['flops_reduction']:.1f}x, G_BA {out['ba']['flops_reduction']:.1f}x fewer FLOPs; "
-                 f"cycle L1 A {out['ab']['full']['cycle_l1']:.3f} -> {out['ab']['pruned']['cycle_l1']:.3f}, "
-                 f"B {out['ba']['full']['cycle_l1']:.3f} -> {out['ba']['pruned']['cycle_l1']:.3f}", fontsize=8)
+    fig.suptitle(
+        f"G_AB {out['ab']['flops_reduction']:.1f}x, "
+        f"G_BA {out['ba']['flops_reduction']:.1f}x fewer FLOPs; "
+        f"cycle L1 A {out['ab']['full']['cycle_l1']:.3f} -> {out['ab']['pruned']['cycle_l1']:.3f}, "
+        f"B {out['ba']['full']['cycle_l1']:.3f} -> {out['ba']['pruned']['cycle_l1']:.3f}",
+        fontsize=8,
+    )
     fig.tight_layout()
     fig.savefig(Path(run_dir) / "cyclegan_samples.png", dpi=110)
     plt.close(fig)

@@ -54,8 +54,8 @@ def _split(x: torch.Tensor, y: torch.Tensor, fractions: tuple[float, float], see
         rng.shuffle(idx)
         na, nb = int(round(len(idx) * fractions[0])), int(round(len(idx) * fractions[1]))
         parts[1] += idx[:na].tolist()
-        parts[2] += idx[na:na + nb].tolist()
-        parts[0] += idx[na + nb:].tolist()
+        parts[2] += idx[na : na + nb].tolist()
+        parts[0] += idx[na + nb :].tolist()
     return [(x[sorted(p)], y[sorted(p)]) for p in parts]
 
 
@@ -127,9 +127,47 @@ def _by_class(names: list[str], depth: int) -> dict[str, list[str]]:
     return out
 
 
-def imagefolder(path: str, resolution: int, seed: int, val_fraction: float, test_fraction: float,
-                per_class: int | None, test_per_class: int | None, field: str = "dataset.path",
-                config_file: str | None = None) -> Splits:
+def _class_groups(names, seed, per_class, test_per_class, field, config_file):
+    """(common top folder, train class -> images, test class -> images) of an image folder: a
+    `train/` and `test/` split as given, else one pool of class folders (test empty)."""
+    tops = {n.split("/")[0] for n in names}
+    prefix = ""
+    if len(tops) == 1 and all(n.count("/") >= 2 for n in names):  # zips often hold one top folder
+        prefix = tops.pop() + "/"
+    rel = [n[len(prefix) :] for n in names]
+    tops = {n.split("/")[0] for n in rel}
+    rng = random.Random(seed)
+
+    def pick(groups: dict[str, list[str]], k: int | None) -> dict[str, list[str]]:
+        return {c: (sorted(rng.sample(v, k)) if k and k < len(v) else v) for c, v in groups.items()}
+
+    if not {"train", "test"} <= tops:
+        train = pick(_by_class(rel, 1), per_class)
+        test = {}
+    else:
+        train = pick(_by_class([n for n in rel if n.startswith("train/")], 2), per_class)
+        test_names = [n for n in rel if n.startswith("test/")]
+        test = pick(_by_class(test_names, 2), test_per_class or per_class)
+        if sorted(test) != sorted(train):
+            raise ConfigError(config_file, field, "train/ and test/ hold different class folders")
+    if len(train) < 2:
+        raise ConfigError(
+            config_file, field, f"found {len(train)} class folder(s); need at least 2"
+        )
+    return prefix, train, test
+
+
+def imagefolder(
+    path: str,
+    resolution: int,
+    seed: int,
+    val_fraction: float,
+    test_fraction: float,
+    per_class: int | None,
+    test_per_class: int | None,
+    field: str = "dataset.path",
+    config_file: str | None = None,
+) -> Splits:
     """Class sub-folders (or a zip of them); `train/` and `test/` at the top are used as given."""
     p = Path(path).expanduser()
     if not p.exists():
@@ -137,31 +175,13 @@ def imagefolder(path: str, resolution: int, seed: int, val_fraction: float, test
     src = _Source(p)
     if not src.names:
         raise ConfigError(config_file, field, f"no images ({', '.join(IMG_EXT)}) under {str(p)!r}")
-    # strip a common top folder (zips often hold one)
-    tops = {n.split("/")[0] for n in src.names}
-    prefix = ""
-    if len(tops) == 1 and all(n.count("/") >= 2 for n in src.names):
-        prefix = tops.pop() + "/"
-    rel = [n[len(prefix):] for n in src.names]
-    tops = {n.split("/")[0] for n in rel}
-    rng = random.Random(seed)
-
-    def pick(groups: dict[str, list[str]], k: int | None) -> dict[str, list[str]]:
-        return {c: (sorted(rng.sample(v, k)) if k and k < len(v) else v) for c, v in groups.items()}
-
-    if {"train", "test"} <= tops:
-        train = pick(_by_class([n for n in rel if n.startswith("train/")], 2), per_class)
-        test = pick(_by_class([n for n in rel if n.startswith("test/")], 2), test_per_class or per_class)
-        classes = sorted(train)
-        if sorted(test) != classes:
-            raise ConfigError(config_file, field, "train/ and test/ hold different class folders")
-        split_test = False
-    else:
-        train = pick(_by_class(rel, 1), per_class)
-        classes, test, split_test = sorted(train), {}, True
-    if len(classes) < 2:
-        raise ConfigError(config_file, field, f"found {len(classes)} class folder(s); need at least 2")
-    log.info("loading %d images from %s", sum(map(len, train.values())) + sum(map(len, test.values())), p)
+    prefix, train, test = _class_groups(
+        src.names, seed, per_class, test_per_class, field, config_file
+    )
+    classes, split_test = sorted(train), not test
+    log.info(
+        "loading %d images from %s", sum(map(len, train.values())) + sum(map(len, test.values())), p
+    )
 
     def tensors(groups):
         names = [prefix + n for c in classes for n in groups.get(c, [])]
@@ -178,41 +198,69 @@ def imagefolder(path: str, resolution: int, seed: int, val_fraction: float, test
     return Splits("imagefolder", classes, (xt, yt), (xv, yv), (xs, ys))
 
 
-def cifar10(path: str, resolution: int, seed: int, val_fraction: float, per_class: int | None,
-            test_per_class: int | None, field: str = "dataset.path", config_file: str | None = None) -> Splits:
+CIFAR10_CLASSES = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
+
+
+def _cifar_batches(files: list[Path]) -> tuple[torch.Tensor, torch.Tensor]:
+    xs, ys = [], []
+    for f in files:
+        with open(f, "rb") as fh:
+            d = pickle.load(fh, encoding="latin1")
+        xs.append(np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        ys.extend(d["labels"])
+    return torch.from_numpy(np.concatenate(xs)).float() / 255.0, torch.tensor(ys, dtype=torch.long)
+
+
+def cifar10(
+    path: str,
+    resolution: int,
+    seed: int,
+    val_fraction: float,
+    per_class: int | None,
+    test_per_class: int | None,
+    field: str = "dataset.path",
+    config_file: str | None = None,
+) -> Splits:
     """torchvision's `cifar-10-batches-py` (data_batch_1..5, test_batch) from a local folder."""
     p = Path(path).expanduser()
     if (p / "cifar-10-batches-py").is_dir():
         p = p / "cifar-10-batches-py"
     files = [p / f"data_batch_{i}" for i in range(1, 6)]
     if not all(f.exists() for f in files + [p / "test_batch"]):
-        raise ConfigError(config_file, field, f"{str(p)!r} holds no cifar-10-batches-py (data_batch_1..5, test_batch)")
-
-    def load(fs):
-        xs, ys = [], []
-        for f in fs:
-            with open(f, "rb") as fh:
-                d = pickle.load(fh, encoding="latin1")
-            xs.append(np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-            ys.extend(d["labels"])
-        return torch.from_numpy(np.concatenate(xs)).float() / 255.0, torch.tensor(ys, dtype=torch.long)
+        raise ConfigError(
+            config_file,
+            field,
+            f"{str(p)!r} holds no cifar-10-batches-py (data_batch_1..5, test_batch)",
+        )
 
     rng = np.random.default_rng(seed)
 
     def subset(x, y, k):
         if not k:
             return x, y
-        idx = np.concatenate([rng.permutation(np.flatnonzero(y.numpy() == c))[:k] for c in range(10)])
+        idx = np.concatenate(
+            [rng.permutation(np.flatnonzero(y.numpy() == c))[:k] for c in range(10)]
+        )
         idx.sort()
         return x[idx], y[idx]
 
-    x, y = subset(*load(files), per_class)
-    xs, ys = subset(*load([p / "test_batch"]), test_per_class or per_class)
+    x, y = subset(*_cifar_batches(files), per_class)
+    xs, ys = subset(*_cifar_batches([p / "test_batch"]), test_per_class or per_class)
     (xt, yt), (xv, yv), _ = _split(x, y, (val_fraction, 0.0), seed)
     xt, xv, xs = [_to_resolution(t, resolution) for t in (xt, xv, xs)]
     xt, xv, xs = _normalise(xt, xv, xs)
-    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-    return Splits("cifar10", names, (xt, yt), (xv, yv), (xs, ys))
+    return Splits("cifar10", list(CIFAR10_CLASSES), (xt, yt), (xv, yv), (xs, ys))
 
 
 def load_dataset(cfg, resolution: int, seed: int, config_file: str | None = None) -> Splits:
@@ -222,11 +270,26 @@ def load_dataset(cfg, resolution: int, seed: int, config_file: str | None = None
     if cfg.path is None:
         raise ConfigError(config_file, "dataset.path", f"dataset {cfg.name!r} needs a path")
     if cfg.name == "imagefolder":
-        return imagefolder(cfg.path, resolution, seed, cfg.val_fraction, cfg.test_fraction, cfg.per_class,
-                           cfg.test_per_class, config_file=config_file)
+        return imagefolder(
+            cfg.path,
+            resolution,
+            seed,
+            cfg.val_fraction,
+            cfg.test_fraction,
+            cfg.per_class,
+            cfg.test_per_class,
+            config_file=config_file,
+        )
     if cfg.name == "cifar10":
-        return cifar10(cfg.path, resolution, seed, cfg.val_fraction, cfg.per_class, cfg.test_per_class,
-                       config_file=config_file)
+        return cifar10(
+            cfg.path,
+            resolution,
+            seed,
+            cfg.val_fraction,
+            cfg.per_class,
+            cfg.test_per_class,
+            config_file=config_file,
+        )
     raise ConfigError(config_file, "dataset.name", f"unknown dataset {cfg.name!r}")
 
 

@@ -18,9 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spaces.builder import kernel_sparse_cost
-
 from evaluators.base import TrainedModel
+from spaces.builder import kernel_sparse_cost
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +71,9 @@ def prune(model: TrainedModel, settings: DCPSettings) -> tuple[dict, dict[str, A
     so that candidates inherit them. Returns the genome and the report (dcp.json)."""
     space, sup = model.space, model.supernet
     t0 = time.time()
-    genome, pruned, report = discrimination_aware_pruning(space, sup, model.data, settings, model.seed)
+    genome, pruned, report = discrimination_aware_pruning(
+        space, sup, model.data, settings, model.seed
+    )
     sup.load_state_dict(pruned.state_dict())
     sup.eval()
     report["time_s"] = round(time.time() - t0, 1)
@@ -93,7 +94,7 @@ def discrimination_aware_pruning(space, supernet: nn.Module, data, o: DCPSetting
     for p in baseline.parameters():
         p.requires_grad_(False)
     model = space.build(full, supernet)
-    sel = torch.randperm(len(data.train[0]), generator=gen)[:o.select_images]
+    sel = torch.randperm(len(data.train[0]), generator=gen)[: o.select_images]
     run = _Pruning(space, model, baseline, data, o, gen, data.train[0][sel], data.train[1][sel])
     for si in range(len(model.stages)):
         run.stage(si)
@@ -109,10 +110,19 @@ class _Pruning:
     """The state of one DCP pass: the genome so far and each pruned group's mask."""
 
     def __init__(self, space, model, baseline, data, o: DCPSettings, gen, xs, ys):
-        self.space, self.model, self.baseline, self.data, self.o, self.gen = space, model, baseline, data, o, gen
+        self.space, self.model, self.baseline, self.data, self.o, self.gen = (
+            space,
+            model,
+            baseline,
+            data,
+            o,
+            gen,
+        )
         self.xs, self.ys = xs, ys
         self.genome = dict(space.full())
-        self.masks: dict[str, torch.Tensor] = {}  # group -> kept input channels (or kernels) of conv2
+        self.masks: dict[
+            str, torch.Tensor
+        ] = {}  # group -> kept input channels (or kernels) of conv2
         self.report: dict[str, Any] = {"epsilon": o.epsilon, "layers": {}}
         if o.granularity == "kernel":
             self.report.update(granularity="kernel", kernel_batch=o.kernel_batch)
@@ -124,7 +134,9 @@ class _Pruning:
                 for bj, block in enumerate(stage):
                     m = self.masks.get(f"s{si + 1}.b{bj}")
                     if m is not None:
-                        block.conv2.weight.mul_(m.view(1, -1, 1, 1) if m.dim() == 1 else m[:, :, None, None])
+                        block.conv2.weight.mul_(
+                            m.view(1, -1, 1, 1) if m.dim() == 1 else m[:, :, None, None]
+                        )
 
     def stage(self, si: int) -> None:
         """Train the stage's discrimination-aware head, fine-tune, then select block by block."""
@@ -152,10 +164,22 @@ class _Pruning:
         if dim not in self.space.dims:
             return
         t0 = time.time()
-        args = (self.model, self.baseline, head, si, bj, self.xs, self.ys, self.o, self.space.dims[dim].min_keep)
+        args = (
+            self.model,
+            self.baseline,
+            head,
+            si,
+            bj,
+            self.xs,
+            self.ys,
+            self.o,
+            self.space.dims[dim].min_keep,
+        )
         if self.o.granularity == "kernel":
             kmask, info = _select_kernels(*args)
-            self.model.stages[si][bj].conv2.kernel_mask = kmask  # applied in forward: training keeps zeros
+            self.model.stages[si][
+                bj
+            ].conv2.kernel_mask = kmask  # applied in forward: training keeps zeros
             self.masks[group] = kmask
             keep = (kmask.sum(0) > 0).float()
         else:
@@ -165,19 +189,30 @@ class _Pruning:
         self.genome[dim] = tuple(int(v) for v in keep.tolist())
         info["time_s"] = round(time.time() - t0, 2)
         self.report["layers"][group] = info
-        kernels = f"{info['kept_kernels']} of {info['kernels']} kernels, " if "kept_kernels" in info else ""
-        log.info("dcp: %s keeps %s%d of %d channels (%s, %.1f s)", group, kernels, info["kept"], info["channels"],
-                 info["stopped"], info["time_s"])
+        kernels = (
+            f"{info['kept_kernels']} of {info['kernels']} kernels, "
+            if "kept_kernels" in info
+            else ""
+        )
+        log.info(
+            "dcp: %s keeps %s%d of %d channels (%s, %.1f s)",
+            group,
+            kernels,
+            info["kept"],
+            info["channels"],
+            info["stopped"],
+            info["time_s"],
+        )
 
 
 def _train_head(model, head, si, data, o: DCPSettings, gen) -> None:
     x, y = data.train
-    idx = torch.randperm(len(x), generator=gen)[:o.head_images]
+    idx = torch.randperm(len(x), generator=gen)[: o.head_images]
     model.eval()
     feats = []
     with torch.no_grad():
         for i in range(0, len(idx), 256):
-            h = _stem(model, x[idx[i:i + 256]])
+            h = _stem(model, x[idx[i : i + 256]])
             for sj in range(si + 1):
                 h = _run_blocks(model.stages[sj], h)
             feats.append(h)
@@ -187,7 +222,7 @@ def _train_head(model, head, si, data, o: DCPSettings, gen) -> None:
     for _ in range(o.head_epochs):
         perm = torch.randperm(len(f), generator=gen)
         for i in range(0, len(f), 128):
-            b = perm[i:i + 128]
+            b = perm[i : i + 128]
             loss = F.cross_entropy(head(f[b]), t[b])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -205,15 +240,17 @@ def _stage_finetune(model, head, si, data, o: DCPSettings, gen, enforce) -> None
     perm = torch.randperm(len(x), generator=gen)
     for step in range(steps):
         i = (step * o.batch_size) % len(x)
-        b = perm[i:i + o.batch_size]
+        b = perm[i : i + o.batch_size]
         if len(b) < 2:
-            b = perm[:o.batch_size]
+            b = perm[: o.batch_size]
         h = _stem(model, x[b])
         for sj, stage in enumerate(model.stages):
             h = _run_blocks(stage, h)
             if sj == si:
                 stage_logits = head(h)
-        loss = F.cross_entropy(model.classifier(h.mean((2, 3))), y[b]) + F.cross_entropy(stage_logits, y[b])
+        loss = F.cross_entropy(model.classifier(h.mean((2, 3))), y[b]) + F.cross_entropy(
+            stage_logits, y[b]
+        )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -225,7 +262,7 @@ def _layer_loss(model, baseline, head, si, bj, xs, ys, o: DCPSettings):
     """The joint loss L = L_M + lambda * L_S of block bj's second conv as a function of its weight
     (and of a mask over its input channels), and the conv."""
     block = model.stages[si][bj]
-    rest = list(model.stages[si])[bj + 1:]
+    rest = list(model.stages[si])[bj + 1 :]
     with torch.no_grad():
         h = _stem(model, xs)
         hb = _stem(baseline, xs)
@@ -303,7 +340,7 @@ def _select_channels(model, baseline, head, si, bj, xs, ys, o: DCPSettings, min_
         # the gradient of the joint loss with respect to every channel's weights (zero for the
         # unselected, whose features still flow in): DCP ranks channels by its norm
         wv = w.clone().requires_grad_(True)
-        g, = torch.autograd.grad(loss_at(wv, ones)[0], wv)
+        (g,) = torch.autograd.grad(loss_at(wv, ones)[0], wv)
         score = g.pow(2).sum((0, 2, 3)).sqrt()
         score[mask.bool()] = -1.0
         j = int(score.argmax())
@@ -325,8 +362,13 @@ def _select_channels(model, baseline, head, si, bj, xs, ys, o: DCPSettings, min_
         prev = cur
     with torch.no_grad():
         conv.weight.copy_(w * mask.view(1, -1, 1, 1))
-    info = {"channels": n, "kept": int(mask.sum()), "stopped": stopped, "loss": [round(v, 5) for v in curve],
-            "kept_channels": [int(i) for i in torch.nonzero(mask).flatten().tolist()]}
+    info = {
+        "channels": n,
+        "kept": int(mask.sum()),
+        "stopped": stopped,
+        "loss": [round(v, 5) for v in curve],
+        "kept_channels": [int(i) for i in torch.nonzero(mask).flatten().tolist()],
+    }
     return mask, info
 
 
@@ -368,7 +410,10 @@ def _select_kernels(model, baseline, head, si, bj, xs, ys, o: DCPSettings, min_k
         # re-optimise the selected kernels on the joint loss
         cur, w = _reoptimise(w, kmask[:, :, None, None], min(trials)[0], loss_at, ones, o)
         curve.append(cur)
-        if int((kmask.sum(0) > 0).sum()) >= min_keep and abs(prev - cur) / max(l0, 1e-12) <= o.epsilon:
+        if (
+            int((kmask.sum(0) > 0).sum()) >= min_keep
+            and abs(prev - cur) / max(l0, 1e-12) <= o.epsilon
+        ):
             stopped = "epsilon"
             break
         prev = cur
@@ -397,9 +442,17 @@ def _next_kernels(score, kmask, selected: int, cap: int, batch: int, channels: i
 
 def _kernel_info(kmask, total: int, batch: int, curve: list[float], stopped: str) -> dict[str, Any]:
     per_in = kmask.sum(0)
-    return {"granularity": "kernel", "kernels": total, "kept_kernels": int(kmask.sum()), "kernel_batch": batch,
-            "steps": len(curve) - 1, "channels": kmask.shape[1], "kept": int((per_in > 0).sum()), "stopped": stopped,
-            "loss": [round(v, 5) for v in curve],
-            "kept_channels": [int(i) for i in torch.nonzero(per_in).flatten().tolist()],
-            # row o: which input channels' kernels W[o, i] output channel o keeps
-            "kernel_mask": ["".join("1" if v else "0" for v in row) for row in kmask.bool().tolist()]}
+    return {
+        "granularity": "kernel",
+        "kernels": total,
+        "kept_kernels": int(kmask.sum()),
+        "kernel_batch": batch,
+        "steps": len(curve) - 1,
+        "channels": kmask.shape[1],
+        "kept": int((per_in > 0).sum()),
+        "stopped": stopped,
+        "loss": [round(v, 5) for v in curve],
+        "kept_channels": [int(i) for i in torch.nonzero(per_in).flatten().tolist()],
+        # row o: which input channels' kernels W[o, i] output channel o keeps
+        "kernel_mask": ["".join("1" if v else "0" for v in row) for row in kmask.bool().tolist()],
+    }

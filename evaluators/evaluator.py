@@ -11,17 +11,15 @@ from typing import Any
 
 import torch
 
-from spaces.dims import bits_of
-from spaces.errors import ConfigError
-from spaces.layers import GConv2d
-from spaces.space import Genome, Space
-
-from kernels.cores import core_lock
-
 from evaluators import cache as supernet_cache
 from evaluators.base import EvalResult, Evaluator, TrainedModel, detached_copy, latency_provider
 from evaluators.data import Splits, load_dataset
 from evaluators.train import TrainRecipe, evaluate, fine_tune, recalibrate_bn
+from kernels.cores import core_lock
+from spaces.dims import bits_of
+from spaces.errors import ConfigError
+from spaces.layers import GConv2d
+from spaces.space import Genome, Space
 
 log = logging.getLogger(__name__)
 
@@ -49,34 +47,84 @@ class TrainEvaluator(Evaluator):
     kind = "train"
     fine_tunes = True
     provides_model = True
-    METRICS = ("val_acc", "val_loss", "test_acc", "test_loss", "inherited_val_acc", "flops", "params",
-               "model_bits", "latency_ms", "latency_spread_ms", "train_time_s", "wall_time_s")
+    METRICS = (
+        "val_acc",
+        "val_loss",
+        "test_acc",
+        "test_loss",
+        "inherited_val_acc",
+        "flops",
+        "params",
+        "model_bits",
+        "latency_ms",
+        "latency_spread_ms",
+        "train_time_s",
+        "wall_time_s",
+    )
 
-    def __init__(self, space: Space, dataset_cfg, finetune: TrainRecipe, pretrain: TrainRecipe,
-                 sandwich: int, seed: int, cache_dir: Path, latency=None, config_file: str | None = None):
-        self.base_space, self.dataset_cfg, self.finetune, self.pretrain = space, dataset_cfg, finetune, pretrain
-        self.sandwich, self.seed, self.cache_dir, self.latency = sandwich, seed, Path(cache_dir), latency
+    def __init__(
+        self,
+        space: Space,
+        dataset_cfg,
+        finetune: TrainRecipe,
+        pretrain: TrainRecipe,
+        sandwich: int,
+        seed: int,
+        cache_dir: Path,
+        latency=None,
+        config_file: str | None = None,
+    ):
+        self.base_space, self.dataset_cfg, self.finetune, self.pretrain = (
+            space,
+            dataset_cfg,
+            finetune,
+            pretrain,
+        )
+        self.sandwich, self.seed, self.cache_dir, self.latency = (
+            sandwich,
+            seed,
+            Path(cache_dir),
+            latency,
+        )
         self.config_file = config_file
         if dataset_cfg.name != "digits":  # fail before any work starts, not after pre-training
             if not dataset_cfg.path:
-                raise ConfigError(config_file, "dataset.path", f"dataset {dataset_cfg.name!r} needs a path")
+                raise ConfigError(
+                    config_file, "dataset.path", f"dataset {dataset_cfg.name!r} needs a path"
+                )
             if not Path(dataset_cfg.path).expanduser().exists():
-                raise ConfigError(config_file, "dataset.path", f"{dataset_cfg.path!r} does not exist")
+                raise ConfigError(
+                    config_file, "dataset.path", f"{dataset_cfg.path!r} does not exist"
+                )
         self.data: Splits | None = None
         self.supernet = None
         self.space = space
         self.supernet_info: dict = {}
 
     @classmethod
-    def from_config(cls, cfg, space: Space, file: str | None) -> "TrainEvaluator":
+    def from_config(cls, cfg, space: Space, file: str | None) -> TrainEvaluator:
         if space.family.task != "classify":
-            raise ConfigError(file, "evaluator.kind", f"space {space.name!r} is no classifier (family "
-                              f"{space.family.kind!r}); use an evaluator of its task")
+            raise ConfigError(
+                file,
+                "evaluator.kind",
+                f"space {space.name!r} is no classifier (family "
+                f"{space.family.kind!r}); use an evaluator of its task",
+            )
         latency = latency_provider(cfg, file)
         ft = TrainRecipe(**cfg.evaluator.finetune.model_dump())
         pt = cfg.pretrain.model_dump()
         sandwich = pt.pop("sandwich")
-        return cls(space, cfg.dataset, ft, TrainRecipe(**pt), sandwich, cfg.seed, cfg.cache_dir(), latency, file)
+        return cls(
+            space,
+            cfg.dataset,
+            ft,
+            TrainRecipe(**pt),
+            sandwich,
+            cfg.seed,
+            cfg.cache_dir(),
+            latency,
+            file,
+        )
 
     @property
     def metrics(self) -> tuple[str, ...]:
@@ -89,15 +137,23 @@ class TrainEvaluator(Evaluator):
         driver's), else from the cache, training and caching it if needed."""
         if self.supernet is not None:
             return
-        self.data = load_dataset(self.dataset_cfg, self.base_space.family.spec.resolution, self.seed,
-                                 self.config_file)
+        self.data = load_dataset(
+            self.dataset_cfg, self.base_space.family.spec.resolution, self.seed, self.config_file
+        )
         self.space = self.base_space.with_classes(self.data.num_classes)
         if supernet_state is not None:
             self.supernet = self.space.supernet(self.seed)
             self.supernet.load_state_dict(supernet_state)
         else:
             self.supernet, self.supernet_info = supernet_cache.get_or_train(
-                self.space, self.data, self.pretrain, self.sandwich, self.seed, self.cache_dir, progress)
+                self.space,
+                self.data,
+                self.pretrain,
+                self.sandwich,
+                self.seed,
+                self.cache_dir,
+                progress,
+            )
         self.supernet.eval()
 
     def supernet_state(self) -> dict:
@@ -105,7 +161,7 @@ class TrainEvaluator(Evaluator):
         self.setup()
         return {k: v.detach().clone() for k, v in self.supernet.state_dict().items()}
 
-    def detached(self) -> "TrainEvaluator":
+    def detached(self) -> TrainEvaluator:
         """This evaluator without its data and supernet: what is shipped to a worker."""
         c = detached_copy(self, ("data", "supernet"))
         c.space = self.base_space
@@ -115,7 +171,11 @@ class TrainEvaluator(Evaluator):
         return (type(self).__name__, self.seed, self.base_space.name)
 
     def base_point(self) -> dict[str, Any]:
-        return {"val_acc": self.supernet_info["full_val_acc"]} if "full_val_acc" in self.supernet_info else {}
+        return (
+            {"val_acc": self.supernet_info["full_val_acc"]}
+            if "full_val_acc" in self.supernet_info
+            else {}
+        )
 
     def trained_model(self) -> TrainedModel:
         self.setup()
@@ -129,35 +189,70 @@ class TrainEvaluator(Evaluator):
         gid = self.space.genome_id(genome)
         t0 = time.time()
         try:
-            arch = self.space.arch(genome)
-            model = self.space.build(genome, self.supernet)
-            recalibrate_bn(model, self.data.train[0], arch.resolution)
-            inherited, _ = evaluate(model, self.data.val, arch.resolution)
-            m: dict[str, Any] = {"inherited_val_acc": inherited, **self.space.cost(genome),
-                                 "model_bits": model_bits(model, arch.quant), "resolution": arch.resolution}
-            if self.latency is not None:  # latency does not depend on the weights' values
-                m.update(self.latency.measure(model, arch.resolution))
-            on_epoch = None
-            if report is not None:
-                def on_epoch(epoch, net):
-                    with core_lock().shared():  # the report below may block: not under the lock
-                        acc, loss = evaluate(net, self.data.val, arch.resolution)
-                    net.train()
-                    report({**m, "val_acc": acc, "val_loss": loss, "epoch": epoch})
+            arch, model, m = self._inherit(genome)
+            on_epoch = self._epoch_reporter(report, m, arch.resolution)
             t1 = time.time()
-            fine_tune(model, self.data, arch.resolution, self.finetune, seed, arch.quant, on_epoch=on_epoch,
-                      skip_last_epoch_callback=True)
-            train_time = time.time() - t1
-            val_acc, val_loss = evaluate(model, self.data.val, arch.resolution)
-            test_acc, test_loss = evaluate(model, self.data.test, arch.resolution)
-            if not all(math.isfinite(v) for v in (val_loss, test_loss)):
-                raise FloatingPointError(f"non-finite loss (val {val_loss}, test {test_loss})")
-            m.update({"val_acc": val_acc, "val_loss": val_loss, "test_acc": test_acc, "test_loss": test_loss,
-                      "train_time_s": train_time})
+            fine_tune(
+                model,
+                self.data,
+                arch.resolution,
+                self.finetune,
+                seed,
+                arch.quant,
+                on_epoch=on_epoch,
+                skip_last_epoch_callback=True,
+            )
+            m["train_time_s"] = time.time() - t1
+            m.update(self._score(model, arch.resolution))
             m["wall_time_s"] = time.time() - t0
             state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             return EvalResult(gid, "complete", m, state_dict=state)
         except Exception as e:  # a candidate that raises becomes a failed trial; the run goes on
             log.warning("trial %s failed: %s", gid, e)
             log.debug("%s", traceback.format_exc())
-            return EvalResult(gid, "failed", {"wall_time_s": time.time() - t0}, reason=f"{type(e).__name__}: {e}")
+            reason = f"{type(e).__name__}: {e}"
+            return EvalResult(gid, "failed", {"wall_time_s": time.time() - t0}, reason=reason)
+
+    def _inherit(self, genome: Genome):
+        """The sub-network with inherited weights and recalibrated batch norm, and what is known
+        of it before training: inherited accuracy, cost, size, latency (which does not depend on
+        the weights' values)."""
+        arch = self.space.arch(genome)
+        model = self.space.build(genome, self.supernet)
+        recalibrate_bn(model, self.data.train[0], arch.resolution)
+        inherited, _ = evaluate(model, self.data.val, arch.resolution)
+        m: dict[str, Any] = {
+            "inherited_val_acc": inherited,
+            **self.space.cost(genome),
+            "model_bits": model_bits(model, arch.quant),
+            "resolution": arch.resolution,
+        }
+        if self.latency is not None:
+            m.update(self.latency.measure(model, arch.resolution))
+        return arch, model, m
+
+    def _epoch_reporter(self, report, known: dict, resolution: int):
+        """The fine-tuning's epoch callback that reports validation metrics (None without a
+        `report`); it evaluates under the core lock and reports outside it (a report may block)."""
+        if report is None:
+            return None
+
+        def on_epoch(epoch, net):
+            with core_lock().shared():
+                acc, loss = evaluate(net, self.data.val, resolution)
+            net.train()
+            report({**known, "val_acc": acc, "val_loss": loss, "epoch": epoch})
+
+        return on_epoch
+
+    def _score(self, model, resolution: int) -> dict[str, float]:
+        val_acc, val_loss = evaluate(model, self.data.val, resolution)
+        test_acc, test_loss = evaluate(model, self.data.test, resolution)
+        if not all(math.isfinite(v) for v in (val_loss, test_loss)):
+            raise FloatingPointError(f"non-finite loss (val {val_loss}, test {test_loss})")
+        return {
+            "val_acc": val_acc,
+            "val_loss": val_loss,
+            "test_acc": test_acc,
+            "test_loss": test_loss,
+        }

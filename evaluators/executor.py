@@ -103,8 +103,14 @@ def connect_ray(address: str | None = None, object_store_memory: int | None = No
         return False
     cpus = os.cpu_count() or 1
     log.info("starting embedded Ray (%d CPUs)", cpus)
-    ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False,
-             logging_level=logging.WARNING, object_store_memory=object_store_memory)
+    ray.init(
+        address="local",
+        num_cpus=cpus,
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level=logging.WARNING,
+        object_store_memory=object_store_memory,
+    )
     return True
 
 
@@ -113,9 +119,15 @@ class RayExecutor:
 
     kind = "ray"
 
-    def __init__(self, evaluator, workers: int | None, address: str | None = None,
-                 cpus_per_worker: float | None = None, max_retries: int = 2,
-                 object_store_memory: int | None = None):
+    def __init__(
+        self,
+        evaluator,
+        workers: int | None,
+        address: str | None = None,
+        cpus_per_worker: float | None = None,
+        max_retries: int = 2,
+        object_store_memory: int | None = None,
+    ):
         import ray
 
         t0 = time.time()
@@ -129,10 +141,14 @@ class RayExecutor:
         self.cpus_per_worker = cpw
         self.evaluator = evaluator
         evaluator.start_workers()  # tvm latency: one process on this node measures for every worker
-        self._refs = [ray.put(evaluator.detached()), ray.put(evaluator.supernet_state())]  # alive as long as the executor
+        self._refs = [
+            ray.put(evaluator.detached()),
+            ray.put(evaluator.supernet_state()),
+        ]  # alive as long as the executor
         # no Ray restarts: a dead worker is replaced here, so retries stay bounded and visible
         self._actor_cls = ray.remote(EvaluatorActor).options(
-            num_cpus=cpw, max_restarts=0, max_task_retries=0, scheduling_strategy="SPREAD")
+            num_cpus=cpw, max_restarts=0, max_task_retries=0, scheduling_strategy="SPREAD"
+        )
         self.actors = [self._new_actor() for _ in range(workers)]
         self.replaced = 0
         infos = ray.get([a.info.remote() for a in self.actors])  # fail here, not mid-run
@@ -141,8 +157,15 @@ class RayExecutor:
         self.idle = list(range(workers))
         self.running: dict = {}  # ObjectRef -> (actor index, Job)
         self.startup_s = time.time() - t0
-        log.info("%d Ray evaluator workers (%g CPU each, torch threads %s) on %d node(s), ready in %.1f s",
-                 workers, cpw, sorted({i["threads"] for i in infos}), len({i["node"] for i in infos}), self.startup_s)
+        log.info(
+            "%d Ray evaluator workers (%g CPU each, torch threads %s) on %d node(s), "
+            "ready in %.1f s",
+            workers,
+            cpw,
+            sorted({i["threads"] for i in infos}),
+            len({i["node"] for i in infos}),
+            self.startup_s,
+        )
 
     def _new_actor(self):
         return self._actor_cls.remote(self._refs, max(1, int(self.cpus_per_worker)))
@@ -168,8 +191,11 @@ class RayExecutor:
             idx, job = self.running.pop(ref)
             try:
                 res = ray.get(ref)
-            except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
-                    ray.exceptions.ObjectLostError) as e:
+            except (
+                ray.exceptions.RayActorError,
+                ray.exceptions.WorkerCrashedError,
+                ray.exceptions.ObjectLostError,
+            ) as e:
                 job.attempts += 1
                 why = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
                 self.actors[idx] = self._new_actor()  # a fresh worker takes the dead one's place
@@ -177,11 +203,19 @@ class RayExecutor:
                 self.replaced += 1
                 self.idle.append(idx)
                 if job.attempts <= self.max_retries:
-                    log.warning("worker %d died evaluating %s (%s); retry %d/%d on another worker",
-                                idx, job.key, why, job.attempts, self.max_retries)
+                    log.warning(
+                        "worker %d died evaluating %s (%s); retry %d/%d on another worker",
+                        idx,
+                        job.key,
+                        why,
+                        job.attempts,
+                        self.max_retries,
+                    )
                     self._dispatch(job, avoid=idx)
                     continue
-                return job.key, EvalResult(job.key, "failed", {}, reason=f"worker died {job.attempts} times: {why}")
+                return job.key, EvalResult(
+                    job.key, "failed", {}, reason=f"worker died {job.attempts} times: {why}"
+                )
             self.idle.append(idx)
             return job.key, res
 

@@ -66,7 +66,9 @@ class SLBWeight(nn.Module):
         return alpha * (p * self.values).sum(-1)
 
 
-def slb_layers(model: nn.Module, quant: dict[str, str], max_values: int = 16) -> list[tuple[GConv2d, str]]:
+def slb_layers(
+    model: nn.Module, quant: dict[str, str], max_values: int = 16
+) -> list[tuple[GConv2d, str]]:
     """The convs SLB trains: those whose weight set has at most `max_values` values (int8's 255
     values would multiply the memory of the weights by 255; it trains straight-through)."""
     out = []
@@ -81,7 +83,9 @@ def slb_layers(model: nn.Module, quant: dict[str, str], max_values: int = 16) ->
 class SLBTrainer:
     """Attach SLB to a model's low-bit convs, raise the temperature, make the weights hard."""
 
-    def __init__(self, layers: list[tuple[GConv2d, str]], t_start: float = 1.0, t_end: float = 100.0):
+    def __init__(
+        self, layers: list[tuple[GConv2d, str]], t_start: float = 1.0, t_end: float = 100.0
+    ):
         self.layers, self.t_start, self.t_end = layers, t_start, t_end
         self.params: list[SLBWeight] = []
         for m, ws in layers:
@@ -114,6 +118,9 @@ def in_set(w: torch.Tensor, weight_set: str, tol: float = 1e-5) -> bool:
         if a == 0:
             continue
         # the channel's largest magnitude is alpha * v_j for some positive value v_j
-        if not any(float(((row * (k / a)).unsqueeze(-1) - v).abs().min(-1).values.max()) <= tol for k in positive):
+        if not any(
+            float(((row * (k / a)).unsqueeze(-1) - v).abs().min(-1).values.max()) <= tol
+            for k in positive
+        ):
             return False
     return True

@@ -5,12 +5,10 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from evaluators.base import EvalResult, Evaluator
 from spaces.errors import ConfigError
 from spaces.families.cell import arch_str
 from spaces.space import Genome, Space
-
-from evaluators.base import EvalResult, Evaluator
-
 
 NB201_ACC = {"cifar10": "c10_test", "cifar100": "c100_test", "imagenet16": "in16_test"}
 
@@ -20,36 +18,71 @@ class TableEvaluator(Evaluator):
 
     kind = "table"
 
-    def __init__(self, space: Space, path: str, dataset: str = "cifar10", device: str = "raspi4",
-                 config_file: str | None = None):
+    def __init__(
+        self,
+        space: Space,
+        path: str,
+        dataset: str = "cifar10",
+        device: str = "raspi4",
+        config_file: str | None = None,
+    ):
         if space.family.kind != "cell":
-            raise ConfigError(config_file, "evaluator.kind", f"the table evaluator needs a cell space, {space.name!r} is {space.family.kind}")
+            raise ConfigError(
+                config_file,
+                "evaluator.kind",
+                f"the table evaluator needs a cell space, {space.name!r} is {space.family.kind}",
+            )
         p = Path(path).expanduser()
         if not p.is_file():
             raise ConfigError(config_file, "evaluator.table", f"table {str(p)!r} does not exist")
         if dataset not in NB201_ACC:
-            raise ConfigError(config_file, "evaluator.dataset", f"unknown dataset {dataset!r}; expected one of {', '.join(NB201_ACC)}")
+            raise ConfigError(
+                config_file,
+                "evaluator.dataset",
+                f"unknown dataset {dataset!r}; expected one of {', '.join(NB201_ACC)}",
+            )
         with open(p, newline="") as fh:
             reader = csv.DictReader(fh)
             cols = reader.fieldnames or []
             if "arch_str" not in cols:
-                raise ConfigError(config_file, "evaluator.table", f"{str(p)!r} has no arch_str column")
+                raise ConfigError(
+                    config_file, "evaluator.table", f"{str(p)!r} has no arch_str column"
+                )
             lat_col = f"lat_{device}"
             if lat_col not in cols:
                 devs = sorted(c[4:] for c in cols if c.startswith("lat_"))
-                raise ConfigError(config_file, "evaluator.device", f"unknown device {device!r}; the table has {', '.join(devs)}")
+                raise ConfigError(
+                    config_file,
+                    "evaluator.device",
+                    f"unknown device {device!r}; the table has {', '.join(devs)}",
+                )
             keep = ["c10_test", "c100_test", "in16_test", lat_col]
             self.rows = {r["arch_str"]: {k: float(r[k]) for k in keep} for r in reader}
-        self.space, self.acc_col, self.lat_col, self.device = space, NB201_ACC[dataset], lat_col, device
+        self.space, self.acc_col, self.lat_col, self.device = (
+            space,
+            NB201_ACC[dataset],
+            lat_col,
+            device,
+        )
         self._cost: dict[str, dict] = {}
 
     @classmethod
-    def from_config(cls, cfg, space: Space, file: str | None) -> "TableEvaluator":
-        """The table's own latency column (`evaluator.device`) is its latency: `latency:` is unused."""
+    def from_config(cls, cfg, space: Space, file: str | None) -> TableEvaluator:
+        """The table's own latency column (`evaluator.device`) is its latency: `latency:` is
+        unused."""
         e = cfg.evaluator
         return cls(space, e.table, e.dataset, e.device, file)
 
-    metrics = ("val_acc", "test_acc", "c10_test", "c100_test", "in16_test", "latency_ms", "flops", "params")
+    metrics = (
+        "val_acc",
+        "test_acc",
+        "c10_test",
+        "c100_test",
+        "in16_test",
+        "latency_ms",
+        "flops",
+        "params",
+    )
 
     def evaluate(self, genome: Genome, seed: int = 0, report=None) -> EvalResult:
         gid = self.space.genome_id(genome)
@@ -61,6 +94,13 @@ class TableEvaluator(Evaluator):
         if gid not in self._cost:
             self._cost[gid] = self.space.cost(genome)
         acc = row[self.acc_col] / 100.0
-        m = {"val_acc": acc, "test_acc": acc, "c10_test": row["c10_test"], "c100_test": row["c100_test"],
-             "in16_test": row["in16_test"], "latency_ms": row[self.lat_col], **self._cost[gid]}
+        m = {
+            "val_acc": acc,
+            "test_acc": acc,
+            "c10_test": row["c10_test"],
+            "c100_test": row["c100_test"],
+            "in16_test": row["in16_test"],
+            "latency_ms": row[self.lat_col],
+            **self._cost[gid],
+        }
         return EvalResult(gid, "complete", m)

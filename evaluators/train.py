@@ -17,14 +17,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from evaluators.data import Splits, at_resolution
+from kernels.cores import core_lock
 from spaces.builder import importance, kept_indices, sliced_state
 from spaces.dims import Mask, Scale
 from spaces.layers import GConv2d, mask_kernels_, quantize_, quantized_ste
 from spaces.space import Genome, Space
-
-from kernels.cores import core_lock
-
-from evaluators.data import Splits, at_resolution
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +51,9 @@ def _optimizer(params, r: TrainRecipe):
         return torch.optim.Adam(params, lr=r.lr, weight_decay=r.weight_decay)
     if r.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=r.lr, weight_decay=r.weight_decay)
-    return torch.optim.SGD(params, lr=r.lr, momentum=r.momentum, nesterov=r.momentum > 0,
-                           weight_decay=r.weight_decay)
+    return torch.optim.SGD(
+        params, lr=r.lr, momentum=r.momentum, nesterov=r.momentum > 0, weight_decay=r.weight_decay
+    )
 
 
 def _lr_at(r: TrainRecipe, step: int, total: int) -> float:
@@ -68,7 +67,7 @@ def _lr_at(r: TrainRecipe, step: int, total: int) -> float:
 def _batches(n: int, bs: int, gen: torch.Generator):
     perm = torch.randperm(n, generator=gen)
     for i in range(0, n - bs + 1 if n >= bs else 1, bs):
-        yield perm[i:i + bs]
+        yield perm[i : i + bs]
 
 
 def _total_steps(n: int, r: TrainRecipe) -> int:
@@ -101,14 +100,17 @@ def smallest_genome(space: Space, rng: random.Random) -> Genome:
         if isinstance(d, Scale):
             g[n] = d.low
         elif isinstance(d, Mask):
-            g[n] = Mask(n, length=d.length, min_keep=d.min_keep, keep_prob=(d.keep_prob[0],) * 2).sample(rng)
+            g[n] = Mask(
+                n, length=d.length, min_keep=d.min_keep, keep_prob=(d.keep_prob[0],) * 2
+            ).sample(rng)
         elif d.target == "kernel":
             g[n] = min(d.options)
     return space.canonical(g)
 
 
-def pretrain_supernet(space: Space, data: Splits, recipe: TrainRecipe, seed: int, sandwich: int = 4,
-                      progress=None) -> tuple[nn.Module, dict]:
+def pretrain_supernet(
+    space: Space, data: Splits, recipe: TrainRecipe, seed: int, sandwich: int = 4, progress=None
+) -> tuple[nn.Module, dict]:
     """Train the supernet with the sandwich rule: the full network on labels, the smallest and
     `sandwich - 2` random sub-networks distilled from it, every batch."""
     torch.manual_seed(seed)
@@ -130,18 +132,7 @@ def pretrain_supernet(space: Space, data: Splits, recipe: TrainRecipe, seed: int
             genomes = [full] + ([smallest_genome(space, rng)] if sandwich > 1 else [])
             genomes += [space.sample(rng) for _ in range(max(0, sandwich - 2))]
             opt.zero_grad(set_to_none=True)
-            teacher = None
-            for k, g in enumerate(genomes):
-                arch = space.arch(g)
-                logits = run_subnet(space, sup, arch, at_resolution(xb, arch.resolution),
-                                    kept_indices(arch, fam_groups, imp))
-                if k == 0:
-                    loss = F.cross_entropy(logits, yb, label_smoothing=recipe.label_smoothing)
-                    teacher = F.softmax(logits.detach(), 1)
-                    ce = loss.item()
-                else:  # in-place distillation from the full network
-                    loss = F.kl_div(F.log_softmax(logits, 1), teacher, reduction="batchmean")
-                loss.backward()
+            ce = _sandwich_backward(space, sup, genomes, xb, yb, (fam_groups, imp), recipe)
             nn.utils.clip_grad_norm_(sup.parameters(), 5.0)
             opt.step()
         if progress:
@@ -149,9 +140,31 @@ def pretrain_supernet(space: Space, data: Splits, recipe: TrainRecipe, seed: int
     # the supernet's own BN statistics: those of the full network
     recalibrate_bn(sup, x, space.arch(full).resolution)
     acc, loss = evaluate(sup, data.val, space.arch(full).resolution)
-    info = {"steps": total, "train_time_s": round(time.time() - t0, 2), "full_val_acc": acc, "full_val_loss": loss}
-    log.info("supernet pre-trained: %d steps in %.1f s, full network val acc %.4f", total, info["train_time_s"], acc)
+    secs = round(time.time() - t0, 2)
+    info = {"steps": total, "train_time_s": secs, "full_val_acc": acc, "full_val_loss": loss}
+    log.info(
+        "supernet pre-trained: %d steps in %.1f s, full network val acc %.4f", total, secs, acc
+    )
     return sup, info
+
+
+def _sandwich_backward(space, sup, genomes, xb, yb, importance_of, recipe: TrainRecipe) -> float:
+    """One batch's gradients: the full network (first) on labels, the others distilled from it
+    in place; `importance_of` is (the family's groups, filter importance) for width cuts.
+    Returns the full network's cross-entropy."""
+    teacher, ce = None, float("nan")
+    for k, g in enumerate(genomes):
+        arch = space.arch(g)
+        idx = kept_indices(arch, *importance_of)
+        logits = run_subnet(space, sup, arch, at_resolution(xb, arch.resolution), idx)
+        if k == 0:
+            loss = F.cross_entropy(logits, yb, label_smoothing=recipe.label_smoothing)
+            teacher = F.softmax(logits.detach(), 1)
+            ce = loss.item()
+        else:  # in-place distillation from the full network
+            loss = F.kl_div(F.log_softmax(logits, 1), teacher, reduction="batchmean")
+        loss.backward()
+    return ce
 
 
 def run_subnet(space: Space, sup: nn.Module, arch, x: torch.Tensor, idx) -> torch.Tensor:
@@ -161,16 +174,24 @@ def run_subnet(space: Space, sup: nn.Module, arch, x: torch.Tensor, idx) -> torc
     sub.train(sup.training)
     state = sliced_state(sub, sup, idx)
     # batch norm would update sliced copies of the running stats in place: give it fresh ones
-    state = {k: (v.clone() if k.endswith(("running_mean", "running_var", "num_batches_tracked")) else v)
-             for k, v in state.items()}
+    state = {
+        k: (v.clone() if k.endswith(("running_mean", "running_var", "num_batches_tracked")) else v)
+        for k, v in state.items()
+    }
     for name, m in sub.named_modules():  # weight sets: train through their quantisation
-        if isinstance(m, GConv2d) and m.qgroup is not None and arch.quant.get(m.qgroup, "float") != "float":
+        if (
+            isinstance(m, GConv2d)
+            and m.qgroup is not None
+            and arch.quant.get(m.qgroup, "float") != "float"
+        ):
             state[f"{name}.weight"] = quantized_ste(state[f"{name}.weight"], arch.quant[m.qgroup])
     return functional_call(sub, state, (x,))
 
 
 @torch.no_grad()
-def recalibrate_bn(model: nn.Module, x: torch.Tensor, resolution: int, batches: int = 8, bs: int = 128) -> None:
+def recalibrate_bn(
+    model: nn.Module, x: torch.Tensor, resolution: int, batches: int = 8, bs: int = 128
+) -> None:
     """Reset batch-norm statistics to the model's own on training data (OFA's recalibration)."""
     bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     if not bns:
@@ -184,51 +205,106 @@ def recalibrate_bn(model: nn.Module, x: torch.Tensor, resolution: int, batches: 
     g = torch.Generator().manual_seed(0)
     perm = torch.randperm(len(x), generator=g)
     for i in range(min(batches, max(1, len(x) // bs))):
-        model(at_resolution(x[perm[i * bs:(i + 1) * bs]], resolution))
+        model(at_resolution(x[perm[i * bs : (i + 1) * bs]], resolution))
     for m, mo in zip(bns, saved):
         m.momentum = mo
     model.train(was)
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, split: tuple[torch.Tensor, torch.Tensor], resolution: int, bs: int = 256) -> tuple[float, float]:
+def evaluate(
+    model: nn.Module, split: tuple[torch.Tensor, torch.Tensor], resolution: int, bs: int = 256
+) -> tuple[float, float]:
     """(top-1 accuracy, mean cross-entropy) in eval mode."""
     was = model.training
     model.eval()
     x, y = split
     correct, loss = 0, 0.0
     for i in range(0, len(x), bs):
-        logits = model(at_resolution(x[i:i + bs], resolution))
-        loss += float(F.cross_entropy(logits, y[i:i + bs], reduction="sum"))
-        correct += int((logits.argmax(1) == y[i:i + bs]).sum())
+        logits = model(at_resolution(x[i : i + bs], resolution))
+        loss += float(F.cross_entropy(logits, y[i : i + bs], reduction="sum"))
+        correct += int((logits.argmax(1) == y[i : i + bs]).sum())
     model.train(was)
     return correct / max(1, len(x)), loss / max(1, len(x))
 
 
-def fine_tune(model: nn.Module, data: Splits, resolution: int, recipe: TrainRecipe, seed: int,
-              quant: dict[str, str] | None = None, on_epoch=None, skip_last_epoch_callback: bool = False) -> dict:
+class _WeightSets:
+    """How a model's low-bit weight sets train: by SLB (logits over each set's values, with
+    their own Adam) or by straight-through quantisation (`ste`, and always for int8)."""
+
+    def __init__(self, model: nn.Module, quant: dict[str, str] | None, recipe: TrainRecipe):
+        from evaluators.slb import SLBTrainer, slb_layers
+
+        quant = quant or {}
+        self.recipe, self.slb, self.slb_opt = recipe, None, None
+        if quant and recipe.weight_training == "slb":
+            layers = slb_layers(model, quant)
+            if layers:
+                self.slb = SLBTrainer(layers, recipe.slb_t_start, recipe.slb_t_end)
+        slb_ids = {id(m) for m, _ in self.slb.layers} if self.slb else set()
+        self.qconvs = [
+            (m, quant.get(m.qgroup, "float"))
+            for m in model.modules()
+            if isinstance(m, GConv2d)
+            and m.qgroup is not None
+            and quant.get(m.qgroup, "float") != "float"
+            and id(m) not in slb_ids
+        ]
+        slb_params = [p for q in (self.slb.params if self.slb else []) for p in q.parameters()]
+        ids = {id(p) for p in slb_params}
+        self.weights = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
+        if self.slb:  # logits over value sets have their own scale: Adam, no weight decay
+            self.slb_opt = torch.optim.Adam(slb_params, lr=recipe.slb_lr)
+        self._shadow: list[torch.Tensor] = []
+
+    def before_forward(self, step: int, total: int) -> None:
+        """SLB's temperature and learning rate (the recipe's schedule); STE convs quantised."""
+        r = self.recipe
+        if self.slb:
+            self.slb.set_progress(step / max(1, total - 1))
+            self.slb_opt.param_groups[0]["lr"] = r.slb_lr * _lr_at(r, step, total) / r.lr
+            self.slb_opt.zero_grad(set_to_none=True)
+        self._shadow = [m.weight.detach().clone() for m, _ in self.qconvs]
+        for m, ws in self.qconvs:
+            quantize_(m.weight, ws)
+
+    @torch.no_grad()
+    def after_backward(self) -> None:
+        """Straight-through: the float weights take the gradient of their quantised copies."""
+        for (m, _), w in zip(self.qconvs, self._shadow):
+            m.weight.copy_(w)
+
+    def step(self) -> None:
+        if self.slb_opt is not None:
+            self.slb_opt.step()
+
+    def finish(self, model: nn.Module) -> None:
+        """Every low-bit conv ends exactly on its set; pruned kernels (DKP) stay exactly zero."""
+        if self.slb:
+            self.slb.finalize()
+        for m, ws in self.qconvs:
+            quantize_(m.weight, ws)
+        mask_kernels_(model)
+
+
+def fine_tune(
+    model: nn.Module,
+    data: Splits,
+    resolution: int,
+    recipe: TrainRecipe,
+    seed: int,
+    quant: dict[str, str] | None = None,
+    on_epoch=None,
+    skip_last_epoch_callback: bool = False,
+) -> dict:
     """Fine-tune in place. Convs with a low-bit weight set train by SLB (logits over the set's
     values, rising temperature; `weight_training: slb`, the default) or through a
     straight-through estimator (`ste`, and always for int8); either way they end exactly on
     their set. Raises FloatingPointError on a NaN loss."""
-    from evaluators.slb import SLBTrainer, slb_layers
-
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    slb = None
-    if quant and recipe.weight_training == "slb":
-        layers = slb_layers(model, quant)
-        if layers:
-            slb = SLBTrainer(layers, recipe.slb_t_start, recipe.slb_t_end)
-    slb_ids = {id(m) for m, _ in slb.layers} if slb else set()
-    qconvs = [(m, quant.get(m.qgroup, "float")) for m in model.modules()
-              if quant and isinstance(m, GConv2d) and m.qgroup is not None and quant.get(m.qgroup, "float") != "float"
-              and id(m) not in slb_ids]
-    slb_params = {id(p) for q in (slb.params if slb else []) for p in q.parameters()}
-    opt = _optimizer([p for p in model.parameters() if p.requires_grad and id(p) not in slb_params], recipe)
-    slb_opt = None
-    if slb:  # logits over value sets have their own scale: Adam, no weight decay, the same schedule
-        slb_opt = torch.optim.Adam([p for q in slb.params for p in q.parameters()], lr=recipe.slb_lr)
+    sets = _WeightSets(model, quant, recipe)
+    opt = _optimizer(sets.weights, recipe)
     x, y = data.train
     total = _total_steps(len(x), recipe)
     per_epoch = max(1, len(x) // recipe.batch_size)
@@ -237,31 +313,19 @@ def fine_tune(model: nn.Module, data: Splits, resolution: int, recipe: TrainReci
     lock = core_lock()
     for step, b in _steps(len(x), recipe, opt, gen):
         with lock.shared():  # never around on_epoch, which may block (a Tune report)
-            if slb:
-                slb.set_progress(step / max(1, total - 1))
-                slb_opt.param_groups[0]["lr"] = recipe.slb_lr * _lr_at(recipe, step, total) / recipe.lr
-                slb_opt.zero_grad(set_to_none=True)
-            shadow = [m.weight.detach().clone() for m, _ in qconvs]
-            for m, ws in qconvs:
-                quantize_(m.weight, ws)
-            loss = F.cross_entropy(model(at_resolution(x[b], resolution)), y[b],
-                                   label_smoothing=recipe.label_smoothing)
+            sets.before_forward(step, total)
+            logits = model(at_resolution(x[b], resolution))
+            loss = F.cross_entropy(logits, y[b], label_smoothing=recipe.label_smoothing)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss is {loss.item()} at step {step}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            with torch.no_grad():
-                for (m, _), w in zip(qconvs, shadow):
-                    m.weight.copy_(w)  # straight-through: the gradient of the quantised weight
+            sets.after_backward()
             opt.step()
-            if slb_opt is not None:
-                slb_opt.step()
+            sets.step()
             last = loss.item()
-        if on_epoch and (step + 1) % per_epoch == 0 and not (skip_last_epoch_callback and step + 1 >= total):
+        epoch_end = (step + 1) % per_epoch == 0
+        if on_epoch and epoch_end and not (skip_last_epoch_callback and step + 1 >= total):
             on_epoch((step + 1) // per_epoch, model)
-    if slb:
-        slb.finalize()
-    for m, ws in qconvs:
-        quantize_(m.weight, ws)
-    mask_kernels_(model)  # kernel-pruned convs (DKP) keep exact zeros, also on a weight set
+    sets.finish(model)
     return {"steps": total, "final_train_loss": last}

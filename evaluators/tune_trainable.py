@@ -14,10 +14,11 @@ def _evaluator(blank, supernet_state):
     ev = _CACHE.get(key)
     if ev is None:
         import torch
-
         from ray import tune
 
-        threads = int(tune.get_context().get_trial_resources().required_resources.get("CPU", 1) or 1)
+        threads = int(
+            tune.get_context().get_trial_resources().required_resources.get("CPU", 1) or 1
+        )
         torch.set_num_threads(max(1, threads))
         ev = blank
         ev.setup(supernet_state=supernet_state)
@@ -36,12 +37,17 @@ def finetune_trainable(config: dict, evaluator=None, supernet_state=None) -> Non
     ev = _evaluator(evaluator, supernet_state)
     genome = ev.space.from_json(config["genome"])
     node = node_label()
-    res = ev.evaluate(genome, int(config.get("seed", 0)),
-                      report=lambda m: tune.report({**m, "final": False, "node": node}))
+    res = ev.evaluate(
+        genome,
+        int(config.get("seed", 0)),
+        report=lambda m: tune.report({**m, "final": False, "node": node}),
+    )
     if res.status != "complete":
         raise RuntimeError(res.reason)
     wdir = config.get("weights_dir")
-    if wdir and os.path.isdir(wdir) and res.state_dict is not None:  # the run folder, if this node sees it
+    if (
+        wdir and os.path.isdir(wdir) and res.state_dict is not None
+    ):  # the run folder, if this node sees it
         import torch
 
         tmp = os.path.join(wdir, f"{res.genome_id}.pt.tmp")

@@ -42,7 +42,9 @@ class CoreLock:
             self._files, self._pid = {}, os.getpid()
         if name not in self._files:
             self.folder.mkdir(parents=True, exist_ok=True)
-            self._files[name] = os.open(self.folder / f"archsearch-cores.{name}", os.O_RDWR | os.O_CREAT, 0o666)
+            self._files[name] = os.open(
+                self.folder / f"archsearch-cores.{name}", os.O_RDWR | os.O_CREAT, 0o666
+            )
         return self._files[name]
 
     def _held(self) -> int:
@@ -67,7 +69,8 @@ class CoreLock:
 
     @contextlib.contextmanager
     def exclusive(self, what: str = "measurement"):
-        """Around a measurement or a tuning session: waits for running steps, then owns the cores."""
+        """Around a measurement or a tuning session: waits for running steps, then owns the
+        cores."""
         if not self.enabled or self._held():
             yield
             return

@@ -33,15 +33,27 @@ def to_torchscript(model: nn.Module, x: torch.Tensor, path: Path) -> float:
 def to_onnx(model: nn.Module, x: torch.Tensor, path: Path) -> float:
     import onnxruntime as ort
 
-    torch.onnx.export(model, (x[:1],), str(path), input_names=["input"], output_names=["output"],
-                      dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}}, dynamo=False)
+    torch.onnx.export(
+        model,
+        (x[:1],),
+        str(path),
+        input_names=["input"],
+        output_names=["output"],
+        dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+        dynamo=False,
+    )
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     y = sess.run(None, {"input": x.numpy()})[0]
     return float(np.abs(y - _reference(model, x)).max())
 
 
-def to_tvm(model: nn.Module, x: torch.Tensor, path: Path, target: str | dict | None = None,
-           database: str | Path | None = None) -> tuple[float, dict]:
+def to_tvm(
+    model: nn.Module,
+    x: torch.Tensor,
+    path: Path,
+    target: str | dict | None = None,
+    database: str | Path | None = None,
+) -> tuple[float, dict]:
     """Compile with TVM (Relax, via torch.export, batch norm folded) for `target` (default: this
     host) with the tuned kernels the target's tuning database holds (`database`: the folder of
     tuning databases; kernels it lacks keep TVM's default schedule), and run the library on the
@@ -56,7 +68,10 @@ def to_tvm(model: nn.Module, x: torch.Tensor, path: Path, target: str | dict | N
     if database is not None:
         db = TuningDB(database, t)
         kernels = extract_kernels(prepared, t)
-        info = {"kernels": len(kernels), "tuned_kernels": sum(db.record(k) is not None for k in kernels)}
+        info = {
+            "kernels": len(kernels),
+            "tuned_kernels": sum(db.record(k) is not None for k in kernels),
+        }
     lib = build(prepared, t, db.database if db is not None and info["tuned_kernels"] else None)
     lib.export_library(str(path))
     y = run_library(path, x[:1].numpy())
@@ -67,8 +82,14 @@ def to_tvm(model: nn.Module, x: torch.Tensor, path: Path, target: str | dict | N
 EXPORTERS = {"torchscript": to_torchscript, "onnx": to_onnx, "tvm": to_tvm}
 
 
-def export_model(model: nn.Module, resolution: int, fmt: str, path: Path, seed: int = 0,
-                 tvm_database: str | Path | None = None) -> tuple[float, dict]:
+def export_model(
+    model: nn.Module,
+    resolution: int,
+    fmt: str,
+    path: Path,
+    seed: int = 0,
+    tvm_database: str | Path | None = None,
+) -> tuple[float, dict]:
     """Write `model` in `fmt` to `path`; the max abs difference to PyTorch on seeded inputs, and
     what else the format reports (TVM: kernels tuned)."""
     model = model.eval()

@@ -2,7 +2,8 @@
 
 - `tvm`, `tvm-model`: MetaSchedule-tuned TVM kernels, every candidate measured, or priced by a
   latency model fitted on tuned measurements (`kernels.tvm_provider`);
-- `torch`: PyTorch eager timing, a fallback never passed off as tuned kernels (`kernels.torch_timing`);
+- `torch`: PyTorch eager timing, a fallback never passed off as tuned kernels
+  (`kernels.torch_timing`);
 - `onnxruntime`: the candidate exported to ONNX and timed in onnxruntime (`kernels.onnx_timing`);
 - `none`: no latency.
 
@@ -26,8 +27,19 @@ PROVIDERS: dict[str, type[LatencyProvider]] = {
 NONE = "none"
 
 # the `latency:` section's defaults, for callers that name a provider only
-_DEFAULTS = dict(repeats=20, warmup=3, threads=None, target=None, trials_per_task=32, strategy="replay-trace",
-                 database=None, fit_networks=12, holdout=4, check_front=8, rounds=5)
+_DEFAULTS = dict(
+    repeats=20,
+    warmup=3,
+    threads=None,
+    target=None,
+    trials_per_task=32,
+    strategy="replay-trace",
+    database=None,
+    fit_networks=12,
+    holdout=4,
+    check_front=8,
+    rounds=5,
+)
 
 
 def make_latency(cfg, cache_dir: str | Path | None = None) -> LatencyProvider | None:
@@ -38,10 +50,20 @@ def make_latency(cfg, cache_dir: str | Path | None = None) -> LatencyProvider | 
     if cfg.provider == NONE:
         return None
     if cfg.provider not in PROVIDERS:
-        raise ValueError(f"unknown latency provider {cfg.provider!r}; expected one of {', '.join([*PROVIDERS, NONE])}")
+        raise ValueError(
+            f"unknown latency provider {cfg.provider!r}; expected one of "
+            f"{', '.join([*PROVIDERS, NONE])}"
+        )
     cache = Path(cache_dir or Path.home() / ".cache" / "archsearch")
     return PROVIDERS[cfg.provider].from_config(cfg, cache)
 
 
-__all__ = ["PROVIDERS", "LatencyProvider", "OnnxRuntimeLatency", "TVMLatency", "TVMModelLatency", "TorchLatency",
-           "make_latency"]
+__all__ = [
+    "PROVIDERS",
+    "LatencyProvider",
+    "OnnxRuntimeLatency",
+    "TVMLatency",
+    "TVMModelLatency",
+    "TorchLatency",
+    "make_latency",
+]

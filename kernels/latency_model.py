@@ -41,24 +41,49 @@ class Op:
 
     @property
     def key(self) -> str:
-        return f"{self.kind}:{self.cin}:{self.cout}:{self.k}:{self.stride}:{self.groups}:{self.h}x{self.w}"
+        shape = (self.kind, self.cin, self.cout, self.k, self.stride, self.groups)
+        return ":".join(map(str, shape)) + f":{self.h}x{self.w}"
 
     def features(self) -> dict[str, float]:
         if self.kind in ("conv", "dwconv"):
             ho, wo = -(-self.h // self.stride), -(-self.w // self.stride)
             per_out = (self.cin // max(1, self.groups)) * self.k * self.k
-            return {"flops": 2.0 * self.cout * per_out * ho * wo, "in": float(self.cin * self.h * self.w),
-                    "out": float(self.cout * ho * wo), "weights": float(self.cout * per_out), "k": float(self.k),
-                    "stride": float(self.stride), "cin": float(self.cin), "cout": float(self.cout),
-                    "hw": float(ho * wo)}
+            return {
+                "flops": 2.0 * self.cout * per_out * ho * wo,
+                "in": float(self.cin * self.h * self.w),
+                "out": float(self.cout * ho * wo),
+                "weights": float(self.cout * per_out),
+                "k": float(self.k),
+                "stride": float(self.stride),
+                "cin": float(self.cin),
+                "cout": float(self.cout),
+                "hw": float(ho * wo),
+            }
         if self.kind == "matmul":
-            return {"flops": 2.0 * self.cin * self.cout, "in": float(self.cin), "out": float(self.cout),
-                    "weights": float(self.cin * self.cout), "k": 1.0, "stride": 1.0, "cin": float(self.cin),
-                    "cout": float(self.cout), "hw": 1.0}
+            return {
+                "flops": 2.0 * self.cin * self.cout,
+                "in": float(self.cin),
+                "out": float(self.cout),
+                "weights": float(self.cin * self.cout),
+                "k": 1.0,
+                "stride": 1.0,
+                "cin": float(self.cin),
+                "cout": float(self.cout),
+                "hw": 1.0,
+            }
         # pool: a mean over h x w of cin channels
         n = float(self.cin * self.h * self.w)
-        return {"flops": n, "in": n, "out": float(self.cin), "weights": 0.0, "k": 1.0, "stride": 1.0,
-                "cin": float(self.cin), "cout": float(self.cin), "hw": float(self.h * self.w)}
+        return {
+            "flops": n,
+            "in": n,
+            "out": float(self.cin),
+            "weights": 0.0,
+            "k": 1.0,
+            "stride": 1.0,
+            "cin": float(self.cin),
+            "cout": float(self.cin),
+            "hw": float(self.h * self.w),
+        }
 
     def vector(self) -> list[float]:
         f = self.features()
@@ -68,7 +93,16 @@ class Op:
 def conv_op(x_shape, w_shape, stride: int) -> Op:
     cin, groups = int(x_shape[1]), max(1, int(x_shape[1]) // max(1, int(w_shape[1])))
     kind = "dwconv" if groups == cin and cin > 1 else "conv"
-    return Op(kind, cin, int(w_shape[0]), int(w_shape[2]), int(stride), groups, int(x_shape[2]), int(x_shape[3]))
+    return Op(
+        kind,
+        cin,
+        int(w_shape[0]),
+        int(w_shape[2]),
+        int(stride),
+        groups,
+        int(x_shape[2]),
+        int(x_shape[3]),
+    )
 
 
 def op_of_kernel(name: str, shapes: list[list[int]]) -> Op | None:
@@ -80,7 +114,9 @@ def op_of_kernel(name: str, shapes: list[list[int]]) -> Op | None:
     if first == "conv2d" and len(shapes) >= 3 and len(shapes[0]) == 4 and len(shapes[1]) == 4:
         x, y = shapes[0], shapes[-1]
         stride = 1
-        if len(y) == 4 and 0 < y[2] < x[2]:  # an output larger than the input is a broadcast epilogue
+        if (
+            len(y) == 4 and 0 < y[2] < x[2]
+        ):  # an output larger than the input is a broadcast epilogue
             stride = max(1, round(x[2] / y[2]))
         return conv_op(x, shapes[1], stride)
     if first in ("matmul", "dense") and len(shapes) >= 3:
@@ -112,10 +148,29 @@ def torch_ops(model: torch.nn.Module, resolution: int) -> list[Op]:
                 ops.append(Op("matmul", int(a.shape[-1]), int(b.shape[-1])))
             elif p is aten.mean and args[0].dim() == 4:
                 x = args[0]
-                ops.append(Op("pool", int(x.shape[1]), int(x.shape[1]), h=int(x.shape[2]), w=int(x.shape[3])))
-            elif p in (aten.avg_pool2d, aten._adaptive_avg_pool2d, aten.adaptive_avg_pool2d) and args[0].dim() == 4:
+                ops.append(
+                    Op(
+                        "pool",
+                        int(x.shape[1]),
+                        int(x.shape[1]),
+                        h=int(x.shape[2]),
+                        w=int(x.shape[3]),
+                    )
+                )
+            elif (
+                p in (aten.avg_pool2d, aten._adaptive_avg_pool2d, aten.adaptive_avg_pool2d)
+                and args[0].dim() == 4
+            ):
                 x = args[0]
-                ops.append(Op("pool", int(x.shape[1]), int(x.shape[1]), h=int(x.shape[2]), w=int(x.shape[3])))
+                ops.append(
+                    Op(
+                        "pool",
+                        int(x.shape[1]),
+                        int(x.shape[1]),
+                        h=int(x.shape[2]),
+                        w=int(x.shape[3]),
+                    )
+                )
             return func(*args, **kwargs)
 
     was = model.training
@@ -155,12 +210,15 @@ class LatencyModel:
             pts = [(op, s) for op, s in rows if op.kind == kind]
             uniq = {op.key: (op, s) for op, s in pts}
             if pts:
-                self.fallback[kind] = float(np.median([s / max(1.0, op.features()["flops"]) for op, s in pts]))
+                self.fallback[kind] = float(
+                    np.median([s / max(1.0, op.features()["flops"]) for op, s in pts])
+                )
             if len(uniq) >= 8:
                 X = np.array([op.vector() for op, _ in pts])
                 y = np.log(np.array([s for _, s in pts]))
-                reg = GradientBoostingRegressor(n_estimators=300, max_depth=3, learning_rate=0.05, subsample=0.9,
-                                                random_state=0)
+                reg = GradientBoostingRegressor(
+                    n_estimators=300, max_depth=3, learning_rate=0.05, subsample=0.9, random_state=0
+                )
                 reg.fit(X, y)
                 self.regs[kind] = reg
         self.fit_info["kernels"] = {k: sum(op.kind == k for op, _ in rows) for k in KINDS}
@@ -172,7 +230,9 @@ class LatencyModel:
         reg = self.regs.get(op.kind)
         if reg is not None:
             return float(np.exp(reg.predict(np.array([op.vector()]))[0]))
-        rate = self.fallback.get(op.kind) or (min(self.fallback.values()) if self.fallback else 1e-10)
+        rate = self.fallback.get(op.kind) or (
+            min(self.fallback.values()) if self.fallback else 1e-10
+        )
         return rate * max(1.0, op.features()["flops"])
 
     def network_terms(self, ops: list[Op]) -> tuple[float, int]:
@@ -221,8 +281,16 @@ class LatencyModel:
         return [Op(r[0], *map(int, r[1:])) for r in rows]
 
     def describe(self) -> dict:
-        return {"calibration": {"a": self.calib[0], "b_ms_per_op": self.calib[1], "c_ms": self.calib[2]},
-                "exact_shapes": len(self.table), "regressions": sorted(self.regs), **self.fit_info}
+        return {
+            "calibration": {
+                "a": self.calib[0],
+                "b_ms_per_op": self.calib[1],
+                "c_ms": self.calib[2],
+            },
+            "exact_shapes": len(self.table),
+            "regressions": sorted(self.regs),
+            **self.fit_info,
+        }
 
     def __repr__(self) -> str:
         return f"LatencyModel({json.dumps(self.describe())})"

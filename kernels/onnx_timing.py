@@ -24,14 +24,15 @@ class OnnxRuntimeLatency(LatencyProvider):
         self.repeats, self.warmup, self.threads = repeats, warmup, threads
 
     @classmethod
-    def from_config(cls, cfg, cache_dir) -> "OnnxRuntimeLatency":
+    def from_config(cls, cfg, cache_dir) -> OnnxRuntimeLatency:
         return cls(repeats=cfg.repeats, warmup=cfg.warmup, threads=cfg.threads)
 
     def measure(self, model: nn.Module, resolution: int) -> dict:
         return self.time(self.session(model, resolution))
 
     def session(self, model: nn.Module, resolution: int):
-        """An inference session of the candidate and its seeded input, ready to be timed again and again."""
+        """An inference session of the candidate and its seeded input, ready to be timed again
+        and again."""
         import onnxruntime as ort
 
         model = model.eval()
@@ -39,7 +40,14 @@ class OnnxRuntimeLatency(LatencyProvider):
         with tempfile.TemporaryDirectory() as d:
             path = Path(d) / "m.onnx"
             with torch.no_grad():
-                torch.onnx.export(model, (x,), str(path), input_names=["input"], output_names=["output"], dynamo=False)
+                torch.onnx.export(
+                    model,
+                    (x,),
+                    str(path),
+                    input_names=["input"],
+                    output_names=["output"],
+                    dynamo=False,
+                )
             so = ort.SessionOptions()
             if self.threads:
                 so.intra_op_num_threads = self.threads

@@ -26,7 +26,7 @@ class LatencyProvider:
     name: ClassVar[str] = ""
 
     @classmethod
-    def from_config(cls, cfg, cache_dir: Path) -> "LatencyProvider":
+    def from_config(cls, cfg, cache_dir: Path) -> LatencyProvider:
         """Build from the run's `latency:` section (`search.config.LatencyCfg`); raise ValueError
         for a setting this host cannot honour."""
         return cls()

@@ -31,7 +31,10 @@ def start_service(provider):
 
     node = ray.get_runtime_context().get_node_id()
     cls = ray.remote(LatencyServiceActor).options(
-        num_cpus=0, max_restarts=1, scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
+        num_cpus=0,
+        max_restarts=1,
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False),
+    )
     handle = cls.remote(provider)
     log.info("latency service (%s) started on node %s", provider.name, node[:12])
     return handle

@@ -23,7 +23,7 @@ class TorchLatency(LatencyProvider):
         self.repeats, self.warmup, self.threads = repeats, warmup, threads
 
     @classmethod
-    def from_config(cls, cfg, cache_dir) -> "TorchLatency":
+    def from_config(cls, cfg, cache_dir) -> TorchLatency:
         return cls(repeats=cfg.repeats, warmup=cfg.warmup, threads=cfg.threads)
 
     @torch.no_grad()

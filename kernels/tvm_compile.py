@@ -51,9 +51,9 @@ def runtime_threads(n: int | None = None) -> int:
 
 def load_tvm():
     """Import TVM with only this host's tensor intrinsics: `import tvm.s_tir.tensor_intrin`
-    loads CUDA, ROCm, Hexagon and ARM ones too (tens of seconds on a small CPU), and every MetaSchedule
-    tuning context and build worker imports it. Idempotent; also the build workers' initializer.
-    TVM's runtime threads: `runtime_threads`."""
+    loads CUDA, ROCm, Hexagon and ARM ones too (tens of seconds on a small CPU), and every
+    MetaSchedule tuning context and build worker imports it. Idempotent; also the build
+    workers' initializer. TVM's runtime threads: `runtime_threads`."""
     if "TVM_NUM_THREADS" not in os.environ:
         runtime_threads()
     import tvm
@@ -68,7 +68,13 @@ def load_tvm():
         import platform
 
         arch = platform.machine().lower()
-        for sub in (["x86"] if arch in ("x86_64", "amd64", "i686") else ["arm_cpu"] if arch in ("aarch64", "arm64") else []):
+        for sub in (
+            ["x86"]
+            if arch in ("x86_64", "amd64", "i686")
+            else ["arm_cpu"]
+            if arch in ("aarch64", "arm64")
+            else []
+        ):
             try:
                 importlib.import_module(f"{name}.{sub}")
             except Exception as e:  # noqa: BLE001 - tensorisation is an optimisation, not a need
@@ -139,7 +145,9 @@ def fast_sigmoid_pass():
         def visit_call_(self, call):
             call = super().visit_call_(call)
             if getattr(call.op, "name", "") == "relax.sigmoid":
-                return self.builder_.call_te(sigmoid, call.args[0], primfunc_name_hint="fast_sigmoid")
+                return self.builder_.call_te(
+                    sigmoid, call.args[0], primfunc_name_hint="fast_sigmoid"
+                )
             return call
 
     @tvm.transform.module_pass(opt_level=0, name="FastSigmoid")
@@ -163,13 +171,15 @@ def prepare(mod, target):
     from tvm import relax
 
     with target:
-        return tvm.transform.Sequential([
-            relax.transform.FoldBatchnormToConv2D(),
-            relax.transform.DecomposeOpsForInference(),
-            relax.transform.CanonicalizeBindings(),
-            fast_sigmoid_pass(),
-            relax.get_pipeline("zero"),
-        ])(mod)
+        return tvm.transform.Sequential(
+            [
+                relax.transform.FoldBatchnormToConv2D(),
+                relax.transform.DecomposeOpsForInference(),
+                relax.transform.CanonicalizeBindings(),
+                fast_sigmoid_pass(),
+                relax.get_pipeline("zero"),
+            ]
+        )(mod)
 
 
 def prepared_module(model: nn.Module, shape: tuple[int, ...], target):

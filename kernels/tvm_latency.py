@@ -20,10 +20,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from kernels.latency_model import LatencyModel, Op, op_of_kernel, torch_ops
 from kernels.cores import core_lock
-from kernels.tvm_compile import build, first_output, host_cores, host_target, load_tvm, prepared_module, runtime_threads
+from kernels.latency_model import LatencyModel, Op, op_of_kernel, torch_ops
 from kernels.provider import summary
+from kernels.tvm_compile import (
+    build,
+    first_output,
+    host_cores,
+    host_target,
+    load_tvm,
+    prepared_module,
+    runtime_threads,
+)
 from kernels.tvm_tuning import TuningDB, extract_kernels
 
 log = logging.getLogger(__name__)
@@ -73,8 +81,15 @@ def network_key(ops: list[Op], resolution: int) -> str:
 class TVMBackend:
     """Compile, tune (missing kernels only), time and check networks on one target."""
 
-    def __init__(self, folder: str | Path, target: str | dict | None = None, trials_per_task: int = 32,
-                 strategy: str = "replay-trace", repeats: int = 20, seed: int = 0):
+    def __init__(
+        self,
+        folder: str | Path,
+        target: str | dict | None = None,
+        trials_per_task: int = 32,
+        strategy: str = "replay-trace",
+        repeats: int = 20,
+        seed: int = 0,
+    ):
         load_tvm()
         self.target = host_target(target)
         cores = self.target.attrs.get("num-cores") if hasattr(self.target, "attrs") else None
@@ -95,21 +110,35 @@ class TVMBackend:
                 out[row["key"]] = row
         return out
 
-    def _remember(self, compiled: dict, resolution: int, out: dict, rounds_ms: list[float] | None = None) -> None:
+    def _remember(
+        self, compiled: dict, resolution: int, out: dict, rounds_ms: list[float] | None = None
+    ) -> None:
         """A fully tuned network's kernels and whole-network time, for the latency model (the
         last row of a network wins)."""
         if out["latency_tuned_fraction"] != 1.0:
             return
-        row = {"key": network_key(compiled["ops"], resolution), "resolution": resolution,
-               "ops": LatencyModel.ops_to_json(compiled["ops"]), "kernels": sorted({k.key for k in compiled["kernels"]}),
-               "ms": out["latency_ms"], "spread_ms": out["latency_spread_ms"], "rounds_ms": rounds_ms,
-               "at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        row = {
+            "key": network_key(compiled["ops"], resolution),
+            "resolution": resolution,
+            "ops": LatencyModel.ops_to_json(compiled["ops"]),
+            "kernels": sorted({k.key for k in compiled["kernels"]}),
+            "ms": out["latency_ms"],
+            "spread_ms": out["latency_spread_ms"],
+            "rounds_ms": rounds_ms,
+            "at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
         with open(self.networks_file, "a") as fh:
             fh.write(json.dumps(row) + "\n")
 
     # --- one network ---------------------------------------------------------------------------
-    def measure(self, model: nn.Module, resolution: int, tune: bool = True, check: bool = True,
-                remember: bool = True) -> dict:
+    def measure(
+        self,
+        model: nn.Module,
+        resolution: int,
+        tune: bool = True,
+        check: bool = True,
+        remember: bool = True,
+    ) -> dict:
         """Tune the kernels the database lacks (if `tune`), compile, check against PyTorch, time.
         Returns the latency (ms), its spread, how many kernels were tuned and what it cost."""
         c = self.compile(model, resolution, tune=tune, check=check)
@@ -118,8 +147,14 @@ class TVMBackend:
             self._remember(c, resolution, out)
         return out
 
-    def measure_rounds(self, items: list[tuple[nn.Module, int]], rounds: int, tune: bool = True,
-                       progress=None, min_round_s: float = 3.0) -> list[dict]:
+    def measure_rounds(
+        self,
+        items: list[tuple[nn.Module, int]],
+        rounds: int,
+        tune: bool = True,
+        progress=None,
+        min_round_s: float = 3.0,
+    ) -> list[dict]:
         """Measure several networks in `rounds` interleaved rounds (each network timed once per
         round, in turn), each one's latency the median over rounds; remembered with its rounds.
 
@@ -141,13 +176,15 @@ class TVMBackend:
             if k + 1 < rounds:
                 time.sleep(max(0.0, min_round_s - (time.perf_counter() - t0)))
         out = []
-        for (model, r), c, t in zip(items, compiled, times):
+        for (_, r), c, t in zip(items, compiled, times):
             res = {**summary(t), "latency_rounds_ms": t, **c["info"]}
             self._remember(c, r, res, rounds_ms=t)
             out.append(res)
         return out
 
-    def compile(self, model: nn.Module, resolution: int, tune: bool = True, check: bool = True) -> dict:
+    def compile(
+        self, model: nn.Module, resolution: int, tune: bool = True, check: bool = True
+    ) -> dict:
         """The candidate compiled for the target with whichever tuned kernels the database has (its
         missing ones tuned first if `tune`) on the Relax VM, with its seeded input: a compiled
         network that `time` can time again and again."""
@@ -178,9 +215,16 @@ class TVMBackend:
         x = torch.randn(*shape, generator=g)
         xt = tvm.runtime.tensor(x.numpy())
         frac = len(tuned) / max(1, len(kernels))
-        info = {"latency_source": "tvm" if frac == 1.0 else f"tvm-untuned-{len(kernels) - len(tuned)}-of-{len(kernels)}",
-                "latency_tuned_fraction": frac, "latency_kernels": len(kernels), "latency_kernels_tuned_now": tuned_now,
-                "latency_tuning_s": t_tune, "latency_compile_s": t_prep + t_build}
+        info = {
+            "latency_source": "tvm"
+            if frac == 1.0
+            else f"tvm-untuned-{len(kernels) - len(tuned)}-of-{len(kernels)}",
+            "latency_tuned_fraction": frac,
+            "latency_kernels": len(kernels),
+            "latency_kernels_tuned_now": tuned_now,
+            "latency_tuning_s": t_tune,
+            "latency_compile_s": t_prep + t_build,
+        }
         if check:
             with torch.no_grad():
                 ref = model(x).numpy()
@@ -192,8 +236,9 @@ class TVMBackend:
         the machine's cores held."""
         tvm = load_tvm()
         with core_lock().exclusive("measurement"):
-            res = compiled["vm"].time_evaluator("main", tvm.cpu(), number=1, repeat=self.repeats,
-                                                min_repeat_ms=20)(compiled["input"])
+            res = compiled["vm"].time_evaluator(
+                "main", tvm.cpu(), number=1, repeat=self.repeats, min_repeat_ms=20
+            )(compiled["input"])
         return summary(np.asarray(res.results, dtype=float) * 1e3)
 
     # --- the latency model ---------------------------------------------------------------------

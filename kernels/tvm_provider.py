@@ -30,8 +30,15 @@ class TVMLatency(LatencyProvider):
 
     name = "tvm"
 
-    def __init__(self, folder: str | Path, target: str | dict | None = None, trials_per_task: int = 32,
-                 strategy: str = "replay-trace", repeats: int = 20, check: bool = True):
+    def __init__(
+        self,
+        folder: str | Path,
+        target: str | dict | None = None,
+        trials_per_task: int = 32,
+        strategy: str = "replay-trace",
+        repeats: int = 20,
+        check: bool = True,
+    ):
         self.folder = Path(folder).expanduser()
         self.target, self.trials_per_task, self.strategy = target, trials_per_task, strategy
         self.repeats, self.check = repeats, check
@@ -40,7 +47,7 @@ class TVMLatency(LatencyProvider):
         self._stats: dict = {}  # the service's, kept when it stops
 
     @classmethod
-    def from_config(cls, cfg, cache_dir) -> "TVMLatency":
+    def from_config(cls, cfg, cache_dir) -> TVMLatency:
         return cls(database_folder(cfg, cache_dir), **tvm_settings(cfg))
 
     def __getstate__(self):
@@ -53,9 +60,15 @@ class TVMLatency(LatencyProvider):
             from kernels.tvm_latency import TVMBackend
 
             t0 = time.time()
-            self._backend = TVMBackend(self.folder, self.target, self.trials_per_task, self.strategy, self.repeats)
-            log.info("TVM ready for %s in %.1f s (tuning database %s)", self._backend.target, time.time() - t0,
-                     self._backend.db.dir)
+            self._backend = TVMBackend(
+                self.folder, self.target, self.trials_per_task, self.strategy, self.repeats
+            )
+            log.info(
+                "TVM ready for %s in %.1f s (tuning database %s)",
+                self._backend.target,
+                time.time() - t0,
+                self._backend.db.dir,
+            )
         return self._backend
 
     def measure(self, model: nn.Module, resolution: int) -> dict:
@@ -80,7 +93,9 @@ class TVMLatency(LatencyProvider):
 
     def finish_run(self, space, supernet, run_dir: Path, front: list) -> None:
         """latency.json: the target, the kernels seen and tuned (reuse) and the time spent."""
-        (Path(run_dir) / "latency.json").write_text(json.dumps({"provider": self.name, **self.stats()}, indent=2))
+        (Path(run_dir) / "latency.json").write_text(
+            json.dumps({"provider": self.name, **self.stats()}, indent=2)
+        )
 
     def stats(self) -> dict:
         if self.service is not None:
@@ -102,17 +117,38 @@ class TVMModelLatency(TVMLatency):
 
     name = "tvm-model"
 
-    def __init__(self, folder, target=None, trials_per_task: int = 32, strategy: str = "replay-trace",
-                 repeats: int = 20, check: bool = True, fit_networks: int = 12, holdout: int = 4, check_front: int = 8,
-                 rounds: int = 5):
+    def __init__(
+        self,
+        folder,
+        target=None,
+        trials_per_task: int = 32,
+        strategy: str = "replay-trace",
+        repeats: int = 20,
+        check: bool = True,
+        fit_networks: int = 12,
+        holdout: int = 4,
+        check_front: int = 8,
+        rounds: int = 5,
+    ):
         super().__init__(folder, target, trials_per_task, strategy, repeats, check)
-        self.fit_networks, self.holdout, self.check_front, self.rounds = fit_networks, holdout, check_front, rounds
+        self.fit_networks, self.holdout, self.check_front, self.rounds = (
+            fit_networks,
+            holdout,
+            check_front,
+            rounds,
+        )
         self.model = None
 
     @classmethod
-    def from_config(cls, cfg, cache_dir) -> "TVMModelLatency":
-        return cls(database_folder(cfg, cache_dir), **tvm_settings(cfg), fit_networks=cfg.fit_networks,
-                   holdout=cfg.holdout, check_front=cfg.check_front, rounds=cfg.rounds)
+    def from_config(cls, cfg, cache_dir) -> TVMModelLatency:
+        return cls(
+            database_folder(cfg, cache_dir),
+            **tvm_settings(cfg),
+            fit_networks=cfg.fit_networks,
+            holdout=cfg.holdout,
+            check_front=cfg.check_front,
+            rounds=cfg.rounds,
+        )
 
     def start_service(self) -> None:
         """Candidates are priced by the model in each worker: no service."""
@@ -122,54 +158,100 @@ class TVMModelLatency(TVMLatency):
 
         if self.model is None:
             raise RuntimeError("the latency model is not fitted (prepare_run was not called)")
-        return {"latency_ms": self.model.predict_ms(torch_ops(model, resolution)), "latency_source": self.name}
+        return {
+            "latency_ms": self.model.predict_ms(torch_ops(model, resolution)),
+            "latency_source": self.name,
+        }
 
     def prepare_run(self, space, supernet, run_dir: Path, seed: int) -> None:
         """Measure (or find measured) a spread sample of the space with tuned kernels, fit the
         model on all of it but the held-out networks, and report its error on those."""
-        from kernels.latency_model import LatencyModel, torch_ops
-        from kernels.tvm_latency import network_key, spread_genomes
+        from kernels.latency_model import LatencyModel
+        from kernels.tvm_latency import spread_genomes
 
-        b = self.backend()
+        b, t0 = self.backend(), time.time()
         genomes = spread_genomes(space, self.fit_networks + self.holdout, seed)
-        holdout_ids = {space.genome_id(g) for g in genomes[1:][::max(1, len(genomes) // max(1, self.holdout))][:self.holdout]}
-        known, t0 = b.networks(), time.time()
-        keys, todo = [], []
-        for g in genomes:
-            model = space.build(g, supernet)
-            r = space.arch(g).resolution
-            keys.append(network_key(torch_ops(model, r), r))
-            row = known.get(keys[-1])
-            if row is None or len(row.get("rounds_ms") or [row["ms"]]) < self.rounds:  # not measured (in enough rounds)
-                todo.append((model, r))
-        if todo:
-            log.info("latency model: measuring %d of %d networks with tuned kernels, %d interleaved rounds",
-                     len(todo), len(genomes), self.rounds)
-            b.measure_rounds(todo, self.rounds, tune=True,
-                             progress=lambda i, n: log.info("latency model: network %d/%d tuned and compiled", i, n))
-            known = b.networks()
-        rows = []
-        for g, key in zip(genomes, keys):
-            if key not in known:
-                log.warning("network %s could not be fully tuned; left out of the model", space.genome_id(g))
-                continue
-            rows.append((space.genome_id(g), known[key]))
+        step = max(1, len(genomes) // max(1, self.holdout))
+        holdout_ids = {space.genome_id(g) for g in genomes[1:][::step][: self.holdout]}
+        rows = self._measured(space, supernet, genomes)
         hold = [(gid, n) for gid, n in rows if gid in holdout_ids]
         hold_keys = {n["key"] for _, n in hold}
         # this run's sample only, so that the same config and seed price candidates the same way
         fit = [n for _, n in rows if n["key"] not in hold_keys]
         self.model = b.fit_model(fit)
-        errors = [{"genome_id": gid, "measured_ms": n["ms"],
-                   "predicted_ms": self.model.predict_ms(LatencyModel.ops_from_json(n["ops"]))} for gid, n in hold]
-        for e in errors:
-            e["error_pct"] = 100 * abs(e["predicted_ms"] - e["measured_ms"]) / e["measured_ms"]
-        report = {"provider": self.name, "target": str(b.target), "database": str(b.db.dir),
-                  "model": self.model.describe(), "fit_networks": len(fit), "rounds": self.rounds, "holdout": errors,
-                  "holdout_mape": float(np.mean([e["error_pct"] for e in errors])) if errors else None,
-                  "prepare_s": time.time() - t0, **b.db.stats}
+        errors = []
+        for gid, n in hold:
+            pred = self.model.predict_ms(LatencyModel.ops_from_json(n["ops"]))
+            errors.append(
+                {
+                    "genome_id": gid,
+                    "measured_ms": n["ms"],
+                    "predicted_ms": pred,
+                    "error_pct": 100 * abs(pred - n["ms"]) / n["ms"],
+                }
+            )
+        mape = float(np.mean([e["error_pct"] for e in errors])) if errors else None
+        report = {
+            "provider": self.name,
+            "target": str(b.target),
+            "database": str(b.db.dir),
+            "model": self.model.describe(),
+            "fit_networks": len(fit),
+            "rounds": self.rounds,
+            "holdout": errors,
+            "holdout_mape": mape,
+            "prepare_s": time.time() - t0,
+            **b.db.stats,
+        }
         (Path(run_dir) / "latency.json").write_text(json.dumps(report, indent=2))
-        log.info("latency model: fitted on %d networks, held-out error %s %%", len(fit),
-                 f"{report['holdout_mape']:.1f}" if errors else "n/a")
+        log.info(
+            "latency model: fitted on %d networks, held-out error %s %%",
+            len(fit),
+            f"{mape:.1f}" if errors else "n/a",
+        )
+
+    def _measured(self, space, supernet, genomes) -> list[tuple[str, dict]]:
+        """(genome id, networks.jsonl row) of each genome measured in `rounds` rounds with tuned
+        kernels, measuring those the database lacks; networks that could not be fully tuned are
+        left out."""
+        from kernels.latency_model import torch_ops
+        from kernels.tvm_latency import network_key
+
+        b = self.backend()
+        known, keys, todo = b.networks(), [], []
+        for g in genomes:
+            model = space.build(g, supernet)
+            r = space.arch(g).resolution
+            keys.append(network_key(torch_ops(model, r), r))
+            row = known.get(keys[-1])
+            if row is None or len(row.get("rounds_ms") or [row["ms"]]) < self.rounds:
+                todo.append((model, r))  # not measured, or in fewer rounds
+        if todo:
+            log.info(
+                "latency model: measuring %d of %d networks with tuned kernels, "
+                "%d interleaved rounds",
+                len(todo),
+                len(genomes),
+                self.rounds,
+            )
+            b.measure_rounds(
+                todo,
+                self.rounds,
+                tune=True,
+                progress=lambda i, n: log.info(
+                    "latency model: network %d/%d tuned and compiled", i, n
+                ),
+            )
+            known = b.networks()
+        rows = []
+        for g, key in zip(genomes, keys):
+            if key in known:
+                rows.append((space.genome_id(g), known[key]))
+            else:
+                log.warning(
+                    "network %s could not be fully tuned; left out of the model", space.genome_id(g)
+                )
+        return rows
 
     def finish_run(self, space, supernet, run_dir: Path, front: list) -> None:
         """Measure the front's networks (up to `check_front`) with tuned kernels; add the model's
@@ -177,21 +259,37 @@ class TVMModelLatency(TVMLatency):
         path = Path(run_dir) / "latency.json"
         report = json.loads(path.read_text()) if path.exists() else {"provider": self.name}
         b = self.backend()
-        recs = [rec for rec in front[: self.check_front] if rec.metrics.get("latency_ms") is not None]
-        items = [(space.build(rec.genome, supernet), space.arch(rec.genome).resolution) for rec in recs]
+        recs = [
+            rec for rec in front[: self.check_front] if rec.metrics.get("latency_ms") is not None
+        ]
+        items = [
+            (space.build(rec.genome, supernet), space.arch(rec.genome).resolution) for rec in recs
+        ]
         checks = []
         for rec, m in zip(recs, b.measure_rounds(items, self.rounds, tune=True) if items else []):
             pred = rec.metrics["latency_ms"]
-            checks.append({"trial": rec.number, "genome_id": rec.genome_id, "predicted_ms": pred,
-                           "measured_ms": m["latency_ms"], "source": m["latency_source"],
-                           "error_pct": 100 * abs(pred - m["latency_ms"]) / m["latency_ms"]})
+            checks.append(
+                {
+                    "trial": rec.number,
+                    "genome_id": rec.genome_id,
+                    "predicted_ms": pred,
+                    "measured_ms": m["latency_ms"],
+                    "source": m["latency_source"],
+                    "error_pct": 100 * abs(pred - m["latency_ms"]) / m["latency_ms"],
+                }
+            )
         report["front"] = checks
         report["front_mape"] = float(np.mean([c["error_pct"] for c in checks])) if checks else None
         report.update(b.db.stats)
         path.write_text(json.dumps(report, indent=2))
         if checks:
-            log.info("latency model on the Pareto front: %.1f %% mean error over %d networks measured with tuned "
-                     "kernels", report["front_mape"], len(checks))
+            log.info(
+                "latency model on the Pareto front: %.1f %% mean error over %d networks "
+                "measured with tuned "
+                "kernels",
+                report["front_mape"],
+                len(checks),
+            )
 
 
 def database_folder(cfg, cache_dir) -> Path:
@@ -207,4 +305,9 @@ def tvm_settings(cfg) -> dict:
         host_target(cfg.target)
     except Exception as e:  # noqa: BLE001 - TVM raises its own error types
         raise ValueError(f"not a TVM target: {str(e).strip().splitlines()[-1][:200]}") from None
-    return dict(target=cfg.target, trials_per_task=cfg.trials_per_task, strategy=cfg.strategy, repeats=cfg.repeats)
+    return dict(
+        target=cfg.target,
+        trials_per_task=cfg.trials_per_task,
+        strategy=cfg.strategy,
+        repeats=cfg.repeats,
+    )

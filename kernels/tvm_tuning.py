@@ -21,8 +21,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kernels.latency_model import op_of_kernel
 from kernels.cores import core_lock
+from kernels.latency_model import op_of_kernel
 from kernels.tvm_compile import load_tvm, target_key
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,8 @@ _MS_LOGGER = "tvm.s_tir.meta_schedule"
 def _detach_foreign_handlers() -> list[logging.Handler]:
     """MetaSchedule configures its loggers with logging.config.dictConfig, naming every handler
     already on its logger; a handler it did not create (a test's log capture, an application's
-    handler: unnamed) makes that fail. Take them off for the tuning; `_close_ms_handlers` puts them back."""
+    handler: unnamed) makes that fail. Take them off for the tuning; `_close_ms_handlers` puts
+    them back."""
     logger = logging.getLogger(_MS_LOGGER)
     foreign = [h for h in logger.handlers if not (h.get_name() or "").startswith(_MS_LOGGER)]
     for h in foreign:
@@ -76,7 +77,10 @@ def _detach_foreign_handlers() -> list[logging.Handler]:
 def _close_ms_handlers(foreign: list[logging.Handler]) -> None:
     """Close MetaSchedule's per-tuning file handlers (their folder is removed) and give its logger
     back the handlers it had."""
-    for name in [_MS_LOGGER, *[n for n in logging.root.manager.loggerDict if n.startswith(_MS_LOGGER + ".task_")]]:
+    for name in [
+        _MS_LOGGER,
+        *[n for n in logging.root.manager.loggerDict if n.startswith(_MS_LOGGER + ".task_")],
+    ]:
         logger = logging.getLogger(name)
         for h in list(logger.handlers):
             if isinstance(h, logging.FileHandler) and (h.get_name() or "").startswith(_MS_LOGGER):
@@ -100,7 +104,9 @@ def _in_process_builder():
             results = []
             for bi in build_inputs:
                 try:
-                    results.append(BuilderResult(default_export(default_build(bi.mod, bi.target, None)), None))
+                    results.append(
+                        BuilderResult(default_export(default_build(bi.mod, bi.target, None)), None)
+                    )
                 except Exception as e:  # noqa: BLE001 - a failed candidate, not a failed tuning
                     results.append(BuilderResult(None, f"build failed: {e}"))
             return results
@@ -111,8 +117,14 @@ def _in_process_builder():
 class TuningDB:
     """A target's tuning database: which kernels are tuned, their times, and tuning of the rest."""
 
-    def __init__(self, folder: str | Path, target, trials_per_task: int = 32, strategy: str = "replay-trace",
-                 seed: int = 0):
+    def __init__(
+        self,
+        folder: str | Path,
+        target,
+        trials_per_task: int = 32,
+        strategy: str = "replay-trace",
+        seed: int = 0,
+    ):
         self.target = target
         load_tvm()
         self.threads = int(os.environ["TVM_NUM_THREADS"])
@@ -147,7 +159,9 @@ class TuningDB:
         load_tvm()
         from tvm.s_tir import meta_schedule as ms
 
-        self._db = ms.database.JSONDatabase(str(wl), str(rec), allow_missing=True, module_equality="structural")
+        self._db = ms.database.JSONDatabase(
+            str(wl), str(rec), allow_missing=True, module_equality="structural"
+        )
         self._loaded_size = size
 
     @property
@@ -193,27 +207,8 @@ class TuningDB:
             if not todo or trials <= 0:
                 self._table_rows(kernels)
                 return 0
-            load_tvm()
-            from tvm.s_tir import meta_schedule as ms
-
             t0 = time.time()
-            logs = Path(tempfile.mkdtemp(prefix="archsearch-ms-"))
-            foreign = _detach_foreign_handlers()
-            try:
-                ctxs, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-                    [k.task for k in todo], work_dir=str(logs), strategy=self.strategy,
-                    num_threads=self._cores(), seed=self.seed)
-                builder = _in_process_builder()
-                runner = ms.runner.LocalRunner(evaluator_config=ms.runner.EvaluatorConfig(
-                    number=3, repeat=3, min_repeat_ms=20, enable_cpu_cache_flush=False))
-                log.info("tuning %d new kernel%s (%d trials each)", len(todo), "" if len(todo) == 1 else "s", trials)
-                ms.tune_tasks(tasks=ctxs, task_weights=weights, work_dir=str(logs),
-                              max_trials_global=trials * len(ctxs), max_trials_per_task=trials,
-                              num_trials_per_iter=min(trials, 16), builder=builder, runner=runner,
-                              database=self._db, cost_model="random" if self.strategy != "evolutionary" else "xgb")
-            finally:
-                _close_ms_handlers(foreign)
-                shutil.rmtree(logs, ignore_errors=True)
+            self._run_metaschedule(todo, trials)
             dt = time.time() - t0
             self.stats["tasks_tuned"] += len(todo)
             self.stats["tuning_s"] += dt
@@ -222,10 +217,53 @@ class TuningDB:
             self._table_rows(kernels)
             failed = [k.name for k in todo if self.record(k) is None]
             if failed:
-                log.warning("no working schedule found for %d kernel%s: %s", len(failed),
-                            "" if len(failed) == 1 else "s", ", ".join(failed[:5]))
+                log.warning(
+                    "no working schedule found for %d kernel%s: %s",
+                    len(failed),
+                    "" if len(failed) == 1 else "s",
+                    ", ".join(failed[:5]),
+                )
             log.info("tuned %d kernels in %.0f s", len(todo), dt)
             return len(todo)
+
+    def _run_metaschedule(self, todo: list[Kernel], trials: int) -> None:
+        """MetaSchedule on `todo`, `trials` each, its records into the database (logs in a
+        temporary folder; other libraries' log handlers detached meanwhile)."""
+        load_tvm()
+        from tvm.s_tir import meta_schedule as ms
+
+        logs = Path(tempfile.mkdtemp(prefix="archsearch-ms-"))
+        foreign = _detach_foreign_handlers()
+        try:
+            ctxs, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+                [k.task for k in todo],
+                work_dir=str(logs),
+                strategy=self.strategy,
+                num_threads=self._cores(),
+                seed=self.seed,
+            )
+            runner = ms.runner.LocalRunner(
+                evaluator_config=ms.runner.EvaluatorConfig(
+                    number=3, repeat=3, min_repeat_ms=20, enable_cpu_cache_flush=False
+                )
+            )
+            n = len(todo)
+            log.info("tuning %d new kernel%s (%d trials each)", n, "" if n == 1 else "s", trials)
+            ms.tune_tasks(
+                tasks=ctxs,
+                task_weights=weights,
+                work_dir=str(logs),
+                max_trials_global=trials * len(ctxs),
+                max_trials_per_task=trials,
+                num_trials_per_iter=min(trials, 16),
+                builder=_in_process_builder(),
+                runner=runner,
+                database=self._db,
+                cost_model="random" if self.strategy != "evolutionary" else "xgb",
+            )
+        finally:
+            _close_ms_handlers(foreign)
+            shutil.rmtree(logs, ignore_errors=True)
 
     def _cores(self) -> int:
         n = self.target.attrs.get("num-cores") if hasattr(self.target, "attrs") else None

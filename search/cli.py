@@ -10,9 +10,8 @@ import logging
 import sys
 from pathlib import Path
 
-from spaces.errors import ArchsearchError
-
 from search.errors import RunFailed
+from spaces.errors import ArchsearchError
 
 log = logging.getLogger("archsearch")
 
@@ -33,8 +32,11 @@ def _cmd_spaces(args) -> int:
         g = sp.full()
         c = sp.cost(g)
         rel = p.relative_to(Path.cwd()) if p.is_relative_to(Path.cwd()) else p
-        print(f"{sp.name:<12} {str(rel):<28} {sp.family.kind:<7} {len(sp.dims):>3} dims  "
-              f"supernet {c['flops'] / 1e6:8.1f} MFLOPs {c['params'] / 1e6:6.3f} M params  {sp.description}")
+        print(
+            f"{sp.name:<12} {str(rel):<28} {sp.family.kind:<7} {len(sp.dims):>3} dims  "
+            f"supernet {c['flops'] / 1e6:8.1f} MFLOPs {c['params'] / 1e6:6.3f} M params  "
+            f"{sp.description}"
+        )
     return 0
 
 
@@ -44,22 +46,37 @@ def _cmd_space(args) -> int:
     sp = load_space(args.file)
     full = sp.full()
     c = sp.cost(full)
-    print(f"{sp.name}: family {sp.family.kind}, {len(sp.dims)} dimensions, "
-          f"full network {c['flops'] / 1e6:.1f} MFLOPs, {c['params']:,} params")
+    print(
+        f"{sp.name}: family {sp.family.kind}, {len(sp.dims)} dimensions, "
+        f"full network {c['flops'] / 1e6:.1f} MFLOPs, {c['params']:,} params"
+    )
     for n, d in sp.dims.items():
-        cond = f"  (active if {d.condition.depth_dim} keeps block {d.condition.index})" if d.condition else ""
+        cond = (
+            f"  (active if {d.condition.depth_dim} keeps block {d.condition.index})"
+            if d.condition
+            else ""
+        )
         print(f"  {n:<22} {d.describe()}{cond}")
     if args.sample:
         for s in range(args.sample):
             g = sp.sample(args.seed + s)
             c = sp.cost(g)
-            print(f"sample {s}: id {sp.genome_id(g)} {c['flops'] / 1e6:.2f} MFLOPs {c['params']:,} params")
+            print(
+                f"sample {s}: id {sp.genome_id(g)} {c['flops'] / 1e6:.2f} MFLOPs "
+                f"{c['params']:,} params"
+            )
     return 0
 
 
 def _flags(args) -> dict:
-    return {"optimizer": args.optimizer, "budget": args.budget, "workers": args.workers, "seed": args.seed,
-            "address": args.address, "runner": args.runner}
+    return {
+        "optimizer": args.optimizer,
+        "budget": args.budget,
+        "workers": args.workers,
+        "seed": args.seed,
+        "address": args.address,
+        "runner": args.runner,
+    }
 
 
 def _cmd_run(args) -> int:
@@ -93,23 +110,42 @@ def _cmd_report(args) -> int:
 def _cmd_export(args) -> int:
     from search.export import export
 
-    return export(args.run_dir, trial=args.trial, pareto=args.pareto, formats=args.format, out=args.out)
+    return export(
+        args.run_dir, trial=args.trial, pareto=args.pareto, formats=args.format, out=args.out
+    )
 
 
 def _run_flags(s: argparse.ArgumentParser) -> None:
     s.add_argument("--optimizer", help="optimizer name (default: the file's, else random)")
     s.add_argument("--budget", type=int, help="number of complete trials")
-    s.add_argument("--workers", type=int, help="evaluator workers on Ray (0: in-process; default: all cores)")
-    s.add_argument("--address", help="use the Ray cluster at HOST:PORT (default: RAY_ADDRESS, else embedded local Ray)")
-    s.add_argument("--runner", choices=["loop", "tune"], help="loop: archsearch's own (default); tune: Ray Tune with the optimiser as Searcher")
+    s.add_argument(
+        "--workers", type=int, help="evaluator workers on Ray (0: in-process; default: all cores)"
+    )
+    s.add_argument(
+        "--address",
+        help="use the Ray cluster at HOST:PORT (default: RAY_ADDRESS, else embedded local Ray)",
+    )
+    s.add_argument(
+        "--runner",
+        choices=["loop", "tune"],
+        help="loop: archsearch's own (default); tune: Ray Tune with the optimiser as Searcher",
+    )
     s.add_argument("--seed", type=int, help="seed of the whole run")
-    s.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a config field (dotted keys; a bare unknown key is an optimizer option)")
-    s.add_argument("--no-progress", action="store_true", help="plain log lines instead of a progress bar")
+    s.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a config field (dotted keys; a bare unknown key is an optimizer option)",
+    )
+    s.add_argument(
+        "--no-progress", action="store_true", help="plain log lines instead of a progress bar"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="search", description="archsearch: hardware-aware compression and architecture search")
+    p = _Parser(
+        prog="search", description="archsearch: hardware-aware compression and architecture search"
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -129,36 +165,62 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--top", type=int, default=10, help="best trials to list")
     s.set_defaults(func=_cmd_show)
 
-    s = sub.add_parser("report", help="(re)build report.html and its PNGs for a run, also one still going")
+    s = sub.add_parser(
+        "report", help="(re)build report.html and its PNGs for a run, also one still going"
+    )
     s.add_argument("run_dir")
     s.set_defaults(func=_cmd_report)
 
+    _add_export(sub)
+    _add_space_commands(sub)
+    return p
+
+
+def _add_export(sub) -> None:
     s = sub.add_parser("export", help="write sliced models of a run, checked against PyTorch")
     s.add_argument("run_dir")
     which = s.add_mutually_exclusive_group()
-    which.add_argument("--trial", type=int, action="append", help="a trial number to export, repeatable (default: the best)")
+    which.add_argument(
+        "--trial",
+        type=int,
+        action="append",
+        help="a trial number to export, repeatable (default: the best)",
+    )
     which.add_argument("--pareto", action="store_true", help="every trial of the Pareto front")
-    s.add_argument("--format", action="append", choices=["onnx", "torchscript", "tvm"],
-                   help="repeatable (default: torchscript)")
+    s.add_argument(
+        "--format",
+        action="append",
+        choices=["onnx", "torchscript", "tvm"],
+        help="repeatable (default: torchscript)",
+    )
     s.add_argument("--out", help="folder (default RUN_DIR/export)")
     s.set_defaults(func=_cmd_export)
 
+
+def _add_space_commands(sub) -> None:
     s = sub.add_parser("spaces", help="list the shipped spaces")
     s.set_defaults(func=_cmd_spaces)
 
     s = sub.add_parser("space", help="validate a space file and list its dimensions")
     s.add_argument("file", help="a space YAML file")
-    s.add_argument("--sample", type=int, default=0, metavar="N", help="also sample N genomes and print their cost")
+    s.add_argument(
+        "--sample",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also sample N genomes and print their cost",
+    )
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=_cmd_space)
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     try:
         return int(args.func(args) or 0)
     except ArchsearchError as e:

@@ -82,26 +82,36 @@ class RecipeCfg(_M):
     weight_decay: float = Field(5e-5, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
-    weight_training: Literal["slb", "ste"] = Field("slb", description="how low-bit weight sets train (int8: always ste)")
+    weight_training: Literal["slb", "ste"] = Field(
+        "slb", description="how low-bit weight sets train (int8: always ste)"
+    )
     slb_t_start: float = Field(1.0, gt=0)
     slb_t_end: float = Field(100.0, gt=0)
-    slb_lr: float = Field(0.05, gt=0, description="Adam's learning rate for SLB's logits and scales")
+    slb_lr: float = Field(
+        0.05, gt=0, description="Adam's learning rate for SLB's logits and scales"
+    )
 
 
 class PretrainCfg(RecipeCfg):
     epochs: float = Field(10.0, gt=0)
     batch_size: int = Field(32, ge=1)
     lr: float = Field(0.05, gt=0)
-    sandwich: int = Field(4, ge=1, description="sub-networks per batch: full, smallest, random ones")
+    sandwich: int = Field(
+        4, ge=1, description="sub-networks per batch: full, smallest, random ones"
+    )
 
 
 class CycleGANCfg(_M):
-    pretrain_steps: int = Field(1500, ge=1, description="steps of full-CycleGAN pre-training (cached)")
+    pretrain_steps: int = Field(
+        1500, ge=1, description="steps of full-CycleGAN pre-training (cached)"
+    )
     batch_size: int = Field(32, ge=1)
     lr: float = Field(2e-4, gt=0)
     cycle_lambda: float = Field(10.0, ge=0, description="cycle-consistency weight in pre-training")
     cycle_weight: float = Field(1.0, ge=0, description="weight of the cycle loss in the fitness")
-    channel_weight: float = Field(0.1, ge=0, description="weight of the kept-channel fraction in the fitness")
+    channel_weight: float = Field(
+        0.1, ge=0, description="weight of the kept-channel fraction in the fitness"
+    )
 
 
 class EvaluatorCfg(_M):
@@ -126,16 +136,32 @@ class LatencyCfg(_M):
     provider: str = Field("torch", description="a provider of kernels.latency.PROVIDERS, or none")
     repeats: int = Field(20, ge=1, description="timed runs (median and interquartile spread)")
     warmup: int = Field(3, ge=0)
-    threads: int | None = Field(None, ge=1, description="torch / onnxruntime threads; default theirs")
-    target: str | dict[str, Any] | None = Field(None, description="TVM target; default: llvm for this host's CPU")
-    trials_per_task: int = Field(32, ge=0, description="MetaSchedule trials per new kernel (0: no tuning)")
+    threads: int | None = Field(
+        None, ge=1, description="torch / onnxruntime threads; default theirs"
+    )
+    target: str | dict[str, Any] | None = Field(
+        None, description="TVM target; default: llvm for this host's CPU"
+    )
+    trials_per_task: int = Field(
+        32, ge=0, description="MetaSchedule trials per new kernel (0: no tuning)"
+    )
     strategy: Literal["replay-trace", "evolutionary"] = "replay-trace"
-    database: str | None = Field(None, description="folder of the tuning databases (one per target); default <cache>/tvm")
+    database: str | None = Field(
+        None, description="folder of the tuning databases (one per target); default <cache>/tvm"
+    )
     fit_networks: int = Field(12, ge=1, description="tvm-model: networks measured to fit the model")
-    holdout: int = Field(4, ge=0, description="tvm-model: networks measured to check it, never fitted on")
-    check_front: int = Field(8, ge=0, description="tvm-model: Pareto-front networks measured at the end")
-    rounds: int = Field(5, ge=1, description="tvm-model: interleaved timing rounds of the networks it fits on "
-                                             "and checks (each one's latency: the median over rounds)")
+    holdout: int = Field(
+        4, ge=0, description="tvm-model: networks measured to check it, never fitted on"
+    )
+    check_front: int = Field(
+        8, ge=0, description="tvm-model: Pareto-front networks measured at the end"
+    )
+    rounds: int = Field(
+        5,
+        ge=1,
+        description="tvm-model: interleaved timing rounds of the networks it fits on "
+        "and checks (each one's latency: the median over rounds)",
+    )
 
     @field_validator("provider")
     @classmethod
@@ -143,19 +169,27 @@ class LatencyCfg(_M):
         from kernels.latency import NONE, PROVIDERS
 
         if v != NONE and v not in PROVIDERS:
-            raise ValueError(f"unknown latency provider {v!r}; expected one of {', '.join([*PROVIDERS, NONE])}")
+            raise ValueError(
+                f"unknown latency provider {v!r}; expected one of {', '.join([*PROVIDERS, NONE])}"
+            )
         return v
 
 
 class RayCfg(_M):
-    cpus_per_worker: float | None = Field(None, gt=0, description="default: the CPUs divided among the workers")
+    cpus_per_worker: float | None = Field(
+        None, gt=0, description="default: the CPUs divided among the workers"
+    )
     max_retries: int = Field(2, ge=0, description="retries of a trial whose worker process died")
-    object_store_memory: int | None = Field(None, ge=78_643_200, description="bytes, embedded Ray only")
+    object_store_memory: int | None = Field(
+        None, ge=78_643_200, description="bytes, embedded Ray only"
+    )
 
 
 class TuneCfg(_M):
     scheduler: Literal["asha", "fifo"] = "asha"
-    grace_period: int = Field(1, ge=1, description="epochs every candidate gets before ASHA may stop it")
+    grace_period: int = Field(
+        1, ge=1, description="epochs every candidate gets before ASHA may stop it"
+    )
     reduction_factor: float = Field(3.0, gt=1)
 
 
@@ -173,13 +207,22 @@ class RunCfg(_M):
     optimizer: OptimizerCfg = OptimizerCfg()
     budget: int = Field(20, ge=1)
     seed: int = Field(0, ge=0)
-    workers: int | None = Field(None, ge=0, description="evaluator workers on Ray; 0: in-process; default: all cores (train), 0 (table)")
-    address: str | None = Field(None, description="a Ray cluster (HOST:PORT); default RAY_ADDRESS, else embedded local Ray")
+    workers: int | None = Field(
+        None,
+        ge=0,
+        description="evaluator workers on Ray; 0: in-process; "
+        "default: all cores (train), 0 (table)",
+    )
+    address: str | None = Field(
+        None, description="a Ray cluster (HOST:PORT); default RAY_ADDRESS, else embedded local Ray"
+    )
     runner: Literal["loop", "tune"] = "loop"
     ray: RayCfg = RayCfg()
     tune: TuneCfg = TuneCfg()
     max_failures: int | None = Field(None, ge=0)
-    objectives: list[Objective] = Field(default_factory=lambda: [Objective(metric="val_acc")], min_length=1)
+    objectives: list[Objective] = Field(
+        default_factory=lambda: [Objective(metric="val_acc")], min_length=1
+    )
     constraints: list[Constraint] = Field(default_factory=list)
     dataset: DatasetCfg = DatasetCfg()
     evaluator: EvaluatorCfg = EvaluatorCfg()
@@ -210,7 +253,10 @@ def apply_overrides(data: dict[str, Any], sets: list[str]) -> dict[str, Any]:
     an option of the optimiser (`--set epsilon=0.01` -> optimizer.options.epsilon)."""
     data = copy.deepcopy(data)
     # `--set optimizer=NAME` first, wherever it stands: the options given beside it are NAME's
-    sets = sorted(sets, key=lambda item: not item.replace(" ", "").startswith(("optimizer=", "optimizer.name=")))
+    sets = sorted(
+        sets,
+        key=lambda item: not item.replace(" ", "").startswith(("optimizer=", "optimizer.name=")),
+    )
     for item in sets:
         if "=" not in item:
             raise ConfigError("--set", item, "expected key=value")
@@ -290,19 +336,26 @@ def apply_presets(data: dict[str, Any], file: str) -> dict[str, Any]:
     return _merge(merged, data)
 
 
-def load_run_config(path: str | Path, sets: list[str] | None = None,
-                    flags: dict[str, Any] | None = None) -> tuple[RunCfg, Space, dict[str, Any]]:
-    """Read, override and validate a run file; returns the config, its space and the resolved dict."""
+def load_run_config(
+    path: str | Path, sets: list[str] | None = None, flags: dict[str, Any] | None = None
+) -> tuple[RunCfg, Space, dict[str, Any]]:
+    """Read, override and validate a run file; returns the config, its space and the resolved
+    dict."""
     file = str(path)
     data = read_yaml(path)
-    for k, v in (flags or {}).items():  # flags first: `--set` options then go to the flag's optimiser
+    for k, v in (
+        flags or {}
+    ).items():  # flags first: `--set` options then go to the flag's optimiser
         if v is None:
             continue
         if k == "optimizer":
             opt = data.get("optimizer")
             opt = {"name": opt} if isinstance(opt, str) else (opt if isinstance(opt, dict) else {})
-            # the file's options belong to the file's optimiser: another one starts from its defaults
-            data["optimizer"] = {**opt, "name": v} if opt.get("name", "random") == v else {"name": v}
+            # the file's options belong to the file's optimiser: another one starts from its
+            # defaults
+            data["optimizer"] = (
+                {**opt, "name": v} if opt.get("name", "random") == v else {"name": v}
+            )
         else:
             data[k] = v
     data = apply_overrides(data, sets or [])

@@ -46,7 +46,9 @@ class Engine:
     `store` is a `RunStore` (the run folder's study) or a `MemoryStore`; `signs` rank the first
     objective for progress lines. `max_failures` None means no limit."""
 
-    def __init__(self, optimizer, store, budget: int, seed: int = 0, max_failures: int | None = None):
+    def __init__(
+        self, optimizer, store, budget: int, seed: int = 0, max_failures: int | None = None
+    ):
         self.opt, self.store, self.budget, self.seed = optimizer, store, budget, seed
         self.max_failures = max_failures
         self.signs = [o.sign for o in optimizer.objectives]
@@ -98,8 +100,15 @@ class Engine:
         self.exhausted = True
         return DONE
 
-    def complete(self, genome_id: str, status: str, metrics: dict, reason: str | None = None, node: str = "",
-                 state_dict: dict | None = None) -> TrialRecord:
+    def complete(
+        self,
+        genome_id: str,
+        status: str,
+        metrics: dict,
+        reason: str | None = None,
+        node: str = "",
+        state_dict: dict | None = None,
+    ) -> TrialRecord:
         """Record a finished evaluation (weights first, then the trial), then tell the optimiser."""
         ticket = self.in_flight.pop(genome_id)
         if state_dict is not None:
@@ -121,7 +130,9 @@ class Engine:
     def raise_if_failed_out(self) -> None:
         if self.failed_out:
             last = self.last.reason if self.last else None
-            raise RunFailed(f"{self.failures} failed trials (max_failures {self.max_failures}); last: {last}")
+            raise RunFailed(
+                f"{self.failures} failed trials (max_failures {self.max_failures}); last: {last}"
+            )
 
     def best(self) -> TrialRecord | None:
         return best(self.records, self.signs)
@@ -129,4 +140,8 @@ class Engine:
     def status_line(self) -> str:
         """The first objective's best so far, for progress bars."""
         b = self.best()
-        return f"best {self.opt.objectives[0].metric} {b.values[0]:.4g}" if b else "no complete trial yet"
+        return (
+            f"best {self.opt.objectives[0].metric} {b.values[0]:.4g}"
+            if b
+            else "no complete trial yet"
+        )

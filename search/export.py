@@ -11,10 +11,9 @@ from pathlib import Path
 
 import torch
 
-from spaces.errors import ConfigError
-
 from search.errors import RunFailed
 from search.runs import open_run
+from spaces.errors import ConfigError
 
 log = logging.getLogger(__name__)
 TOLERANCE = 1e-4
@@ -31,7 +30,11 @@ def _chosen(run, trial: int | list[int] | None, pareto: bool) -> list:
     for t in [trial] if isinstance(trial, int) else trial:
         found = [r for r in run.records if r.number == t]
         if not found:
-            raise ConfigError(str(run.dir), "--trial", f"no trial {t} (the run has trials 0..{len(run.records) - 1})")
+            raise ConfigError(
+                str(run.dir),
+                "--trial",
+                f"no trial {t} (the run has trials 0..{len(run.records) - 1})",
+            )
         if not found[0].complete:
             raise ConfigError(str(run.dir), "--trial", f"trial {t} failed: {found[0].reason}")
         chosen.append(found[0])
@@ -42,8 +45,12 @@ def _trained_model(run, r, space_cache: dict):
     """The sliced model of trial `r` with its fine-tuned weights, and its arch."""
     weights = run.dir / "trials" / f"{r.genome_id}.pt"
     if not weights.exists():
-        raise ConfigError(str(run.dir), "--trial", f"trial {r.number} has no stored weights ({weights.name}); "
-                                                   "table evaluations and early-stopped Tune trials have none")
+        raise ConfigError(
+            str(run.dir),
+            "--trial",
+            f"trial {r.number} has no stored weights ({weights.name}); "
+            "table evaluations and early-stopped Tune trials have none",
+        )
     state = torch.load(weights, weights_only=True)
     if "space" not in space_cache:  # the stored classifier gives the dataset's number of classes
         heads = [v for k, v in state.items() if k.endswith("classifier.weight")]
@@ -55,12 +62,19 @@ def _trained_model(run, r, space_cache: dict):
     return model.eval(), arch
 
 
-def export(run_dir: str, trial: int | list[int] | None = None, pareto: bool = False, formats: list[str] | None = None,
-           out: str | None = None) -> int:
+def export(
+    run_dir: str,
+    trial: int | list[int] | None = None,
+    pareto: bool = False,
+    formats: list[str] | None = None,
+    out: str | None = None,
+) -> int:
     from kernels.export import EXT, export_model
 
     run = open_run(run_dir)
-    tvm_db = run.cfg.latency.database or run.cfg.cache_dir() / "tvm"  # tuned kernels for the TVM library
+    tvm_db = (
+        run.cfg.latency.database or run.cfg.cache_dir() / "tvm"
+    )  # tuned kernels for the TVM library
     chosen = _chosen(run, trial, pareto)
     if not chosen:
         raise ConfigError(str(run.dir), None, "no complete trial to export")
@@ -76,15 +90,31 @@ def export(run_dir: str, trial: int | list[int] | None = None, pareto: bool = Fa
             f = dest / f"trial{r.number}-{r.genome_id}{EXT[fmt]}"
             t0 = time.time()
             diff, info = export_model(model, arch.resolution, fmt, f, tvm_database=tvm_db)
-            entry = {"trial": r.number, "genome_id": r.genome_id, "format": fmt, "file": f.name, **info,
-                     "bytes": f.stat().st_size, "max_abs_diff": diff, "ok": diff <= TOLERANCE,
-                     "resolution": arch.resolution, "seconds": round(time.time() - t0, 2),
-                     "at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            entry = {
+                "trial": r.number,
+                "genome_id": r.genome_id,
+                "format": fmt,
+                "file": f.name,
+                **info,
+                "bytes": f.stat().st_size,
+                "max_abs_diff": diff,
+                "ok": diff <= TOLERANCE,
+                "resolution": arch.resolution,
+                "seconds": round(time.time() - t0, 2),
+                "at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            }
             manifest.append(entry)
             rows.append(entry)
-            tuned = f"  {info['tuned_kernels']}/{info['kernels']} kernels tuned" if info.get("kernels") else ""
-            print(f"trial {r.number:>4} {r.genome_id}  {fmt:<11} {f.name:<40} max |diff| {diff:.2e}{tuned}  "
-                  f"{'ok' if entry['ok'] else 'ABOVE ' + str(TOLERANCE)}")
+            tuned = (
+                f"  {info['tuned_kernels']}/{info['kernels']} kernels tuned"
+                if info.get("kernels")
+                else ""
+            )
+            print(
+                f"trial {r.number:>4} {r.genome_id}  {fmt:<11} {f.name:<40} "
+                f"max |diff| {diff:.2e}{tuned}  "
+                f"{'ok' if entry['ok'] else 'ABOVE ' + str(TOLERANCE)}"
+            )
     manifest_path.write_text(json.dumps(manifest, indent=2))
     print(f"{len(rows)} export(s) in {dest}; manifest {manifest_path.name}")
     worst = max(e["max_abs_diff"] for e in rows)

@@ -8,7 +8,6 @@ import socket
 import time
 
 from evaluators.executor import make_executor
-
 from search.engine import Engine, Ticket
 from search.progress import Progress
 
@@ -19,7 +18,9 @@ def run_loop(run, engine: Engine, progress: bool = True) -> dict:
     """Fill the workers with the engine's tickets, complete each result, until the engine is
     done and nothing is in flight. Returns the session's timings."""
     cfg = run.cfg
-    ex = run.executor = make_executor(run.evaluator, run.workers(), cfg.address, **cfg.ray.model_dump())
+    ex = run.executor = make_executor(
+        run.evaluator, run.workers(), cfg.address, **cfg.ray.model_dump()
+    )
     bar = Progress(engine.budget, engine.n_done, progress)
     host = socket.gethostname()
     t0 = t_last = time.time()
@@ -30,7 +31,9 @@ def run_loop(run, engine: Engine, progress: bool = True) -> dict:
             if not engine.in_flight:
                 break
             gid, res = ex.next_result()
-            engine.complete(gid, res.status, res.metrics, res.reason, res.node or host, res.state_dict)
+            engine.complete(
+                gid, res.status, res.metrics, res.reason, res.node or host, res.state_dict
+            )
             engine.raise_if_failed_out()
             bar.update(engine.n_done, engine.status_line())
             t_last = time.time()
@@ -38,6 +41,17 @@ def run_loop(run, engine: Engine, progress: bool = True) -> dict:
         bar.close()
         run.finish_trials(engine)  # before the executor stops: it may own the latency service
         ex.close()
-    log.info("%.1f s searching (%s, %d worker%s)", t_last - t0, ex.kind, ex.slots, "" if ex.slots == 1 else "s")
-    return {"runner": "loop", "executor": ex.kind, "workers": ex.slots, "executor_startup_s": ex.startup_s,
-            "search_s": t_last - t0}
+    log.info(
+        "%.1f s searching (%s, %d worker%s)",
+        t_last - t0,
+        ex.kind,
+        ex.slots,
+        "" if ex.slots == 1 else "s",
+    )
+    return {
+        "runner": "loop",
+        "executor": ex.kind,
+        "workers": ex.slots,
+        "executor_startup_s": ex.startup_s,
+        "search_s": t_last - t0,
+    }

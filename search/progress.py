@@ -47,7 +47,9 @@ def pretrain_progress(enabled: bool):
             if state["bar"] is None:
                 from tqdm import tqdm
 
-                state["bar"] = tqdm(total=total, desc="pre-training supernet", unit="step", dynamic_ncols=True)
+                state["bar"] = tqdm(
+                    total=total, desc="pre-training supernet", unit="step", dynamic_ncols=True
+                )
             state["bar"].update(step - state["bar"].n)
             state["bar"].set_postfix_str(f"loss {loss:.3f}")
             if step >= total:

@@ -34,8 +34,17 @@ class TrialRecord:
         return sum(max(0.0, v) for v in self.violations.values())
 
 
-def make_record(number: int, space, genome: dict, status: str, metrics: dict, objectives: list, constraints: list,
-                reason: str | None = None, node: str = "") -> TrialRecord:
+def make_record(
+    number: int,
+    space,
+    genome: dict,
+    status: str,
+    metrics: dict,
+    objectives: list,
+    constraints: list,
+    reason: str | None = None,
+    node: str = "",
+) -> TrialRecord:
     """The record of one finished trial: objective values and constraint violations from its
     metrics; a complete trial with a non-finite objective counts as failed."""
     values, violations = None, {}
@@ -43,9 +52,23 @@ def make_record(number: int, space, genome: dict, status: str, metrics: dict, ob
         values = [float(metrics[o.metric]) for o in objectives]
         violations = {c.metric: c.violation(float(metrics[c.metric])) for c in constraints}
         if not all(math.isfinite(v) for v in values):
-            status, reason, values, violations = "failed", f"non-finite objective {values}", None, {}
-    return TrialRecord(number, space.canonical(genome), space.genome_id(genome), status, dict(metrics), values,
-                       violations, reason, node)
+            status, reason, values, violations = (
+                "failed",
+                f"non-finite objective {values}",
+                None,
+                {},
+            )
+    return TrialRecord(
+        number,
+        space.canonical(genome),
+        space.genome_id(genome),
+        status,
+        dict(metrics),
+        values,
+        violations,
+        reason,
+        node,
+    )
 
 
 def dominates(a: list[float], b: list[float], signs: list[float]) -> bool:
@@ -62,7 +85,9 @@ def dominates(a: list[float], b: list[float], signs: list[float]) -> bool:
 def pareto_front(records: list[TrialRecord], signs: list[float]) -> list[TrialRecord]:
     """Non-dominated feasible complete trials (all complete ones if none is feasible)."""
     pool = [r for r in records if r.feasible] or [r for r in records if r.complete]
-    front = [r for r in pool if not any(dominates(o.values, r.values, signs) for o in pool if o is not r)]
+    front = [
+        r for r in pool if not any(dominates(o.values, r.values, signs) for o in pool if o is not r)
+    ]
     seen, out = set(), []
     for r in sorted(front, key=lambda r: [-s * v for s, v in zip(signs, r.values)]):
         if r.genome_id not in seen:

@@ -16,11 +16,10 @@ import os
 import time
 from pathlib import Path
 
-from spaces.dims import Choice, Mask, Scale
-
 from search.hypervolume import hypervolume_2d
 from search.records import TrialRecord, dominates
 from search.runs import open_run
+from spaces.dims import Choice, Mask, Scale
 
 log = logging.getLogger(__name__)
 ACC_METRICS = ("val_acc", "test_acc", "c10_test", "fitness")
@@ -37,17 +36,31 @@ def _accuracy_metric(cfg, records) -> tuple[str, float]:
     return cfg.objectives[0].metric, -1.0
 
 
-def _front2(points: list[tuple[float, float, TrialRecord]]) -> list[tuple[float, float, TrialRecord]]:
+def _front2(
+    points: list[tuple[float, float, TrialRecord]],
+) -> list[tuple[float, float, TrialRecord]]:
     """Non-dominated points for (x down, y up), by x."""
-    out = [p for p in points if not any(dominates([q[1], q[0]], [p[1], p[0]], [1.0, -1.0]) for q in points)]
+    out = [
+        p
+        for p in points
+        if not any(dominates([q[1], q[0]], [p[1], p[0]], [1.0, -1.0]) for q in points)
+    ]
     return sorted(out, key=lambda p: p[0])
 
 
-def _plot_front(path: Path, records, acc: str, x: str, xlabel: str, full_id: str, supernet: dict | None) -> bool:
+def _plot_front(
+    path: Path, records, acc: str, x: str, xlabel: str, full_id: str, supernet: dict | None
+) -> bool:
     import matplotlib.pyplot as plt
 
-    pts = [(float(r.metrics[x]), float(r.metrics[acc]), r) for r in records
-           if r.complete and x in r.metrics and acc in r.metrics and _finite(r.metrics[x], r.metrics[acc])]
+    pts = [
+        (float(r.metrics[x]), float(r.metrics[acc]), r)
+        for r in records
+        if r.complete
+        and x in r.metrics
+        and acc in r.metrics
+        and _finite(r.metrics[x], r.metrics[acc])
+    ]
     if not pts:
         return False
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
@@ -56,9 +69,25 @@ def _plot_front(path: Path, records, acc: str, x: str, xlabel: str, full_id: str
     ax.plot([p[0] for p in fr], [p[1] for p in fr], "r-o", ms=5, label=f"Pareto front ({len(fr)})")
     full = [p for p in pts if p[2].genome_id == full_id]
     if full:
-        ax.scatter([full[0][0]], [full[0][1]], marker="*", s=220, c="k", zorder=5, label="supernet (full genome)")
+        ax.scatter(
+            [full[0][0]],
+            [full[0][1]],
+            marker="*",
+            s=220,
+            c="k",
+            zorder=5,
+            label="supernet (full genome)",
+        )
     elif supernet and x in supernet and supernet.get(acc) is not None:
-        ax.scatter([supernet[x]], [supernet[acc]], marker="*", s=220, c="k", zorder=5, label="supernet (pre-trained)")
+        ax.scatter(
+            [supernet[x]],
+            [supernet[acc]],
+            marker="*",
+            s=220,
+            c="k",
+            zorder=5,
+            label="supernet (pre-trained)",
+        )
     ax.set_xlabel(xlabel)
     ax.set_ylabel(acc)
     if x == "flops":
@@ -75,7 +104,9 @@ def _finite(*vs) -> bool:
     return all(isinstance(v, (int, float)) and math.isfinite(v) for v in vs)
 
 
-def hypervolume_curve(records: list[TrialRecord], signs: list[float]) -> tuple[list[float], list[float]]:
+def hypervolume_curve(
+    records: list[TrialRecord], signs: list[float]
+) -> tuple[list[float], list[float]]:
     """Hypervolume of the first two objectives after each trial; the reference point is the
     worst value of each objective over the whole run."""
     done = [r for r in records if r.complete and r.values and len(r.values) >= 2]
@@ -144,8 +175,11 @@ def _plot_dimensions(path: Path, records, space, limit: int = 24) -> None:
         ax.tick_params(labelsize=6)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
-    fig.suptitle(f"trials per dimension ({len(done)} complete)" + (f", first {limit} dimensions" if len(space.dims) > limit else ""),
-                 fontsize=9)
+    fig.suptitle(
+        f"trials per dimension ({len(done)} complete)"
+        + (f", first {limit} dimensions" if len(space.dims) > limit else ""),
+        fontsize=9,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -167,16 +201,25 @@ def _latency_section(path: Path) -> str:
     except json.JSONDecodeError:
         return ""
     e = html.escape
-    items = [f"provider <b>{e(str(d.get('provider')))}</b>, target <code>{e(str(d.get('target', '')))}</code>"]
+    target = e(str(d.get("target", "")))
+    items = [f"provider <b>{e(str(d.get('provider')))}</b>, target <code>{target}</code>"]
     if "tasks_seen" in d:
-        items.append(f"kernels seen {d['tasks_seen']}, tuned in this run {d.get('tasks_tuned', 0)} "
-                     f"({d.get('tuning_s', 0):.0f} s of tuning)")
+        items.append(
+            f"kernels seen {d['tasks_seen']}, tuned in this run {d.get('tasks_tuned', 0)} "
+            f"({d.get('tuning_s', 0):.0f} s of tuning)"
+        )
     if d.get("holdout_mape") is not None:
-        items.append(f"latency model: fitted on {d.get('fit_networks')} networks, error on {len(d.get('holdout', []))} "
-                     f"held-out networks <b>{d['holdout_mape']:.1f} %</b> (mean absolute percentage)")
+        items.append(
+            f"latency model: fitted on {d.get('fit_networks')} networks, "
+            f"error on {len(d.get('holdout', []))} held-out networks "
+            f"<b>{d['holdout_mape']:.1f} %</b> (mean absolute percentage)"
+        )
     if d.get("front_mape") is not None:
-        items.append(f"error on the Pareto front measured with tuned kernels ({len(d.get('front', []))} networks): "
-                     f"<b>{d['front_mape']:.1f} %</b>")
+        items.append(
+            "error on the Pareto front measured with tuned kernels "
+            f"({len(d.get('front', []))} networks): "
+            f"<b>{d['front_mape']:.1f} %</b>"
+        )
     return "<h2>Latency</h2><ul>" + "".join(f"<li>{i}</li>" for i in items) + "</ul>"
 
 
@@ -192,7 +235,9 @@ def _figures(run, acc: str) -> list[tuple[str, str]]:
     """The PNGs of a run (those it has data for), with their captions."""
     path, records, space = run.dir, run.records, run.space
     full_id, sup, figs = space.genome_id(space.full()), _supernet_point(path), []
-    if _plot_front(path / "front_latency.png", records, acc, "latency_ms", "latency (ms)", full_id, sup):
+    if _plot_front(
+        path / "front_latency.png", records, acc, "latency_ms", "latency (ms)", full_id, sup
+    ):
         figs.append(("front_latency.png", f"{acc} against latency"))
     if _plot_front(path / "front_flops.png", records, acc, "flops", "FLOPs", full_id, sup):
         figs.append(("front_flops.png", f"{acc} against FLOPs"))
@@ -204,37 +249,60 @@ def _figures(run, acc: str) -> list[tuple[str, str]]:
     return figs
 
 
+def _bound(v, none: str) -> str:
+    return none if v is None else str(v)
+
+
 def _summary_html(run, metrics: list[str]) -> str:
     """What was searched, how far it got, and the best trial."""
     e, cfg, b = html.escape, run.cfg, run.best()
     n_ok = len(run.complete)
     objs = ", ".join(f"{o.direction} {o.metric}" for o in cfg.objectives)
-    cons = ", ".join(f"{c.metric} in [{c.min if c.min is not None else '-inf'}, {c.max if c.max is not None else 'inf'}]"
-                     for c in cfg.constraints) or "none"
-    best_line = (f"trial {b.number} (<code>{b.genome_id}</code>): "
-                 + ", ".join(f"{m} {_cell(b.metrics.get(m, ''))}" for m in metrics) if b else "no complete trial yet")
-    return (f"<p>Space <b>{e(run.space.name)}</b> ({len(run.space.dims)} dimensions), optimiser "
-            f"<b>{e(cfg.optimizer.name)}</b>,\nevaluator <b>{e(cfg.evaluator.kind)}</b>, seed {cfg.seed}. "
-            f"Objectives: {e(objs)}. Constraints: {e(cons)}.</p>\n"
-            f"<p><b>{n_ok}</b> complete trials of a budget of {cfg.budget}, {len(run.records) - n_ok} failed.\n"
-            f"Best: {best_line}.</p>\n<p>Report written {time.strftime('%Y-%m-%d %H:%M:%S')}"
-            f"{' (run still going)' if n_ok < cfg.budget else ''}.</p>")
+    cons = (
+        ", ".join(
+            f"{c.metric} in [{_bound(c.min, '-inf')}, {_bound(c.max, 'inf')}]"
+            for c in cfg.constraints
+        )
+        or "none"
+    )
+    best_line = (
+        f"trial {b.number} (<code>{b.genome_id}</code>): "
+        + ", ".join(f"{m} {_cell(b.metrics.get(m, ''))}" for m in metrics)
+        if b
+        else "no complete trial yet"
+    )
+    return (
+        f"<p>Space <b>{e(run.space.name)}</b> ({len(run.space.dims)} dimensions), optimiser "
+        f"<b>{e(cfg.optimizer.name)}</b>,\nevaluator <b>{e(cfg.evaluator.kind)}</b>, "
+        f"seed {cfg.seed}. Objectives: {e(objs)}. Constraints: {e(cons)}.</p>\n"
+        f"<p><b>{n_ok}</b> complete trials of a budget of {cfg.budget}, "
+        f"{len(run.records) - n_ok} failed.\n"
+        f"Best: {best_line}.</p>\n<p>Report written {time.strftime('%Y-%m-%d %H:%M:%S')}"
+        f"{' (run still going)' if n_ok < cfg.budget else ''}.</p>"
+    )
 
 
 def _sessions_html(path: Path) -> str:
-    timings = json.loads((path / "timings.json").read_text()) if (path / "timings.json").exists() else []
+    timings = (
+        json.loads((path / "timings.json").read_text()) if (path / "timings.json").exists() else []
+    )
     e = html.escape
-    items = "".join(f"<li>{e(t.get('at', ''))}: {e(t.get('executor', t.get('runner', '')))}, "
-                    f"{t.get('workers', '')} worker(s), set-up {t.get('setup_s', 0):.1f} s, "
-                    f"start-up {t.get('executor_startup_s', 0):.1f} s, search {t.get('search_s', 0):.1f} s, "
-                    f"{t.get('trials', 0)} trials</li>" for t in timings)
+    items = "".join(
+        f"<li>{e(t.get('at', ''))}: {e(t.get('executor', t.get('runner', '')))}, "
+        f"{t.get('workers', '')} worker(s), set-up {t.get('setup_s', 0):.1f} s, "
+        f"start-up {t.get('executor_startup_s', 0):.1f} s, search {t.get('search_s', 0):.1f} s, "
+        f"{t.get('trials', 0)} trials</li>"
+        for t in timings
+    )
     return f"<h2>Sessions</h2><ul>{items or '<li>no finished session yet</li>'}</ul>"
 
 
-STYLE = """body{font-family:sans-serif;margin:2em;max-width:1200px} table{border-collapse:collapse;font-size:13px}
-td,th{border:1px solid #ccc;padding:3px 8px;text-align:right} figure{display:inline-block;margin:0 1em 1em 0}
-img{max-width:560px;border:1px solid #ddd} figure.wide{display:block} figure.wide img{max-width:1100px}
-code{font-size:12px}"""
+STYLE = """body{font-family:sans-serif;margin:2em;max-width:1200px}
+table{border-collapse:collapse;font-size:13px}
+td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
+figure{display:inline-block;margin:0 1em 1em 0}
+img{max-width:560px;border:1px solid #ddd} figure.wide{display:block}
+figure.wide img{max-width:1100px} code{font-size:12px}"""
 
 
 def write_report(run_dir: str | Path) -> Path:
@@ -248,12 +316,27 @@ def write_report(run_dir: str | Path) -> Path:
     figs = _figures(run, acc)
     front = run.front()
     own = [o.metric for o in run.cfg.objectives]
-    metrics = own + [m for m in ("val_acc", "test_acc", "latency_ms", "flops", "params", "model_bits") if m not in own]
+    metrics = own + [
+        m
+        for m in ("val_acc", "test_acc", "latency_ms", "flops", "params", "model_bits")
+        if m not in own
+    ]
     metrics = [m for m in metrics if any(m in r.metrics for r in front)]
-    rows = "".join("<tr><td>{}</td><td><code>{}</code></td>{}</tr>".format(
-        r.number, r.genome_id, "".join(f"<td>{_cell(r.metrics.get(m, ''))}</td>" for m in metrics)) for r in front)
-    imgs = "".join(f'<figure{" class=wide" if f == "dimensions.png" else ""}><img src="{f}?t={int(time.time())}" '
-                   f'alt="{e(c)}"><figcaption>{e(c)}</figcaption></figure>' for f, c in figs)
+    rows = "".join(
+        "<tr><td>{}</td><td><code>{}</code></td>{}</tr>".format(
+            r.number,
+            r.genome_id,
+            "".join(f"<td>{_cell(r.metrics.get(m, ''))}</td>" for m in metrics),
+        )
+        for r in front
+    )
+    stamp = int(time.time())  # browsers reload the PNGs of a rebuilt report
+    imgs = "".join(
+        f'<figure{" class=wide" if f == "dimensions.png" else ""}><img src="{f}?t={stamp}" '
+        f'alt="{e(c)}"><figcaption>{e(c)}</figcaption></figure>'
+        for f, c in figs
+    )
+    head = "".join(f"<th>{e(m)}</th>" for m in metrics)
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>archsearch run {e(path.name)}</title>
 <style>{STYLE}</style></head><body>
@@ -261,7 +344,7 @@ def write_report(run_dir: str | Path) -> Path:
 {_summary_html(run, metrics)}
 {imgs}
 <h2>Pareto front ({len(front)} trials)</h2>
-<table><tr><th>trial</th><th>genome id</th>{"".join(f"<th>{e(m)}</th>" for m in metrics)}</tr>{rows}</table>
+<table><tr><th>trial</th><th>genome id</th>{head}</tr>{rows}</table>
 {_latency_section(path)}
 {_sessions_html(path)}
 </body></html>

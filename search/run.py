@@ -18,17 +18,15 @@ from typing import Any
 import torch
 import yaml
 
-from spaces.errors import ConfigError
-from spaces.space import Space
-
 from evaluators.registry import make_evaluator
-
 from search.config import RunCfg, load_run_config
 from search.engine import Engine
 from search.optimizers import optimizer_class
 from search.progress import pretrain_progress
 from search.records import TrialRecord, best, pareto_front
 from search.store import RunStore
+from spaces.errors import ConfigError
+from spaces.space import Space
 
 log = logging.getLogger("archsearch.run")
 
@@ -40,8 +38,12 @@ def check_metrics(cfg: RunCfg, evaluator, file: str | None) -> None:
     fields += [(f"constraints.{i}.metric", c.metric) for i, c in enumerate(cfg.constraints)]
     for field, metric in fields:
         if metric not in known:
-            raise ConfigError(file, field, f"unknown metric {metric!r}; the {evaluator.kind} evaluator gives "
-                              f"{', '.join(sorted(known))}")
+            raise ConfigError(
+                file,
+                field,
+                f"unknown metric {metric!r}; the {evaluator.kind} evaluator gives "
+                f"{', '.join(sorted(known))}",
+            )
 
 
 class Run:
@@ -59,11 +61,19 @@ class Run:
         self.opt_cls = opt_cls
         kind = self.evaluator.kind
         if opt_cls.needs_model and not self.evaluator.provides_model:
-            raise ConfigError(file, "optimizer.name", f"{opt_cls.name} prunes a trained network; the {kind} "
-                              "evaluator has none (it needs evaluator.kind train)")
+            raise ConfigError(
+                file,
+                "optimizer.name",
+                f"{opt_cls.name} prunes a trained network; the {kind} "
+                "evaluator has none (it needs evaluator.kind train)",
+            )
         if cfg.runner == "tune" and not self.evaluator.fine_tunes:
-            raise ConfigError(file, "runner", f"the tune runner fine-tunes candidates; the {kind} evaluator does "
-                              "not (it needs evaluator.kind train)")
+            raise ConfigError(
+                file,
+                "runner",
+                f"the tune runner fine-tunes candidates; the {kind} evaluator does "
+                "not (it needs evaluator.kind train)",
+            )
 
     def workers(self) -> int | None:
         """0 (in-process), N, or None (one per core on Ray)."""
@@ -74,18 +84,24 @@ class Run:
         return None
 
     @classmethod
-    def create(cls, config: str, out: str | None, sets: list[str], flags: dict[str, Any]) -> "Run":
+    def create(cls, config: str, out: str | None, sets: list[str], flags: dict[str, Any]) -> Run:
         cfg, space, resolved = load_run_config(config, sets, flags)
-        run_dir = Path(out) if out else Path("runs") / f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_dir = (
+            Path(out) if out else Path("runs") / f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        )
         if run_dir.exists() and (run_dir / "config.yaml").exists():
-            raise ConfigError(str(run_dir), "--out", "already holds a run; use `search resume` or another folder")
+            raise ConfigError(
+                str(run_dir), "--out", "already holds a run; use `search resume` or another folder"
+            )
         run = cls(run_dir, cfg, space, config)
         run.dir.mkdir(parents=True, exist_ok=True)
         (run.dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
         return run
 
     @classmethod
-    def open(cls, run_dir: str, sets: list[str] | None = None, flags: dict[str, Any] | None = None) -> "Run":
+    def open(
+        cls, run_dir: str, sets: list[str] | None = None, flags: dict[str, Any] | None = None
+    ) -> Run:
         path = Path(run_dir)
         cfg_file = path / "config.yaml"
         if not cfg_file.exists():
@@ -102,8 +118,13 @@ class Run:
         t0 = time.time()
         engine = self.start(progress)
         setup_s, n0 = time.time() - t0, engine.n_done
-        log.info("setup %.1f s; searching %s with %s, budget %d", setup_s, engine.opt.space.name, engine.opt.name,
-                 engine.budget)
+        log.info(
+            "setup %.1f s; searching %s with %s, budget %d",
+            setup_s,
+            engine.opt.space.name,
+            engine.opt.name,
+            engine.budget,
+        )
         if self.cfg.runner == "tune":
             from search.tune_search import run_tune as runner
         else:
@@ -117,11 +138,21 @@ class Run:
             engine.opt.finish(self.dir)
             if t_fin is not None:  # a session that ended as it should
                 trials = engine.n_done - n0 + engine.failures
-                self._write_timings({**timings, "setup_s": setup_s, "finish_s": time.time() - t_fin,
-                                     "trials": trials})
+                self._write_timings(
+                    {
+                        **timings,
+                        "setup_s": setup_s,
+                        "finish_s": time.time() - t_fin,
+                        "trials": trials,
+                    }
+                )
             self.report()
-        log.info("done: %d complete trials, %d failed in this session (%s)", engine.n_done, engine.failures,
-                 timings["runner"])
+        log.info(
+            "done: %d complete trials, %d failed in this session (%s)",
+            engine.n_done,
+            engine.failures,
+            timings["runner"],
+        )
         return 0
 
     def start(self, progress: bool) -> Engine:
@@ -153,9 +184,13 @@ class Run:
 
     # --- outputs ---------------------------------------------------------------------------------
     def _write_supernet_point(self, space) -> None:
-        """supernet.json: the full network's cost and what the evaluator knows of it, for the report."""
-        point = {**space.cost(space.full()), "genome_id": space.genome_id(space.full()),
-                 **self.evaluator.base_point()}
+        """supernet.json: the full network's cost and what the evaluator knows of it, for the
+        report."""
+        point = {
+            **space.cost(space.full()),
+            "genome_id": space.genome_id(space.full()),
+            **self.evaluator.base_point(),
+        }
         (self.dir / "supernet.json").write_text(json.dumps(point, indent=2))
 
     def report(self) -> None:
@@ -184,12 +219,23 @@ class Run:
         front = pareto_front(records, signs)
 
         def entry(r: TrialRecord) -> dict:
-            return {"trial": r.number, "genome_id": r.genome_id, "values": r.values, "feasible": r.feasible,
-                    "metrics": dict(r.metrics), "genome": space.to_json(r.genome)}
+            return {
+                "trial": r.number,
+                "genome_id": r.genome_id,
+                "values": r.values,
+                "feasible": r.feasible,
+                "metrics": dict(r.metrics),
+                "genome": space.to_json(r.genome),
+            }
 
         objectives = [o.model_dump() for o in self.cfg.objectives]
         (self.dir / "pareto.json").write_text(
-            json.dumps({"objectives": objectives, "front": [entry(r) for r in front]}, indent=2, default=str))
+            json.dumps(
+                {"objectives": objectives, "front": [entry(r) for r in front]},
+                indent=2,
+                default=str,
+            )
+        )
         b = best(records, signs)
         if b is None:
             return

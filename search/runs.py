@@ -6,12 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from spaces.errors import ConfigError
-from spaces.space import Space
-
 from search.config import RunCfg, load_run_config
 from search.records import TrialRecord, best, pareto_front
 from search.store import load_records
+from spaces.errors import ConfigError
+from spaces.space import Space
 
 
 @dataclass
@@ -47,8 +46,12 @@ class OpenRun:
         return sorted(self.complete, key=lambda r: (not r.feasible, -s * r.values[0]))
 
 
-def open_run(path: str | Path, space: Space | None = None, objectives: list | None = None,
-             constraints: list | None = None) -> OpenRun:
+def open_run(
+    path: str | Path,
+    space: Space | None = None,
+    objectives: list | None = None,
+    constraints: list | None = None,
+) -> OpenRun:
     """Read a run folder (ConfigError if it is none). Its genomes are read in `space`, its
     objective values and feasibility by `objectives` / `constraints` (default: the run's own)."""
     path = Path(path)
@@ -57,8 +60,13 @@ def open_run(path: str | Path, space: Space | None = None, objectives: list | No
     cfg, own_space, _ = load_run_config(path / "config.yaml")
     space = space or own_space
     try:
-        records = load_records(path, cfg.storage, space, objectives or cfg.objectives,
-                               cfg.constraints if constraints is None else constraints)
+        records = load_records(
+            path,
+            cfg.storage,
+            space,
+            objectives or cfg.objectives,
+            cfg.constraints if constraints is None else constraints,
+        )
     except KeyError:  # the study is not created yet
         records = []
     return OpenRun(path, cfg, space, records)

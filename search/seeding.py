@@ -32,12 +32,16 @@ def _run_folder(path: Path, space: Space) -> list[dict]:
     run = open_run(path, space)
     front = run.front()
     ids = {r.genome_id for r in front}
-    rest = sorted((r for r in run.complete if r.genome_id not in ids),
-                  key=lambda r: [-s * v for s, v in zip(run.signs, r.values)])
+    rest = sorted(
+        (r for r in run.complete if r.genome_id not in ids),
+        key=lambda r: [-s * v for s, v in zip(run.signs, r.values)],
+    )
     return [space.to_json(r.genome) for r in front + rest]
 
 
-def load_genomes(source: str, space: Space, file: str | None = None, field: str = "seeds") -> list[Genome]:
+def load_genomes(
+    source: str, space: Space, file: str | None = None, field: str = "seeds"
+) -> list[Genome]:
     """Read genomes for `space` from `source` (a JSON / JSON-lines file or a run folder); every
     genome is validated, and an error names the source and the genome's position."""
     p = Path(source).expanduser()
@@ -46,14 +50,21 @@ def load_genomes(source: str, space: Space, file: str | None = None, field: str 
     try:
         if p.is_dir():
             if not (p / "config.yaml").exists():
-                raise ConfigError(file, field, f"{source!r} is neither a genome file nor a run folder")
+                raise ConfigError(
+                    file, field, f"{source!r} is neither a genome file nor a run folder"
+                )
             raw = _run_folder(p, space)
         else:
             text = p.read_text()
             try:
                 raw = _from_json_obj(json.loads(text))
             except json.JSONDecodeError:  # JSON lines
-                raw = [g for line in text.splitlines() if line.strip() for g in _from_json_obj(json.loads(line))]
+                raw = [
+                    g
+                    for line in text.splitlines()
+                    if line.strip()
+                    for g in _from_json_obj(json.loads(line))
+                ]
     except (ValueError, OSError) as e:
         raise ConfigError(file, field, f"cannot read genomes from {source!r}: {e}") from None
     out = []
@@ -63,7 +74,9 @@ def load_genomes(source: str, space: Space, file: str | None = None, field: str 
         except ArchsearchError as e:
             raise ConfigError(file, field, f"genome {i} of {source!r}: {e}") from None
         except (TypeError, KeyError, ValueError) as e:
-            raise ConfigError(file, field, f"genome {i} of {source!r} does not fit space {space.name!r}: {e}") from None
+            raise ConfigError(
+                file, field, f"genome {i} of {source!r} does not fit space {space.name!r}: {e}"
+            ) from None
     if not out:
         raise ConfigError(file, field, f"{source!r} holds no genome")
     return out

@@ -18,7 +18,9 @@ def _fmt(v) -> str:
 
 def table(rows: list[TrialRecord], metrics: list[str]) -> str:
     head = ["trial", "genome_id", *metrics]
-    body = [[str(r.number), r.genome_id, *(_fmt(r.metrics.get(m, "")) for m in metrics)] for r in rows]
+    body = [
+        [str(r.number), r.genome_id, *(_fmt(r.metrics.get(m, "")) for m in metrics)] for r in rows
+    ]
     w = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
     lines = ["  ".join(h.ljust(w[i]) for i, h in enumerate(head))]
     lines += ["  ".join(c.ljust(w[i]) for i, c in enumerate(b)) for b in body]
@@ -29,10 +31,15 @@ def show(run_dir: str, top: int = 10) -> int:
     run = open_run(run_dir)
     cfg, space, done, failed = run.cfg, run.space, run.complete, run.failed
     objs = ", ".join(f"{o.direction} {o.metric}" for o in cfg.objectives)
-    print(f"{run.dir}: space {space.name}, optimizer {cfg.optimizer.name}, {len(done)}/{cfg.budget} complete, "
-          f"{len(failed)} failed; objectives: {objs}")
+    print(
+        f"{run.dir}: space {space.name}, optimizer {cfg.optimizer.name}, "
+        f"{len(done)}/{cfg.budget} complete, "
+        f"{len(failed)} failed; objectives: {objs}"
+    )
     own = [o.metric for o in cfg.objectives]
-    metrics = [m for m in own + [c for c in COLS if c not in own] if any(m in r.metrics for r in done)]
+    metrics = [
+        m for m in own + [c for c in COLS if c not in own] if any(m in r.metrics for r in done)
+    ]
     if not done:
         print("no complete trial yet")
         return 0

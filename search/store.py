@@ -3,7 +3,6 @@ timings and status, recorded durably before the optimiser hears of it."""
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -15,9 +14,8 @@ import optuna
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import TrialState, create_trial
 
-from spaces.space import Space
-
 from search.records import TrialRecord, make_record
+from spaces.space import Space
 
 log = logging.getLogger(__name__)
 STUDY_NAME = "archsearch"
@@ -45,10 +43,21 @@ class MemoryStore:
         self.space, self.objectives, self.constraints = space, objectives, constraints
         self._records: list[TrialRecord] = []
 
-    def record(self, genome: dict, status: str, metrics: dict, reason: str | None = None, node: str = "") -> TrialRecord:
+    def record(
+        self, genome: dict, status: str, metrics: dict, reason: str | None = None, node: str = ""
+    ) -> TrialRecord:
         """Store one trial; returns the record the optimiser is then told."""
-        rec = make_record(len(self._records), self.space, genome, status, metrics, self.objectives, self.constraints,
-                          reason, node)
+        rec = make_record(
+            len(self._records),
+            self.space,
+            genome,
+            status,
+            metrics,
+            self.objectives,
+            self.constraints,
+            reason,
+            node,
+        )
         self._records.append(rec)
         return rec
 
@@ -63,30 +72,59 @@ class RunStore(MemoryStore):
     """The run folder's study: each trial written durably (with its genome and metrics as user
     attributes) when it is recorded, its weights under `trials/`."""
 
-    def __init__(self, run_dir: Path, space: Space, objectives: list, constraints: list,
-                 storage_url: str | None = None):
+    def __init__(
+        self,
+        run_dir: Path,
+        space: Space,
+        objectives: list,
+        constraints: list,
+        storage_url: str | None = None,
+    ):
         super().__init__(space, objectives, constraints)
         self.dir = Path(run_dir)
         self.storage = open_storage(run_dir, storage_url)
         self.study = optuna.create_study(
-            study_name=STUDY_NAME, storage=self.storage, load_if_exists=True,
-            directions=[o.direction for o in objectives])
+            study_name=STUDY_NAME,
+            storage=self.storage,
+            load_if_exists=True,
+            directions=[o.direction for o in objectives],
+        )
         with warnings.catch_warnings():  # experimental since Optuna 3.2, still the way to name them
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             self.study.set_metric_names([o.metric for o in objectives])
         self._n = len(self.study.get_trials(deepcopy=False))
 
-    def record(self, genome: dict, status: str, metrics: dict, reason: str | None = None, node: str = "") -> TrialRecord:
-        rec = make_record(self._n, self.space, genome, status, metrics, self.objectives, self.constraints, reason, node)
+    def record(
+        self, genome: dict, status: str, metrics: dict, reason: str | None = None, node: str = ""
+    ) -> TrialRecord:
+        rec = make_record(
+            self._n,
+            self.space,
+            genome,
+            status,
+            metrics,
+            self.objectives,
+            self.constraints,
+            reason,
+            node,
+        )
         params, dists = self.space.to_optuna(genome)
-        attrs = {"genome": self.space.to_json(genome), "genome_id": rec.genome_id,
-                 "metrics": {k: _jsonable(v) for k, v in metrics.items()}, "node": node}
+        attrs = {
+            "genome": self.space.to_json(genome),
+            "genome_id": rec.genome_id,
+            "metrics": {k: _jsonable(v) for k, v in metrics.items()},
+            "node": node,
+        }
         if rec.reason:
             attrs["fail_reason"] = rec.reason
         trial = create_trial(
             state=TrialState.COMPLETE if rec.complete else TrialState.FAIL,
-            values=rec.values, params=params, distributions=dists, user_attrs=attrs,
-            constraints=dict(rec.violations) or None)
+            values=rec.values,
+            params=params,
+            distributions=dists,
+            user_attrs=attrs,
+            constraints=dict(rec.violations) or None,
+        )
         self.study.add_trial(trial)
         self._n += 1
         return rec
@@ -103,8 +141,12 @@ class RunStore(MemoryStore):
 
     def records(self) -> list[TrialRecord]:
         """Every finished trial in the order it was stored."""
-        return [trial_record(self.space, self.objectives, self.constraints, t)
-                for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))]
+        return [
+            trial_record(self.space, self.objectives, self.constraints, t)
+            for t in self.study.get_trials(
+                deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)
+            )
+        ]
 
 
 def trial_record(space: Space, objectives: list, constraints: list, t) -> TrialRecord:
@@ -112,14 +154,34 @@ def trial_record(space: Space, objectives: list, constraints: list, t) -> TrialR
     genome = space.from_json(ua["genome"]) if "genome" in ua else space.from_optuna(t.params)
     metrics = ua.get("metrics", {})
     complete = t.state == TrialState.COMPLETE
-    violations = {c.metric: c.violation(float(metrics[c.metric])) for c in constraints if c.metric in metrics} if complete else {}
-    return TrialRecord(t.number, genome, ua.get("genome_id", space.genome_id(genome)),
-                       "complete" if complete else "failed", metrics, list(t.values) if complete else None,
-                       violations, ua.get("fail_reason"), ua.get("node", ""))
+    violations = (
+        {
+            c.metric: c.violation(float(metrics[c.metric]))
+            for c in constraints
+            if c.metric in metrics
+        }
+        if complete
+        else {}
+    )
+    return TrialRecord(
+        t.number,
+        genome,
+        ua.get("genome_id", space.genome_id(genome)),
+        "complete" if complete else "failed",
+        metrics,
+        list(t.values) if complete else None,
+        violations,
+        ua.get("fail_reason"),
+        ua.get("node", ""),
+    )
 
 
-def load_records(run_dir: Path, storage_url: str | None, space: Space, objectives: list, constraints: list) -> list[TrialRecord]:
+def load_records(
+    run_dir: Path, storage_url: str | None, space: Space, objectives: list, constraints: list
+) -> list[TrialRecord]:
     """Read a run's trials (also while it is still running)."""
     study = optuna.load_study(study_name=STUDY_NAME, storage=open_storage(run_dir, storage_url))
-    return [trial_record(space, objectives, constraints, t)
-            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))]
+    return [
+        trial_record(space, objectives, constraints, t)
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
+    ]

@@ -8,19 +8,29 @@ from __future__ import annotations
 import logging
 import math
 import os
-from typing import Callable
+import time
+from collections.abc import Callable
 
 from ray.tune.search import Searcher
 
 from search.engine import DONE, WAIT, Engine
+from search.progress import Progress
 from search.records import TrialRecord
 from search.store import MemoryStore
 
 log = logging.getLogger(__name__)
 
 # what Tune adds to every result, not a metric of the candidate's
-TUNE_KEYS = ("done", "training_iteration", "date", "hostname", "node_ip", "iterations_since_restore",
-             "checkpoint_dir_name", "config")
+TUNE_KEYS = (
+    "done",
+    "training_iteration",
+    "date",
+    "hostname",
+    "node_ip",
+    "iterations_since_restore",
+    "checkpoint_dir_name",
+    "config",
+)
 
 
 class OptimizerSearcher(Searcher):
@@ -28,14 +38,22 @@ class OptimizerSearcher(Searcher):
     one over an in-memory store for `budget` complete trials). `on_record(record)` hears every
     recorded trial."""
 
-    def __init__(self, optimizer, budget: int | None = None, engine: Engine | None = None,
-                 extra_config: dict | None = None, on_record: Callable[[TrialRecord], None] | None = None):
+    def __init__(
+        self,
+        optimizer,
+        budget: int | None = None,
+        engine: Engine | None = None,
+        extra_config: dict | None = None,
+        on_record: Callable[[TrialRecord], None] | None = None,
+    ):
         obj = optimizer.objectives[0]
         super().__init__(metric=obj.metric, mode=obj.mode)
         self.opt = optimizer
-        self.engine = engine or Engine(optimizer, MemoryStore(optimizer.space, optimizer.objectives,
-                                                              optimizer.constraints),
-                                       budget if budget is not None else math.inf)
+        self.engine = engine or Engine(
+            optimizer,
+            MemoryStore(optimizer.space, optimizer.objectives, optimizer.constraints),
+            budget if budget is not None else math.inf,
+        )
         self.extra, self.on_record = dict(extra_config or {}), on_record
         self.trials: dict[str, str] = {}  # Tune trial id -> genome id
 
@@ -54,8 +72,12 @@ class OptimizerSearcher(Searcher):
         if ticket == WAIT:
             return None
         self.trials[trial_id] = ticket.genome_id
-        return {"genome": self.opt.space.to_json(ticket.genome), "genome_id": ticket.genome_id, "seed": ticket.seed,
-                **self.extra}
+        return {
+            "genome": self.opt.space.to_json(ticket.genome),
+            "genome_id": ticket.genome_id,
+            "seed": ticket.seed,
+            **self.extra,
+        }
 
     def save(self, checkpoint_path: str) -> None:
         """Nothing to save: the run store holds every trial and resume replays it."""
@@ -63,17 +85,26 @@ class OptimizerSearcher(Searcher):
     def restore(self, checkpoint_path: str) -> None:
         """See `save`."""
 
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+    def on_trial_complete(
+        self, trial_id: str, result: dict | None = None, error: bool = False
+    ) -> None:
         gid = self.trials.pop(trial_id, None)
         if gid is None:
             return
-        metrics = {k: v for k, v in (result or {}).items()
-                   if isinstance(v, (int, float, str)) and not k.startswith(("time_", "timestamp", "pid", "trial_"))
-                   and k not in TUNE_KEYS}
+        metrics = {
+            k: v
+            for k, v in (result or {}).items()
+            if isinstance(v, (int, float, str))
+            and not k.startswith(("time_", "timestamp", "pid", "trial_"))
+            and k not in TUNE_KEYS
+        }
         node = str(metrics.pop("node", ""))
         final = bool(metrics.pop("final", False))
         if error or result is None or self.opt.objectives[0].metric not in metrics:
-            status, reason = "failed", "the Tune trial raised (its error.txt is under the run's tune/ folder)"
+            status, reason = (
+                "failed",
+                "the Tune trial raised (its error.txt is under the run's tune/ folder)",
+            )
         else:
             status, reason = "complete", None
             if not final:
@@ -87,23 +118,64 @@ def _scheduler(cfg, epochs: int):
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     if cfg.tune.scheduler == "asha" and epochs > 1:
-        return ASHAScheduler(time_attr="training_iteration", max_t=epochs, grace_period=cfg.tune.grace_period,
-                             reduction_factor=cfg.tune.reduction_factor)
+        return ASHAScheduler(
+            time_attr="training_iteration",
+            max_t=epochs,
+            grace_period=cfg.tune.grace_period,
+            reduction_factor=cfg.tune.reduction_factor,
+        )
     return FIFOScheduler()
+
+
+def _tuner(run, searcher: OptimizerSearcher, workers: int, cpus: float):
+    """The Tuner: the per-epoch trainable (evaluator and supernet shipped once), the scheduler,
+    `workers` concurrent trials of `cpus` CPUs, actors reused."""
+    from ray import tune
+
+    from evaluators.tune_trainable import finetune_trainable
+
+    cfg, ev = run.cfg, run.evaluator
+    epochs = max(1, math.ceil(ev.finetune.epochs))
+    sched = _scheduler(cfg, epochs)
+    trainable = tune.with_resources(
+        tune.with_parameters(
+            finetune_trainable, evaluator=ev.detached(), supernet_state=ev.supernet_state()
+        ),
+        {"cpu": cpus},
+    )
+    obj = cfg.objectives[0]
+    config = tune.TuneConfig(
+        metric=obj.metric,
+        mode=obj.mode,
+        search_alg=searcher,
+        scheduler=sched,
+        num_samples=-1,
+        max_concurrent_trials=workers,
+        reuse_actors=True,
+    )
+    log.info(
+        "Ray Tune: %d concurrent trials (%g CPU each), scheduler %s, %d epochs per candidate",
+        workers,
+        cpus,
+        type(sched).__name__,
+        epochs,
+    )
+    return tune.Tuner(
+        trainable,
+        tune_config=config,
+        run_config=tune.RunConfig(
+            name="tune", storage_path=str(run.dir.resolve()), verbose=0, log_to_file=True
+        ),
+    )
 
 
 def run_tune(run, engine: Engine, progress: bool = True) -> dict:
     """`--runner tune`: the engine as Searcher, the per-epoch trainable, ASHA (or FIFO),
     `reuse_actors=True`. Returns the session's timings."""
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic reporter honours verbose=0
-    import time
-
     import ray
-    from ray import tune
 
     from evaluators.executor import connect_ray
-    from evaluators.tune_trainable import finetune_trainable
-    from search.progress import Progress
 
     cfg, ev = run.cfg, run.evaluator
     bar = Progress(engine.budget, engine.n_done, progress)
@@ -113,25 +185,16 @@ def run_tune(run, engine: Engine, progress: bool = True) -> dict:
         ev.start_workers()  # tvm latency: one process on this node measures for every trial
         total = int(ray.cluster_resources().get("CPU", 1))
         workers = run.workers() or max(1, int(total // (cfg.ray.cpus_per_worker or 1)))
-        cpw = cfg.ray.cpus_per_worker or max(1, total // workers)
+        cpus = cfg.ray.cpus_per_worker or max(1, total // workers)
         weights = run.dir / "trials"
         weights.mkdir(exist_ok=True)
-        searcher = OptimizerSearcher(engine.opt, engine=engine, extra_config={"weights_dir": str(weights.resolve())},
-                                     on_record=lambda rec: bar.update(engine.n_done, engine.status_line()))
-        epochs = max(1, math.ceil(ev.finetune.epochs))
-        sched = _scheduler(cfg, epochs)
-        trainable = tune.with_resources(
-            tune.with_parameters(finetune_trainable, evaluator=ev.detached(), supernet_state=ev.supernet_state()),
-            {"cpu": cpw})
-        obj = cfg.objectives[0]
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(metric=obj.metric, mode=obj.mode, search_alg=searcher, scheduler=sched,
-                                        num_samples=-1, max_concurrent_trials=workers, reuse_actors=True),
-            run_config=tune.RunConfig(name="tune", storage_path=str(run.dir.resolve()), verbose=0, log_to_file=True))
-        log.info("Ray Tune: %d concurrent trials (%g CPU each), scheduler %s, %d epochs per candidate",
-                 workers, cpw, type(sched).__name__, epochs)
-        tuner.fit()
+        searcher = OptimizerSearcher(
+            engine.opt,
+            engine=engine,
+            extra_config={"weights_dir": str(weights.resolve())},
+            on_record=lambda rec: bar.update(engine.n_done, engine.status_line()),
+        )
+        _tuner(run, searcher, workers, cpus).fit()
         search_s = time.time() - t0
     finally:
         bar.close()

@@ -5,5 +5,18 @@ from spaces.dims import Choice, Condition, Dimension, Mask, Scale, WeightSet
 from spaces.errors import ArchsearchError, ConfigError, GenomeError
 from spaces.space import Genome, Space
 
-__all__ = ["Space", "Genome", "Dimension", "Mask", "Choice", "Scale", "WeightSet", "Condition",
-           "load_space", "shipped_spaces", "ArchsearchError", "ConfigError", "GenomeError"]
+__all__ = [
+    "Space",
+    "Genome",
+    "Dimension",
+    "Mask",
+    "Choice",
+    "Scale",
+    "WeightSet",
+    "Condition",
+    "load_space",
+    "shipped_spaces",
+    "ArchsearchError",
+    "ConfigError",
+    "GenomeError",
+]

@@ -26,7 +26,9 @@ def importance(model: nn.Module) -> dict[str, torch.Tensor]:
     return imp
 
 
-def kept_indices(arch: Arch, full_sizes: dict[str, int], imp: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def kept_indices(
+    arch: Arch, full_sizes: dict[str, int], imp: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
     """Indices into the supernet's channels that each group of `arch` keeps, ascending."""
     out = {}
     for g, n in full_sizes.items():
@@ -45,7 +47,9 @@ def _take(t: torch.Tensor, dim: int, group: str, idx: dict[str, torch.Tensor]) -
     return t if group in FIXED_GROUPS else t.index_select(dim, idx[group])
 
 
-def sliced_state(sub: nn.Module, supernet: nn.Module, idx: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def sliced_state(
+    sub: nn.Module, supernet: nn.Module, idx: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
     """For every parameter and buffer of `sub`, its slice of the same-named supernet tensor.
 
     Differentiable: supernet training runs sub-networks on these slices (torch.func)."""
@@ -65,9 +69,11 @@ def sliced_state(sub: nn.Module, supernet: nn.Module, idx: dict[str, torch.Tenso
             k, ks = m.kernel_size[0], s.kernel_size[0]
             if k < ks:
                 o = (ks - k) // 2
-                w = w[:, :, o:o + k, o:o + k]
+                w = w[:, :, o : o + k, o : o + k]
             out[pre + "weight"] = w
-            if s.kernel_mask is not None:  # kernel-level pruning: the mask is sliced like the weight
+            if (
+                s.kernel_mask is not None
+            ):  # kernel-level pruning: the mask is sliced like the weight
                 km = _take(s.kernel_mask, 0, m.gout, idx)
                 out[pre + "kernel_mask"] = km if m.depthwise else _take(km, 1, m.gin, idx)
             if m.bias is not None:
@@ -109,8 +115,12 @@ def kernel_sparse_cost(space, genome, model: nn.Module) -> dict[str, int]:
     if not convs:
         return cost
     pixels: dict[int, int] = {}
-    hooks = [m.register_forward_hook(lambda mod, _i, out: pixels.__setitem__(id(mod), out.shape[-2] * out.shape[-1]))
-             for m in convs]
+    hooks = [
+        m.register_forward_hook(
+            lambda mod, _i, out: pixels.__setitem__(id(mod), out.shape[-2] * out.shape[-1])
+        )
+        for m in convs
+    ]
     r, was = space.resolution(genome), model.training
     model.eval()
     try:

@@ -37,7 +37,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     except UnicodeDecodeError:
         raise ConfigError(str(p), None, "not a text file") from None
     if not isinstance(data, dict):
-        raise ConfigError(str(p), None, f"expected a mapping at the top level, got {type(data).__name__}")
+        raise ConfigError(
+            str(p), None, f"expected a mapping at the top level, got {type(data).__name__}"
+        )
     return data
 
 
@@ -60,7 +62,9 @@ def space_from_dict(data: dict[str, Any], file: str = "<space>") -> Space:
         raise _err(file, "family", "missing or not a mapping (needs at least `kind`)")
     kind = fam_raw.get("kind")
     if kind not in FAMILIES:
-        raise _err(file, "family.kind", f"unknown family {kind!r}; expected one of {', '.join(FAMILIES)}")
+        raise _err(
+            file, "family.kind", f"unknown family {kind!r}; expected one of {', '.join(FAMILIES)}"
+        )
     fam_cls = FAMILIES[kind]
     try:
         spec = fam_cls.Spec.model_validate(fam_raw)
@@ -73,7 +77,10 @@ def space_from_dict(data: dict[str, Any], file: str = "<space>") -> Space:
     dims_raw = data.get("dimensions")
     if not isinstance(dims_raw, dict) or not dims_raw:
         raise _err(file, "dimensions", "missing or empty: a space needs at least one dimension")
-    depth_dim = next((n for n, d in dims_raw.items() if isinstance(d, dict) and d.get("target", n) == "depth"), None)
+    depth_dim = next(
+        (n for n, d in dims_raw.items() if isinstance(d, dict) and d.get("target", n) == "depth"),
+        None,
+    )
     dims: list[Dimension] = []
     for dname, draw in dims_raw.items():
         dims.extend(_expand(file, family, str(dname), draw, depth_dim))
@@ -88,14 +95,20 @@ def space_from_dict(data: dict[str, Any], file: str = "<space>") -> Space:
 
     groups = data.get("groups") or {}
     if not isinstance(groups, dict):
-        raise _err(file, "groups", "expected a mapping of population name -> list of dimension prefixes")
+        raise _err(
+            file, "groups", "expected a mapping of population name -> list of dimension prefixes"
+        )
     for gname, members in groups.items():
         if not isinstance(members, list) or not members:
-            raise _err(file, f"groups.{gname}", "expected a non-empty list of dimension names or prefixes")
+            raise _err(
+                file, f"groups.{gname}", "expected a non-empty list of dimension names or prefixes"
+            )
         for m in members:
             if not any(d.name == m or d.name.startswith(f"{m}.") for d in dims):
                 raise _err(file, f"groups.{gname}", f"{m!r} matches no dimension")
-    return Space(name, family, dims, source=file, groups=groups, description=str(data.get("description", "")))
+    return Space(
+        name, family, dims, source=file, groups=groups, description=str(data.get("description", ""))
+    )
 
 
 def _expand(file, family, dname, draw, depth_dim) -> list[Dimension]:
@@ -108,18 +121,29 @@ def _expand(file, family, dname, draw, depth_dim) -> list[Dimension]:
     allowed = COMMON_DIM_KEYS | KINDS[kind].yaml_keys
     extra = set(draw) - allowed
     if extra:
-        raise _err(file, f"{f}.{sorted(extra)[0]}",
-                   f"unknown key for a {kind} dimension; allowed: {', '.join(sorted(allowed))}")
+        raise _err(
+            file,
+            f"{f}.{sorted(extra)[0]}",
+            f"unknown key for a {kind} dimension; allowed: {', '.join(sorted(allowed))}",
+        )
     target = draw.get("target", dname)
     if target not in TARGETS or target not in family.targets:
         allowed = ", ".join(t for t in TARGETS if t in family.targets)
-        raise _err(file, f"{f}.target", f"{target!r} is not a target of family {family.kind!r}; expected one of {allowed}")
+        raise _err(
+            file,
+            f"{f}.target",
+            f"{target!r} is not a target of family {family.kind!r}; expected one of {allowed}",
+        )
     classes, scopes = TARGETS[target]
     if KINDS[kind] not in classes:
         raise _err(file, f"{f}.kind", f"target {target!r} needs kind {classes[0].kind}, got {kind}")
     per = draw.get("per", DEFAULT_PER.get(target, ""))
     if per not in scopes and not (per == "" and "" in scopes):
-        raise _err(file, f"{f}.per", f"{per!r} is not allowed for target {target!r}; expected one of {', '.join(scopes)}")
+        raise _err(
+            file,
+            f"{f}.per",
+            f"{per!r} is not allowed for target {target!r}; expected one of {', '.join(scopes)}",
+        )
     if per == "edge" and not family.edges():
         raise _err(file, f"{f}.per", f"family {family.kind!r} has no edges")
     if per == "block" and target == "filters" and not family.block_groups():

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -90,7 +91,7 @@ class Dimension:
     yaml_keys: ClassVar[frozenset[str]] = frozenset()
 
     @classmethod
-    def from_yaml(cls, y: YamlDim) -> "Dimension":
+    def from_yaml(cls, y: YamlDim) -> Dimension:
         """The dimension a space file's mapping `y.spec` describes; ConfigError naming the key."""
         raise NotImplementedError
 
@@ -166,22 +167,31 @@ class Mask(Dimension):
     yaml_keys: ClassVar[frozenset[str]] = frozenset({"min_keep", "length", "keep_prob"})
 
     @classmethod
-    def from_yaml(cls, y: YamlDim) -> "Mask":
+    def from_yaml(cls, y: YamlDim) -> Mask:
         n = y.family.groups()[y.scope]
         length = y.number("length", n, integer=True)
         if length != n:
             rel = "longer" if length > n else "shorter"
-            raise y.err("length", f"mask of length {length} is {rel} than its layer group {y.scope!r} ({n} filters)")
+            raise y.err(
+                "length",
+                f"mask of length {length} is {rel} than its layer group {y.scope!r} ({n} filters)",
+            )
         mk = y.number("min_keep", 1, integer=True)
         if mk < 1:
             raise y.err("min_keep", f"must be at least 1 (a layer needs a filter), got {mk}")
         if mk > n:
             raise y.err("min_keep", f"{mk} is more than the {n} filters of group {y.scope!r}")
         kp = y.spec.get("keep_prob", [0.25, 1.0])
-        if (not isinstance(kp, list) or len(kp) != 2 or not all(isinstance(x, (int, float)) for x in kp)
-                or not 0 <= kp[0] <= kp[1] <= 1):
+        if (
+            not isinstance(kp, list)
+            or len(kp) != 2
+            or not all(isinstance(x, (int, float)) for x in kp)
+            or not 0 <= kp[0] <= kp[1] <= 1
+        ):
             raise y.err("keep_prob", f"expected [low, high] with 0 <= low <= high <= 1, got {kp!r}")
-        return cls(y.name, y.target, y.scope, y.condition, length=n, min_keep=mk, keep_prob=tuple(kp))
+        return cls(
+            y.name, y.target, y.scope, y.condition, length=n, min_keep=mk, keep_prob=tuple(kp)
+        )
 
     def __post_init__(self):
         if self.default is None:
@@ -203,7 +213,9 @@ class Mask(Dimension):
         return self._repair([1 if rng.random() < p else 0 for _ in range(self.length)], rng)
 
     def mutate(self, value, rng, rate):
-        bits = [b ^ 1 if rng.random() < rate else b for b in value]  # rate: per-bit flip probability
+        bits = [
+            b ^ 1 if rng.random() < rate else b for b in value
+        ]  # rate: per-bit flip probability
         return self._repair(bits, rng)
 
     def crossover(self, a, b, rng):
@@ -218,7 +230,9 @@ class Mask(Dimension):
         if isinstance(value, (str, bytes)) or not hasattr(value, "__len__"):
             raise GenomeError(self.name, f"a mask must be a list of 0/1, got {value!r}")
         if len(value) != self.length:
-            raise GenomeError(self.name, f"mask has {len(value)} bits, the layer group has {self.length}")
+            raise GenomeError(
+                self.name, f"mask has {len(value)} bits, the layer group has {self.length}"
+            )
         bits = []
         for b in value:
             if isinstance(b, (bool, np.bool_)) or b in (0, 1):
@@ -226,7 +240,9 @@ class Mask(Dimension):
             else:
                 raise GenomeError(self.name, f"mask bits must be 0 or 1, got {b!r}")
         if sum(bits) < self.min_keep:
-            raise GenomeError(self.name, f"mask keeps {sum(bits)} filters, min_keep is {self.min_keep}")
+            raise GenomeError(
+                self.name, f"mask keeps {sum(bits)} filters, min_keep is {self.min_keep}"
+            )
         return tuple(bits)
 
     def to_json(self, value):
@@ -291,7 +307,7 @@ class Choice(Dimension):
     yaml_keys: ClassVar[frozenset[str]] = frozenset({"options", "default"})
 
     @classmethod
-    def from_yaml(cls, y: YamlDim) -> "Choice":
+    def from_yaml(cls, y: YamlDim) -> Choice:
         opts = y.spec.get("options")
         if not isinstance(opts, list) or not opts:
             raise y.err("options", "must be a non-empty list")
@@ -302,13 +318,20 @@ class Choice(Dimension):
         if y.target == "kernel":
             bad = [o for o in opts if o not in fam.kernel_options or isinstance(o, bool)]
             if bad:
-                raise y.err("options", f"kernel {bad[0]!r} not supported; expected from {list(fam.kernel_options)}")
+                raise y.err(
+                    "options",
+                    f"kernel {bad[0]!r} not supported; expected from {list(fam.kernel_options)}",
+                )
             default = y.spec.get("default", max(opts))
         elif y.target == "op":
             bad = [o for o in opts if o not in fam.op_options]
             if bad:
-                raise y.err("options", f"unknown op {bad[0]!r}; expected from {', '.join(fam.op_options)}")
-            default = y.spec.get("default", fam.default_op() if fam.default_op() in opts else opts[-1])
+                raise y.err(
+                    "options", f"unknown op {bad[0]!r}; expected from {', '.join(fam.op_options)}"
+                )
+            default = y.spec.get(
+                "default", fam.default_op() if fam.default_op() in opts else opts[-1]
+            )
         else:
             default = y.spec.get("default")
         if default is not None and default not in opts:
@@ -326,7 +349,11 @@ class Choice(Dimension):
 
     def index(self, value) -> int:
         for i, o in enumerate(self.options):
-            if isinstance(o, str) == isinstance(value, str) and isinstance(o, bool) == isinstance(value, bool) and o == value:
+            if (
+                isinstance(o, str) == isinstance(value, str)
+                and isinstance(o, bool) == isinstance(value, bool)
+                and o == value
+            ):
                 return i
         raise GenomeError(self.name, f"{value!r} is not one of {list(self.options)}")
 
@@ -400,12 +427,16 @@ class WeightSet(Choice):
     def check_options(cls, y: YamlDim, options: list) -> None:
         bad = [o for o in options if o not in WEIGHT_SETS]
         if bad:
-            raise y.err("options", f"unknown weight set {bad[0]!r}; expected from {', '.join(WEIGHT_SETS)}")
+            raise y.err(
+                "options", f"unknown weight set {bad[0]!r}; expected from {', '.join(WEIGHT_SETS)}"
+            )
 
     def __post_init__(self):
         bad = [o for o in self.options if o not in WEIGHT_SETS]
         if bad:
-            raise GenomeError(self.name, f"unknown weight set {bad[0]!r}; known: {list(WEIGHT_SETS)}")
+            raise GenomeError(
+                self.name, f"unknown weight set {bad[0]!r}; known: {list(WEIGHT_SETS)}"
+            )
         if self.default is None and self.options:
             self.default = max(self.options, key=bits_of)  # the most precise set keeps everything
         super().__post_init__()
@@ -435,7 +466,7 @@ class Scale(Dimension):
     yaml_keys: ClassVar[frozenset[str]] = frozenset({"low", "high", "step", "default"})
 
     @classmethod
-    def from_yaml(cls, y: YamlDim) -> "Scale":
+    def from_yaml(cls, y: YamlDim) -> Scale:
         for key in ("low", "high"):
             if y.spec.get(key) is None:
                 raise y.err(key, "required for a scale")
@@ -447,8 +478,16 @@ class Scale(Dimension):
         step = y.spec.get("step")
         if step is not None and y.number("step") <= 0:
             raise y.err("step", f"must be positive, got {step}")
-        dim = cls(y.name, y.target, y.scope, y.condition, default=None, low=float(low), high=float(high),
-                  step=float(step) if step else None)
+        dim = cls(
+            y.name,
+            y.target,
+            y.scope,
+            y.condition,
+            default=None,
+            low=float(low),
+            high=float(high),
+            step=float(step) if step else None,
+        )
         if y.spec.get("default") is not None:
             try:
                 dim.default = dim.validate(y.spec["default"])

@@ -1,7 +1,8 @@
 """Layers that know which channel group they read and write, so one builder can slice any family.
 
 A group is a set of channels that must be pruned together (a layer's filters, or every filter
-tied by residual additions). The group names `input`, `classes` and `image` (a generator's output) are fixed, never sliced.
+tied by residual additions). The group names `input`, `classes` and `image` (a generator's
+output) are fixed, never sliced.
 """
 
 from __future__ import annotations
@@ -15,10 +16,22 @@ FIXED_GROUPS = ("input", "classes", "image")
 class GConv2d(nn.Conv2d):
     """A Conv2d tagged with its input/output channel groups and its weight-set group."""
 
-    def __init__(self, cin: int, cout: int, k: int, stride: int = 1, *, gin: str, gout: str,
-                 depthwise: bool = False, bias: bool = False, qgroup: str | None = None):
-        super().__init__(cin, cout, k, stride=stride, padding=k // 2, groups=cin if depthwise else 1,
-                         bias=bias)
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        k: int,
+        stride: int = 1,
+        *,
+        gin: str,
+        gout: str,
+        depthwise: bool = False,
+        bias: bool = False,
+        qgroup: str | None = None,
+    ):
+        super().__init__(
+            cin, cout, k, stride=stride, padding=k // 2, groups=cin if depthwise else 1, bias=bias
+        )
         self.gin, self.gout, self.depthwise, self.qgroup = gin, gout, depthwise, qgroup
         # kernel-level pruning (DKP): (cout, cin) of 1 / 0, or None (every other path: a plain conv)
         self.register_buffer("kernel_mask", None)
@@ -29,15 +42,17 @@ class GConv2d(nn.Conv2d):
         # pruned kernels contribute nothing and get no gradient, so training keeps them at zero
         return self._conv_forward(x, self.weight * self.kernel_mask[:, :, None, None], self.bias)
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs):
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
         # a state with a kernel mask (a DKP-pruned supernet, a sub-network's fine-tuned weights)
         # gives a freshly built layer its mask: every load_state_dict path carries it
         key = prefix + "kernel_mask"
         if self.kernel_mask is None and key in state_dict:
             self.kernel_mask = torch.empty_like(state_dict[key], device=self.weight.device)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
 
 @torch.no_grad()

@@ -10,7 +10,8 @@ import copy
 import hashlib
 import json
 import random
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -29,8 +30,16 @@ def _rng(seed_or_rng: int | random.Random | None) -> random.Random:
 class Space:
     """Dimensions + family: sampling, variation, ids, encodings, cost and building."""
 
-    def __init__(self, name: str, family: Family, dims: Iterable[Dimension], *, source: str | None = None,
-                 groups: dict[str, list[str]] | None = None, description: str = ""):
+    def __init__(
+        self,
+        name: str,
+        family: Family,
+        dims: Iterable[Dimension],
+        *,
+        source: str | None = None,
+        groups: dict[str, list[str]] | None = None,
+        description: str = "",
+    ):
         # dimensions with a condition come after those they may depend on
         ordered = sorted(dims, key=lambda d: d.condition is not None)
         self.name, self.family, self.source, self.description = name, family, source, description
@@ -44,13 +53,19 @@ class Space:
     def __len__(self) -> int:
         return len(self.dims)
 
-    def with_classes(self, num_classes: int) -> "Space":
+    def with_classes(self, num_classes: int) -> Space:
         """The same space with a classifier for `num_classes` (set by the dataset)."""
         fam = type(self.family)(self.family.spec.model_copy(update={"num_classes": num_classes}))
-        return Space(self.name, fam, [copy.copy(d) for d in self.dims.values()], source=self.source,
-                     groups=self.groups, description=self.description)
+        return Space(
+            self.name,
+            fam,
+            [copy.copy(d) for d in self.dims.values()],
+            source=self.source,
+            groups=self.groups,
+            description=self.description,
+        )
 
-    # --- genomes -------------------------------------------------------------------------------
+    # --- genomes ---------------------------------------------------------------------------------
     def is_active(self, name: str, genome: Genome) -> bool:
         c = self.dims[name].condition
         return c is None or c.holds(genome)
@@ -59,7 +74,9 @@ class Space:
         return [n for n in self.dims if self.is_active(n, genome)]
 
     def canonical(self, genome: Genome) -> Genome:
-        return {n: (genome[n] if self.is_active(n, genome) else d.default) for n, d in self.dims.items()}
+        return {
+            n: (genome[n] if self.is_active(n, genome) else d.default) for n, d in self.dims.items()
+        }
 
     def validate(self, genome: Genome) -> Genome:
         """Check every field and return the canonical genome; GenomeError names the field."""
@@ -96,7 +113,7 @@ class Space:
     def from_json(self, obj: dict[str, Any] | str) -> Genome:
         return self.validate(json.loads(obj) if isinstance(obj, str) else obj)
 
-    # --- DEAP --------------------------------------------------------------------------------------
+    # --- DEAP ------------------------------------------------------------------------------------
     def _slices(self) -> list[tuple[Dimension, slice]]:
         out, i = [], 0
         for d in self.dims.values():
@@ -123,8 +140,12 @@ class Space:
             ind[s] = d.to_genes(d.mutate(d.from_genes(ind[s]), rng, rate))
         return (ind,)
 
-    def deap_toolbox(self, weights: Sequence[float], seed: int | random.Random | None = None,
-                     mutation_rate: float = 0.1):
+    def deap_toolbox(
+        self,
+        weights: Sequence[float],
+        seed: int | random.Random | None = None,
+        mutation_rate: float = 0.1,
+    ):
         """A DEAP toolbox with `individual`, `population`, `mate`, `mutate`, `genome` registered."""
         from deap import base, creator
 
@@ -145,7 +166,7 @@ class Space:
         tb.rng = rng
         return tb
 
-    # --- Optuna ------------------------------------------------------------------------------------
+    # --- Optuna ----------------------------------------------------------------------------------
     def suggest(self, trial) -> Genome:
         """Suggest a genome from an Optuna trial; inactive dimensions are not suggested."""
         g: Genome = {}
@@ -171,7 +192,7 @@ class Space:
                 g[n] = d.default
         return self.validate(g)
 
-    # --- gymnasium / Ray Tune ------------------------------------------------------------------------
+    # --- gymnasium / Ray Tune --------------------------------------------------------------------
     def gym_space(self, seed: int | None = None):
         from gymnasium import spaces
 
@@ -192,7 +213,7 @@ class Space:
     def from_tune(self, config: dict[str, Any]) -> Genome:
         return self.validate({n: d.from_tune(config) for n, d in self.dims.items()})
 
-    # --- architecture, cost, models ------------------------------------------------------------------
+    # --- architecture, cost, models --------------------------------------------------------------
     def arch(self, genome: Genome) -> Arch:
         return self.family.resolve(list(self.dims.values()), self.canonical(genome))
 

@@ -22,6 +22,7 @@ def root() -> Path:
 def space_path(name: str) -> Path:
     return ROOT / "spaces" / f"{name}.yaml"
 
+
 TINY = ROOT / "tests" / "data" / "tiny.yaml"
 NB201_CSV = ROOT.parent / "shared" / "data" / "nb201_merged.csv"
 
@@ -38,8 +39,13 @@ def ray_session():
     RAY_ADDRESS names), stopped at the end; yields its address for `search --address`."""
     import ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             object_store_memory=200 * 1024**2)
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        object_store_memory=200 * 1024**2,
+    )
     try:
         yield ray.get_runtime_context().gcs_address
     finally:
@@ -55,11 +61,19 @@ def run_cli(*args, timeout=600, **kw):
     args = [str(a) for a in args]
     if args and args[0] in ("run", "resume") and not {"--workers", "--address"} & set(args):
         args += ["--workers", "0"]
-    return subprocess.run([sys.executable, "-m", "search.cli", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "search.cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **kw,
+    )
 
 
-def search_best(name, space, evaluator, seed, budget=100, metric="c10_test", constraints=(), **options):
+def search_best(
+    name, space, evaluator, seed, budget=100, metric="c10_test", constraints=(), **options
+):
     """Best value of `metric` that optimiser `name` finds in `budget` tabular trials (in memory)."""
     from search.config import Objective
     from search.optimizers import OPTIMIZERS

@@ -12,8 +12,16 @@ import networkx as nx
 from tests.conftest import ROOT
 
 PACKAGES = ("search", "spaces", "agents", "evaluators", "kernels")
-ALLOWED = {("search", "agents"), ("search", "evaluators"), ("search", "kernels"), ("search", "spaces"),
-           ("agents", "spaces"), ("evaluators", "kernels"), ("evaluators", "spaces"), ("kernels", "spaces")}
+ALLOWED = {
+    ("search", "agents"),
+    ("search", "evaluators"),
+    ("search", "kernels"),
+    ("search", "spaces"),
+    ("agents", "spaces"),
+    ("evaluators", "kernels"),
+    ("evaluators", "spaces"),
+    ("kernels", "spaces"),
+}
 MAX_FUNCTION_LINES = 60
 
 
@@ -53,8 +61,11 @@ def _import_graph() -> nx.DiGraph:
 
 
 def test_imports_point_one_way():
-    upward = [(a, b) for a, b in _import_graph().edges()
-              if a.split(".")[0] != b.split(".")[0] and (a.split(".")[0], b.split(".")[0]) not in ALLOWED]
+    upward = [
+        (a, b)
+        for a, b in _import_graph().edges()
+        if a.split(".")[0] != b.split(".")[0] and (a.split(".")[0], b.split(".")[0]) not in ALLOWED
+    ]
     assert not upward, f"imports against DESIGN.md's arrows: {upward}"
 
 

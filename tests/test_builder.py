@@ -61,7 +61,11 @@ def test_pruned_filters_equal_supernet_filters(space_and_supernet):
     src = dict(sup.named_modules())
     checked = 0
     for name, m in model.named_modules():
-        if isinstance(m, GConv2d) and m.qgroup is None or (isinstance(m, GConv2d) and arch.quant.get(m.qgroup) == "float"):
+        if (
+            isinstance(m, GConv2d)
+            and m.qgroup is None
+            or (isinstance(m, GConv2d) and arch.quant.get(m.qgroup) == "float")
+        ):
             w = src[name].weight
             if m.gout not in FIXED_GROUPS:
                 w = w[idx[m.gout]]
@@ -69,7 +73,7 @@ def test_pruned_filters_equal_supernet_filters(space_and_supernet):
                 w = w[:, idx[m.gin]]
             k, ks = m.kernel_size[0], w.shape[-1]
             o = (ks - k) // 2
-            assert torch.equal(m.weight, w[:, :, o:o + k, o:o + k])
+            assert torch.equal(m.weight, w[:, :, o : o + k, o : o + k])
             checked += 1
     assert checked > 0
     # and the network is physically smaller

@@ -16,14 +16,30 @@ pytestmark = pytest.mark.slow
 
 def test_coevolution_compresses_both_generators(tmp_path, cache_dir):
     out = tmp_path / "cg"
-    r = run_cli("run", space_path("cyclegan_digits"), "--budget", 40, "--out", out, "--no-progress",
-                "--set", f"cache={cache_dir}", "--set", "evaluator.cyclegan.pretrain_steps=400",
-                "--set", "population_size=4")
+    r = run_cli(
+        "run",
+        space_path("cyclegan_digits"),
+        "--budget",
+        40,
+        "--out",
+        out,
+        "--no-progress",
+        "--set",
+        f"cache={cache_dir}",
+        "--set",
+        "evaluator.cyclegan.pretrain_steps=400",
+        "--set",
+        "population_size=4",
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     # the pre-trained CycleGAN really translates A -> B and back
-    manifest = json.loads(next(cache_dir.glob("supernets/cyclegan_digits-*/manifest.json")).read_text())
+    manifest = json.loads(
+        next(cache_dir.glob("supernets/cyclegan_digits-*/manifest.json")).read_text()
+    )
     assert manifest["val_cycle_l1_a"] < 0.25, manifest
-    assert manifest["val_mean_gap_ab"] < 0.2, manifest  # A is mostly -1, B mostly +1: a gap of ~1.3 untranslated
+    assert manifest["val_mean_gap_ab"] < 0.2, (
+        manifest
+    )  # A is mostly -1, B mostly +1: a gap of ~1.3 untranslated
     study = optuna.load_study(study_name=STUDY_NAME, storage=open_storage(out, None))
     trials = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(trials) == 40
@@ -47,8 +63,13 @@ def test_coevolution_compresses_both_generators(tmp_path, cache_dir):
     assert len(front) >= 3
     # the best pair against the full generators: FLOPs, cycle loss, sample translations
     summary = json.loads((out / "cyclegan.json").read_text())
-    assert summary["genome_id"] == json.loads((out / "best" / "metrics.json").read_text())["genome_id"]
+    assert (
+        summary["genome_id"] == json.loads((out / "best" / "metrics.json").read_text())["genome_id"]
+    )
     for d in ("ab", "ba"):
-        assert summary[d]["flops_reduction"] > 1.0 and summary[d]["pruned"]["flops"] < summary[d]["full"]["flops"]
+        assert (
+            summary[d]["flops_reduction"] > 1.0
+            and summary[d]["pruned"]["flops"] < summary[d]["full"]["flops"]
+        )
         assert summary[d]["pruned"]["cycle_l1"] < 0.5
     assert (out / "cyclegan_samples.png").stat().st_size > 5000

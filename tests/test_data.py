@@ -15,7 +15,9 @@ from evaluators.data import cifar10, digits, imagefolder, load_dataset
 from spaces import ConfigError
 
 CIFAR_ZIP = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10_jpg.zip"
-need_cifar = pytest.mark.skipif(not CIFAR_ZIP.exists(), reason="../shared/data/cifar10_jpg.zip not present")
+need_cifar = pytest.mark.skipif(
+    not CIFAR_ZIP.exists(), reason="../shared/data/cifar10_jpg.zip not present"
+)
 
 
 def test_digits_split_is_seeded_stratified_and_disjoint():
@@ -67,7 +69,7 @@ def test_imagefolder_plain_folders_and_cifar10_binary(tmp_path):
     for b, fname in enumerate([f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]):
         data, labels = [], []
         for ci, c in enumerate(classes):
-            for n in by_class[c][b * 4:(b + 1) * 4]:
+            for n in by_class[c][b * 4 : (b + 1) * 4]:
                 arr = np.asarray(Image.open(io.BytesIO(zf.read(n))).convert("RGB"))
                 data.append(arr.transpose(2, 0, 1).reshape(-1))
                 labels.append(ci)
@@ -80,8 +82,30 @@ def test_imagefolder_plain_folders_and_cifar10_binary(tmp_path):
 
 def test_missing_paths_are_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
-        load_dataset(SimpleNamespace(name="imagefolder", path=str(tmp_path / "nope"), per_class=None,
-                                     test_per_class=None, val_fraction=0.2, test_fraction=0.2), 32, 0, "x.yaml")
+        load_dataset(
+            SimpleNamespace(
+                name="imagefolder",
+                path=str(tmp_path / "nope"),
+                per_class=None,
+                test_per_class=None,
+                val_fraction=0.2,
+                test_fraction=0.2,
+            ),
+            32,
+            0,
+            "x.yaml",
+        )
     with pytest.raises(ConfigError, match="cifar-10-batches-py"):
-        load_dataset(SimpleNamespace(name="cifar10", path=str(tmp_path), per_class=None, test_per_class=None,
-                                     val_fraction=0.2, test_fraction=0.2), 32, 0, "x.yaml")
+        load_dataset(
+            SimpleNamespace(
+                name="cifar10",
+                path=str(tmp_path),
+                per_class=None,
+                test_per_class=None,
+                val_fraction=0.2,
+                test_fraction=0.2,
+            ),
+            32,
+            0,
+            "x.yaml",
+        )

@@ -10,15 +10,38 @@ import pytest
 from evaluators.dcp import DCPSettings, discrimination_aware_pruning
 from tests.conftest import run_cli, space_path
 
-FAST = ["--set", "pretrain.epochs=2", "--set", "evaluator.finetune.epochs=1", "--set", "latency=none"]
+FAST = [
+    "--set",
+    "pretrain.epochs=2",
+    "--set",
+    "evaluator.finetune.epochs=1",
+    "--set",
+    "latency=none",
+]
 
 
 @pytest.fixture(scope="module")
 def dcp_run(tmp_path_factory, cache_dir):
     out = tmp_path_factory.mktemp("dcp") / "run"
-    r = run_cli("run", space_path("resnet20"), "--optimizer", "dcp", "--set", "epsilon=0.005",
-                "--set", "stage_epochs=0.5", "--set", "select_images=64", *FAST, "--set", f"cache={cache_dir}", "--out", out,
-                "--no-progress", timeout=1500)
+    r = run_cli(
+        "run",
+        space_path("resnet20"),
+        "--optimizer",
+        "dcp",
+        "--set",
+        "epsilon=0.005",
+        "--set",
+        "stage_epochs=0.5",
+        "--set",
+        "select_images=64",
+        *FAST,
+        "--set",
+        f"cache={cache_dir}",
+        "--out",
+        out,
+        "--no-progress",
+        timeout=1500,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     return out
 
@@ -48,9 +71,23 @@ def test_dcp_run_records_its_pruned_network_as_a_trial(dcp_run):
 
 def test_the_result_seeds_other_optimisers(dcp_run, tmp_path, cache_dir):
     out = tmp_path / "ga"
-    r = run_cli("run", space_path("resnet20"), "--optimizer", "given", "--set", f"genomes={dcp_run}",
-                "--budget", 1, *FAST, "--set", f"cache={cache_dir}", "--out", out, "--no-progress",
-                timeout=1500)
+    r = run_cli(
+        "run",
+        space_path("resnet20"),
+        "--optimizer",
+        "given",
+        "--set",
+        f"genomes={dcp_run}",
+        "--budget",
+        1,
+        *FAST,
+        "--set",
+        f"cache={cache_dir}",
+        "--out",
+        out,
+        "--no-progress",
+        timeout=1500,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     got = json.loads((out / "pareto.json").read_text())["front"][0]
     assert got["genome"] == json.loads((dcp_run / "dcp.json").read_text())["genome"]
@@ -59,24 +96,29 @@ def test_the_result_seeds_other_optimisers(dcp_run, tmp_path, cache_dir):
 def _prune_pretrained(cache_dir, epsilons, **options):
     """DCP / DKP at each epsilon on copies of one pre-trained ResNet-20 supernet: yields
     (epsilon, (evaluator, genome, report))."""
-    from search.config import load_run_config
     from evaluators.registry import make_evaluator
+    from search.config import load_run_config
 
-    cfg, space, _ = load_run_config(space_path("resnet20"), ["pretrain.epochs=2", "latency=none", f"cache={cache_dir}"])
+    cfg, space, _ = load_run_config(
+        space_path("resnet20"), ["pretrain.epochs=2", "latency=none", f"cache={cache_dir}"]
+    )
     ev = make_evaluator(cfg, space, None)
     ev.setup()
     for eps in epsilons:
         sup = ev.space.supernet(0)
         sup.load_state_dict(ev.supernet.state_dict())
-        g, _, rep = discrimination_aware_pruning(ev.space, sup, ev.data, DCPSettings(epsilon=eps, **options), seed=0)
+        g, _, rep = discrimination_aware_pruning(
+            ev.space, sup, ev.data, DCPSettings(epsilon=eps, **options), seed=0
+        )
         yield eps, (ev, g, rep)
 
 
 def test_larger_epsilon_prunes_more(cache_dir):
     """The paper's trend on one pre-trained network: a larger epsilon stops earlier."""
     kept = {}
-    for eps, (ev, g, rep) in _prune_pretrained(cache_dir, (0.2, 0.005), stage_epochs=0, select_images=96,
-                                               inner_steps=2):
+    for eps, (ev, g, rep) in _prune_pretrained(
+        cache_dir, (0.2, 0.005), stage_epochs=0, select_images=96, inner_steps=2
+    ):
         kept[eps] = sum(v["kept"] for v in rep["layers"].values())
         assert ev.space.genome_id(g)
     assert kept[0.2] < kept[0.005], kept
@@ -85,27 +127,66 @@ def test_larger_epsilon_prunes_more(cache_dir):
 def test_dcp_needs_a_resnet_space_and_valid_options(tmp_path):
     r = run_cli("run", space_path("nb201"), "--optimizer", "dcp", "--out", tmp_path / "a")
     assert r.returncode == 2 and "resnet" in r.stderr
-    r = run_cli("run", space_path("resnet20"), "--optimizer", "dcp", "--set", "epsilon=-1", "--out", tmp_path / "b")
+    r = run_cli(
+        "run",
+        space_path("resnet20"),
+        "--optimizer",
+        "dcp",
+        "--set",
+        "epsilon=-1",
+        "--out",
+        tmp_path / "b",
+    )
     assert r.returncode == 2 and "epsilon" in r.stderr
 
 
 # --- DKP: the same selection over single kernels (granularity: kernel) ---------------------------
 
-DKP = ["--set", "granularity=kernel", "--set", "kernel_batch=0.1", "--set", "stage_epochs=0", "--set", "head_epochs=3",
-       "--set", "head_images=512", "--set", "select_images=64", "--set", "inner_steps=2"]
+DKP = [
+    "--set",
+    "granularity=kernel",
+    "--set",
+    "kernel_batch=0.1",
+    "--set",
+    "stage_epochs=0",
+    "--set",
+    "head_epochs=3",
+    "--set",
+    "head_images=512",
+    "--set",
+    "select_images=64",
+    "--set",
+    "inner_steps=2",
+]
 
 
 @pytest.fixture(scope="module")
 def dkp_run(tmp_path_factory, cache_dir):
     out = tmp_path_factory.mktemp("dkp") / "run"
-    r = run_cli("run", space_path("resnet20"), "--optimizer", "dcp", "--set", "epsilon=0.05", *DKP, *FAST,
-                "--set", f"cache={cache_dir}", "--out", out, "--no-progress", timeout=1500)
+    r = run_cli(
+        "run",
+        space_path("resnet20"),
+        "--optimizer",
+        "dcp",
+        "--set",
+        "epsilon=0.05",
+        *DKP,
+        *FAST,
+        "--set",
+        f"cache={cache_dir}",
+        "--out",
+        out,
+        "--no-progress",
+        timeout=1500,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     return out
 
 
 def _kernel_masks(state):
-    return {k.removesuffix(".kernel_mask"): v for k, v in state.items() if k.endswith(".kernel_mask")}
+    return {
+        k.removesuffix(".kernel_mask"): v for k, v in state.items() if k.endswith(".kernel_mask")
+    }
 
 
 def test_kernel_masks_are_sliced_carried_and_counted():
@@ -119,11 +200,17 @@ def test_kernel_masks_are_sliced_carried_and_counted():
     space = load_space(space_path("resnet20"))
     sup = space.supernet(0).eval()
     conv = sup.stages[1][1].conv2
-    km = (torch.rand(conv.out_channels, conv.in_channels, generator=torch.Generator().manual_seed(0)) > 0.6).float()
+    km = (
+        torch.rand(conv.out_channels, conv.in_channels, generator=torch.Generator().manual_seed(0))
+        > 0.6
+    ).float()
     conv.kernel_mask = km
     worker = space.supernet(1)  # a Ray worker's fresh supernet loads the driver's state
     worker.load_state_dict(sup.state_dict())
-    assert torch.equal(worker.stages[1][1].conv2.kernel_mask, km) and worker.stages[1][0].conv2.kernel_mask is None
+    assert (
+        torch.equal(worker.stages[1][1].conv2.kernel_mask, km)
+        and worker.stages[1][0].conv2.kernel_mask is None
+    )
     g = space.full()
     g["mask.s2.b1"] = tuple(0 if i in (0, 5) else 1 for i in range(32))
     g = space.validate(g)
@@ -131,7 +218,11 @@ def test_kernel_masks_are_sliced_carried_and_counted():
     sm = sub.stages[1][1].conv2.kernel_mask
     assert torch.equal(sm, km[:, [i for i in range(32) if i not in (0, 5)]])
     assert (sub.stages[1][1].conv2.weight[sm == 0] == 0).all()  # the builder zeroes them
-    assert all(m.kernel_mask is None for n, m in sub.named_modules() if n != "stages.1.1.conv2" and hasattr(m, "kernel_mask"))
+    assert all(
+        m.kernel_mask is None
+        for n, m in sub.named_modules()
+        if n != "stages.1.1.conv2" and hasattr(m, "kernel_mask")
+    )
     fresh = space.family.module(space.arch(g))
     fresh.load_state_dict(sub.state_dict())  # a fresh module adopts the mask (workers, exports)
     x = torch.randn(4, 3, 32, 32)
@@ -172,7 +263,9 @@ def test_dkp_run_keeps_pruned_kernels_at_zero_and_counts_sparse_flops(dkp_run):
     for si in range(3):
         for bj in range(3):
             info, m = layers[f"s{si + 1}.b{bj}"], masks[f"stages.{si}.{bj}.conv2"]
-            full = torch.tensor([[int(c) for c in row] for row in info["kernel_mask"]], dtype=m.dtype)
+            full = torch.tensor(
+                [[int(c) for c in row] for row in info["kernel_mask"]], dtype=m.dtype
+            )
             assert torch.equal(m, full[:, info["kept_channels"]])  # dcp.json's selection, sliced
             assert len(info["kept_channels"]) == info["kept"] == m.shape[1]
             w = state[f"stages.{si}.{bj}.conv2.weight"]
@@ -193,9 +286,17 @@ def test_dkp_run_keeps_pruned_kernels_at_zero_and_counts_sparse_flops(dkp_run):
 def test_larger_epsilon_keeps_fewer_kernels(cache_dir):
     """(a) the adaptive rule stops DKP's selection: a larger epsilon keeps fewer kernels."""
     kept = {}
-    for eps, (ev, g, rep) in _prune_pretrained(cache_dir, (0.1, 0.02), granularity="kernel", kernel_batch=0.1,
-                                               stage_epochs=0, head_epochs=3, head_images=512, select_images=64,
-                                               inner_steps=2):
+    for eps, (ev, g, rep) in _prune_pretrained(
+        cache_dir,
+        (0.1, 0.02),
+        granularity="kernel",
+        kernel_batch=0.1,
+        stage_epochs=0,
+        head_epochs=3,
+        head_images=512,
+        select_images=64,
+        inner_steps=2,
+    ):
         kept[eps] = rep["kept_kernels"]
         stopped = [v for v in rep["layers"].values() if v["stopped"] == "epsilon"]
         assert stopped, rep["layers"]
@@ -213,9 +314,27 @@ def test_larger_epsilon_keeps_fewer_kernels(cache_dir):
 
 
 def test_kernel_batch_needs_kernel_granularity(tmp_path):
-    r = run_cli("run", space_path("resnet20"), "--optimizer", "dcp", "--set", "kernel_batch=0.1", "--out", tmp_path / "a")
+    r = run_cli(
+        "run",
+        space_path("resnet20"),
+        "--optimizer",
+        "dcp",
+        "--set",
+        "kernel_batch=0.1",
+        "--out",
+        tmp_path / "a",
+    )
     assert r.returncode == 2 and "kernel_batch" in r.stderr and "granularity" in r.stderr
-    r = run_cli("run", space_path("resnet20"), "--optimizer", "dcp", "--set", "granularity=filter", "--out", tmp_path / "b")
+    r = run_cli(
+        "run",
+        space_path("resnet20"),
+        "--optimizer",
+        "dcp",
+        "--set",
+        "granularity=filter",
+        "--out",
+        tmp_path / "b",
+    )
     assert r.returncode == 2 and "granularity" in r.stderr
 
 

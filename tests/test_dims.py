@@ -6,7 +6,6 @@ import pytest
 
 from spaces import Choice, GenomeError, Mask, Scale, WeightSet
 
-
 KINDS = [
     Mask("m", length=12, min_keep=3),
     Choice("c", options=(3, 5, 7)),

@@ -18,7 +18,9 @@ from spaces import load_space
 from spaces.config import space_from_dict
 from tests.conftest import NB201_CSV, run_cli, search_best, space_path
 
-pytestmark = pytest.mark.skipif(not NB201_CSV.exists(), reason="../shared/data/nb201_merged.csv not present")
+pytestmark = pytest.mark.skipif(
+    not NB201_CSV.exists(), reason="../shared/data/nb201_merged.csv not present"
+)
 TABLE = ["--set", "preset=nb201-table", "--set", f"evaluator.table={NB201_CSV}", "--no-progress"]
 GROUPS = {"early": ["op.1<-0", "op.2<-0", "op.2<-1"], "late": ["op.3<-0", "op.3<-1", "op.3<-2"]}
 
@@ -32,7 +34,9 @@ def table():
 @pytest.fixture(scope="module")
 def grouped():
     d = yaml.safe_load(space_path("nb201").read_text())
-    space = space_from_dict({"name": "nb201", "family": d["family"], "dimensions": d["dimensions"], "groups": GROUPS})
+    space = space_from_dict(
+        {"name": "nb201", "family": d["family"], "dimensions": d["dimensions"], "groups": GROUPS}
+    )
     return space, TableEvaluator(space, str(NB201_CSV), "cifar10", "raspi4")
 
 
@@ -74,7 +78,11 @@ def test_coevolution_beats_random_and_varies_one_population_at_a_time(grouped, r
         res = ev.evaluate(g)
         from search.records import TrialRecord
 
-        opt.tell(TrialRecord(len(recs), g, space.genome_id(g), res.status, res.metrics, [res.metrics["c10_test"]]))
+        opt.tell(
+            TrialRecord(
+                len(recs), g, space.genome_id(g), res.status, res.metrics, [res.metrics["c10_test"]]
+            )
+        )
 
 
 def test_nsga2_hypervolume_beats_random(table):
@@ -86,10 +94,20 @@ def test_nsga2_hypervolume_beats_random(table):
         vals = []
         for seed in range(20):
             cls = OPTIMIZERS[name]
-            opt = cls(space, objs, [], seed, cls.Options(**({"population_size": 10} if name == "ga" else {})))
+            opt = cls(
+                space,
+                objs,
+                [],
+                seed,
+                cls.Options(**({"population_size": 10} if name == "ga" else {})),
+            )
             assert name == "random" or opt.mode == "nsga2"
             recs = simulate(opt, ev, 200)
-            vals.append(hypervolume_2d([r.values for r in pareto_front(recs, [1.0, -1.0])], [1.0, -1.0], ref))
+            vals.append(
+                hypervolume_2d(
+                    [r.values for r in pareto_front(recs, [1.0, -1.0])], [1.0, -1.0], ref
+                )
+            )
         hv[name] = _mean(vals)
     print(hv)
     se = (hv["ga"][1] ** 2 / 20 + hv["random"][1] ** 2 / 20) ** 0.5
@@ -97,14 +115,21 @@ def test_nsga2_hypervolume_beats_random(table):
 
 
 def test_weighted_fitness_trades_accuracy_for_compression(table):
-    """Evolutionary compression's lambda: a larger weight on the compression term finds smaller cells."""
+    """Evolutionary compression's lambda: a larger weight on the compression term finds smaller
+    cells."""
     space, ev = table
     flops = {}
     for lam in (0.0, 1.0):
         vals = []
         for seed in range(5):
             cls = OPTIMIZERS["ga"]
-            opt = cls(space, [Objective(metric="val_acc")], [], seed, cls.Options(population_size=10, **{"lambda": lam}))
+            opt = cls(
+                space,
+                [Objective(metric="val_acc")],
+                [],
+                seed,
+                cls.Options(population_size=10, **{"lambda": lam}),
+            )
             simulate(opt, ev, 100)
             vals.append(statistics.mean(r.metrics["flops"] for r in opt.pop))
         flops[lam] = statistics.mean(vals)
@@ -119,7 +144,13 @@ def test_constraints_are_feasibility_first(table):
         n = 0
         for seed in range(5):
             cls = OPTIMIZERS[name]
-            opt = cls(space, [Objective(metric="val_acc")], cons, seed, cls.Options(**({"population_size": 10} if name == "ga" else {})))
+            opt = cls(
+                space,
+                [Objective(metric="val_acc")],
+                cons,
+                seed,
+                cls.Options(**({"population_size": 10} if name == "ga" else {})),
+            )
             recs = simulate(opt, ev, 100, cons)
             n += sum(r.feasible for r in recs[-40:])
         feasible[name] = n
@@ -131,7 +162,9 @@ def test_same_seed_same_genomes_and_seeding(table, tmp_path):
     cls = OPTIMIZERS["ga"]
 
     def ids(seed, **o):
-        opt = cls(space, [Objective(metric="val_acc")], [], seed, cls.Options(population_size=6, **o))
+        opt = cls(
+            space, [Objective(metric="val_acc")], [], seed, cls.Options(population_size=6, **o)
+        )
         return [r.genome_id for r in simulate(opt, ev, 30)]
 
     assert ids(3) == ids(3) and ids(3) != ids(4)
@@ -144,34 +177,64 @@ def test_same_seed_same_genomes_and_seeding(table, tmp_path):
 
 def test_cli_ga_run_seeded_from_another_run(tmp_path):
     first = tmp_path / "first"
-    r = run_cli("run", "spaces/nb201.yaml", "--optimizer", "random", "--budget", 20, "--out", first, *TABLE)
+    r = run_cli(
+        "run", "spaces/nb201.yaml", "--optimizer", "random", "--budget", 20, "--out", first, *TABLE
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     second = tmp_path / "second"
-    r = run_cli("run", "spaces/nb201.yaml", "--optimizer", "ga", "--set", f"seeds=[{first}]", "--set", "population_size=8",
-                "--budget", 60, "--out", second, *TABLE)
+    r = run_cli(
+        "run",
+        "spaces/nb201.yaml",
+        "--optimizer",
+        "ga",
+        "--set",
+        f"seeds=[{first}]",
+        "--set",
+        "population_size=8",
+        "--budget",
+        60,
+        "--out",
+        second,
+        *TABLE,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     front = json.loads((first / "pareto.json").read_text())["front"]
-    from search.store import STUDY_NAME, open_storage
     import optuna
+
+    from search.store import STUDY_NAME, open_storage
 
     study = optuna.load_study(study_name=STUDY_NAME, storage=open_storage(second, None))
     assert study.trials[0].user_attrs["genome_id"] == front[0]["genome_id"]  # the seed comes first
     assert len(study.trials) == 60
     # the given optimiser re-scores a run's front
     third = tmp_path / "third"
-    r = run_cli("run", "spaces/nb201.yaml", "--optimizer", "given", "--set", f"genomes={first / 'pareto.json'}",
-                "--budget", 50, "--out", third, *TABLE)
+    r = run_cli(
+        "run",
+        "spaces/nb201.yaml",
+        "--optimizer",
+        "given",
+        "--set",
+        f"genomes={first / 'pareto.json'}",
+        "--budget",
+        50,
+        "--out",
+        third,
+        *TABLE,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     study = optuna.load_study(study_name=STUDY_NAME, storage=open_storage(third, None))
     assert [t.user_attrs["genome_id"] for t in study.trials] == [e["genome_id"] for e in front]
 
 
-@pytest.mark.parametrize("args,field", [
-    (["--optimizer", "ga", "--set", "seeds=[/nonexistent/x.json]"], "optimizer.options.seeds"),
-    (["--optimizer", "ga", "--set", "selection=best"], "optimizer.options.selection"),
-    (["--optimizer", "coevolution"], "groups"),
-    (["--optimizer", "given"], "optimizer.options.genomes"),
-])
+@pytest.mark.parametrize(
+    "args,field",
+    [
+        (["--optimizer", "ga", "--set", "seeds=[/nonexistent/x.json]"], "optimizer.options.seeds"),
+        (["--optimizer", "ga", "--set", "selection=best"], "optimizer.options.selection"),
+        (["--optimizer", "coevolution"], "groups"),
+        (["--optimizer", "given"], "optimizer.options.genomes"),
+    ],
+)
 def test_bad_evolution_options(tmp_path, args, field):
     r = run_cli("run", "spaces/nb201.yaml", *args, "--out", tmp_path / "x", *TABLE)
     assert r.returncode == 2, r.stderr[-2000:]
@@ -181,8 +244,20 @@ def test_bad_evolution_options(tmp_path, args, field):
 def test_bad_genome_in_seed_file(tmp_path):
     f = tmp_path / "bad.json"
     f.write_text(json.dumps([{"op.1<-0": "conv_7x7"}]))
-    r = run_cli("run", "spaces/nb201.yaml", "--optimizer", "ga", "--set", f"seeds=[{f}]", "--out", tmp_path / "x", *TABLE)
-    assert r.returncode == 2 and "genome 0" in r.stderr and "optimizer.options.seeds" in r.stderr, r.stderr
+    r = run_cli(
+        "run",
+        "spaces/nb201.yaml",
+        "--optimizer",
+        "ga",
+        "--set",
+        f"seeds=[{f}]",
+        "--out",
+        tmp_path / "x",
+        *TABLE,
+    )
+    assert r.returncode == 2 and "genome 0" in r.stderr and "optimizer.options.seeds" in r.stderr, (
+        r.stderr
+    )
 
 
 def test_naming_another_optimizer_drops_the_files_options():

@@ -10,8 +10,8 @@ import time
 import optuna
 import pytest
 
-from kernels.latency_model import LatencyModel, op_of_kernel, torch_ops
 from kernels.cores import CoreLock
+from kernels.latency_model import LatencyModel, op_of_kernel, torch_ops
 from search.store import STUDY_NAME, open_storage
 from spaces import load_space
 from tests.conftest import TINY, run_cli, space_path
@@ -43,7 +43,9 @@ def test_a_measurement_waits_for_the_step_in_flight_and_holds_new_steps_back(tmp
     q = ctx.Queue()
     with lock.exclusive():
         waited = time.perf_counter() - t0
-        late = ctx.Process(target=_try_shared, args=(tmp_path, q))  # a step asking during the measurement
+        late = ctx.Process(
+            target=_try_shared, args=(tmp_path, q)
+        )  # a step asking during the measurement
         late.start()
         time.sleep(0.5)
     trainer.join(10)
@@ -89,8 +91,14 @@ def test_training_steps_hold_the_lock_but_epoch_callbacks_do_not(tmp_path, monke
     model = space.build(space.full(), space.supernet(0))
     in_steps, in_callbacks = [], []
     model.register_forward_hook(lambda *_: in_steps.append(_cores_free(tmp_path)))
-    fine_tune(model, data, 16, TrainRecipe(epochs=2, batch_size=256, lr=0.02), seed=0,
-              on_epoch=lambda epoch, net: in_callbacks.append((epoch, _cores_free(tmp_path))))
+    fine_tune(
+        model,
+        data,
+        16,
+        TrainRecipe(epochs=2, batch_size=256, lr=0.02),
+        seed=0,
+        on_epoch=lambda epoch, net: in_callbacks.append((epoch, _cores_free(tmp_path))),
+    )
     assert in_steps and not any(in_steps), "a training step ran without the core lock"
     assert in_callbacks == [(1, True), (2, True)], "the epoch callback ran under the core lock"
 
@@ -121,8 +129,12 @@ def test_onnxruntime_and_eager_time_the_same_network_and_say_so():
         ref = model(torch.from_numpy(feed["input"])).numpy()
     assert np.abs(sess.run(None, feed)[0] - ref).max() < 1e-4
     assert np.abs(ref).max() > 1e-3  # not all zeros, so the comparison means something
-    for m in (ort.time((sess, feed)), ort.time((sess, feed)), ort.measure(model, r),
-              TorchLatency(repeats=5, warmup=1, threads=1).measure(model, r)):
+    for m in (
+        ort.time((sess, feed)),
+        ort.time((sess, feed)),
+        ort.measure(model, r),
+        TorchLatency(repeats=5, warmup=1, threads=1).measure(model, r),
+    ):
         assert 0 < m["latency_ms"] < 1000 and m["latency_spread_ms"] >= 0
     assert ort.measure(model, r)["latency_source"] == "onnxruntime"
     assert TorchLatency(repeats=3, warmup=1).measure(model, r)["latency_source"] == "torch"
@@ -150,15 +162,31 @@ def test_tvm_runs_kernels_on_every_core_even_where_omp_says_one():
     import sys
     from pathlib import Path
 
-    code = ("from kernels.tvm_compile import load_tvm, host_cores, host_target, target_key; tvm = load_tvm(); "
-            "print(tvm.get_global_func('runtime.NumThreads')(), host_cores(), target_key(host_target(), host_cores()))")
+    code = (
+        "from kernels.tvm_compile import load_tvm, host_cores, host_target, target_key\n"
+        "tvm = load_tvm()\n"
+        "print(tvm.get_global_func('runtime.NumThreads')(), host_cores(),\n"
+        "      target_key(host_target(), host_cores()))"
+    )
     env = {k: v for k, v in os.environ.items() if k != "TVM_NUM_THREADS"}
-    out = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True,
-                         text=True, check=True, cwd=Path(__file__).resolve().parents[1]).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**env, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[1],
+    ).stdout.split()
     assert out[0] == out[1] and f"-t{out[1]}-" in out[2]
     # a user's own setting is kept
-    out = subprocess.run([sys.executable, "-c", code], env={**env, "TVM_NUM_THREADS": "1"}, capture_output=True,
-                         text=True, check=True, cwd=Path(__file__).resolve().parents[1]).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**env, "TVM_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[1],
+    ).stdout.split()
     assert out[0] == "1"
 
 
@@ -171,13 +199,19 @@ def test_tuned_kernels_time_the_network_match_pytorch_and_are_reused(backend):
     assert m["latency_source"] == "tvm" and m["latency_tuned_fraction"] == 1.0
     assert m["latency_kernels_tuned_now"] > 0
     assert 0 < m["latency_ms"] < 50 and m["latency_spread_ms"] >= 0
-    assert 0 < m["latency_max_abs_diff"] < 1e-4  # not bit-identical: TVM's own kernels, batch norm folded
+    assert (
+        0 < m["latency_max_abs_diff"] < 1e-4
+    )  # not bit-identical: TVM's own kernels, batch norm folded
     # a fresh process-like backend on the same database tunes nothing again
     again = TVMBackend(backend.db.dir.parent, trials_per_task=2, repeats=10).measure(model, r)
     assert f"-t{backend.threads}-" in backend.db.dir.name
     assert again["latency_kernels_tuned_now"] == 0 and again["latency_source"] == "tvm"
-    rows = [json.loads(line) for line in (backend.db.dir / "kernels.jsonl").read_text().splitlines()]
-    assert len({r["key"] for r in rows}) == m["latency_kernels"]  # the latency table holds every kernel once
+    rows = [
+        json.loads(line) for line in (backend.db.dir / "kernels.jsonl").read_text().splitlines()
+    ]
+    assert (
+        len({r["key"] for r in rows}) == m["latency_kernels"]
+    )  # the latency table holds every kernel once
     # compiled once, timed again and again (what the benchmark's interleaved rounds do)
     c = backend.compile(model, r, tune=False, check=False)
     assert c["info"]["latency_source"] == "tvm" and c["info"]["latency_kernels_tuned_now"] == 0
@@ -207,7 +241,9 @@ def test_pytorch_sees_the_same_operators_as_the_tvm_kernels(name):
         g = space.full() if seed == 0 else space.sample(random.Random(seed))
         model = space.build(g, space.supernet(seed=0)).eval()
         r = space.arch(g).resolution
-        kernels = extract_kernels(prepared_module(fold_batch_norm(model), (1, 3, r, r), target), target)
+        kernels = extract_kernels(
+            prepared_module(fold_batch_norm(model), (1, 3, r, r), target), target
+        )
         tvm_side = Counter()
         for k in kernels:
             op = op_of_kernel(k.name, k.shapes)
@@ -224,7 +260,10 @@ def test_the_latency_model_prices_networks_it_was_not_fitted_on(backend):
 
     space = load_space(TINY)
     sup = space.supernet(seed=0)
-    items = [(space.build(g, sup).eval(), space.arch(g).resolution) for g in spread_genomes(space, 7, seed=1)]
+    items = [
+        (space.build(g, sup).eval(), space.arch(g).resolution)
+        for g in spread_genomes(space, 7, seed=1)
+    ]
     res = backend.measure_rounds(items, rounds=3)
     assert all(len(m["latency_rounds_ms"]) == 3 and m["latency_source"] == "tvm" for m in res)
     known = backend.networks()
@@ -240,23 +279,50 @@ def test_the_latency_model_prices_networks_it_was_not_fitted_on(backend):
 # --- runs -------------------------------------------------------------------------------------
 def _trials(out):
     study = optuna.load_study(study_name=STUDY_NAME, storage=open_storage(out, None))
-    return [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+    return [
+        t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE
+    ]
 
 
 @pytest.mark.slow
 def test_tvm_model_run_fits_checks_and_reports_its_error(tmp_path, cache_dir, tvm_db):
     out = tmp_path / "run"
-    r = run_cli("run", TINY, "--budget", 3, "--out", out, "--no-progress", "--set", f"cache={cache_dir}",
-                "--set", "latency=tvm-model", "--set", f"latency.database={tvm_db}", "--set", "latency.trials_per_task=2",
-                "--set", "latency.fit_networks=4", "--set", "latency.holdout=1", "--set", "latency.check_front=2",
-                "--set", "latency.rounds=3", "--set", "objectives=[{metric: val_acc}, {metric: latency_ms, direction: minimize}]")
+    r = run_cli(
+        "run",
+        TINY,
+        "--budget",
+        3,
+        "--out",
+        out,
+        "--no-progress",
+        "--set",
+        f"cache={cache_dir}",
+        "--set",
+        "latency=tvm-model",
+        "--set",
+        f"latency.database={tvm_db}",
+        "--set",
+        "latency.trials_per_task=2",
+        "--set",
+        "latency.fit_networks=4",
+        "--set",
+        "latency.holdout=1",
+        "--set",
+        "latency.check_front=2",
+        "--set",
+        "latency.rounds=3",
+        "--set",
+        "objectives=[{metric: val_acc}, {metric: latency_ms, direction: minimize}]",
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     rep = json.loads((out / "latency.json").read_text())
     assert rep["provider"] == "tvm-model" and rep["fit_networks"] == 4 and rep["rounds"] == 3
     assert len(rep["holdout"]) == 1 and rep["holdout_mape"] >= 0
     assert 1 <= len(rep["front"]) <= 2 and all(c["source"] == "tvm" for c in rep["front"])
     assert rep["front_mape"] is not None
-    assert "error on the Pareto front measured with tuned kernels" in (out / "report.html").read_text()
+    assert (
+        "error on the Pareto front measured with tuned kernels" in (out / "report.html").read_text()
+    )
     trials = _trials(out)
     assert len(trials) == 3
     assert all(t.user_attrs["metrics"]["latency_source"] == "tvm-model" for t in trials)
@@ -265,10 +331,29 @@ def test_tvm_model_run_fits_checks_and_reports_its_error(tmp_path, cache_dir, tv
 @pytest.mark.slow
 def test_tvm_latency_on_ray_workers_goes_through_one_service(tmp_path, cache_dir, ray_session):
     out = tmp_path / "run"
-    r = run_cli("run", TINY, "--address", ray_session, "--workers", 2, "--budget", 2, "--out", out,
-                "--no-progress", "--set", f"cache={cache_dir}", "--set", "latency=tvm",
-                "--set", f"latency.database={tmp_path / 'tvm'}",
-                "--set", "latency.trials_per_task=1", "--set", "latency.repeats=5")
+    r = run_cli(
+        "run",
+        TINY,
+        "--address",
+        ray_session,
+        "--workers",
+        2,
+        "--budget",
+        2,
+        "--out",
+        out,
+        "--no-progress",
+        "--set",
+        f"cache={cache_dir}",
+        "--set",
+        "latency=tvm",
+        "--set",
+        f"latency.database={tmp_path / 'tvm'}",
+        "--set",
+        "latency.trials_per_task=1",
+        "--set",
+        "latency.repeats=5",
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "latency service (tvm) started" in r.stderr
     trials = _trials(out)
@@ -281,6 +366,15 @@ def test_tvm_latency_on_ray_workers_goes_through_one_service(tmp_path, cache_dir
 def test_bad_latency_settings_are_exit_2_naming_the_field(tmp_path):
     r = run_cli("run", TINY, "--out", tmp_path / "a", "--set", "latency=tvmx")
     assert r.returncode == 2 and "latency.provider" in r.stderr
-    r = run_cli("run", TINY, "--out", tmp_path / "b", "--set", "latency=tvm", "--set", "latency.target={kind: nosuch}")
+    r = run_cli(
+        "run",
+        TINY,
+        "--out",
+        tmp_path / "b",
+        "--set",
+        "latency=tvm",
+        "--set",
+        "latency.target={kind: nosuch}",
+    )
     assert r.returncode == 2 and "latency.target" in r.stderr, r.stderr[-2000:]
     assert not (tmp_path / "b" / "study.journal").exists()

@@ -10,7 +10,18 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-from agents.nat import KEEP, NONE, SKIP, NATAgent, NATEnv, cell_graph, never_costlier, observe, transform, valid_mask
+from agents.nat import (
+    KEEP,
+    NONE,
+    SKIP,
+    NATAgent,
+    NATEnv,
+    cell_graph,
+    never_costlier,
+    observe,
+    transform,
+    valid_mask,
+)
 from agents.nat.cell import cell_ops
 from evaluators.table import TableEvaluator
 from search.config import Constraint, Objective
@@ -21,7 +32,9 @@ from spaces import load_space
 from spaces.families.cell import EDGES
 from tests.conftest import NB201_CSV, run_cli, space_path
 
-needs_table = pytest.mark.skipif(not NB201_CSV.exists(), reason="../shared/data/nb201_merged.csv not present")
+needs_table = pytest.mark.skipif(
+    not NB201_CSV.exists(), reason="../shared/data/nb201_merged.csv not present"
+)
 TABLE = ["--set", "preset=nb201-table", "--set", f"evaluator.table={NB201_CSV}", "--no-progress"]
 SMALL = ["--set", "train_archs=40", "--set", "epochs=3", "--set", "batch=8", "--set", "holdout=8"]
 
@@ -40,7 +53,9 @@ def table(space):
 
 def _nat(space, seed=0, constraints=(), **options):
     cls = OPTIMIZERS["nat"]
-    return cls(space, [Objective(metric="val_acc")], list(constraints), seed, cls.Options(**options))
+    return cls(
+        space, [Objective(metric="val_acc")], list(constraints), seed, cls.Options(**options)
+    )
 
 
 # --- the environment -----------------------------------------------------------------------------
@@ -71,15 +86,22 @@ def test_transitions_never_raise_flops_or_params(space):
     rng = random.Random(0)
     archs = [space.sample(rng) for _ in range(200)] + [space.full()]
     for i, g in enumerate(archs):
-        actions = itertools.product(range(3), repeat=6) if i % 40 == 0 else \
-            (tuple(rng.randrange(3) for _ in EDGES) for _ in range(30))
+        actions = (
+            itertools.product(range(3), repeat=6)
+            if i % 40 == 0
+            else (tuple(rng.randrange(3) for _ in EDGES) for _ in range(30))
+        )
         before = cell_ops(space, g)
         for a in actions:
             t = transform(space, g, a)
             assert never_costlier(space, g, t), (g, a)
             after = cell_ops(space, t)
             for k, e in enumerate(EDGES):  # only NAT's transitions
-                assert after[e] == before[e] or after[e] == "none" or (after[e] == "skip_connect" and before[e] != "none")
+                assert (
+                    after[e] == before[e]
+                    or after[e] == "none"
+                    or (after[e] == "skip_connect" and before[e] != "none")
+                )
                 if a[k] == KEEP or before[e] == "none":
                     assert after[e] == before[e]
 
@@ -147,7 +169,10 @@ def _random_gain(space, table, archs, seeds=5):
         for g in archs:
             m = valid_mask(space, cell_ops(space, g))
             a = [rng.choice(np.flatnonzero(m[k])) for k in range(6)]
-            out.append(table.evaluate(transform(space, g, a)).metrics["val_acc"] - table.evaluate(g).metrics["val_acc"])
+            out.append(
+                table.evaluate(transform(space, g, a)).metrics["val_acc"]
+                - table.evaluate(g).metrics["val_acc"]
+            )
     return statistics.mean(out)
 
 
@@ -166,7 +191,9 @@ def test_training_beats_a_random_transformation(space, table):
     curve = [c["mean_reward"] for c in rep["training"]["curve"]]
     assert statistics.mean(curve[-20:]) > statistics.mean(curve[:20]) + 0.05  # it learnt
     # held out: no target was trained on
-    assert not {table.space.genome_id(g) for g in opt.targets} & {table.space.genome_id(g) for g in opt.pool}
+    assert not {table.space.genome_id(g) for g in opt.targets} & {
+        table.space.genome_id(g) for g in opt.pool
+    }
 
 
 @needs_table
@@ -186,11 +213,15 @@ def test_workers_ahead_of_the_batch_keep_busy_and_finish(space, table):
             break
         g = in_flight.pop(0)
         res = table.evaluate(g)
-        opt.tell(TrialRecord(n, g, space.genome_id(g), res.status, res.metrics, [res.metrics["val_acc"]]))
+        opt.tell(
+            TrialRecord(n, g, space.genome_id(g), res.status, res.metrics, [res.metrics["val_acc"]])
+        )
         n += 1
     assert len(asked) == len(set(asked))
     assert opt._prefetch_at > 0  # originals were fetched ahead while a batch waited
-    assert any(c["stale"] for c in opt.curve)  # some batches were sampled before the update before them
+    assert any(
+        c["stale"] for c in opt.curve
+    )  # some batches were sampled before the update before them
     assert opt.done_batches == opt.n_batches
     assert opt.report()["summary"]["transformed"] == 5
 
@@ -204,14 +235,36 @@ def _nat_json(run):
 @needs_table
 def test_cli_run_writes_nat_json_and_resume_rebuilds_the_agent(tmp_path):
     full, part = tmp_path / "full", tmp_path / "part"
-    r = run_cli("run", "spaces/nb201.yaml", "--optimizer", "nat", *TABLE, *SMALL, "--budget", 2000, "--out", full)
+    r = run_cli(
+        "run",
+        "spaces/nb201.yaml",
+        "--optimizer",
+        "nat",
+        *TABLE,
+        *SMALL,
+        "--budget",
+        2000,
+        "--out",
+        full,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     rep = _nat_json(full)
     assert rep["training"]["complete"] and rep["summary"]["transformed"] == 8
     assert all(t["flops_change"] <= 0 and t["params_change"] <= 0 for t in rep["transforms"])
     assert (full / "nat_policy.pt").is_file()
     # stopped early by its budget, then resumed: the same agent, the same transformations
-    r = run_cli("run", "spaces/nb201.yaml", "--optimizer", "nat", *TABLE, *SMALL, "--budget", 30, "--out", part)
+    r = run_cli(
+        "run",
+        "spaces/nb201.yaml",
+        "--optimizer",
+        "nat",
+        *TABLE,
+        *SMALL,
+        "--budget",
+        30,
+        "--out",
+        part,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert not _nat_json(part)["training"]["complete"]
     r = run_cli("resume", part, "--budget", 2000, "--no-progress")
@@ -224,22 +277,63 @@ def test_cli_run_writes_nat_json_and_resume_rebuilds_the_agent(tmp_path):
 def test_cli_checkpoint_resume_and_transform_another_runs_best(tmp_path):
     first, again, other = tmp_path / "first", tmp_path / "again", tmp_path / "other"
     ck = tmp_path / "agent.pt"
-    r = run_cli("run", "spaces/nb201.yaml", "--optimizer", "nat", *TABLE, *SMALL, "--set", f"checkpoint={ck}",
-                "--budget", 40, "--out", first)
+    r = run_cli(
+        "run",
+        "spaces/nb201.yaml",
+        "--optimizer",
+        "nat",
+        *TABLE,
+        *SMALL,
+        "--set",
+        f"checkpoint={ck}",
+        "--budget",
+        40,
+        "--out",
+        first,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     r = run_cli("resume", first, "--budget", 2000, "--no-progress")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "resumed the agent from" in r.stderr
-    r = run_cli("run", "spaces/nb201.yaml", "--optimizer", "nat", *TABLE, *SMALL, "--budget", 2000, "--out", again)
+    r = run_cli(
+        "run",
+        "spaces/nb201.yaml",
+        "--optimizer",
+        "nat",
+        *TABLE,
+        *SMALL,
+        "--budget",
+        2000,
+        "--out",
+        again,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert _nat_json(first)["transforms"] == _nat_json(again)["transforms"]
     # the trained agent transforms the three best cells of another run (a random search)
-    r = run_cli("run", "spaces/nb201.yaml", "--optimizer", "random", *TABLE, "--budget", 30, "--out", other)
+    r = run_cli(
+        "run", "spaces/nb201.yaml", "--optimizer", "random", *TABLE, "--budget", 30, "--out", other
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     out = tmp_path / "transformed"
-    r = run_cli("run", "spaces/nb201.yaml", "--optimizer", "nat", *TABLE, "--set", f"init_policy={first}",
-                "--set", "train_archs=0", "--set", f"transform={other}", "--set", "transform_top=3",
-                "--budget", 10, "--out", out)
+    r = run_cli(
+        "run",
+        "spaces/nb201.yaml",
+        "--optimizer",
+        "nat",
+        *TABLE,
+        "--set",
+        f"init_policy={first}",
+        "--set",
+        "train_archs=0",
+        "--set",
+        f"transform={other}",
+        "--set",
+        "transform_top=3",
+        "--budget",
+        10,
+        "--out",
+        out,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     rep = _nat_json(out)
     assert rep["summary"]["transformed"] == 3 and rep["training"]["updates"] == 0
@@ -249,7 +343,9 @@ def test_cli_checkpoint_resume_and_transform_another_runs_best(tmp_path):
     agent = NATAgent.load(first / "nat_policy.pt")
     for t in rep["transforms"]:
         g = space.from_json(t["original"]["genome"])
-        assert t["transformed"]["genome_id"] == space.genome_id(transform(space, g, agent.act([observe(space, g)], greedy=True)[0]))
+        assert t["transformed"]["genome_id"] == space.genome_id(
+            transform(space, g, agent.act([observe(space, g)], greedy=True)[0])
+        )
 
 
 def test_cli_rejects_a_space_without_cells():

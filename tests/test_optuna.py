@@ -17,7 +17,9 @@ from spaces import load_space
 from tests.conftest import NB201_CSV, run_cli, search_best, space_path
 
 matplotlib.use("Agg")
-pytestmark = pytest.mark.skipif(not NB201_CSV.exists(), reason="../shared/data/nb201_merged.csv not present")
+pytestmark = pytest.mark.skipif(
+    not NB201_CSV.exists(), reason="../shared/data/nb201_merged.csv not present"
+)
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +32,10 @@ def test_tpe_beats_random_over_20_seeds(table):
     space, ev = table
     rnd = [search_best("random", space, ev, s) for s in range(20)]
     tpe = [search_best("optuna", space, ev, s) for s in range(20)]
-    print(f"random {statistics.mean(rnd):.3f} +- {statistics.stdev(rnd):.3f}; "
-          f"tpe {statistics.mean(tpe):.3f} +- {statistics.stdev(tpe):.3f}")
+    print(
+        f"random {statistics.mean(rnd):.3f} +- {statistics.stdev(rnd):.3f}; "
+        f"tpe {statistics.mean(tpe):.3f} +- {statistics.stdev(tpe):.3f}"
+    )
     assert statistics.mean(tpe) > statistics.mean(rnd) + 0.1
 
 
@@ -58,12 +62,20 @@ def test_constraints_reach_the_sampler(table):
                 done = [t for t in opt.study.trials if t.state == optuna.trial.TrialState.COMPLETE]
                 assert all("latency_ms" in t.constraints for t in done)
         feasible[name] = n
-    assert feasible["optuna"] > 1.3 * feasible["random"], feasible  # the sampler steers to feasibility
+    assert feasible["optuna"] > 1.3 * feasible["random"], (
+        feasible
+    )  # the sampler steers to feasibility
 
 
 def test_study_sees_other_optimisers_trials_and_plots(tmp_path):
     out = tmp_path / "run"
-    common = ["--set", "preset=nb201-table", "--set", f"evaluator.table={NB201_CSV}", "--no-progress"]
+    common = [
+        "--set",
+        "preset=nb201-table",
+        "--set",
+        f"evaluator.table={NB201_CSV}",
+        "--no-progress",
+    ]
     r = run_cli("run", "spaces/nb201.yaml", "--budget", 30, "--out", out, *common)
     assert r.returncode == 0, r.stderr[-2000:]
     r = run_cli("resume", out, "--optimizer", "optuna", "--budget", 60, "--no-progress")
@@ -72,8 +84,13 @@ def test_study_sees_other_optimisers_trials_and_plots(tmp_path):
     assert len(study.trials) == 60 and len({t.user_attrs["genome_id"] for t in study.trials}) == 60
     # warm start from the first run into a second one
     space = load_space(space_path("nb201"))
-    opt = OPTIMIZERS["optuna"](space, [Objective(metric="val_acc")], [], 0,
-                               OPTIMIZERS["optuna"].Options(warm_start=[str(out)]))
+    opt = OPTIMIZERS["optuna"](
+        space,
+        [Objective(metric="val_acc")],
+        [],
+        0,
+        OPTIMIZERS["optuna"].Options(warm_start=[str(out)]),
+    )
     assert len(opt.study.trials) == 60
     # Optuna's own visualisation reads the run's study
     from optuna.visualization.matplotlib import plot_optimization_history, plot_param_importances

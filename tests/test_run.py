@@ -2,7 +2,6 @@
 kill -9 and resume, failed trials, outputs."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -27,7 +26,9 @@ def _complete(run_dir) -> list:
         study = optuna.load_study(study_name=STUDY_NAME, storage=open_storage(run_dir, None))
     except Exception:
         return []
-    return [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+    return [
+        t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE
+    ]
 
 
 def test_inherited_subnets_score_well_above_chance(cache_dir):
@@ -36,13 +37,24 @@ def test_inherited_subnets_score_well_above_chance(cache_dir):
     space = space.with_classes(data.num_classes)
     pt = cfg.pretrain.model_dump()
     sandwich = pt.pop("sandwich")
-    sup, info = supernet_cache.get_or_train(space, data, TrainRecipe(**pt), sandwich, cfg.seed, cache_dir)
-    again, info2 = supernet_cache.get_or_train(space, data, TrainRecipe(**pt), sandwich, cfg.seed, cache_dir)
+    sup, info = supernet_cache.get_or_train(
+        space, data, TrainRecipe(**pt), sandwich, cfg.seed, cache_dir
+    )
+    again, info2 = supernet_cache.get_or_train(
+        space, data, TrainRecipe(**pt), sandwich, cfg.seed, cache_dir
+    )
     assert info2["created"] == info["created"]  # the cache, not a second training
-    assert all(torch.equal(a, b) for a, b in zip(sup.state_dict().values(), again.state_dict().values()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(sup.state_dict().values(), again.state_dict().values())
+    )
     full = space.full()
-    variants = [full, {**full, "width": 0.5}, {**full, "depth": 0.5}, {**full, "resolution": 0.5},
-                {**full, "width": 0.5, "depth": 0.5, "resolution": 0.75}]
+    variants = [
+        full,
+        {**full, "width": 0.5},
+        {**full, "depth": 0.5},
+        {**full, "resolution": 0.5},
+        {**full, "width": 0.5, "depth": 0.5, "resolution": 0.75},
+    ]
     sizes, accs = [], []
     for g in variants:
         g = space.canonical(g)
@@ -59,8 +71,24 @@ def test_inherited_subnets_score_well_above_chance(cache_dir):
 def test_sigkill_then_resume_finishes_budget_without_duplicates(tmp_path, cache_dir):
     out = tmp_path / "run"
     budget = 7
-    cmd = [sys.executable, "-m", "search.cli", "run", str(TINY), "--out", str(out), "--budget", str(budget),
-           "--no-progress", "--workers", "0", "--set", f"cache={cache_dir}", "--set", "evaluator.finetune.steps=40"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "search.cli",
+        "run",
+        str(TINY),
+        "--out",
+        str(out),
+        "--budget",
+        str(budget),
+        "--no-progress",
+        "--workers",
+        "0",
+        "--set",
+        f"cache={cache_dir}",
+        "--set",
+        "evaluator.finetune.steps=40",
+    ]
     p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while len(_complete(out)) < 3 and time.time() < deadline and p.poll() is None:
@@ -95,12 +123,28 @@ def test_sigkill_then_resume_finishes_budget_without_duplicates(tmp_path, cache_
 
 def test_nan_candidates_become_failed_trials(tmp_path, cache_dir):
     out = tmp_path / "nan"
-    r = run_cli("run", TINY, "--out", out, "--budget", 2, "--no-progress", "--set", f"cache={cache_dir}",
-                "--set", "evaluator.finetune.lr=1e12", "--set", "max_failures=2")
+    r = run_cli(
+        "run",
+        TINY,
+        "--out",
+        out,
+        "--budget",
+        2,
+        "--no-progress",
+        "--set",
+        f"cache={cache_dir}",
+        "--set",
+        "evaluator.finetune.lr=1e12",
+        "--set",
+        "max_failures=2",
+    )
     assert r.returncode == 1, r.stderr[-2000:]
     assert "run failed" in r.stderr and "Traceback" not in r.stderr
     study = optuna.load_study(study_name=STUDY_NAME, storage=open_storage(out, None))
     failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
     assert len(failed) == 3  # the run went on past the first failures, then stopped at the bound
-    assert all("FloatingPointError" in t.user_attrs["fail_reason"] or "non-finite" in t.user_attrs["fail_reason"]
-               for t in failed)
+    assert all(
+        "FloatingPointError" in t.user_attrs["fail_reason"]
+        or "non-finite" in t.user_attrs["fail_reason"]
+        for t in failed
+    )

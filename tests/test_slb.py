@@ -14,7 +14,6 @@ from evaluators.slb import SLBWeight, in_set, set_values, slb_layers
 from evaluators.train import TrainRecipe, evaluate, fine_tune
 from spaces.config import read_yaml, space_from_dict
 from spaces.layers import GConv2d, quantized
-
 from tests.conftest import space_path
 
 SETS = {"s1": "binary", "s2": "ternary", "s3": "int4"}
@@ -22,8 +21,11 @@ SETS = {"s1": "binary", "s2": "ternary", "s3": "int4"}
 
 def resnet_with_weight_sets():
     d = read_yaml(space_path("resnet20"))
-    d["dimensions"]["weights"] = {"kind": "weightset", "per": "stage",
-                                  "options": ["float", "int8", "int4", "int2", "ternary", "binary"]}
+    d["dimensions"]["weights"] = {
+        "kind": "weightset",
+        "per": "stage",
+        "options": ["float", "int8", "int4", "int2", "ternary", "binary"],
+    }
     return space_from_dict(d)
 
 
@@ -71,7 +73,9 @@ def trained():
     model = space.build(g, sup)
     before = copy.deepcopy(model)
     torch.set_num_threads(2)
-    info = fine_tune(model, data, 32, TrainRecipe(epochs=3, batch_size=64, lr=0.05), seed=0, quant=arch.quant)
+    info = fine_tune(
+        model, data, 32, TrainRecipe(epochs=3, batch_size=64, lr=0.05), seed=0, quant=arch.quant
+    )
     return space, data, arch, before, model, info
 
 
@@ -82,7 +86,9 @@ def test_slb_weights_lie_in_their_sets_after_fine_tuning(trained):
     for m in convs:
         ws = arch.quant[m.qgroup]
         assert in_set(m.weight, ws), (m.qgroup, ws)
-        assert max(len(torch.unique(r)) for r in m.weight.detach().flatten(1)) <= len(set_values(ws))
+        assert max(len(torch.unique(r)) for r in m.weight.detach().flatten(1)) <= len(
+            set_values(ws)
+        )
     # the stem has no weight set: it stays float
     assert model.conv.qgroup is None and not in_set(model.conv.weight, "int4")
 
@@ -90,7 +96,7 @@ def test_slb_weights_lie_in_their_sets_after_fine_tuning(trained):
 def test_slb_training_moves_weights_and_learns(trained):
     space, data, arch, before, model, info = trained
     changed = []
-    for (n, a), (_, b) in zip(before.named_parameters(), model.named_parameters()):
+    for (_, a), (_, b) in zip(before.named_parameters(), model.named_parameters()):
         if a.dim() == 4 and a.shape == b.shape:
             sa, sb = torch.sign(a.detach()), torch.sign(b.detach())
             changed.append(float((sa != sb).float().mean()))
@@ -109,9 +115,19 @@ def test_model_bits_counts_each_set(trained):
     for m in model.modules():
         if isinstance(m, GConv2d) and m.qgroup is not None:
             weights[arch.quant[m.qgroup]] += m.weight.numel()
-    saved = sum(n * (32 - b) for n, b in ((weights["binary"], 1), (weights["ternary"], 1.584962500721156),
-                                          (weights["int4"], 4)))
-    channels = sum(m.weight.shape[0] for m in model.modules() if isinstance(m, GConv2d) and m.qgroup is not None)
+    saved = sum(
+        n * (32 - b)
+        for n, b in (
+            (weights["binary"], 1),
+            (weights["ternary"], 1.584962500721156),
+            (weights["int4"], 4),
+        )
+    )
+    channels = sum(
+        m.weight.shape[0]
+        for m in model.modules()
+        if isinstance(m, GConv2d) and m.qgroup is not None
+    )
     assert abs(float_bits - bits - (saved - 32 * channels)) < 2 * len(weights) + 1
 
 

@@ -1,7 +1,5 @@
 """The unified space: ids, conditional dimensions and exact round trips through every encoding."""
 
-import random
-
 import optuna
 import pytest
 

@@ -12,7 +12,9 @@ from spaces import ConfigError, load_space
 from spaces.families.cell import arch_str
 from tests.conftest import NB201_CSV, run_cli, space_path
 
-pytestmark = pytest.mark.skipif(not NB201_CSV.exists(), reason="../shared/data/nb201_merged.csv not present")
+pytestmark = pytest.mark.skipif(
+    not NB201_CSV.exists(), reason="../shared/data/nb201_merged.csv not present"
+)
 
 
 def test_lookup_matches_the_table():
@@ -46,8 +48,21 @@ def test_unknown_device_names_the_field():
 
 def test_2000_trial_random_run(tmp_path):
     out = tmp_path / "nb"
-    r = run_cli("run", "spaces/nb201.yaml", "--optimizer", "random", "--budget", 2000, "--set", "evaluator=table",
-                "--set", f"evaluator.table={NB201_CSV}", "--out", out, "--no-progress")
+    r = run_cli(
+        "run",
+        "spaces/nb201.yaml",
+        "--optimizer",
+        "random",
+        "--budget",
+        2000,
+        "--set",
+        "evaluator=table",
+        "--set",
+        f"evaluator.table={NB201_CSV}",
+        "--out",
+        out,
+        "--no-progress",
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     study = optuna.load_study(study_name=STUDY_NAME, storage=open_storage(out, None))
     trials = study.get_trials(deepcopy=False)
@@ -60,8 +75,21 @@ def test_same_config_and_seed_give_the_same_genomes(tmp_path):
     runs = []
     for k, seed in enumerate((3, 3, 4)):
         out = tmp_path / f"r{k}"
-        r = run_cli("run", "spaces/nb201.yaml", "--budget", 40, "--seed", seed, "--set", "preset=nb201-table",
-                    "--set", f"evaluator.table={NB201_CSV}", "--out", out, "--no-progress")
+        r = run_cli(
+            "run",
+            "spaces/nb201.yaml",
+            "--budget",
+            40,
+            "--seed",
+            seed,
+            "--set",
+            "preset=nb201-table",
+            "--set",
+            f"evaluator.table={NB201_CSV}",
+            "--out",
+            out,
+            "--no-progress",
+        )
         assert r.returncode == 0, r.stderr[-2000:]
         study = optuna.load_study(study_name=STUDY_NAME, storage=open_storage(out, None))
         runs.append([t.user_attrs["genome_id"] for t in study.get_trials(deepcopy=False)])

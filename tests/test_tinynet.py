@@ -11,8 +11,23 @@ pytestmark = pytest.mark.slow
 
 def test_tiny_formula_builds_networks_near_the_flops_targets(tmp_path, cache_dir):
     out = tmp_path / "tn"
-    r = run_cli("run", TINY, "--optimizer", "tinynet", "--set", "samples=8", "--set", "target_flops=[0.3,0.6]",
-                "--budget", 20, "--out", out, "--no-progress", "--set", f"cache={cache_dir}")
+    r = run_cli(
+        "run",
+        TINY,
+        "--optimizer",
+        "tinynet",
+        "--set",
+        "samples=8",
+        "--set",
+        "target_flops=[0.3,0.6]",
+        "--budget",
+        20,
+        "--out",
+        out,
+        "--no-progress",
+        "--set",
+        f"cache={cache_dir}",
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     formula = json.loads((out / "formula.json").read_text())
     assert len(formula["front"]) >= 2
@@ -26,8 +41,9 @@ def test_tiny_formula_builds_networks_near_the_flops_targets(tmp_path, cache_dir
     from spaces import load_space
 
     space = load_space(TINY)
-    assert [space.genome_id(g) for g in load_genomes(str(out / "formula.json"), space)] == \
-        [t["genome_id"] for t in formula["targets"]]
+    assert [space.genome_id(g) for g in load_genomes(str(out / "formula.json"), space)] == [
+        t["genome_id"] for t in formula["targets"]
+    ]
     show = run_cli("show", out)
     assert show.returncode == 0 and "Pareto front" in show.stdout
 
@@ -35,5 +51,7 @@ def test_tiny_formula_builds_networks_near_the_flops_targets(tmp_path, cache_dir
 def test_tinynet_needs_rdw_scales(tmp_path):
     r = run_cli("run", "spaces/nb201.yaml", "--optimizer", "tinynet", "--out", tmp_path / "x")
     assert r.returncode == 2 and "needs scale dimensions" in r.stderr
-    r = run_cli("run", TINY, "--optimizer", "tinynet", "--set", "samples=1", "--out", tmp_path / "y")
+    r = run_cli(
+        "run", TINY, "--optimizer", "tinynet", "--set", "samples=1", "--out", tmp_path / "y"
+    )
     assert r.returncode == 2 and "optimizer.options.samples" in r.stderr

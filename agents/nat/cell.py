@@ -7,7 +7,8 @@ its node but loses its arcs: the adjacency is the cell's real connectivity."""
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import networkx as nx
 import numpy as np
@@ -62,7 +63,9 @@ def valid_mask(space: Space, ops: dict[str, str]) -> np.ndarray:
     return mask
 
 
-def transform_ops(ops: dict[str, str], action: Sequence[int], mask: np.ndarray | None = None) -> dict[str, str]:
+def transform_ops(
+    ops: dict[str, str], action: Sequence[int], mask: np.ndarray | None = None
+) -> dict[str, str]:
     """Apply one transition per edge; an invalid one (per `mask`, or by NAT's rules) is a keep."""
     out = dict(ops)
     for k, e in enumerate(EDGES):
@@ -122,7 +125,8 @@ NODE_ORDER: list[Any] = list(range(N_CELL_NODES)) + [f"e{e}" for e in EDGES]
 
 
 def graph_arrays(g: nx.DiGraph) -> tuple[np.ndarray, np.ndarray]:
-    """Node features (N_NODES, N_FEATURES) float32 and the directed adjacency (N_NODES, N_NODES) int8."""
+    """Node features (N_NODES, N_FEATURES) float32 and the directed adjacency (N_NODES,
+    N_NODES) int8."""
     x = np.zeros((N_NODES, N_FEATURES), dtype=np.float32)
     for idx, n in enumerate(NODE_ORDER):
         a = g.nodes[n]
@@ -158,8 +162,14 @@ def relative_violation(metrics: dict[str, Any], constraints: Sequence[Any]) -> f
     return total
 
 
-def nat_reward(original: dict[str, Any], transformed: dict[str, Any], metric: str, sign: float = 1.0,
-               constraints: Sequence[Any] = (), penalty: float = 1.0) -> float:
+def nat_reward(
+    original: dict[str, Any],
+    transformed: dict[str, Any],
+    metric: str,
+    sign: float = 1.0,
+    constraints: Sequence[Any] = (),
+    penalty: float = 1.0,
+) -> float:
     """metric(transformed) - metric(original) (signed to be maximised), less `penalty` times the
     transformed cell's relative constraint violation."""
     gain = sign * (float(transformed[metric]) - float(original[metric]))

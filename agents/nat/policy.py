@@ -5,9 +5,10 @@ bonus (NAT, NeurIPS 2019: baseline decay 0.99, entropy weight 0.003, Adam at 3e-
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -52,7 +53,9 @@ class GCNPolicy(nn.Module):
         self.mix = nn.Linear(2 * hidden + in_dim, hidden)
         # one head per edge position and one per current op: what a transition does depends on
         # the op it rewrites (removing a conv hurts, replacing a pooling may help) and on where
-        self.head_w = nn.Parameter(torch.zeros(N_EDGES, hidden, len(TRANSITIONS)))  # uniform at start
+        self.head_w = nn.Parameter(
+            torch.zeros(N_EDGES, hidden, len(TRANSITIONS))
+        )  # uniform at start
         self.op_w = nn.Parameter(torch.zeros(len(OPS), hidden, len(TRANSITIONS)))
         self.op_b = nn.Parameter(torch.zeros(len(OPS), len(TRANSITIONS)))
         self.head_b = nn.Parameter(torch.zeros(N_EDGES, len(TRANSITIONS)))
@@ -64,9 +67,13 @@ class GCNPolicy(nn.Module):
         h = torch.relu(a @ self.gc2(h))
         g = h.mean(1, keepdim=True).expand(-1, N_EDGES, -1)
         e = torch.relu(self.mix(torch.cat([h[:, N_CELL_NODES:], g, nodes[:, N_CELL_NODES:]], -1)))
-        op = nodes[:, N_CELL_NODES:, 2:2 + len(OPS)]  # the edges' op one-hots
-        logits = (torch.einsum("beh,eht->bet", e, self.head_w) + self.head_b
-                  + (op.unsqueeze(-1) * torch.einsum("beh,oht->beot", e, self.op_w)).sum(2) + op @ self.op_b)
+        op = nodes[:, N_CELL_NODES:, 2 : 2 + len(OPS)]  # the edges' op one-hots
+        logits = (
+            torch.einsum("beh,eht->bet", e, self.head_w)
+            + self.head_b
+            + (op.unsqueeze(-1) * torch.einsum("beh,oht->beot", e, self.op_w)).sum(2)
+            + op @ self.op_b
+        )
         return logits.masked_fill(~mask, -1e9)
 
 
@@ -81,8 +88,14 @@ class NATAgent:
     """The policy, its Adam optimiser and the REINFORCE state (baseline, update count); seeded,
     saved and loaded whole so training can stop and go on."""
 
-    def __init__(self, seed: int = 0, hidden: int = 64, lr: float = 3e-4, baseline_decay: float = 0.99,
-                 entropy_weight: float = 0.003):
+    def __init__(
+        self,
+        seed: int = 0,
+        hidden: int = 64,
+        lr: float = 3e-4,
+        baseline_decay: float = 0.99,
+        entropy_weight: float = 0.003,
+    ):
         self.seed, self.hidden, self.lr = seed, hidden, lr
         self.baseline_decay, self.entropy_weight = baseline_decay, entropy_weight
         with torch.random.fork_rng(devices=[]):  # seeded weights, the global generator untouched
@@ -106,17 +119,23 @@ class NATAgent:
             logits = self.policy(*batch_obs(obs))
             if greedy:
                 return logits.argmax(-1).numpy()
-            gen = torch.Generator().manual_seed(seed if seed is not None else int(torch.randint(2**62, ())))
+            gen = torch.Generator().manual_seed(
+                seed if seed is not None else int(torch.randint(2**62, ()))
+            )
             p = torch.softmax(logits, -1).reshape(-1, len(TRANSITIONS))
             return torch.multinomial(p, 1, generator=gen).reshape(logits.shape[:2]).numpy()
 
-    def update(self, obs: Sequence[Obs], actions: np.ndarray, rewards: Sequence[float]) -> dict[str, float]:
+    def update(
+        self, obs: Sequence[Obs], actions: np.ndarray, rewards: Sequence[float]
+    ) -> dict[str, float]:
         """One REINFORCE step over a batch of episodes: advantages against the moving-average
         baseline (started at the first batch's mean), plus the entropy bonus."""
         with one_thread():
             return self._update(obs, actions, rewards)
 
-    def _update(self, obs: Sequence[Obs], actions: np.ndarray, rewards: Sequence[float]) -> dict[str, float]:
+    def _update(
+        self, obs: Sequence[Obs], actions: np.ndarray, rewards: Sequence[float]
+    ) -> dict[str, float]:
         r = torch.as_tensor(np.asarray(rewards, dtype=np.float64), dtype=torch.float32)
         if self.baseline is None:
             self.baseline = float(r.mean())
@@ -132,17 +151,32 @@ class NATAgent:
         loss.backward()
         self.optim.step()
         for x in rewards:  # the baseline moves per episode, as in the paper
-            self.baseline = self.baseline_decay * self.baseline + (1 - self.baseline_decay) * float(x)
+            self.baseline = self.baseline_decay * self.baseline + (1 - self.baseline_decay) * float(
+                x
+            )
         self.updates += 1
-        return {"loss": float(loss.detach()), "mean_reward": float(r.mean()), "baseline": self.baseline,
-                "entropy": float(ent.detach().mean())}
+        return {
+            "loss": float(loss.detach()),
+            "mean_reward": float(r.mean()),
+            "baseline": self.baseline,
+            "entropy": float(ent.detach().mean()),
+        }
 
     # --- checkpoints ------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"config": {"seed": self.seed, "hidden": self.hidden, "lr": self.lr,
-                           "baseline_decay": self.baseline_decay, "entropy_weight": self.entropy_weight},
-                "policy": self.policy.state_dict(), "optim": self.optim.state_dict(),
-                "baseline": self.baseline, "updates": self.updates}
+        return {
+            "config": {
+                "seed": self.seed,
+                "hidden": self.hidden,
+                "lr": self.lr,
+                "baseline_decay": self.baseline_decay,
+                "entropy_weight": self.entropy_weight,
+            },
+            "policy": self.policy.state_dict(),
+            "optim": self.optim.state_dict(),
+            "baseline": self.baseline,
+            "updates": self.updates,
+        }
 
     def load_state_dict(self, state: dict[str, Any], policy_only: bool = False) -> None:
         self.policy.load_state_dict(state["policy"])
@@ -159,7 +193,7 @@ class NATAgent:
         os.replace(tmp, path)
 
     @classmethod
-    def load(cls, path: str | Path) -> "NATAgent":
+    def load(cls, path: str | Path) -> NATAgent:
         """The agent saved at `path`, ready to act or to go on training."""
         state = torch.load(path, weights_only=True)["agent"]
         agent = cls(**state["config"])

@@ -10,10 +10,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from search.records import TrialRecord
 from spaces.errors import ConfigError
 from spaces.space import Genome, Space
-
-from search.records import TrialRecord
 
 if TYPE_CHECKING:
     from evaluators.base import TrainedModel
@@ -34,8 +33,15 @@ class Optimizer:
     # prunes a trained network: the run hands it the evaluator's `trained_model()` in `prepare`
     needs_model: ClassVar[bool] = False
 
-    def __init__(self, space: Space, objectives: list, constraints: list, seed: int, options: Any = None):
-        self.space, self.objectives, self.constraints, self.seed = space, objectives, constraints, seed
+    def __init__(
+        self, space: Space, objectives: list, constraints: list, seed: int, options: Any = None
+    ):
+        self.space, self.objectives, self.constraints, self.seed = (
+            space,
+            objectives,
+            constraints,
+            seed,
+        )
         self.signs = [o.sign for o in objectives]
         self.options = options if options is not None else self.Options()
         self.rng = random.Random(seed)
@@ -49,7 +55,11 @@ class Optimizer:
         except ValidationError as e:
             first = e.errors()[0]
             loc = ".".join(str(x) for x in ("optimizer", "options", *first["loc"]))
-            msg = "unknown option of optimizer " + repr(cls.name) if first["type"] == "extra_forbidden" else first["msg"]
+            msg = (
+                "unknown option of optimizer " + repr(cls.name)
+                if first["type"] == "extra_forbidden"
+                else first["msg"]
+            )
             raise ConfigError(file, loc, msg) from None
 
     @classmethod
@@ -61,7 +71,8 @@ class Optimizer:
         """Raise ConfigError if the options do not fit the space (files they name, etc.)."""
 
     def attach(self, run_dir) -> None:
-        """Told the run folder before the first tell/ask (optimisers that checkpoint state use it)."""
+        """Told the run folder before the first tell/ask (optimisers that checkpoint state use
+        it)."""
 
     def prepare(self, model: TrainedModel) -> None:
         """With `needs_model`: the pre-trained network and data, before the first ask (default:

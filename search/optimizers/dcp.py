@@ -48,12 +48,10 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from spaces.errors import ConfigError
-
 from evaluators.base import TrainedModel
 from evaluators.dcp import DCPSettings, prune
-
 from search.optimizers.base import Optimizer
+from spaces.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -62,23 +60,50 @@ STATE_FILE = "dcp_supernet.pt"
 
 class DCPOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    epsilon: float = Field(0.01, gt=0, description="adaptive stopping: |L(W^{t-1}) - L(W^t)| / L(W^0) <= epsilon")
-    max_keep: float = Field(1.0, gt=0, le=1, description="at most this fraction of a layer's channels")
+    epsilon: float = Field(
+        0.01, gt=0, description="adaptive stopping: |L(W^{t-1}) - L(W^t)| / L(W^0) <= epsilon"
+    )
+    max_keep: float = Field(
+        1.0, gt=0, le=1, description="at most this fraction of a layer's channels"
+    )
     discrimination_weight: float = Field(1.0, ge=0, description="lambda in L = L_M + lambda * L_S")
-    stage_epochs: float = Field(1.0, ge=0, description="fine-tuning with the stage's discrimination loss before its selection")
+    stage_epochs: float = Field(
+        1.0,
+        ge=0,
+        description="fine-tuning with the stage's discrimination loss before its selection",
+    )
     stage_lr: float = Field(0.01, gt=0)
-    head_epochs: int = Field(10, ge=0, description="passes training each stage's classifier alone, on cached features")
+    head_epochs: int = Field(
+        10, ge=0, description="passes training each stage's classifier alone, on cached features"
+    )
     head_images: int = Field(2048, ge=16, description="training images those passes use")
-    select_images: int = Field(256, ge=8, description="training images the selection's losses are computed on")
-    inner_steps: int = Field(3, ge=0, description="Adam steps re-optimising the selected channels' weights after each addition")
+    select_images: int = Field(
+        256, ge=8, description="training images the selection's losses are computed on"
+    )
+    inner_steps: int = Field(
+        3,
+        ge=0,
+        description="Adam steps re-optimising the selected channels' weights after each addition",
+    )
     inner_lr: float = Field(0.005, gt=0, description="Adam's learning rate for the re-optimisation")
-    inner_retries: int = Field(3, ge=0, description="times a re-optimisation that lowers nothing is retried "
-                               "with a 4x smaller learning rate")
+    inner_retries: int = Field(
+        3,
+        ge=0,
+        description="times a re-optimisation that lowers nothing is retried "
+        "with a 4x smaller learning rate",
+    )
     batch_size: int = Field(128, ge=1)
     granularity: Literal["channel", "kernel"] = Field(
-        "channel", description="channel: DCP; kernel: DKP, the same selection over single kernels W[o, i]")
-    kernel_batch: float = Field(0.025, gt=0, le=1, description="kernel granularity: the fraction of a layer's "
-                                "cout x cin kernels added per greedy step (at least one): at most 1 / kernel_batch steps")
+        "channel",
+        description="channel: DCP; kernel: DKP, the same selection over single kernels W[o, i]",
+    )
+    kernel_batch: float = Field(
+        0.025,
+        gt=0,
+        le=1,
+        description="kernel granularity: the fraction of a layer's "
+        "cout x cin kernels added per greedy step (at least one): at most 1 / kernel_batch steps",
+    )
 
 
 class DCP(Optimizer):
@@ -91,15 +116,27 @@ class DCP(Optimizer):
     @classmethod
     def check_space(cls, space, file):
         if space.family.kind != "resnet":
-            raise ConfigError(file, "optimizer.name", f"dcp prunes the resnet family's blocks; space {space.name!r} is {space.family.kind}")
+            raise ConfigError(
+                file,
+                "optimizer.name",
+                f"dcp prunes the resnet family's blocks; space {space.name!r} is "
+                f"{space.family.kind}",
+            )
         inner = [n for n in space.dims if n.startswith("mask.") and ".b" in n]
         if not inner:
-            raise ConfigError(file, "optimizer.name", f"dcp needs filter masks on the blocks' inner groups (mask per: group) in space {space.name!r}")
+            raise ConfigError(
+                file,
+                "optimizer.name",
+                "dcp needs filter masks on the blocks' inner groups (mask per: group) in space "
+                f"{space.name!r}",
+            )
 
     @classmethod
     def check_options(cls, space, options, file):
         if "kernel_batch" in options.model_fields_set and options.granularity != "kernel":
-            raise ConfigError(file, "optimizer.options.kernel_batch", "applies to granularity: kernel (DKP) only")
+            raise ConfigError(
+                file, "optimizer.options.kernel_batch", "applies to granularity: kernel (DKP) only"
+            )
 
     def __init__(self, space, objectives, constraints, seed, options=None):
         super().__init__(space, objectives, constraints, seed, options)

@@ -18,11 +18,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from spaces.errors import ConfigError
-
 from search.optimizers.base import Optimizer
 from search.records import TrialRecord
 from search.seeding import load_genomes
+from spaces.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -31,17 +30,32 @@ class _Opts(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
     population_size: int = Field(20, ge=2)
     selection: Literal["auto", "weighted", "nsga2"] = Field(
-        "auto", description="weighted: first objective + lambda x compression; nsga2: all objectives; auto: nsga2 if several")
-    lam: float = Field(0.0, alias="lambda", ge=0, description="weight of the compression term (1 - cost / base cost)")
+        "auto",
+        description="weighted: first objective + lambda x compression; nsga2: all objectives; "
+        "auto: nsga2 if several",
+    )
+    lam: float = Field(
+        0.0,
+        alias="lambda",
+        ge=0,
+        description="weight of the compression term (1 - cost / base cost)",
+    )
     compression: Literal["flops", "params"] = "flops"
     crossover_prob: float = Field(0.9, ge=0, le=1)
-    mutation_rate: float = Field(0.1, gt=0, le=1, description="chance that each dimension (each mask bit) mutates")
+    mutation_rate: float = Field(
+        0.1, gt=0, le=1, description="chance that each dimension (each mask bit) mutates"
+    )
     tournament: int = Field(2, ge=1)
-    seeds: list[str] = Field(default_factory=list, description="genome files or run folders the first population starts from")
+    seeds: list[str] = Field(
+        default_factory=list,
+        description="genome files or run folders the first population starts from",
+    )
 
 
 class GAOptions(_Opts):
-    offspring: int | None = Field(None, ge=1, description="trials between two selections (default: population_size)")
+    offspring: int | None = Field(
+        None, ge=1, description="trials between two selections (default: population_size)"
+    )
 
 
 class AgingOptions(_Opts):
@@ -50,20 +64,35 @@ class AgingOptions(_Opts):
 
 class CoevolutionOptions(_Opts):
     population_size: int = Field(10, ge=2)
-    offspring: int | None = Field(None, ge=1, description="trials per population before the turn passes (default: population_size)")
-    fitness: dict[str, str] = Field(default_factory=dict, description="population -> metric it maximises (default: the run's objectives)")
+    offspring: int | None = Field(
+        None,
+        ge=1,
+        description="trials per population before the turn passes (default: population_size)",
+    )
+    fitness: dict[str, str] = Field(
+        default_factory=dict,
+        description="population -> metric it maximises (default: the run's objectives)",
+    )
 
 
 class Ranking:
     """Orders trial records best first, feasibility first: by a weighted fitness, or by NSGA-II
     (non-dominated rank, then crowding distance, `tools.selNSGA2` for survivors)."""
 
-    def __init__(self, opt: Optimizer, mode: str, metric_signs: list[tuple[str, float]] | None = None):
+    def __init__(
+        self, opt: Optimizer, mode: str, metric_signs: list[tuple[str, float]] | None = None
+    ):
         self.opt, self.mode = opt, mode
-        self.metric_signs = metric_signs  # objectives to rank by: (metric, +1/-1); default the run's
+        self.metric_signs = (
+            metric_signs  # objectives to rank by: (metric, +1/-1); default the run's
+        )
         self._ratio: dict[str, float] = {}
         base = opt.space.full()
-        self.base_cost = float(opt.space.cost(base).get(opt.options.compression, 0) or 0) if opt.options.lam else 0.0
+        self.base_cost = (
+            float(opt.space.cost(base).get(opt.options.compression, 0) or 0)
+            if opt.options.lam
+            else 0.0
+        )
 
     def values(self, r: TrialRecord) -> list[float]:
         """Objective values, each signed so that larger is better."""
@@ -82,7 +111,9 @@ class Ranking:
 
     def fitness(self, r: TrialRecord) -> float:
         """Evolutionary compression's fitness: accuracy term + lambda x fraction of cost removed."""
-        return self.values(r)[0] + (self.opt.options.lam * self.compression(r) if self.opt.options.lam else 0.0)
+        return self.values(r)[0] + (
+            self.opt.options.lam * self.compression(r) if self.opt.options.lam else 0.0
+        )
 
     def keys(self, recs: list[TrialRecord]) -> dict[int, tuple]:
         """A sort key per record (smaller is better), by position in `recs`."""
@@ -149,7 +180,11 @@ class _Evolution(Optimizer):
         if self.mode == "auto":
             self.mode = "nsga2" if len(objectives) > 1 else "weighted"
         self.tb = space.deap_toolbox([1.0], self.rng, self.options.mutation_rate)
-        self.seeds = [g for src in self.options.seeds for g in load_genomes(src, space, None, "optimizer.options.seeds")]
+        self.seeds = [
+            g
+            for src in self.options.seeds
+            for g in load_genomes(src, space, None, "optimizer.options.seeds")
+        ]
         self.children: list = []
 
     @classmethod
@@ -170,7 +205,9 @@ class _Evolution(Optimizer):
         picks = [self.rng.randrange(len(pop)) for _ in range(min(k, len(pop)))]
         return pop[min(picks, key=lambda i: (keys[i], i))]
 
-    def breed(self, mom: TrialRecord, dad: TrialRecord | None, dims: list[str] | None = None) -> list[dict]:
+    def breed(
+        self, mom: TrialRecord, dad: TrialRecord | None, dims: list[str] | None = None
+    ) -> list[dict]:
         """Children of two parents by the space's DEAP operators (crossover, then mutation)."""
         a = self.tb.from_genome(mom.genome)
         b = self.tb.from_genome(dad.genome if dad is not None else mom.genome)
@@ -232,7 +269,12 @@ class GA(_Evolution):
         super().tell(record)
         self.new.append(record)
         P = self.options.population_size
-        if not self.pop and sum(r.complete for r in self.new) >= P or self.pop and len(self.new) >= self.lam_:
+        if (
+            not self.pop
+            and sum(r.complete for r in self.new) >= P
+            or self.pop
+            and len(self.new) >= self.lam_
+        ):
             pool = self.pop + [r for r in self.new if r.complete]
             self.pop = self.rank.survivors(pool, P)
             self._keys = self.rank.keys(self.pop)
@@ -259,7 +301,9 @@ class Aging(_Evolution):
             return self._next_seed() or self.fresh(lambda: self.space.sample(self.rng))
 
         def make():
-            sample = [self.pop[self.rng.randrange(len(self.pop))] for _ in range(self.options.sample_size)]
+            sample = [
+                self.pop[self.rng.randrange(len(self.pop))] for _ in range(self.options.sample_size)
+            ]
             keys = self.rank.keys(sample)
             parent = sample[min(range(len(sample)), key=lambda i: (keys[i], i))]
             return self.breed(parent, None)[:1]
@@ -280,7 +324,11 @@ def resolve_groups(space) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     taken: set[str] = set()
     for gname, members in (space.groups or {}).items():
-        names = [n for n in space.dims if n not in taken and any(n == m or n.startswith(f"{m}.") for m in members)]
+        names = [
+            n
+            for n in space.dims
+            if n not in taken and any(n == m or n.startswith(f"{m}.") for m in members)
+        ]
         taken.update(names)
         if names:
             out[gname] = names
@@ -302,7 +350,12 @@ class Coevolution(_Evolution):
     @classmethod
     def check_space(cls, space, file):
         if len(resolve_groups(space)) < 2:
-            raise ConfigError(file, "groups", f"coevolution needs `groups:` in space {space.name!r} that split its dimensions into two or more populations")
+            raise ConfigError(
+                file,
+                "groups",
+                f"coevolution needs `groups:` in space {space.name!r} that split its dimensions "
+                "into two or more populations",
+            )
 
     @classmethod
     def check_options(cls, space, options, file):
@@ -310,17 +363,29 @@ class Coevolution(_Evolution):
         groups = resolve_groups(space)
         for g in options.fitness:
             if g not in groups:
-                raise ConfigError(file, f"optimizer.options.fitness.{g}", f"not a population; the space's are {', '.join(groups)}")
+                raise ConfigError(
+                    file,
+                    f"optimizer.options.fitness.{g}",
+                    f"not a population; the space's are {', '.join(groups)}",
+                )
 
     def __init__(self, space, objectives, constraints, seed, options=None):
         super().__init__(space, objectives, constraints, seed, options)
         self.check_space(space, None)
         self.groups = resolve_groups(space)
         self.names = list(self.groups)
-        self.rank = {g: Ranking(self, self.mode, [(self.options.fitness[g], 1.0)] if g in self.options.fitness else None)
-                     for g in self.names}
+        self.rank = {
+            g: Ranking(
+                self,
+                self.mode,
+                [(self.options.fitness[g], 1.0)] if g in self.options.fitness else None,
+            )
+            for g in self.names
+        }
         self.pops: dict[str, list[TrialRecord]] = {g: [] for g in self.names}  # parents
-        self.pool: dict[str, list[TrialRecord]] = {g: [] for g in self.names}  # told since the last selection
+        self.pool: dict[str, list[TrialRecord]] = {
+            g: [] for g in self.names
+        }  # told since the last selection
         self.keys: dict[str, dict[int, tuple]] = {g: {} for g in self.names}
         self.reps: dict[str, TrialRecord] = {}
         self.turn = 0
@@ -349,8 +414,15 @@ class Coevolution(_Evolution):
         def make():
             mom = self.tournament(pop, keys, self.options.tournament)
             dad = self.tournament(pop, keys, self.options.tournament)
-            joined = [TrialRecord(0, self.space.canonical({**base, **{n: p.genome[n] for n in dims}}), "", "complete")
-                      for p in (mom, dad)]
+            joined = [
+                TrialRecord(
+                    0,
+                    self.space.canonical({**base, **{n: p.genome[n] for n in dims}}),
+                    "",
+                    "complete",
+                )
+                for p in (mom, dad)
+            ]
             return self.breed(joined[0], joined[1], dims)
 
         g = self._fresh_child(make)
@@ -369,7 +441,9 @@ class Coevolution(_Evolution):
                 for g in self.names:
                     self._select(g)
             return
-        targets = [owner] if owner else self.names  # a trial from elsewhere informs every population
+        targets = (
+            [owner] if owner else self.names
+        )  # a trial from elsewhere informs every population
         if record.complete:
             for g in targets:
                 self.pool[g].append(record)
@@ -383,7 +457,9 @@ class Coevolution(_Evolution):
             self.children = []
 
     def _select(self, g: str) -> None:
-        self.pops[g] = self.rank[g].survivors(self.pops[g] + self.pool[g], self.options.population_size)
+        self.pops[g] = self.rank[g].survivors(
+            self.pops[g] + self.pool[g], self.options.population_size
+        )
         self.pool[g] = []
         self.keys[g] = self.rank[g].keys(self.pops[g])
         best = min(range(len(self.pops[g])), key=lambda i: (self.keys[g][i], i))

@@ -11,7 +11,9 @@ from search.seeding import load_genomes
 
 class GivenOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    genomes: str = Field(..., description="a JSON / JSON-lines file of genomes, a pareto.json, or a run folder")
+    genomes: str = Field(
+        ..., description="a JSON / JSON-lines file of genomes, a pareto.json, or a run folder"
+    )
 
 
 class Given(Optimizer):

@@ -25,16 +25,22 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from agents.nat.cell import (TRANSITIONS, cell_ops, check_cell_space, guarded_transform, nat_reward, observe,
-                             relative_violation)
+from agents.nat.cell import (
+    TRANSITIONS,
+    cell_ops,
+    check_cell_space,
+    guarded_transform,
+    nat_reward,
+    observe,
+    relative_violation,
+)
 from agents.nat.policy import NATAgent
-from spaces.errors import ConfigError
-from spaces.families.cell import EDGES, arch_str
-from spaces.space import Genome
-
 from search.optimizers.base import Optimizer
 from search.records import TrialRecord
 from search.seeding import load_genomes
+from spaces.errors import ConfigError
+from spaces.families.cell import EDGES, arch_str
+from spaces.space import Genome
 
 log = logging.getLogger(__name__)
 
@@ -43,25 +49,50 @@ POLICY_FILE = "nat_policy.pt"
 
 class NATOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    train_archs: int = Field(200, ge=0, description="cells the agent trains on (sampled, or the first of train_from)")
+    train_archs: int = Field(
+        200, ge=0, description="cells the agent trains on (sampled, or the first of train_from)"
+    )
     epochs: int = Field(10, ge=1, description="passes over the training cells")
     batch: int = Field(10, ge=1, description="cells per REINFORCE update")
     train_from: str | None = Field(None, description="train on the genomes of a file or run folder")
-    transform: str | None = Field(None, description="transform the genomes of a file or run folder (default: holdout sampled cells)")
-    transform_top: int | None = Field(None, ge=1, description="only the first N genomes of `transform` (a run folder: its best)")
-    holdout: int = Field(20, ge=0, description="sampled cells, none of them trained on, to transform when `transform` is not given")
-    init_policy: str | None = Field(None, description="start from a saved policy (a nat_policy.pt or a run folder holding one)")
-    checkpoint: str | None = Field(None, description="also save the agent here after every update, and resume from it")
+    transform: str | None = Field(
+        None,
+        description="transform the genomes of a file or run folder "
+        "(default: holdout sampled cells)",
+    )
+    transform_top: int | None = Field(
+        None, ge=1, description="only the first N genomes of `transform` (a run folder: its best)"
+    )
+    holdout: int = Field(
+        20,
+        ge=0,
+        description="sampled cells, none of them trained on, to transform when `transform` "
+        "is not given",
+    )
+    init_policy: str | None = Field(
+        None, description="start from a saved policy (a nat_policy.pt or a run folder holding one)"
+    )
+    checkpoint: str | None = Field(
+        None, description="also save the agent here after every update, and resume from it"
+    )
     lr: float = Field(3e-4, gt=0, description="Adam's learning rate (the paper's)")
-    baseline_decay: float = Field(0.99, ge=0, lt=1, description="moving-average baseline decay (the paper's)")
+    baseline_decay: float = Field(
+        0.99, ge=0, lt=1, description="moving-average baseline decay (the paper's)"
+    )
     entropy_weight: float = Field(0.003, ge=0, description="entropy bonus (the paper's)")
     hidden: int = Field(64, ge=1, description="GCN width")
-    penalty: float = Field(1.0, ge=0, description="reward penalty, in the objective's units, per unit of relative constraint violation")
+    penalty: float = Field(
+        1.0,
+        ge=0,
+        description="reward penalty, in the objective's units, per unit of relative "
+        "constraint violation",
+    )
 
 
 @dataclass
 class Episode:
-    """One cell and the transformation asked for it; `version` is the policy update it was sampled after."""
+    """One cell and the transformation asked for it; `version` is the policy update it was
+    sampled after."""
 
     index: int  # into the training pool or the transform targets
     arch: Genome
@@ -101,7 +132,11 @@ class NAT(Optimizer):
             if getattr(options, field):
                 load_genomes(getattr(options, field), space, file, f"optimizer.options.{field}")
         if options.init_policy and not _policy_path(options.init_policy).is_file():
-            raise ConfigError(file, "optimizer.options.init_policy", f"{options.init_policy!r} holds no saved policy")
+            raise ConfigError(
+                file,
+                "optimizer.options.init_policy",
+                f"{options.init_policy!r} holds no saved policy",
+            )
 
     def __init__(self, space, objectives, constraints, seed, options=None):
         super().__init__(space, objectives, constraints, seed, options)
@@ -112,21 +147,33 @@ class NAT(Optimizer):
         # the cells: fixed up front and disjoint, so a resume sees the same ones
         given = None
         if o.transform:
-            given = load_genomes(o.transform, space, None, "optimizer.options.transform")[:o.transform_top]
+            given = load_genomes(o.transform, space, None, "optimizer.options.transform")[
+                : o.transform_top
+            ]
         if o.train_from:
-            self.pool = load_genomes(o.train_from, space, None, "optimizer.options.train_from")[:o.train_archs]
+            self.pool = load_genomes(o.train_from, space, None, "optimizer.options.train_from")[
+                : o.train_archs
+            ]
         else:
             avoid = {space.genome_id(g) for g in given or []}
             self.pool = self._distinct(o.train_archs, avoid)
-        self.targets = given if given is not None else self._distinct(o.holdout, {space.genome_id(g) for g in self.pool})
+        self.targets = (
+            given
+            if given is not None
+            else self._distinct(o.holdout, {space.genome_id(g) for g in self.pool})
+        )
         per_epoch = math.ceil(len(self.pool) / o.batch) if self.pool else 0
         self.per_epoch, self.n_batches = per_epoch, per_epoch * o.epochs
         start = NATAgent.load(_policy_path(o.init_policy)) if o.init_policy else None
-        self.agent = NATAgent(seed, start.hidden if start else o.hidden, o.lr, o.baseline_decay, o.entropy_weight)
+        self.agent = NATAgent(
+            seed, start.hidden if start else o.hidden, o.lr, o.baseline_decay, o.entropy_weight
+        )
         if start is not None:  # its weights; Adam, the baseline and the count start afresh
             self.agent.load_state_dict(start.state_dict(), policy_only=True)
         elif not self.pool:
-            log.warning("nat: no training cells and no init_policy; the policy transforms untrained")
+            log.warning(
+                "nat: no training cells and no init_policy; the policy transforms untrained"
+            )
         # progress
         self.results: dict[str, TrialRecord] = {}
         self.asked: set[str] = set()
@@ -166,11 +213,22 @@ class NAT(Optimizer):
 
     def fingerprint(self) -> str:
         """What the agent's training depends on: a checkpoint with another is not this run's."""
-        opts = self.options.model_dump(exclude={"checkpoint", "transform", "transform_top", "holdout"})
-        cons = [c.model_dump() if hasattr(c, "model_dump") else repr(c) for c in self.constraints]
-        payload = {"seed": self.seed, "space": self.space.name, "metric": self.metric, "sign": self.sign,
-                   "constraints": cons, "options": opts, "pool": [self.space.genome_id(g) for g in self.pool]}
-        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        opts = self.options.model_dump(
+            exclude={"checkpoint", "transform", "transform_top", "holdout"}
+        )
+        cons = [c.model_dump() for c in self.constraints]
+        payload = {
+            "seed": self.seed,
+            "space": self.space.name,
+            "metric": self.metric,
+            "sign": self.sign,
+            "constraints": cons,
+            "options": opts,
+            "pool": [self.space.genome_id(g) for g in self.pool],
+        }
+        return hashlib.sha256(
+            json.dumps(payload, sort_keys=True, default=str).encode()
+        ).hexdigest()[:16]
 
     def _start(self) -> None:
         """Once, before the first ask: on resume, reload a checkpoint of this training; the
@@ -189,20 +247,35 @@ class NAT(Optimizer):
         try:
             state = torch.load(path, weights_only=True)
         except (OSError, RuntimeError, EOFError) as e:
-            log.warning("nat: cannot read checkpoint %s (%s); rebuilding the agent from the trials", path, e)
+            log.warning(
+                "nat: cannot read checkpoint %s (%s); rebuilding the agent from the trials", path, e
+            )
             return False
         nat = state.get("nat", {})
-        if nat.get("fingerprint") != self.fingerprint() or nat.get("done_batches", 0) > self.n_batches:
+        if (
+            nat.get("fingerprint") != self.fingerprint()
+            or nat.get("done_batches", 0) > self.n_batches
+        ):
             return False
         self.agent.load_state_dict(state["agent"])
         self.done_batches, self.curve = nat["done_batches"], list(nat["curve"])
-        self.batches = {int(b): [self._episode(self.pool, i, a, v) for i, a, v in eps] for b, eps in nat["batches"].items()}
+        self.batches = {
+            int(b): [self._episode(self.pool, i, a, v) for i, a, v in eps]
+            for b, eps in nat["batches"].items()
+        }
         return True
 
     def _state(self) -> dict[str, Any]:
-        return {"fingerprint": self.fingerprint(), "done_batches": self.done_batches, "curve": self.curve,
-                "batches": {str(b): [[e.index, e.action, e.version] for e in eps]
-                            for b, eps in self.batches.items() if b >= self.done_batches}}
+        return {
+            "fingerprint": self.fingerprint(),
+            "done_batches": self.done_batches,
+            "curve": self.curve,
+            "batches": {
+                str(b): [[e.index, e.action, e.version] for e in eps]
+                for b, eps in self.batches.items()
+                if b >= self.done_batches
+            },
+        }
 
     def save(self, path: str | Path) -> None:
         """The agent and the training progress: `NATAgent.load(path)` gives the policy back."""
@@ -217,7 +290,15 @@ class NAT(Optimizer):
     def _episode(self, cells: list[Genome], i: int, action, version: int) -> Episode:
         g = cells[i]
         t, _ = guarded_transform(self.space, g, action)
-        return Episode(i, g, self.space.genome_id(g), [int(a) for a in action], t, self.space.genome_id(t), version)
+        return Episode(
+            i,
+            g,
+            self.space.genome_id(g),
+            [int(a) for a in action],
+            t,
+            self.space.genome_id(t),
+            version,
+        )
 
     def _batch(self, b: int) -> list[Episode]:
         """Batch b of training: its cells in the epoch's seeded order, transformations sampled
@@ -226,10 +307,12 @@ class NAT(Optimizer):
             epoch, pos = divmod(b, self.per_epoch)
             order = list(range(len(self.pool)))
             random.Random(_seed(self.seed, "epoch", epoch)).shuffle(order)
-            idx = order[pos * self.options.batch:(pos + 1) * self.options.batch]
+            idx = order[pos * self.options.batch : (pos + 1) * self.options.batch]
             obs = [self._observe(self.pool[i], self.space.genome_id(self.pool[i])) for i in idx]
             acts = self.agent.act(obs, seed=_seed(self.seed, "batch", b))
-            self.batches[b] = [self._episode(self.pool, i, a, self.done_batches) for i, a in zip(idx, acts)]
+            self.batches[b] = [
+                self._episode(self.pool, i, a, self.done_batches) for i, a in zip(idx, acts)
+            ]
         return self.batches[b]
 
     def _transform_episodes(self) -> list[Episode]:
@@ -237,10 +320,16 @@ class NAT(Optimizer):
         if self.transforms is None:
             obs = [self._observe(g, self.space.genome_id(g)) for g in self.targets]
             acts = self.agent.act(obs, greedy=True) if obs else []
-            self.transforms = [self._episode(self.targets, i, a, self.done_batches) for i, a in enumerate(acts)]
+            self.transforms = [
+                self._episode(self.targets, i, a, self.done_batches) for i, a in enumerate(acts)
+            ]
             if self.targets:
-                log.info("nat: transforming %d cells with the policy after %d updates%s", len(self.targets),
-                         self.done_batches, f" of {self.options.init_policy}" if self.options.init_policy else "")
+                log.info(
+                    "nat: transforming %d cells with the policy after %d updates%s",
+                    len(self.targets),
+                    self.done_batches,
+                    f" of {self.options.init_policy}" if self.options.init_policy else "",
+                )
         return self.transforms
 
     def _want(self, g: Genome, gid: str) -> Genome | None:
@@ -272,29 +361,44 @@ class NAT(Optimizer):
         a, b = self.results.get(e.gid), self.results.get(e.tgid)
         if a is None or b is None or not (a.complete and b.complete):
             return None
-        return nat_reward(a.metrics, b.metrics, self.metric, self.sign, self.constraints, self.options.penalty)
+        return nat_reward(
+            a.metrics, b.metrics, self.metric, self.sign, self.constraints, self.options.penalty
+        )
 
     def _learn(self, b: int) -> None:
         """The REINFORCE update of batch b (episodes whose cells failed are left out)."""
         eps = self.batches.pop(b)
         done = [(e, r) for e in eps if (r := self._reward(e)) is not None]
-        entry: dict[str, Any] = {"batch": b, "episodes": len(done), "stale": sum(e.version < b for e in eps)}
+        entry: dict[str, Any] = {
+            "batch": b,
+            "episodes": len(done),
+            "stale": sum(e.version < b for e in eps),
+        }
         if done:
             obs = [self._observe(e.arch, e.gid) for e, _ in done]
-            stats = self.agent.update(obs, np.array([e.action for e, _ in done]), [r for _, r in done])
+            stats = self.agent.update(
+                obs, np.array([e.action for e, _ in done]), [r for _, r in done]
+            )
             entry.update({k: round(v, 6) for k, v in stats.items()})
         self.curve.append(entry)
         self.done_batches = b + 1
         if self.done_batches % 10 == 0 or self.done_batches == self.n_batches:
             recent = [c["mean_reward"] for c in self.curve[-10:] if "mean_reward" in c]
-            log.info("nat: update %d/%d, mean reward of the last %d: %.4g", self.done_batches, self.n_batches,
-                     len(recent), statistics.mean(recent) if recent else float("nan"))
+            log.info(
+                "nat: update %d/%d, mean reward of the last %d: %.4g",
+                self.done_batches,
+                self.n_batches,
+                len(recent),
+                statistics.mean(recent) if recent else float("nan"),
+            )
         for path in self._checkpoints():
             self.save(path)
 
     def _advance(self) -> None:
         """Make every update the evaluated trials allow (on resume: replay them)."""
-        while self.done_batches < self.n_batches and all(self._resolved(e) for e in self._batch(self.done_batches)):
+        while self.done_batches < self.n_batches and all(
+            self._resolved(e) for e in self._batch(self.done_batches)
+        ):
             self._learn(self.done_batches)
 
     def _prefetch(self) -> Genome | None:
@@ -335,8 +439,12 @@ class NAT(Optimizer):
     # --- results -------------------------------------------------------------------------------
     def _cell(self, g: Genome, gid: str) -> dict[str, Any]:
         rec = self.results.get(gid)
-        out: dict[str, Any] = {"genome_id": gid, "cell": arch_str(cell_ops(self.space, g)), **self.space.cost(g),
-                               "genome": self.space.to_json(g)}
+        out: dict[str, Any] = {
+            "genome_id": gid,
+            "cell": arch_str(cell_ops(self.space, g)),
+            **self.space.cost(g),
+            "genome": self.space.to_json(g),
+        }
         if rec is not None and rec.complete:
             out[self.metric] = float(rec.metrics[self.metric])
             out["feasible"] = relative_violation(rec.metrics, self.constraints) == 0
@@ -344,38 +452,64 @@ class NAT(Optimizer):
             out["failed"] = rec.reason
         return out
 
-    def report(self) -> dict[str, Any]:
-        """nat.json: the training curve, and what each target became, with its gain and costs."""
-        rows = []
-        for e in self.transforms or []:
-            a, b = self._cell(e.arch, e.gid), self._cell(e.target, e.tgid)
-            before, after = cell_ops(self.space, e.arch), cell_ops(self.space, e.target)
-            row: dict[str, Any] = {"original": a, "transformed": b,
-                                   "changes": {k: f"{before[k]} -> {after[k]}" for k in EDGES if before[k] != after[k]},
-                                   "action": [TRANSITIONS[t] for t in e.action],
-                                   "flops_change": b["flops"] - a["flops"], "params_change": b["params"] - a["params"]}
-            if self.metric in a and self.metric in b:
-                row["gain"] = self.sign * (b[self.metric] - a[self.metric])
-                row["reward"] = self._reward(e)
-            rows.append(row)
+    def _transform_row(self, e: Episode) -> dict[str, Any]:
+        """A target before and after its transformation: changes, costs, gain and reward."""
+        a, b = self._cell(e.arch, e.gid), self._cell(e.target, e.tgid)
+        before, after = cell_ops(self.space, e.arch), cell_ops(self.space, e.target)
+        row: dict[str, Any] = {
+            "original": a,
+            "transformed": b,
+            "changes": {k: f"{before[k]} -> {after[k]}" for k in EDGES if before[k] != after[k]},
+            "action": [TRANSITIONS[t] for t in e.action],
+            "flops_change": b["flops"] - a["flops"],
+            "params_change": b["params"] - a["params"],
+        }
+        if self.metric in a and self.metric in b:
+            row["gain"] = self.sign * (b[self.metric] - a[self.metric])
+            row["reward"] = self._reward(e)
+        return row
+
+    def _summary(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         done = [r for r in rows if "gain" in r]
         summary: dict[str, Any] = {"targets": len(self.targets), "transformed": len(done)}
-        if done:
-            gains = [r["gain"] for r in done]
-            summary.update({
-                f"mean_{self.metric}_before": statistics.mean(r["original"][self.metric] for r in done),
-                f"mean_{self.metric}_after": statistics.mean(r["transformed"][self.metric] for r in done),
-                "mean_gain": statistics.mean(gains), "improved": sum(g > 0 for g in gains) / len(gains),
-                "unchanged": sum(r["original"]["genome_id"] == r["transformed"]["genome_id"] for r in done) / len(done),
+        if not done:
+            return summary
+        gains, m = [r["gain"] for r in done], self.metric
+        same = [r["original"]["genome_id"] == r["transformed"]["genome_id"] for r in done]
+        summary.update(
+            {
+                f"mean_{m}_before": statistics.mean(r["original"][m] for r in done),
+                f"mean_{m}_after": statistics.mean(r["transformed"][m] for r in done),
+                "mean_gain": statistics.mean(gains),
+                "improved": sum(g > 0 for g in gains) / len(gains),
+                "unchanged": sum(same) / len(done),
                 "worse": sum(g < 0 for g in gains) / len(gains),
                 "max_flops_change": max(r["flops_change"] for r in rows),
-                "max_params_change": max(r["params_change"] for r in rows)})
-        return {"metric": self.metric, "direction": self.objectives[0].direction,
-                "constraints": [c.model_dump() if hasattr(c, "model_dump") else repr(c) for c in self.constraints],
-                "training": {"cells": len(self.pool), "epochs": self.options.epochs, "batch": self.options.batch,
-                             "updates": self.done_batches, "of": self.n_batches,
-                             "complete": self.done_batches == self.n_batches, "curve": self.curve},
-                "summary": summary, "transforms": rows}
+                "max_params_change": max(r["params_change"] for r in rows),
+            }
+        )
+        return summary
+
+    def report(self) -> dict[str, Any]:
+        """nat.json: the training curve, and what each target became, with its gain and costs."""
+        rows = [self._transform_row(e) for e in self.transforms or []]
+        training = {
+            "cells": len(self.pool),
+            "epochs": self.options.epochs,
+            "batch": self.options.batch,
+            "updates": self.done_batches,
+            "of": self.n_batches,
+            "complete": self.done_batches == self.n_batches,
+            "curve": self.curve,
+        }
+        return {
+            "metric": self.metric,
+            "direction": self.objectives[0].direction,
+            "constraints": [c.model_dump() for c in self.constraints],
+            "training": training,
+            "summary": self._summary(rows),
+            "transforms": rows,
+        }
 
     def finish(self, run_dir) -> None:
         """Save the agent (nat_policy.pt) and write nat.json into the run folder."""

@@ -22,11 +22,14 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 class OptunaOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     sampler: Literal["tpe", "nsga2", "cmaes", "random"] | None = Field(
-        None, description="default: tpe for one objective, nsga2 for several")
+        None, description="default: tpe for one objective, nsga2 for several"
+    )
     n_startup_trials: int = Field(10, ge=0)
     multivariate: bool = True
     population_size: int = Field(20, ge=2)
-    warm_start: list[str] = Field(default_factory=list, description="run folders whose trials are replayed first")
+    warm_start: list[str] = Field(
+        default_factory=list, description="run folders whose trials are replayed first"
+    )
 
 
 class OptunaSearch(Optimizer):
@@ -37,7 +40,9 @@ class OptunaSearch(Optimizer):
 
     def __init__(self, space, objectives, constraints, seed, options=None):
         super().__init__(space, objectives, constraints, seed, options)
-        self.study = optuna.create_study(directions=[o.direction for o in objectives], sampler=self._sampler())
+        self.study = optuna.create_study(
+            directions=[o.direction for o in objectives], sampler=self._sampler()
+        )
         self._pending: dict[str, optuna.Trial] = {}
         self._known: dict[str, TrialRecord] = {}
         for run_dir in self.options.warm_start:
@@ -47,15 +52,24 @@ class OptunaSearch(Optimizer):
         o, seed = self.options, self.seed
         kind = o.sampler or ("tpe" if len(self.objectives) == 1 else "nsga2")
         if kind == "tpe":
-            warnings.filterwarnings("ignore", message=".*``group``", category=optuna.exceptions.ExperimentalWarning)
-            return optuna.samplers.TPESampler(seed=seed, n_startup_trials=o.n_startup_trials,
-                                              multivariate=o.multivariate, group=o.multivariate)
+            warnings.filterwarnings(
+                "ignore", message=".*``group``", category=optuna.exceptions.ExperimentalWarning
+            )
+            return optuna.samplers.TPESampler(
+                seed=seed,
+                n_startup_trials=o.n_startup_trials,
+                multivariate=o.multivariate,
+                group=o.multivariate,
+            )
         if kind == "nsga2":
             return optuna.samplers.NSGAIISampler(seed=seed, population_size=o.population_size)
         if kind == "cmaes":
-            return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=o.n_startup_trials,
-                                                independent_sampler=optuna.samplers.TPESampler(seed=seed),
-                                                warn_independent_sampling=False)
+            return optuna.samplers.CmaEsSampler(
+                seed=seed,
+                n_startup_trials=o.n_startup_trials,
+                independent_sampler=optuna.samplers.TPESampler(seed=seed),
+                warn_independent_sampling=False,
+            )
         return optuna.samplers.RandomSampler(seed=seed)
 
     def _warm_start(self, run_dir: str) -> None:
@@ -63,12 +77,19 @@ class OptunaSearch(Optimizer):
 
         run = open_run(run_dir)
         if run.space.name != self.space.name:
-            log.warning("warm start from %s skipped: space %s, not %s", run_dir, run.space.name, self.space.name)
+            log.warning(
+                "warm start from %s skipped: space %s, not %s",
+                run_dir,
+                run.space.name,
+                self.space.name,
+            )
             return
         recs = open_run(run_dir, self.space, self.objectives, self.constraints).records
         for r in recs:
             if all(o.metric in r.metrics for o in self.objectives) or not r.complete:
-                r.values = [float(r.metrics[o.metric]) for o in self.objectives] if r.complete else None
+                r.values = (
+                    [float(r.metrics[o.metric]) for o in self.objectives] if r.complete else None
+                )
                 self.tell(r)
         log.info("warm start: %d trials from %s", len(recs), run_dir)
 
@@ -106,7 +127,12 @@ class OptunaSearch(Optimizer):
             self._tell_trial(trial, record)
             return
         params, dists = self.space.to_optuna(record.genome)  # a trial another optimiser produced
-        self.study.add_trial(create_trial(
-            state=TrialState.COMPLETE if record.complete else TrialState.FAIL,
-            values=record.values if record.complete else None, params=params, distributions=dists,
-            constraints=dict(record.violations) or None))
+        self.study.add_trial(
+            create_trial(
+                state=TrialState.COMPLETE if record.complete else TrialState.FAIL,
+                values=record.values if record.complete else None,
+                params=params,
+                distributions=dists,
+                constraints=dict(record.violations) or None,
+            )
+        )

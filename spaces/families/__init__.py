@@ -6,6 +6,8 @@ from spaces.families.cyclegan import CycleGANFamily
 from spaces.families.mbconv import MBConvFamily
 from spaces.families.resnet import ResNetFamily
 
-FAMILIES: dict[str, type[Family]] = {f.kind: f for f in (MBConvFamily, ResNetFamily, CellFamily, CycleGANFamily)}
+FAMILIES: dict[str, type[Family]] = {
+    f.kind: f for f in (MBConvFamily, ResNetFamily, CellFamily, CycleGANFamily)
+}
 
 __all__ = ["Arch", "Family", "FAMILIES"]

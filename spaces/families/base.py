@@ -19,8 +19,12 @@ class FamilySpec(BaseModel):
     kind: str
     resolution: int = 32
     num_classes: int = 10
-    channel_multiple: int = Field(1, ge=1, description="kept channel counts rounded to this multiple "
-                                  "(hardware-friendly shapes; fewer distinct kernels to tune)")
+    channel_multiple: int = Field(
+        1,
+        ge=1,
+        description="kept channel counts rounded to this multiple "
+        "(hardware-friendly shapes; fewer distinct kernels to tune)",
+    )
 
 
 @dataclass
@@ -114,7 +118,9 @@ class Family:
         return [(s, j, f"{s}.b{j}") for s, n in self.stage_blocks().items() for j in range(n)]
 
     # --- expansion of dimension templates ---------------------------------------------------
-    def scopes(self, scope_kind: str, depth_dim: str | None = None) -> list[tuple[str, Condition | None]]:
+    def scopes(
+        self, scope_kind: str, depth_dim: str | None = None
+    ) -> list[tuple[str, Condition | None]]:
         """The concrete scopes of a template and their conditions (blocks cut by depth)."""
         if scope_kind in ("", "network"):
             return [("", None)]
@@ -122,8 +128,10 @@ class Family:
             return [(s, None) for s in self.stage_blocks()]
         if scope_kind == "block":
             n = self.stage_blocks()
-            return [(b, Condition(depth_dim, n[s], j) if depth_dim and j > 0 else None)
-                    for s, j, b in self.blocks()]
+            return [
+                (b, Condition(depth_dim, n[s], j) if depth_dim and j > 0 else None)
+                for s, j, b in self.blocks()
+            ]
         if scope_kind == "group":
             return [(g, None) for g in self.groups()]
         if scope_kind == "edge":
@@ -150,7 +158,10 @@ class Family:
         res = max(4, int(round(scalar("resolution", 1.0) * self.spec.resolution)))
         depth, width = scalar("depth", 1.0), scalar("width", 1.0)
         masks = {d.scope: tuple(genome[d.name]) for d in by_target.get("filters", [])}
-        sizes = {g: keep_count(n, masks.get(g), width, self.spec.channel_multiple) for g, n in self.groups().items()}
+        sizes = {
+            g: keep_count(n, masks.get(g), width, self.spec.channel_multiple)
+            for g, n in self.groups().items()
+        }
         depths = {s: blocks_kept(depth, n) for s, n in self.stage_blocks().items()}
         kernels = {b: self.default_kernel(b) for _, _, b in self.blocks()}
         for d in by_target.get("kernel", []):
@@ -163,7 +174,9 @@ class Family:
             for b in quant:
                 if d.scope in ("", b) or b.startswith(d.scope + "."):
                     quant[b] = genome[d.name]
-        return Arch(self.kind, res, self.spec.num_classes, sizes, masks, depths, kernels, ops, quant)
+        return Arch(
+            self.kind, res, self.spec.num_classes, sizes, masks, depths, kernels, ops, quant
+        )
 
     def default_op(self) -> str:
         return ""
@@ -189,8 +202,9 @@ def conv_out(h: int, k: int, s: int) -> int:
     return (h + 2 * (k // 2) - k) // s + 1
 
 
-def conv_cost(cin: int, cout: int, k: int, h: int, s: int = 1, *, depthwise: bool = False,
-              bias: bool = False) -> tuple[int, int, int]:
+def conv_cost(
+    cin: int, cout: int, k: int, h: int, s: int = 1, *, depthwise: bool = False, bias: bool = False
+) -> tuple[int, int, int]:
     """(flops, params, out size) of a square conv with padding k//2 on an h x h input."""
     ho = conv_out(h, k, s)
     per_out = k * k * (1 if depthwise else cin)

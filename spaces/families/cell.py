@@ -34,7 +34,9 @@ def live_edges(ops: dict[str, str]) -> list[str]:
         j, i = edge_nodes(e)
         if ops[e] != "none" and j in bwd:
             bwd.add(i)
-    return [e for e in EDGES if ops[e] != "none" and edge_nodes(e)[1] in fwd and edge_nodes(e)[0] in bwd]
+    return [
+        e for e in EDGES if ops[e] != "none" and edge_nodes(e)[1] in fwd and edge_nodes(e)[0] in bwd
+    ]
 
 
 def arch_str(ops: dict[str, str]) -> str:
@@ -110,7 +112,9 @@ class CellFamily(Family):
 
 class ReLUConvBN(nn.Sequential):
     def __init__(self, c, k, g, q):
-        super().__init__(nn.ReLU(), GConv2d(c, c, k, gin=g, gout=g, qgroup=q), GBatchNorm2d(c, group=g))
+        super().__init__(
+            nn.ReLU(), GConv2d(c, c, k, gin=g, gout=g, qgroup=q), GBatchNorm2d(c, group=g)
+        )
 
 
 def make_op(op: str, c: int, g: str, q: str) -> nn.Module:
@@ -138,7 +142,9 @@ class Cell(nn.Module):
         self.ops = dict(ops)
         self.edges = nn.ModuleDict()
         for e, opts in options.items():
-            self.edges[_key(e)] = nn.ModuleDict({o: make_op(o, c, g, q) for o in opts if o != "none"})
+            self.edges[_key(e)] = nn.ModuleDict(
+                {o: make_op(o, c, g, q) for o in opts if o != "none"}
+            )
 
     def forward(self, x):
         nodes = [x]
@@ -159,11 +165,19 @@ class Reduction(nn.Module):
 
     def __init__(self, cin, cout, gin, gout, q):
         super().__init__()
-        self.conv_a = nn.Sequential(nn.ReLU(), GConv2d(cin, cout, 3, 2, gin=gin, gout=gout, qgroup=q),
-                                    GBatchNorm2d(cout, group=gout))
-        self.conv_b = nn.Sequential(nn.ReLU(), GConv2d(cout, cout, 3, 1, gin=gout, gout=gout, qgroup=q),
-                                    GBatchNorm2d(cout, group=gout))
-        self.shortcut = nn.Sequential(nn.AvgPool2d(2, 2, ceil_mode=True), GConv2d(cin, cout, 1, gin=gin, gout=gout, qgroup=q))
+        self.conv_a = nn.Sequential(
+            nn.ReLU(),
+            GConv2d(cin, cout, 3, 2, gin=gin, gout=gout, qgroup=q),
+            GBatchNorm2d(cout, group=gout),
+        )
+        self.conv_b = nn.Sequential(
+            nn.ReLU(),
+            GConv2d(cout, cout, 3, 1, gin=gout, gout=gout, qgroup=q),
+            GBatchNorm2d(cout, group=gout),
+        )
+        self.shortcut = nn.Sequential(
+            nn.AvgPool2d(2, 2, ceil_mode=True), GConv2d(cin, cout, 1, gin=gin, gout=gout, qgroup=q)
+        )
 
     def forward(self, x):
         return self.conv_b(self.conv_a(x)) + self.shortcut(x)
@@ -174,7 +188,9 @@ class CellNet(nn.Module):
         super().__init__()
         s = arch.sizes
         self.arch = arch
-        self.stem = nn.Sequential(GConv2d(3, s["s1"], 3, gin="input", gout="s1"), GBatchNorm2d(s["s1"], group="s1"))
+        self.stem = nn.Sequential(
+            GConv2d(3, s["s1"], 3, gin="input", gout="s1"), GBatchNorm2d(s["s1"], group="s1")
+        )
         if supernet:
             options = {e: tuple(fam.supernet_ops.get(e, (arch.ops[e],))) for e in EDGES}
         else:

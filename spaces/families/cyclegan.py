@@ -87,8 +87,11 @@ class CycleGANFamily(Family):
 
 
 def _cbr(cin, cout, stride, gin, gout, q):
-    return nn.Sequential(GConv2d(cin, cout, 3, stride, gin=gin, gout=gout, qgroup=q), GBatchNorm2d(cout, group=gout),
-                         nn.ReLU(inplace=True))
+    return nn.Sequential(
+        GConv2d(cin, cout, 3, stride, gin=gin, gout=gout, qgroup=q),
+        GBatchNorm2d(cout, group=gout),
+        nn.ReLU(inplace=True),
+    )
 
 
 class ResBlock(nn.Module):

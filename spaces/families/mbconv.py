@@ -3,7 +3,7 @@ SiLU), sized for 32x32 inputs: the TinyNet space."""
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -54,12 +54,25 @@ class MBConvFamily(Family):
                 g_out = prev_g if residual else f"s{i}"
                 hid = prev_c * st.expand
                 name = f"s{i}.b{j}"
-                out.append(dict(
-                    name=name, stage=f"s{i}", index=j, cin=prev_c, cout=st.channels, hid=hid,
-                    se=max(1, int(prev_c * st.se)) if st.se > 0 else 0, stride=stride,
-                    kernel=st.kernel, expand=st.expand != 1, residual=residual,
-                    g_in=prev_g, g_out=g_out, g_hid=f"{name}.hid" if st.expand != 1 else prev_g,
-                    g_se=f"{name}.se"))
+                out.append(
+                    dict(
+                        name=name,
+                        stage=f"s{i}",
+                        index=j,
+                        cin=prev_c,
+                        cout=st.channels,
+                        hid=hid,
+                        se=max(1, int(prev_c * st.se)) if st.se > 0 else 0,
+                        stride=stride,
+                        kernel=st.kernel,
+                        expand=st.expand != 1,
+                        residual=residual,
+                        g_in=prev_g,
+                        g_out=g_out,
+                        g_hid=f"{name}.hid" if st.expand != 1 else prev_g,
+                        g_se=f"{name}.se",
+                    )
+                )
                 prev_c, prev_g = st.channels, g_out
         return out
 
@@ -119,8 +132,10 @@ class MBConvFamily(Family):
 
 
 def _conv_bn(cin, cout, k, stride, gin, gout, q, act=True, depthwise=False):
-    layers = [GConv2d(cin, cout, k, stride, gin=gin, gout=gout, depthwise=depthwise, qgroup=q),
-              GBatchNorm2d(cout, group=gout)]
+    layers = [
+        GConv2d(cin, cout, k, stride, gin=gin, gout=gout, depthwise=depthwise, qgroup=q),
+        GBatchNorm2d(cout, group=gout),
+    ]
     if act:
         layers.append(nn.SiLU())
     return nn.Sequential(*layers)
@@ -135,8 +150,12 @@ class MBBlock(nn.Module):
         self.dw = _conv_bn(hid, hid, k, b["stride"], b["g_hid"], b["g_hid"], q, depthwise=True)
         if b["se"]:
             se = s[b["g_se"]]
-            self.se_reduce = GConv2d(hid, se, 1, gin=b["g_hid"], gout=b["g_se"], bias=True, qgroup=q)
-            self.se_expand = GConv2d(se, hid, 1, gin=b["g_se"], gout=b["g_hid"], bias=True, qgroup=q)
+            self.se_reduce = GConv2d(
+                hid, se, 1, gin=b["g_hid"], gout=b["g_se"], bias=True, qgroup=q
+            )
+            self.se_expand = GConv2d(
+                se, hid, 1, gin=b["g_se"], gout=b["g_hid"], bias=True, qgroup=q
+            )
         else:
             self.se_reduce = self.se_expand = None
         self.project = _conv_bn(hid, cout, 1, 1, b["g_hid"], b["g_out"], q, act=False)

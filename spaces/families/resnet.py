@@ -92,7 +92,8 @@ class BasicBlock(nn.Module):
         if gin != gout:
             self.shortcut = nn.Sequential(
                 GConv2d(s[gin], s[gout], 1, stride, gin=gin, gout=gout, qgroup=q),
-                GBatchNorm2d(s[gout], group=gout))
+                GBatchNorm2d(s[gout], group=gout),
+            )
 
     def forward(self, x):
         h = F.relu(self.bn1(self.conv1(x)))
@@ -111,8 +112,9 @@ class ResNet(nn.Module):
         for i in range(1, len(fam.spec.channels) + 1):
             g, blocks = f"s{i}", []
             for j in range(arch.depths[g]):
-                blocks.append(BasicBlock(s, prev, f"{g}.b{j}", g, 2 if (j == 0 and i > 1) else 1,
-                                         f"{g}.b{j}"))
+                blocks.append(
+                    BasicBlock(s, prev, f"{g}.b{j}", g, 2 if (j == 0 and i > 1) else 1, f"{g}.b{j}")
+                )
                 prev = g
             stages.append(nn.ModuleList(blocks))
         self.stages = nn.ModuleList(stages)
