@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from evaluators.data import Splits
-from evaluators.train import TrainRecipe, pretrain_supernet
+from evaluators.train import TrainRecipe, evaluate, pretrain_supernet
 from spaces.space import Space
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ def supernet_key(space: Space, data: Splits, recipe: TrainRecipe, sandwich: int,
     dims = {n: [d.kind, d.target, d.scope, d.describe()] for n, d in space.dims.items()}
     # how fine-tuning trains low-bit weights does not change pre-training
     recipe = {k: v for k, v in dataclasses.asdict(recipe).items() if k not in FINETUNE_ONLY}
-    return {
+    key = {
         "space": space.name,
         "family": space.family.spec.model_dump(),
         "dimensions": dims,
@@ -42,6 +42,13 @@ def supernet_key(space: Space, data: Splits, recipe: TrainRecipe, sandwich: int,
         "seed": seed,
         "format": 1,
     }
+    fingerprint = space.family.fingerprint()
+    if fingerprint:  # a user's network: its source and weights
+        key["fingerprint"] = fingerprint
+    if not space.family.shares_weights:  # the full network alone is trained: no sandwich
+        del key["dimensions"]
+        key["sandwich"] = 1
+    return key
 
 
 def get_or_train(
@@ -53,6 +60,13 @@ def get_or_train(
     cache_dir: Path,
     progress=None,
 ):
+    trained = space.family.trained_state()
+    if trained is not None:  # a user's trained network that fits the data: no pre-training
+        sup = space.supernet(seed)
+        r = space.arch(space.full()).resolution
+        acc, loss = evaluate(sup, data.val, r)
+        log.info("the network's own trained weights: full network val acc %.4f", acc)
+        return sup, {"full_val_acc": acc, "full_val_loss": loss, "weights": "the network's own"}
     key = supernet_key(space, data, recipe, sandwich, seed)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
     folder = Path(cache_dir) / "supernets" / f"{space.name}-{digest}"

@@ -18,7 +18,7 @@ from evaluators.train import TrainRecipe, evaluate, fine_tune, recalibrate_bn
 from kernels.cores import core_lock
 from spaces.dims import bits_of
 from spaces.errors import ConfigError
-from spaces.layers import GConv2d
+from spaces.layers import weight_set_group
 from spaces.space import Genome, Space
 
 log = logging.getLogger(__name__)
@@ -31,8 +31,8 @@ def model_bits(model: torch.nn.Module, quant: dict[str, str]) -> int:
         own = [p for p in m.parameters(recurse=False)]
         if not own:
             continue
-        if isinstance(m, GConv2d) and m.qgroup is not None:
-            b = bits_of(quant.get(m.qgroup, "float"))
+        if weight_set_group(m) is not None:
+            b = bits_of(quant.get(weight_set_group(m), "float"))
             total += int(m.weight.numel() * b) + 32 * (m.bias.numel() if m.bias is not None else 0)
             if b < 32:
                 total += 32 * m.weight.shape[0]  # one scale per output channel

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from spaces.layers import GConv2d
+from spaces.layers import GConv2d, weight_set_group
 
 
 def set_values(weight_set: str) -> torch.Tensor:
@@ -73,8 +73,8 @@ def slb_layers(
     values would multiply the memory of the weights by 255; it trains straight-through)."""
     out = []
     for m in model.modules():
-        if isinstance(m, GConv2d) and m.qgroup is not None:
-            ws = quant.get(m.qgroup, "float")
+        if weight_set_group(m) is not None:
+            ws = quant.get(weight_set_group(m), "float")
             if ws != "float" and len(set_values(ws)) <= max_values:
                 out.append((m, ws))
     return out

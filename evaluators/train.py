@@ -21,7 +21,7 @@ from evaluators.data import Splits, at_resolution
 from kernels.cores import core_lock
 from spaces.builder import importance, kept_indices, sliced_state
 from spaces.dims import Mask, Scale
-from spaces.layers import GConv2d, mask_kernels_, quantize_, quantized_ste
+from spaces.layers import GConv2d, mask_kernels_, quantize_, quantized_ste, weight_set_group
 from spaces.space import Genome, Space
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,8 @@ def pretrain_supernet(
     space: Space, data: Splits, recipe: TrainRecipe, seed: int, sandwich: int = 4, progress=None
 ) -> tuple[nn.Module, dict]:
     """Train the supernet with the sandwich rule: the full network on labels, the smallest and
-    `sandwich - 2` random sub-networks distilled from it, every batch."""
+    `sandwich - 2` random sub-networks distilled from it, every batch. A family whose
+    sub-networks do not share weights (a user's network) trains its full network alone."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -122,6 +123,7 @@ def pretrain_supernet(
     x, y = data.train
     total = _total_steps(len(x), recipe)
     full = space.full()
+    res, shared = space.arch(full).resolution, space.family.shares_weights
     fam_groups = space.family.groups()
     t0, imp, lock = time.time(), importance(sup), core_lock()
     for step, b in _steps(len(x), recipe, opt, gen):
@@ -129,10 +131,17 @@ def pretrain_supernet(
             if step % 20 == 0:
                 imp = importance(sup)  # keep "most important filters" current for width cuts
             xb, yb = x[b], y[b]
-            genomes = [full] + ([smallest_genome(space, rng)] if sandwich > 1 else [])
-            genomes += [space.sample(rng) for _ in range(max(0, sandwich - 2))]
             opt.zero_grad(set_to_none=True)
-            ce = _sandwich_backward(space, sup, genomes, xb, yb, (fam_groups, imp), recipe)
+            if shared:
+                genomes = [full] + ([smallest_genome(space, rng)] if sandwich > 1 else [])
+                genomes += [space.sample(rng) for _ in range(max(0, sandwich - 2))]
+                ce = _sandwich_backward(space, sup, genomes, xb, yb, (fam_groups, imp), recipe)
+            else:  # a user's network: the full network alone, on labels
+                loss = F.cross_entropy(
+                    sup(at_resolution(xb, res)), yb, label_smoothing=recipe.label_smoothing
+                )
+                loss.backward()
+                ce = loss.item()
             nn.utils.clip_grad_norm_(sup.parameters(), 5.0)
             opt.step()
         if progress:
@@ -243,11 +252,10 @@ class _WeightSets:
                 self.slb = SLBTrainer(layers, recipe.slb_t_start, recipe.slb_t_end)
         slb_ids = {id(m) for m, _ in self.slb.layers} if self.slb else set()
         self.qconvs = [
-            (m, quant.get(m.qgroup, "float"))
+            (m, quant.get(weight_set_group(m), "float"))
             for m in model.modules()
-            if isinstance(m, GConv2d)
-            and m.qgroup is not None
-            and quant.get(m.qgroup, "float") != "float"
+            if weight_set_group(m) is not None
+            and quant.get(weight_set_group(m), "float") != "float"
             and id(m) not in slb_ids
         ]
         slb_params = [p for q in (self.slb.params if self.slb else []) for p in q.parameters()]

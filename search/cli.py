@@ -50,13 +50,14 @@ def _cmd_space(args) -> int:
         f"{sp.name}: family {sp.family.kind}, {len(sp.dims)} dimensions, "
         f"full network {c['flops'] / 1e6:.1f} MFLOPs, {c['params']:,} params"
     )
+    width = max(22, *(len(n) for n in sp.dims))
     for n, d in sp.dims.items():
-        cond = (
-            f"  (active if {d.condition.depth_dim} keeps block {d.condition.index})"
-            if d.condition
-            else ""
-        )
-        print(f"  {n:<22} {d.describe()}{cond}")
+        note = sp.family.describe_scope(d.scope) if d.target == "filters" else ""
+        if d.condition:
+            note = f"active if {d.condition.depth_dim} keeps block {d.condition.index}"
+        print(f"  {n:<{width}} {d.describe()}" + (f"  ({note})" if note else ""))
+    for group, why in sp.family.excluded_scopes().items():
+        print(f"  not searched: {group} ({why})")
     if args.sample:
         for s in range(args.sample):
             g = sp.sample(args.seed + s)

@@ -11,7 +11,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from spaces.config import SPACE_KEYS, read_yaml, space_from_dict
+from spaces.config import SPACE_KEYS, family_from_dict, read_yaml, space_of_family
 from spaces.errors import ConfigError
 from spaces.space import Space
 
@@ -202,7 +202,7 @@ class RunCfg(_M):
     name: str
     description: str = ""
     family: dict[str, Any]
-    dimensions: dict[str, Any]
+    dimensions: dict[str, Any] | None = None  # a user's network: generated when omitted
     groups: dict[str, Any] | None = None
     optimizer: OptimizerCfg = OptimizerCfg()
     budget: int = Field(20, ge=1)
@@ -337,33 +337,47 @@ def apply_presets(data: dict[str, Any], file: str) -> dict[str, Any]:
 
 
 def load_run_config(
-    path: str | Path, sets: list[str] | None = None, flags: dict[str, Any] | None = None
+    path: str | Path, sets: list[str] | None = None, flags: dict[str, Any] | None = None, **objects
 ) -> tuple[RunCfg, Space, dict[str, Any]]:
     """Read, override and validate a run file; returns the config, its space and the resolved
-    dict."""
-    file = str(path)
-    data = read_yaml(path)
-    for k, v in (
-        flags or {}
-    ).items():  # flags first: `--set` options then go to the flag's optimiser
+    dict. `objects`: what Python hands the family over (a user's network: `model=`)."""
+    return resolve_run_config(read_yaml(path), str(path), sets, flags, **objects)
+
+
+def _apply_flags(data: dict[str, Any], flags: dict[str, Any]) -> None:
+    """CLI flags into the mapping, before `--set` (its options go to the flag's optimiser)."""
+    for k, v in flags.items():
         if v is None:
             continue
         if k == "optimizer":
             opt = data.get("optimizer")
             opt = {"name": opt} if isinstance(opt, str) else (opt if isinstance(opt, dict) else {})
-            # the file's options belong to the file's optimiser: another one starts from its
-            # defaults
+            # the file's options belong to the file's optimiser: another starts from its defaults
             data["optimizer"] = (
                 {**opt, "name": v} if opt.get("name", "random") == v else {"name": v}
             )
         else:
             data[k] = v
+
+
+def resolve_run_config(
+    data: dict[str, Any],
+    file: str,
+    sets: list[str] | None = None,
+    flags: dict[str, Any] | None = None,
+    **objects,
+) -> tuple[RunCfg, Space, dict[str, Any]]:
+    """`load_run_config` on a mapping (`file` names it in errors)."""
+    data = copy.deepcopy(data)
+    _apply_flags(data, flags or {})
     data = apply_overrides(data, sets or [])
     data = apply_presets(data, file)
     try:
         cfg = RunCfg.model_validate(data)
     except ValidationError as e:
         raise _pydantic_error(file, e) from None
-    space = space_from_dict({k: v for k, v in data.items() if k in SPACE_KEYS}, file)
+    family = family_from_dict(data.get("family"), file, **objects)
+    space = space_of_family({k: v for k, v in data.items() if k in SPACE_KEYS}, family, file)
     resolved = cfg.model_dump(mode="json", exclude_none=True)
+    resolved["family"] = {**resolved["family"], **space.family.portable()}
     return cfg, space, resolved

@@ -53,7 +53,7 @@ def _trained_model(run, r, space_cache: dict):
         )
     state = torch.load(weights, weights_only=True)
     if "space" not in space_cache:  # the stored classifier gives the dataset's number of classes
-        heads = [v for k, v in state.items() if k.endswith("classifier.weight")]
+        heads = [v for k, v in state.items() if k == run.space.family.head_key]
         space_cache["space"] = run.space.with_classes(heads[0].shape[0]) if heads else run.space
     sp = space_cache["space"]
     arch = sp.arch(r.genome)

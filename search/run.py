@@ -19,7 +19,7 @@ import torch
 import yaml
 
 from evaluators.registry import make_evaluator
-from search.config import RunCfg, load_run_config
+from search.config import RunCfg, load_run_config, resolve_run_config
 from search.engine import Engine
 from search.optimizers import optimizer_class
 from search.progress import pretrain_progress
@@ -84,8 +84,23 @@ class Run:
         return None
 
     @classmethod
-    def create(cls, config: str, out: str | None, sets: list[str], flags: dict[str, Any]) -> Run:
-        cfg, space, resolved = load_run_config(config, sets, flags)
+    def create(
+        cls, config: str, out: str | None, sets: list[str], flags: dict[str, Any], **objects
+    ) -> Run:
+        """A new run of a run file (`objects`: what Python hands the family, `model=`)."""
+        cfg, space, resolved = load_run_config(config, sets, flags, **objects)
+        return cls._new(cfg, space, resolved, out, config)
+
+    @classmethod
+    def create_from(
+        cls, data: dict[str, Any], out: str | None, file: str = "<python>", **objects
+    ) -> Run:
+        """A new run of a run file's mapping, from Python."""
+        cfg, space, resolved = resolve_run_config(data, file, **objects)
+        return cls._new(cfg, space, resolved, out, file)
+
+    @classmethod
+    def _new(cls, cfg: RunCfg, space: Space, resolved: dict, out: str | None, file: str) -> Run:
         run_dir = (
             Path(out) if out else Path("runs") / f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         )
@@ -93,20 +108,24 @@ class Run:
             raise ConfigError(
                 str(run_dir), "--out", "already holds a run; use `search resume` or another folder"
             )
-        run = cls(run_dir, cfg, space, config)
+        run = cls(run_dir, cfg, space, file)
         run.dir.mkdir(parents=True, exist_ok=True)
         (run.dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
         return run
 
     @classmethod
     def open(
-        cls, run_dir: str, sets: list[str] | None = None, flags: dict[str, Any] | None = None
+        cls,
+        run_dir: str,
+        sets: list[str] | None = None,
+        flags: dict[str, Any] | None = None,
+        **objects,
     ) -> Run:
         path = Path(run_dir)
         cfg_file = path / "config.yaml"
         if not cfg_file.exists():
             raise ConfigError(str(path), None, "not a run folder (no config.yaml)")
-        cfg, space, resolved = load_run_config(cfg_file, sets, flags)
+        cfg, space, resolved = load_run_config(cfg_file, sets, flags, **objects)
         run = cls(path, cfg, space, str(cfg_file))
         if sets or any(v is not None for v in (flags or {}).values()):
             cfg_file.write_text(yaml.safe_dump(resolved, sort_keys=False))

@@ -51,13 +51,15 @@ def open_run(
     space: Space | None = None,
     objectives: list | None = None,
     constraints: list | None = None,
+    **objects,
 ) -> OpenRun:
     """Read a run folder (ConfigError if it is none). Its genomes are read in `space`, its
-    objective values and feasibility by `objectives` / `constraints` (default: the run's own)."""
+    objective values and feasibility by `objectives` / `constraints` (default: the run's own);
+    `objects`: what Python handed its family (a user's network, `model=`)."""
     path = Path(path)
     if not (path / "config.yaml").exists():
         raise ConfigError(str(path), None, "not a run folder (no config.yaml)")
-    cfg, own_space, _ = load_run_config(path / "config.yaml")
+    cfg, own_space, _ = load_run_config(path / "config.yaml", **objects)
     space = space or own_space
     try:
         records = load_records(

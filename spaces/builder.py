@@ -10,8 +10,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from spaces.families.base import Arch
-from spaces.layers import FIXED_GROUPS, GBatchNorm2d, GConv2d, GLinear, mask_kernels_, quantize_
+from spaces.arch import Arch
+from spaces.layers import (
+    FIXED_GROUPS,
+    GBatchNorm2d,
+    GConv2d,
+    GLinear,
+    mask_kernels_,
+    quantize_,
+    weight_set_group,
+)
 
 
 @torch.no_grad()
@@ -102,8 +110,8 @@ def inherit_(sub: nn.Module, supernet: nn.Module, idx: dict[str, torch.Tensor]) 
 def quantize_model_(model: nn.Module, quant: dict[str, str]) -> None:
     """Apply each conv's weight set (by its qgroup); stem and classifier stay float."""
     for m in model.modules():
-        if isinstance(m, GConv2d) and m.qgroup is not None:
-            quantize_(m.weight, quant.get(m.qgroup, "float"))
+        if weight_set_group(m) is not None:
+            quantize_(m.weight, quant.get(weight_set_group(m), "float"))
 
 
 @torch.no_grad()

@@ -11,13 +11,12 @@ from pydantic import ValidationError
 from spaces.dims import Dimension, YamlDim
 from spaces.errors import ConfigError, GenomeError
 from spaces.families import FAMILIES
-from spaces.families.base import TARGETS
+from spaces.families.base import TARGETS, Family
 from spaces.kinds import KINDS
 from spaces.space import Space
 
 SPACE_KEYS = {"name", "description", "family", "dimensions", "groups"}
 COMMON_DIM_KEYS = {"kind", "target", "per"}
-DEFAULT_PER = {"filters": "stage", "kernel": "block", "op": "edge", "weights": "stage"}
 SHIPPED = Path(__file__).resolve().parent
 
 
@@ -54,10 +53,13 @@ def _err(file, field, reason):
 
 
 def space_from_dict(data: dict[str, Any], file: str = "<space>") -> Space:
-    name = data.get("name", Path(file).stem)
-    if not isinstance(name, str) or not name:
-        raise _err(file, "name", "expected a non-empty string")
-    fam_raw = data.get("family")
+    """The space of a space file's mapping (its run settings are ignored)."""
+    return space_of_family(data, family_from_dict(data.get("family"), file), file)
+
+
+def family_from_dict(fam_raw: Any, file: str = "<space>", **objects: Any) -> Family:
+    """The family a `family:` mapping describes (`objects`: what Python hands over, such as a
+    user's model object)."""
     if not isinstance(fam_raw, dict):
         raise _err(file, "family", "missing or not a mapping (needs at least `kind`)")
     kind = fam_raw.get("kind")
@@ -71,10 +73,18 @@ def space_from_dict(data: dict[str, Any], file: str = "<space>") -> Space:
     except ValidationError as e:
         first = e.errors()[0]
         loc = ".".join(str(x) for x in ("family", *first["loc"]))
-        raise _err(file, loc, first["msg"]) from None
-    family = fam_cls(spec)
+        raise _err(file, loc, first["msg"].removeprefix("Value error, ")) from None
+    return fam_cls.from_spec(spec, file, **objects)
 
+
+def space_of_family(data: dict[str, Any], family: Family, file: str = "<space>") -> Space:
+    """The space of `family` with the mapping's dimensions (or the family's defaults) and groups."""
+    name = data.get("name", Path(file).stem)
+    if not isinstance(name, str) or not name:
+        raise _err(file, "name", "expected a non-empty string")
     dims_raw = data.get("dimensions")
+    if dims_raw is None:
+        dims_raw = family.default_dimensions()
     if not isinstance(dims_raw, dict) or not dims_raw:
         raise _err(file, "dimensions", "missing or empty: a space needs at least one dimension")
     depth_dim = next(
@@ -134,20 +144,11 @@ def _expand(file, family, dname, draw, depth_dim) -> list[Dimension]:
             f"{f}.target",
             f"{target!r} is not a target of family {family.kind!r}; expected one of {allowed}",
         )
-    classes, scopes = TARGETS[target]
+    classes = TARGETS[target][0]
     if KINDS[kind] not in classes:
         raise _err(file, f"{f}.kind", f"target {target!r} needs kind {classes[0].kind}, got {kind}")
-    per = draw.get("per", DEFAULT_PER.get(target, ""))
-    if per not in scopes and not (per == "" and "" in scopes):
-        raise _err(
-            file,
-            f"{f}.per",
-            f"{per!r} is not allowed for target {target!r}; expected one of {', '.join(scopes)}",
-        )
-    if per == "edge" and not family.edges():
-        raise _err(file, f"{f}.per", f"family {family.kind!r} has no edges")
-    if per == "block" and target == "filters" and not family.block_groups():
-        raise _err(file, f"{f}.per", f"family {family.kind!r} has no block-level channel groups")
+    per = draw.get("per", family.default_per(target))
+    _check_per(file, f, family, target, per)
 
     def make(name, scope, cond) -> Dimension:
         try:
@@ -169,6 +170,29 @@ def _expand(file, family, dname, draw, depth_dim) -> list[Dimension]:
     if target == "filters":
         return [make(f"{dname}.{s}", family.mask_group(per, s), c) for s, c in scoped]
     return [make(f"{dname}.{s}", s, c) for s, c in scoped]
+
+
+def _check_per(file: str, f: str, family, target: str, per: str) -> None:
+    """The dimension's `per:` fits its target and the family."""
+    scopes = TARGETS[target][1]
+    if per not in scopes and not (per == "" and "" in scopes):
+        raise _err(
+            file,
+            f"{f}.per",
+            f"{per!r} is not allowed for target {target!r}; expected one of {', '.join(scopes)}",
+        )
+    if target == "weights" and per not in family.weight_scopes:
+        raise _err(
+            file,
+            f"{f}.per",
+            f"family {family.kind!r} scopes weight sets per {', '.join(family.weight_scopes)}",
+        )
+    if per == "edge" and not family.edges():
+        raise _err(file, f"{f}.per", f"family {family.kind!r} has no edges")
+    if per == "block" and target == "filters" and not family.block_groups():
+        raise _err(file, f"{f}.per", f"family {family.kind!r} has no block-level channel groups")
+    if per == "group" and not family.groups():
+        raise _err(file, f"{f}.per", f"family {family.kind!r} has no channel groups")
 
 
 def shipped_spaces() -> list[Path]:

@@ -55,6 +55,12 @@ class GConv2d(nn.Conv2d):
         )
 
 
+def weight_set_group(m: nn.Module) -> str | None:
+    """The weight-set group of a conv: a GConv2d's `qgroup`, or the one a user's network's conv
+    was tagged with when it was pruned (spaces.families.model); None for every other layer."""
+    return getattr(m, "qgroup", None) if isinstance(m, nn.Conv2d) else None
+
+
 @torch.no_grad()
 def mask_kernels_(model: nn.Module) -> None:
     """Zero the pruned kernels of every conv with a kernel mask (after quantisation, which may

@@ -45,6 +45,10 @@ class Space:
         self.name, self.family, self.source, self.description = name, family, source, description
         self.dims: dict[str, Dimension] = {d.name: d for d in ordered}
         self.groups = groups or {}
+        # what Python made it from (search.api): the space file's mapping, and the objects
+        # handed to its family (a user's network)
+        self.config: dict[str, Any] | None = None
+        self.objects: dict[str, Any] = {}
         family.supernet_ops = {d.scope: tuple(d.options) for d in ordered if d.target == "op"}
 
     def __repr__(self) -> str:
@@ -55,7 +59,7 @@ class Space:
 
     def with_classes(self, num_classes: int) -> Space:
         """The same space with a classifier for `num_classes` (set by the dataset)."""
-        fam = type(self.family)(self.family.spec.model_copy(update={"num_classes": num_classes}))
+        fam = self.family.with_classes(num_classes)
         return Space(
             self.name,
             fam,
@@ -229,9 +233,7 @@ class Space:
 
     def build(self, genome: Genome, supernet: nn.Module) -> nn.Module:
         """The genome's physically smaller sub-network with weights inherited from `supernet`."""
-        from spaces.builder import build_subnet
-
-        return build_subnet(self.family, self.arch(genome), supernet)
+        return self.family.build(self.arch(genome), supernet)
 
     def resolution(self, genome: Genome) -> int:
         return self.arch(genome).resolution

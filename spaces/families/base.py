@@ -3,13 +3,16 @@ genome -> Arch (counts only) -> module. One builder (spaces.builder) slices weig
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from spaces.arch import Arch, keep_count
+from spaces.builder import build_subnet
 from spaces.dims import Choice, Condition, Dimension, Mask, Scale, WeightSet, blocks_kept
+
+__all__ = ["Arch", "Family", "FamilySpec", "TARGETS", "keep_count"]
 
 
 class FamilySpec(BaseModel):
@@ -27,38 +30,6 @@ class FamilySpec(BaseModel):
     )
 
 
-@dataclass
-class Arch:
-    """A concrete sub-network: counts, not weights. Enough for FLOPs, params and building."""
-
-    family: str
-    resolution: int
-    num_classes: int
-    sizes: dict[str, int]
-    masks: dict[str, tuple] = field(default_factory=dict)
-    depths: dict[str, int] = field(default_factory=dict)
-    kernels: dict[str, int] = field(default_factory=dict)
-    ops: dict[str, str] = field(default_factory=dict)
-    quant: dict[str, str] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["masks"] = {k: list(v) for k, v in self.masks.items()}
-        return d
-
-
-def keep_count(n: int, mask: tuple | None, width: float, multiple: int = 1) -> int:
-    """Filters a group keeps: the mask's ones, then the width multiplier, at least one; with
-    `multiple`, counts of at least that many are rounded to its nearest multiple that the mask
-    allows (never more filters than the mask keeps); a whole group stays whole."""
-    kept = sum(mask) if mask is not None else n
-    k = max(1, int(width * kept + 0.5))
-    if multiple > 1 and multiple <= k < n:
-        r = int(k / multiple + 0.5) * multiple
-        k = r if r <= kept else (kept // multiple) * multiple
-    return k
-
-
 # target -> (dimension classes allowed, scopes allowed; "" = the whole network)
 TARGETS: dict[str, tuple[tuple[type, ...], tuple[str, ...]]] = {
     "resolution": ((Scale,), ("",)),
@@ -67,7 +38,7 @@ TARGETS: dict[str, tuple[tuple[type, ...], tuple[str, ...]]] = {
     "filters": ((Mask,), ("stage", "block", "group")),
     "kernel": ((Choice,), ("block",)),
     "op": ((Choice,), ("edge",)),
-    "weights": ((WeightSet,), ("network", "stage", "block")),
+    "weights": ((WeightSet,), ("network", "stage", "block", "group")),
 }
 
 
@@ -78,6 +49,13 @@ class Family:
     # what its networks do: "classify" (images -> class logits) or "translate" (image -> image);
     # evaluators declare which they score
     task: ClassVar[str] = "classify"
+    # sub-networks share the supernet's weights and are pre-trained on slices of them (the
+    # sandwich rule); a user's own network is trained whole, then pruned
+    shares_weights: ClassVar[bool] = True
+    # the `per:` a weights dimension may take
+    weight_scopes: ClassVar[tuple[str, ...]] = ("network", "stage", "block")
+    # the state-dict key of the classifier's weight (its rows count the classes)
+    head_key: ClassVar[str] = "classifier.weight"
     Spec: ClassVar[type[FamilySpec]] = FamilySpec
     targets: ClassVar[tuple[str, ...]] = ()
     kernel_options: ClassVar[tuple[int, ...]] = ()
@@ -86,6 +64,47 @@ class Family:
     def __init__(self, spec: FamilySpec):
         self.spec = spec
         self.supernet_ops: dict[str, tuple[str, ...]] = {}  # edge -> every op the supernet holds
+
+    @classmethod
+    def from_spec(cls, spec: FamilySpec, file: str = "<space>", **objects: Any) -> Family:
+        """The family of a validated spec; `file` names the space file in errors."""
+        return cls(spec)
+
+    def portable(self) -> dict[str, Any]:
+        """Spec fields to rewrite in a run folder's config.yaml so that it reads the same from
+        there (paths made absolute); none for the built-in families."""
+        return {}
+
+    def describe_scope(self, scope: str) -> str:
+        """A few words on what a dimension's scope holds, for `search space` (default: none)."""
+        return ""
+
+    def excluded_scopes(self) -> dict[str, str]:
+        """Channel groups left out of the space, and why (default: none)."""
+        return {}
+
+    def default_per(self, target: str) -> str:
+        """The `per:` of a dimension on `target` that names none."""
+        return {"filters": "stage", "kernel": "block", "op": "edge", "weights": "stage"}.get(
+            target, ""
+        )
+
+    def default_dimensions(self) -> dict[str, Any] | None:
+        """The `dimensions:` of a space file that names none (None: it must name some)."""
+        return None
+
+    def with_classes(self, num_classes: int) -> Family:
+        """The same family with a classifier for `num_classes`."""
+        return type(self)(self.spec.model_copy(update={"num_classes": num_classes}))
+
+    def trained_state(self) -> dict | None:
+        """Trained weights of the full network that need no pre-training (a user's model whose
+        classifier fits the data), or None."""
+        return None
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What the pre-trained supernet depends on beyond the spec (for its cache key)."""
+        return {}
 
     # --- structure (supernet) -------------------------------------------------------------
     def groups(self) -> dict[str, int]:
@@ -184,6 +203,10 @@ class Family:
     # --- model -------------------------------------------------------------------------------
     def module(self, arch: Arch, supernet: bool = False) -> nn.Module:
         raise NotImplementedError
+
+    def build(self, arch: Arch, supernet: nn.Module) -> nn.Module:
+        """The physically smaller module of `arch` with weights inherited from `supernet`."""
+        return build_subnet(self, arch, supernet)
 
     def costed_forward(self, model: nn.Module, x):
         """The computation that `cost` counts (the forward pass for single networks)."""
