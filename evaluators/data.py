@@ -106,12 +106,22 @@ class _Source:
         return self.zip.read(name) if self.zip else (self.path / name).read_bytes()
 
 
-def _load_images(src: _Source, names: list[str], resolution: int) -> torch.Tensor:
+def _load_images(src: _Source, names: list[str], resolution: int, where=(None, "dataset.path")):
+    """The images as a float tensor in [0, 1]; an image that does not decode is a ConfigError
+    naming it (`where`: the config file and field)."""
     from PIL import Image
 
     out = np.empty((len(names), resolution, resolution, 3), dtype=np.uint8)
     for i, n in enumerate(names):
-        im = Image.open(io.BytesIO(src.read(n))).convert("RGB")
+        try:
+            im = Image.open(io.BytesIO(src.read(n))).convert("RGB")
+        except (OSError, SyntaxError, ValueError) as e:  # PIL's errors for broken files
+            raise ConfigError(
+                where[0],
+                where[1],
+                f"{n!r} in {str(src.path)!r} is not a readable "
+                f"image ({type(e).__name__}: {str(e)[:120]})",
+            ) from None
         if im.size != (resolution, resolution):
             im = im.resize((resolution, resolution), Image.BILINEAR)
         out[i] = np.asarray(im)
@@ -172,7 +182,12 @@ def imagefolder(
     p = Path(path).expanduser()
     if not p.exists():
         raise ConfigError(config_file, field, f"dataset path {str(p)!r} does not exist")
-    src = _Source(p)
+    try:
+        src = _Source(p)
+    except zipfile.BadZipFile:
+        raise ConfigError(
+            config_file, field, f"{str(p)!r} is not a zip file (nor a folder)"
+        ) from None
     if not src.names:
         raise ConfigError(config_file, field, f"no images ({', '.join(IMG_EXT)}) under {str(p)!r}")
     prefix, train, test = _class_groups(
@@ -186,7 +201,8 @@ def imagefolder(
     def tensors(groups):
         names = [prefix + n for c in classes for n in groups.get(c, [])]
         labels = [i for i, c in enumerate(classes) for _ in groups.get(c, [])]
-        return _load_images(src, names, resolution), torch.tensor(labels, dtype=torch.long)
+        x = _load_images(src, names, resolution, (config_file, field))
+        return x, torch.tensor(labels, dtype=torch.long)
 
     x, y = tensors(train)
     if split_test:

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 
 from evaluators.base import EvalResult
+from spaces.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,33 @@ class EvaluatorActor:
         import torch
 
         return {"pid": os.getpid(), "node": self.node, "threads": torch.get_num_threads()}
+
+
+def check_ray_address(address: str, timeout: float, file: str | None = None) -> None:
+    """A Ray cluster's address must be HOST:PORT and answer within `timeout` seconds: a clear
+    error now, instead of `ray.init` waiting for ever on an address nothing listens at."""
+    if address in ("auto", "local"):
+        return
+    hostport = address.removeprefix("ray://")
+    host, _, port = hostport.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(file, "address", f"{address!r} is not HOST:PORT")
+    t0 = time.monotonic()
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+            # Ray's GCS speaks gRPC: an HTTP/2 server answers the client preface with SETTINGS
+            # (a port that accepts and stays silent, such as a proxy, is no cluster)
+            sock.settimeout(max(0.1, timeout - (time.monotonic() - t0)))
+            sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0]))
+            head = sock.recv(9)
+            if len(head) < 4 or head[3] != 4:
+                raise ConnectionError("it does not speak gRPC")
+    except OSError as e:
+        why = "no answer" if isinstance(e, TimeoutError) else (e.strerror or str(e))
+        raise ConfigError(
+            file, "address", f"no Ray cluster answers at {address} within {timeout:g} s ({why})"
+        ) from None
 
 
 def connect_ray(address: str | None = None, object_store_memory: int | None = None) -> bool:

@@ -13,6 +13,44 @@ from spaces.space import Genome, Space
 NB201_ACC = {"cifar10": "c10_test", "cifar100": "c100_test", "imagenet16": "in16_test"}
 
 
+def _read_table(p: Path, device: str, config_file: str | None) -> tuple[dict, str]:
+    """arch_str -> the accuracy columns and the device's latency column, as numbers."""
+    with open(p, newline="") as fh:
+        reader = csv.DictReader(fh)
+        cols = reader.fieldnames or []
+        if "arch_str" not in cols:
+            raise ConfigError(config_file, "evaluator.table", f"{str(p)!r} has no arch_str column")
+        lat_col = f"lat_{device}"
+        if lat_col not in cols:
+            devs = sorted(c[4:] for c in cols if c.startswith("lat_"))
+            raise ConfigError(
+                config_file,
+                "evaluator.device",
+                f"unknown device {device!r}; the table has {', '.join(devs)}",
+            )
+        keep = ["c10_test", "c100_test", "in16_test", lat_col]
+        rows = {}
+        for line, r in enumerate(reader, start=2):
+            try:
+                rows[r["arch_str"]] = {k: float(r[k]) for k in keep}
+            except (TypeError, ValueError):
+                bad = next(k for k in keep if not _is_number(r.get(k)))
+                raise ConfigError(
+                    config_file,
+                    "evaluator.table",
+                    f"{str(p)!r} line {line}: {bad} is {r.get(bad)!r}, not a number",
+                ) from None
+    return rows, lat_col
+
+
+def _is_number(v) -> bool:
+    try:
+        float(v)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
 class TableEvaluator(Evaluator):
     """NAS-Bench-201 lookup: test accuracies and measured latencies, no training."""
 
@@ -41,23 +79,12 @@ class TableEvaluator(Evaluator):
                 "evaluator.dataset",
                 f"unknown dataset {dataset!r}; expected one of {', '.join(NB201_ACC)}",
             )
-        with open(p, newline="") as fh:
-            reader = csv.DictReader(fh)
-            cols = reader.fieldnames or []
-            if "arch_str" not in cols:
-                raise ConfigError(
-                    config_file, "evaluator.table", f"{str(p)!r} has no arch_str column"
-                )
-            lat_col = f"lat_{device}"
-            if lat_col not in cols:
-                devs = sorted(c[4:] for c in cols if c.startswith("lat_"))
-                raise ConfigError(
-                    config_file,
-                    "evaluator.device",
-                    f"unknown device {device!r}; the table has {', '.join(devs)}",
-                )
-            keep = ["c10_test", "c100_test", "in16_test", lat_col]
-            self.rows = {r["arch_str"]: {k: float(r[k]) for k in keep} for r in reader}
+        try:
+            self.rows, lat_col = _read_table(p, device, config_file)
+        except (UnicodeDecodeError, csv.Error) as e:
+            raise ConfigError(
+                config_file, "evaluator.table", f"{str(p)!r} is not a CSV table ({e})"
+            ) from None
         self.space, self.acc_col, self.lat_col, self.device = (
             space,
             NB201_ACC[dataset],

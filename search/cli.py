@@ -6,6 +6,7 @@ Exit codes: 0 done, 2 bad input (one line naming the file and field, no tracebac
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
 from pathlib import Path
@@ -83,7 +84,7 @@ def _flags(args) -> dict:
 def _cmd_run(args) -> int:
     from search.run import Run
 
-    run = Run.create(args.config, args.out, args.set or [], _flags(args))
+    run = Run.create(args.config, args.out, args.set or [], _flags(args), overwrite=args.overwrite)
     print(f"run folder: {run.dir}", file=sys.stderr)
     return run.execute(progress=not args.no_progress)
 
@@ -114,6 +115,13 @@ def _cmd_export(args) -> int:
     return export(
         args.run_dir, trial=args.trial, pareto=args.pareto, formats=args.format, out=args.out
     )
+
+
+def _positive(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {n}")
+    return n
 
 
 def _run_flags(s: argparse.ArgumentParser) -> None:
@@ -154,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("config", help="a space / run YAML file")
     s.add_argument("--out", help="run folder (default runs/<space>-<time>)")
     _run_flags(s)
+    s.add_argument(
+        "--overwrite", action="store_true", help="write into an --out folder that holds other files"
+    )
     s.set_defaults(func=_cmd_run)
 
     s = sub.add_parser("resume", help="finish an interrupted run")
@@ -163,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("show", help="the Pareto front and best trials of a run, as a table")
     s.add_argument("run_dir")
-    s.add_argument("--top", type=int, default=10, help="best trials to list")
+    s.add_argument("--top", type=_positive, default=10, help="best trials to list")
     s.set_defaults(func=_cmd_show)
 
     s = sub.add_parser(
@@ -233,6 +244,17 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `search show RUN | head`
         sys.stderr.close()
         return 0
+    except PermissionError as e:
+        sys.stderr.write(f"search: error: {e.filename}: permission denied\n")
+        return 2
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        sys.stderr.write(
+            f"search: run failed: no space left on the device writing {e.filename or 'the run'}; "
+            "what was stored is kept: free some space and `search resume`\n"
+        )
+        return 1
     except KeyboardInterrupt:
         sys.stderr.write("search: interrupted\n")
         return 130

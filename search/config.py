@@ -183,6 +183,9 @@ class RayCfg(_M):
     object_store_memory: int | None = Field(
         None, ge=78_643_200, description="bytes, embedded Ray only"
     )
+    connect_timeout: float = Field(
+        30.0, gt=0, description="seconds a cluster address may take to answer (--address)"
+    )
 
 
 class TuneCfg(_M):

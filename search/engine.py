@@ -87,7 +87,12 @@ class Engine:
         for _ in range(MAX_REPEATS):
             genome = self.opt.ask()
             if genome is None:
-                log.info("optimizer %s has nothing more to ask", self.opt.name)
+                log.info(
+                    "optimizer %s asks for nothing more (%d complete trials of a budget of %s)",
+                    self.opt.name,
+                    self.n_done,
+                    self.budget,
+                )
                 break
             gid = self.opt.space.genome_id(genome)
             if gid in self.done_ids or gid in self.in_flight:  # never evaluate a genome twice

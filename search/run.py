@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -24,11 +25,29 @@ from search.engine import Engine
 from search.optimizers import optimizer_class
 from search.progress import pretrain_progress
 from search.records import TrialRecord, best, pareto_front
-from search.store import RunStore
-from spaces.errors import ConfigError
+from search.runlock import LOCK_FILE, RunLock
+from search.store import JOURNAL, RunStore, load_records
+from spaces.errors import ArchsearchError, ConfigError
 from spaces.space import Space
 
 log = logging.getLogger("archsearch.run")
+
+
+def _fresh_folder(name: str) -> Path:
+    """runs/<space>-<time>, with a suffix if another run started in the same second."""
+    base = Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    n, path = 1, base
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write a file so that it is never seen half-written (a full disk keeps the old one)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def check_metrics(cfg: RunCfg, evaluator, file: str | None) -> None:
@@ -52,6 +71,8 @@ class Run:
     def __init__(self, run_dir: Path, cfg: RunCfg, space: Space, file: str | None):
         self.dir, self.cfg, self.space, self.file = Path(run_dir), cfg, space, file
         self.executor = None  # while the loop runner executes: where evaluations run
+        self.lock: RunLock | None = None  # the folder's lock while this process owns it
+        self.created = False  # this process made the folder
         self.evaluator = make_evaluator(cfg, space, file)
         check_metrics(cfg, self.evaluator, file)
         opt_cls = optimizer_class(cfg.optimizer.name, file)
@@ -67,6 +88,7 @@ class Run:
                 f"{opt_cls.name} prunes a trained network; the {kind} "
                 "evaluator has none (it needs evaluator.kind train)",
             )
+        self._check_places(file)
         if cfg.runner == "tune" and not self.evaluator.fine_tunes:
             raise ConfigError(
                 file,
@@ -74,6 +96,25 @@ class Run:
                 f"the tune runner fine-tunes candidates; the {kind} evaluator does "
                 "not (it needs evaluator.kind train)",
             )
+
+    def _check_places(self, file: str | None) -> None:
+        """Where the run will store and compute must answer now, not hang later: an Optuna storage
+        URL must name a known database, a Ray cluster's address must accept a connection."""
+        cfg = self.cfg
+        if cfg.storage:
+            from sqlalchemy.engine import make_url
+
+            try:
+                make_url(cfg.storage).get_dialect()
+            except Exception as e:  # noqa: BLE001 - sqlalchemy raises several kinds
+                raise ConfigError(
+                    file, "storage", f"not a database URL Optuna can use ({e})"
+                ) from None
+        address = cfg.address or os.environ.get("RAY_ADDRESS")
+        if address and (cfg.runner == "tune" or self.workers() != 0):
+            from evaluators.executor import check_ray_address
+
+            check_ray_address(address, cfg.ray.connect_timeout, file)
 
     def workers(self) -> int | None:
         """0 (in-process), N, or None (one per core on Ray)."""
@@ -85,11 +126,17 @@ class Run:
 
     @classmethod
     def create(
-        cls, config: str, out: str | None, sets: list[str], flags: dict[str, Any], **objects
+        cls,
+        config: str,
+        out: str | None,
+        sets: list[str],
+        flags: dict[str, Any],
+        overwrite: bool = False,
+        **objects,
     ) -> Run:
         """A new run of a run file (`objects`: what Python hands the family, `model=`)."""
         cfg, space, resolved = load_run_config(config, sets, flags, **objects)
-        return cls._new(cfg, space, resolved, out, config)
+        return cls._new(cfg, space, resolved, out, config, overwrite)
 
     @classmethod
     def create_from(
@@ -100,17 +147,48 @@ class Run:
         return cls._new(cfg, space, resolved, out, file)
 
     @classmethod
-    def _new(cls, cfg: RunCfg, space: Space, resolved: dict, out: str | None, file: str) -> Run:
-        run_dir = (
-            Path(out) if out else Path("runs") / f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        )
-        if run_dir.exists() and (run_dir / "config.yaml").exists():
+    def _new(
+        cls,
+        cfg: RunCfg,
+        space: Space,
+        resolved: dict,
+        out: str | None,
+        file: str,
+        overwrite: bool = False,
+    ) -> Run:
+        """The run's folder created and locked, its config written, once everything is valid."""
+        run_dir = Path(out) if out else _fresh_folder(space.name)
+        if run_dir.exists() and not run_dir.is_dir():
+            raise ConfigError(str(run_dir), "--out", "is a file, not a folder")
+        run = cls(run_dir, cfg, space, file)  # every check of the config, before any writing
+        created = not run_dir.exists()
+        try:
+            run.dir.mkdir(parents=True, exist_ok=True)
+            run.lock = RunLock(run.dir).acquire()
+        except PermissionError:
             raise ConfigError(
-                str(run_dir), "--out", "already holds a run; use `search resume` or another folder"
-            )
-        run = cls(run_dir, cfg, space, file)
-        run.dir.mkdir(parents=True, exist_ok=True)
-        (run.dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+                str(run_dir), "--out", "cannot be written (permission denied)"
+            ) from None
+        try:
+            if (run.dir / "config.yaml").exists():
+                raise ConfigError(
+                    str(run_dir),
+                    "--out",
+                    "already holds a run; use `search resume` or another folder",
+                )
+            others = [p.name for p in run.dir.iterdir() if p.name != LOCK_FILE]
+            if others and not overwrite:
+                raise ConfigError(
+                    str(run_dir),
+                    "--out",
+                    f"is not empty ({', '.join(sorted(others)[:3])}...); another folder, or "
+                    "--overwrite to write into it",
+                )
+            (run.dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+        except BaseException:
+            run.close(remove=created)
+            raise
+        run.created = created
         return run
 
     @classmethod
@@ -121,19 +199,103 @@ class Run:
         flags: dict[str, Any] | None = None,
         **objects,
     ) -> Run:
+        """An existing run, locked; a changed config (`--set`, flags) is checked against the stored
+        trials before it replaces config.yaml (the old one kept as config.N.yaml)."""
         path = Path(run_dir)
         cfg_file = path / "config.yaml"
         if not cfg_file.exists():
             raise ConfigError(str(path), None, "not a run folder (no config.yaml)")
-        cfg, space, resolved = load_run_config(cfg_file, sets, flags, **objects)
-        run = cls(path, cfg, space, str(cfg_file))
-        if sets or any(v is not None for v in (flags or {}).values()):
-            cfg_file.write_text(yaml.safe_dump(resolved, sort_keys=False))
+        try:
+            lock = RunLock(path).acquire()
+        except PermissionError:
+            raise ConfigError(str(path), None, "cannot be written (permission denied)") from None
+        try:
+            cfg, space, resolved = load_run_config(cfg_file, sets, flags, **objects)
+            run = cls(path, cfg, space, str(cfg_file))
+            run.lock = lock
+            if sets or any(v is not None for v in (flags or {}).values()):
+                run._check_change(resolved)
+                keep = next(
+                    path / f"config.{n}.yaml"
+                    for n in range(1, 10**6)
+                    if not (path / f"config.{n}.yaml").exists()
+                )
+                os.replace(cfg_file, keep)
+                _write_atomic(cfg_file, yaml.safe_dump(resolved, sort_keys=False))
+                log.info("config changed; the previous one is %s", keep.name)
+        except BaseException:
+            lock.release()
+            raise
         return run
+
+    def _check_change(self, resolved: dict) -> None:
+        """A changed config must fit the stored trials: their genomes in its space, its objectives
+        the study's, its budget no lower than the trials already complete."""
+        import optuna
+
+        from search.store import STUDY_NAME, open_storage
+
+        field = "--set"
+        try:
+            study = optuna.load_study(
+                study_name=STUDY_NAME, storage=open_storage(self.dir, self.cfg.storage)
+            )
+        except KeyError:
+            return  # nothing stored yet
+        dirs = [d.name.lower() for d in study.directions]
+        if dirs != [o.direction for o in self.cfg.objectives]:
+            raise ConfigError(
+                str(self.dir),
+                "objectives",
+                f"the stored study has objectives {dirs}; "
+                f"the changed config has {[o.direction for o in self.cfg.objectives]}",
+            )
+        try:
+            records = load_records(
+                self.dir, self.cfg.storage, self.space, self.cfg.objectives, self.cfg.constraints
+            )
+        except (ArchsearchError, KeyError, ValueError, TypeError) as e:
+            raise ConfigError(
+                str(self.dir),
+                field,
+                f"the stored trials do not fit the changed config ({type(e).__name__}: {e})",
+            ) from None
+        done = len({r.genome_id for r in records if r.complete})
+        if self.cfg.budget < done:
+            raise ConfigError(
+                str(self.dir),
+                "--budget",
+                f"{self.cfg.budget} is below the {done} trials already complete",
+            )
+
+    def close(self, remove: bool = False) -> None:
+        """Release the run folder (and remove it, if this process made it and it failed)."""
+        lock, self.lock = getattr(self, "lock", None), None
+        if lock is not None:
+            lock.release()
+        if remove:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
     # --- the search ------------------------------------------------------------------------------
     def execute(self, progress: bool = True) -> int:
-        """Set up, search until the budget (or the optimiser stops), write the outputs."""
+        """Set up, search until the budget (or the optimiser stops), write the outputs; the
+        folder is released at the end. A new run whose set-up finds bad input (a dataset that
+        does not load, say) leaves no folder behind, so the same `--out` can be used again."""
+        try:
+            return self._execute(progress)
+        except ConfigError:
+            self.close(remove=self.created and not self._has_trials())
+            raise
+        finally:
+            self.close()
+
+    def _has_trials(self) -> bool:
+        journal = self.dir / JOURNAL
+        return self.cfg.storage is not None or (
+            journal.exists() and b'"op_code":4' in journal.read_bytes()
+        )
+
+    def _execute(self, progress: bool) -> int:
         t0 = time.time()
         engine = self.start(progress)
         setup_s, n0 = time.time() - t0, engine.n_done
@@ -210,7 +372,7 @@ class Run:
             "genome_id": space.genome_id(space.full()),
             **self.evaluator.base_point(),
         }
-        (self.dir / "supernet.json").write_text(json.dumps(point, indent=2))
+        _write_atomic(self.dir / "supernet.json", json.dumps(point, indent=2))
 
     def report(self) -> None:
         """report.html and its PNGs; a failure here never fails the run."""
@@ -230,7 +392,7 @@ class Run:
             sessions = []
         rounded = {k: round(v, 3) if isinstance(v, float) else v for k, v in entry.items()}
         sessions.append({"at": time.strftime("%Y-%m-%dT%H:%M:%S"), **rounded})
-        path.write_text(json.dumps(sessions, indent=2))
+        _write_atomic(path, json.dumps(sessions, indent=2))
 
     def write_outputs(self, space: Space, records: list[TrialRecord]) -> None:
         """pareto.json and best/ (genome, metrics, state dict and TorchScript of the best model)."""
@@ -248,20 +410,15 @@ class Run:
             }
 
         objectives = [o.model_dump() for o in self.cfg.objectives]
-        (self.dir / "pareto.json").write_text(
-            json.dumps(
-                {"objectives": objectives, "front": [entry(r) for r in front]},
-                indent=2,
-                default=str,
-            )
-        )
+        front_json = {"objectives": objectives, "front": [entry(r) for r in front]}
+        _write_atomic(self.dir / "pareto.json", json.dumps(front_json, indent=2, default=str))
         b = best(records, signs)
         if b is None:
             return
         bdir = self.dir / "best"
         bdir.mkdir(exist_ok=True)
-        (bdir / "genome.json").write_text(json.dumps(space.to_json(b.genome), indent=2))
-        (bdir / "metrics.json").write_text(json.dumps(entry(b), indent=2, default=str))
+        _write_atomic(bdir / "genome.json", json.dumps(space.to_json(b.genome), indent=2))
+        _write_atomic(bdir / "metrics.json", json.dumps(entry(b), indent=2, default=str))
         self._write_best_model(space, b, bdir)
         try:  # the evaluator's own view of the best candidate (samples, comparisons)
             self.evaluator.summarize(self.dir, b.genome)

@@ -25,10 +25,16 @@ def _from_json_obj(obj: Any) -> list[dict]:
     raise ValueError("expected a genome, a list of genomes or {'genomes': [...]}")
 
 
-def _run_folder(path: Path, space: Space) -> list[dict]:
+def _run_folder(path: Path, space: Space, file: str | None, field: str) -> list[dict]:
     """A run's complete trials read in `space`: its front first, then the rest, best first."""
     from search.runs import open_run
+    from spaces.config import read_yaml
 
+    other = read_yaml(path / "config.yaml").get("name")
+    if other != space.name:
+        raise ConfigError(
+            file, field, f"{str(path)!r} is a run of space {other!r}, not {space.name!r}"
+        )
     run = open_run(path, space)
     front = run.front()
     ids = {r.genome_id for r in front}
@@ -53,7 +59,7 @@ def load_genomes(
                 raise ConfigError(
                     file, field, f"{source!r} is neither a genome file nor a run folder"
                 )
-            raw = _run_folder(p, space)
+            raw = _run_folder(p, space, file, field)
         else:
             text = p.read_text()
             try:

@@ -3,9 +3,11 @@ timings and status, recorded durably before the optimiser hears of it."""
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -24,10 +26,56 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def open_storage(run_dir: Path, url: str | None):
-    """Journal file under the run folder by default; any Optuna storage URL otherwise."""
+    """Journal file under the run folder by default (its absolute path: Optuna's lock is a
+    symlink to it, which must resolve from anywhere); any Optuna storage URL otherwise."""
     if url:
         return url
-    return JournalStorage(JournalFileBackend(str(Path(run_dir) / JOURNAL)))
+    return JournalStorage(JournalFileBackend(str((Path(run_dir) / JOURNAL).resolve())))
+
+
+def repair_journal(path: Path) -> dict | None:
+    """Cut a torn tail off a journal (what a full disk or a power cut leaves: a last record
+    without its end, which the next append would run into): the file is cut back to its last
+    complete record and the cut bytes are kept beside it. Returns what was cut, or None."""
+    if not path.exists():
+        return None
+    data = path.read_bytes()
+    good, pos = 0, 0
+    while pos < len(data):
+        end = data.find(b"\n", pos)
+        if end < 0:
+            break
+        try:
+            json.loads(data[pos:end])
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            break
+        good = pos = end + 1
+    if good == len(data):
+        return None
+    cut = data[good:]
+    kept = path.with_name(f"{path.name}.torn-{time.strftime('%Y%m%d-%H%M%S')}")
+    kept.write_bytes(cut)
+    with open(path, "r+b") as fh:
+        fh.truncate(good)
+        fh.flush()
+        os.fsync(fh.fileno())
+    trials = cut.count(b'"op_code":4')
+    info = {
+        "bytes": len(cut),
+        "records": cut.count(b"\n") + (not cut.endswith(b"\n")),
+        "trials": max(trials, 1),
+        "kept": str(kept),
+    }
+    log.warning(
+        "study journal %s had a torn tail (%d bytes, about %d trial%s): cut back to its "
+        "last complete record; the cut bytes are in %s",
+        path,
+        info["bytes"],
+        info["trials"],
+        "" if info["trials"] == 1 else "s",
+        kept,
+    )
+    return info
 
 
 def _jsonable(v: Any) -> Any:
@@ -82,6 +130,13 @@ class RunStore(MemoryStore):
     ):
         super().__init__(space, objectives, constraints)
         self.dir = Path(run_dir)
+        self.repaired = None
+        if not storage_url:
+            self.repaired = repair_journal(self.dir / JOURNAL)
+            lock = self.dir / (JOURNAL + ".lock")
+            if lock.is_symlink() or lock.exists():  # the run lock is ours: a journal lock is stale
+                log.warning("removing the stale journal lock %s (left by a killed process)", lock)
+                lock.unlink()
         self.storage = open_storage(run_dir, storage_url)
         self.study = optuna.create_study(
             study_name=STUDY_NAME,

@@ -478,6 +478,8 @@ class Scale(Dimension):
         step = y.spec.get("step")
         if step is not None and y.number("step") <= 0:
             raise y.err("step", f"must be positive, got {step}")
+        if step is not None and abs((high - low) / step - round((high - low) / step)) > 1e-6:
+            raise y.err("step", f"{step} does not divide [{low}, {high}] into whole steps")
         dim = cls(
             y.name,
             y.target,

@@ -5,6 +5,7 @@ trial records; one that needs the trained network (DCP) declares `needs_model` a
 
 from __future__ import annotations
 
+import logging
 import random
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -16,6 +17,9 @@ from spaces.space import Genome, Space
 
 if TYPE_CHECKING:
     from evaluators.base import TrainedModel
+
+
+log = logging.getLogger(__name__)
 
 
 class NoOptions(BaseModel):
@@ -90,12 +94,19 @@ class Optimizer:
         self.history.append(record)
         self.seen.add(record.genome_id)
 
-    def fresh(self, sample, tries: int = 1000) -> Genome:
-        """A genome not seen before, drawn by `sample()`; the last draw if the space runs dry."""
-        g = sample()
-        for _ in range(tries):
-            if self.space.genome_id(g) not in self.seen:
-                break
+    def fresh(self, sample, tries: int = 1000) -> Genome | None:
+        """A genome not seen before, drawn by `sample()`; None once `tries` more draws found none
+        (the space, or what `sample` reaches of it, is exhausted: the run then stops)."""
+        for _ in range(tries + 1):
             g = sample()
-        self.seen.add(self.space.genome_id(g))
-        return g
+            gid = self.space.genome_id(g)
+            if gid not in self.seen:
+                self.seen.add(gid)
+                return g
+        log.warning(
+            "%s: every genome of %d draws was evaluated already; the space (or the part of it "
+            "this optimiser reaches) is exhausted: stopping",
+            self.name,
+            tries + 1,
+        )
+        return None

@@ -20,8 +20,8 @@ class FamilySpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     kind: str
-    resolution: int = 32
-    num_classes: int = 10
+    resolution: int = Field(32, ge=1, description="input images are resolution x resolution")
+    num_classes: int = Field(10, ge=1)
     channel_multiple: int = Field(
         1,
         ge=1,
