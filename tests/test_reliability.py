@@ -210,6 +210,20 @@ def test_an_unreachable_cluster_is_exit_2_before_any_folder(tmp_path, address):
 
 
 @needs_table
+def test_resume_of_a_long_random_run_goes_on_past_the_replayed_draws(tmp_path):
+    """On resume the seeded sampler first redraws the stored trials' genomes (1,200 here): that
+    is no exhausted space."""
+    out = tmp_path / "run"
+    assert (
+        run_cli("run", NB201, *TABLE, "--budget", 1200, "--out", out, "--no-progress").returncode
+        == 0
+    )
+    r = run_cli("resume", out, "--budget", 1500, "--no-progress")
+    assert r.returncode == 0 and "exhausted" not in r.stderr, r.stderr[-2000:]
+    assert len(set(_complete(out))) == 1500
+
+
+@needs_table
 def test_optuna_stops_with_a_warning_when_the_space_is_exhausted(tmp_path):
     r = run_cli(
         "run",

@@ -95,8 +95,11 @@ class Optimizer:
         self.seen.add(record.genome_id)
 
     def fresh(self, sample, tries: int = 1000) -> Genome | None:
-        """A genome not seen before, drawn by `sample()`; None once `tries` more draws found none
-        (the space, or what `sample` reaches of it, is exhausted: the run then stops)."""
+        """A genome not seen before, drawn by `sample()`; None once `tries` more draws than twice
+        the genomes seen found none (the space, or what `sample` reaches of it, is exhausted:
+        the run then stops). On resume a seeded `sample` first replays the draws that made the
+        stored trials: those are the genomes seen, hence the allowance."""
+        tries += 2 * len(self.seen)
         for _ in range(tries + 1):
             g = sample()
             gid = self.space.genome_id(g)
