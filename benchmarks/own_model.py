@@ -85,7 +85,7 @@ def l1_pruned(base, space, target: int):
             importance=tp.importance.MagnitudeImportance(p=1),
             pruning_ratio=ratio,
             ignored_layers=[net.get_submodule(head)],
-            round_to=space.family.spec.channel_multiple,
+            round_to=None,  # rounded counts move the FLOPs in steps too coarse to meet a target
         )
         pruner.step()
         if flops_of(net) <= target:
@@ -256,12 +256,12 @@ def write(state: dict, args) -> None:
         f"- GA: `search run examples/resnet18.yaml --optimizer ga` (population 8), {args.budget} candidates "
         f"per search, each fine-tuned {args.proxy_epochs:g} epoch(s) and scored on the validation images; "
         "FLOPs held within [0.9, 1.0] x the target. L1: Torch-Pruning's MagnitudePruner, one ratio for "
-        "every layer. Random: per-group channel counts of the L1 result, channels at random.",
+        "every layer (bisected to the largest network within the target). Random: per-group channel counts of the L1 result, channels at random.",
         f"- Every compressed network: batch norm recalibrated, then the same {args.epochs:g}-epoch "
         "fine-tuning (SGD, lr 0.02, cosine), test accuracy. Mean ± std over the seeds; each seed repeats "
         "the whole method.",
         "",
-        "| FLOPs target | method | test acc % | FLOPs (M) | params | GA search s (candidates) | fine-tune s |",
+        "| FLOPs target | method | test acc % | FLOPs (M) | params | GA search: s (candidates, s each) | fine-tune s |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]
     for frac in sorted({r["target"] for r in state["rows"]}, reverse=True):
@@ -276,11 +276,10 @@ def write(state: dict, args) -> None:
             sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
             acc = f"{statistics.mean(accs):.2f} ± {sd:.2f}"
             acc = f"**{acc}**" if means[m] == top else acc
-            search = (
-                f"{statistics.mean(x['search_s'] for x in rs):.0f} ({rs[0]['trials']})"
-                if "search_s" in rs[0]
-                else "-"
-            )
+            search = "-"
+            if "search_s" in rs[0]:
+                secs = statistics.mean(x["search_s"] for x in rs)
+                search = f"{secs:.0f} ({rs[0]['trials']}, {secs / max(1, rs[0]['trials']):.0f})"
             lines.append(
                 f"| {frac:.0%} | {m} | {acc} | {statistics.mean(x['flops'] for x in rs) / 1e6:.2f} | "
                 f"{statistics.mean(x['params'] for x in rs):,.0f} | {search} | "

@@ -155,6 +155,7 @@ class RayExecutor:
         cpus_per_worker: float | None = None,
         max_retries: int = 2,
         object_store_memory: int | None = None,
+        connect_timeout: float = 30.0,  # checked before the run starts (search.run)
     ):
         import ray
 
