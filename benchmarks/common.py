@@ -58,7 +58,7 @@ def float_resnet20(
         return model, json.loads(meta.read_text())
     t0 = time.time()
     print(
-        f"training float ResNet-20 on {len(data.train[0])} images for {epochs} epochs ...",
+        f"training float ResNet-20 on {len(data.train)} images for {epochs} epochs ...",
         flush=True,
     )
     fine_tune(model, data, 32, recipe, seed)
@@ -66,7 +66,7 @@ def float_resnet20(
     info = {
         "epochs": epochs,
         "lr": lr,
-        "train_images": len(data.train[0]),
+        "train_images": len(data.train),
         "test_acc": acc,
         "train_time_s": round(time.time() - t0, 1),
     }

@@ -55,7 +55,7 @@ def main() -> None:
 
     def acc(genome, net) -> str:
         m = space.build(genome, net)
-        recalibrate_bn(m, data.train[0], res)
+        recalibrate_bn(m, data.train, res)
         return f"{100 * evaluate(m, data.test, res)[0]:.1f}"
 
     rows = [f"| full network | {acc(space.full(), sup)} | | | |"]

@@ -110,7 +110,7 @@ def finetune_and_test(net, data, args, seed: int) -> tuple[float, float]:
     from evaluators.train import TrainRecipe, evaluate, fine_tune, recalibrate_bn
 
     recipe = TrainRecipe(epochs=args.epochs, batch_size=128, lr=0.02, weight_decay=5e-4)
-    recalibrate_bn(net, data.train[0], 32)
+    recalibrate_bn(net, data.train, 32)
     t0 = time.time()
     fine_tune(net, data, 32, recipe, seed)
     return evaluate(net, data.test, 32)[0], time.time() - t0

@@ -93,7 +93,7 @@ def main() -> None:
         quant = {g: ws for g in groups}
         naive = clone(base)
         quantize_model_(naive, quant)
-        recalibrate_bn(naive, data.train[0], 32)
+        recalibrate_bn(naive, data.train, 32)
         nacc, _ = evaluate(naive, data.test, 32)
         assert check(naive, ws)
         results = {}
@@ -122,7 +122,7 @@ def main() -> None:
             )
         rows.append((label, ws, results["slb"][0], nacc, results, model_bits(naive, quant), None))
 
-    n_train = len(data.train[0])
+    n_train = len(data.train)
     lines = [
         "# SLB low-bit weights on ResNet-20 / CIFAR-10",
         "",
@@ -131,7 +131,7 @@ def main() -> None:
         f"2 CPU cores, {time.time() - t_all:.0f} s in all).",
         "",
         f"Data: a CIFAR-10 subset from `../shared/data/cifar10_jpg.zip`: {args.per_class} train images per "
-        f"class ({n_train} for training, the rest validation), test on {len(data.test[0])} test images "
+        f"class ({n_train} for training, the rest validation), test on {len(data.test)} test images "
         f"({args.test_per_class} per class), no augmentation. Float ResNet-20 (`spaces/resnet20.yaml`, full "
         f"network) trained from scratch for {info['epochs']:g} epochs (SGD lr {info['lr']}, cosine, "
         f"{info.get('train_time_s', 0):.0f} s). Low-bit: every conv of the residual blocks in the set, one scale "

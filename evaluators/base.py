@@ -31,6 +31,7 @@ class EvalResult:
     reason: str | None = None
     state_dict: dict[str, torch.Tensor] | None = None
     node: str = ""
+    curve: list[dict] = field(default_factory=list)  # validation metrics after each epoch
 
 
 @dataclass
@@ -43,6 +44,7 @@ class TrainedModel:
     supernet: nn.Module
     data: Any
     seed: int
+    device: str = "cpu"  # where its training may run
 
 
 class Evaluator:
@@ -79,6 +81,10 @@ class Evaluator:
         training epoch but the last (a scheduler such as ASHA may then stop the trial)."""
         raise NotImplementedError
 
+    def wants_gpu(self) -> bool:
+        """Whether its workers should be given GPUs (training on CUDA); default: no."""
+        return False
+
     def supernet_state(self) -> dict | None:
         """What workers load instead of the driver's cache (default: nothing)."""
         return None
@@ -90,6 +96,11 @@ class Evaluator:
     def worker_key(self) -> tuple:
         """Equal for evaluators a worker process may share once set up."""
         return (type(self).__name__, self.space.name)
+
+    def data_info(self) -> dict[str, Any]:
+        """What the run records of its data after `setup` (name, sizes, input shape and the
+        normalisation an export's user must apply); default: nothing."""
+        return {}
 
     def base_point(self) -> dict[str, Any]:
         """Metrics of the full network known after `setup` (e.g. its pre-trained accuracy), for the
@@ -141,3 +152,34 @@ def latency_provider(cfg, file: str | None):
     except ValueError as e:
         field = "latency.provider" if "provider" in str(e) else "latency.target"
         raise ConfigError(file, field, str(e)) from None
+
+
+def check_device(request: str, file: str | None, on_cluster: bool = False) -> str:
+    """The run's `device:` (auto, cpu, cuda, cuda:N), checked on this machine: CUDA asked for
+    where there is none is a ConfigError (on a cluster the workers' GPUs are checked when Ray
+    places them)."""
+    req = request.strip().lower()
+    if req in ("auto", "cpu"):
+        return req
+    if req == "cuda" or (req.startswith("cuda:") and req[5:].isdigit()):
+        if not on_cluster:
+            if not torch.cuda.is_available():
+                raise ConfigError(file, "device", f"{request!r}: this machine has no CUDA device")
+            n = torch.cuda.device_count()
+            if req != "cuda" and int(req[5:]) >= n:
+                raise ConfigError(
+                    file, "device", f"{request!r}: this machine has {n} CUDA device(s)"
+                )
+        return req
+    raise ConfigError(file, "device", f"{request!r}: expected auto, cpu, cuda or cuda:N")
+
+
+def resolve_device(request: str) -> str:
+    """Where this process trains: auto is the first CUDA device if it sees one, else the CPU."""
+    if request == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if request.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {request!r}: this process sees no CUDA device")
+    if request.startswith("cuda:") and int(request[5:]) >= torch.cuda.device_count():
+        return "cuda"  # a Ray worker sees only the GPU it was given, as cuda:0
+    return request

@@ -24,7 +24,7 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("ARCHSEARCH_CACHE", Path.home() / ".cache" / "archsearch"))
 
 
-FINETUNE_ONLY = ("weight_training", "slb_t_start", "slb_t_end", "slb_lr")
+FINETUNE_ONLY = ("weight_training", "slb_t_start", "slb_t_end", "slb_lr", "device", "amp")
 
 
 def supernet_key(space: Space, data: Splits, recipe: TrainRecipe, sandwich: int, seed: int) -> dict:
@@ -85,7 +85,7 @@ def get_or_train(
         "pre-training the supernet of %s on %s (%d train images)",
         space.name,
         data.name,
-        len(data.train[0]),
+        len(data.train),
     )
     sup, info = pretrain_supernet(space, data, recipe, seed, sandwich, progress)
     folder.mkdir(parents=True, exist_ok=True)

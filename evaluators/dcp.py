@@ -85,17 +85,20 @@ def prune(model: TrainedModel, settings: DCPSettings) -> tuple[dict, dict[str, A
     return genome, report
 
 
-def discrimination_aware_pruning(space, supernet: nn.Module, data, o: DCPSettings, seed: int):
-    """Returns (genome, pruned full-shape model with unselected channels zeroed, report)."""
+def discrimination_aware_pruning(
+    space, supernet: nn.Module, data, o: DCPSettings, seed: int, device: str = "cpu"
+):
+    """Returns (genome, pruned full-shape model with unselected channels zeroed, report); the
+    work runs on `device`."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     full = space.full()
-    baseline = space.build(full, supernet).eval()
+    baseline = space.build(full, supernet).to(device).eval()
     for p in baseline.parameters():
         p.requires_grad_(False)
-    model = space.build(full, supernet)
-    sel = torch.randperm(len(data.train[0]), generator=gen)[: o.select_images]
-    run = _Pruning(space, model, baseline, data, o, gen, data.train[0][sel], data.train[1][sel])
+    model = space.build(full, supernet).to(device)
+    xs, ys = data.train.take(o.select_images, seed)
+    run = _Pruning(space, model, baseline, data, o, gen, xs.to(device), ys.to(device))
     for si in range(len(model.stages)):
         run.stage(si)
     model.eval()
@@ -142,7 +145,9 @@ class _Pruning:
         """Train the stage's discrimination-aware head, fine-tune, then select block by block."""
         model, o = self.model, self.o
         stage = model.stages[si]
-        head = StageHead(stage[-1].conv2.out_channels, int(self.data.num_classes))
+        head = StageHead(stage[-1].conv2.out_channels, int(self.data.num_classes)).to(
+            self.xs.device
+        )
         # the discrimination-aware classifier first learns on the stage's current features (an
         # untrained head's gradients would pick channels at random), then the network and the
         # head are fine-tuned with the final and this stage's loss
@@ -206,21 +211,21 @@ class _Pruning:
 
 
 def _train_head(model, head, si, data, o: DCPSettings, gen) -> None:
-    x, y = data.train
-    idx = torch.randperm(len(x), generator=gen)[: o.head_images]
+    device = next(model.parameters()).device
+    x, t = data.train.take(o.head_images, seed=int(torch.randint(2**31, (1,), generator=gen)))
     model.eval()
     feats = []
     with torch.no_grad():
-        for i in range(0, len(idx), 256):
-            h = _stem(model, x[idx[i : i + 256]])
+        for i in range(0, len(x), 256):
+            h = _stem(model, x[i : i + 256].to(device))
             for sj in range(si + 1):
                 h = _run_blocks(model.stages[sj], h)
             feats.append(h)
-    f, t = torch.cat(feats), y[idx]
+    f, t = torch.cat(feats), t.to(device)
     opt = torch.optim.Adam(head.parameters(), lr=0.01)
     head.train()
     for _ in range(o.head_epochs):
-        perm = torch.randperm(len(f), generator=gen)
+        perm = torch.randperm(len(f), generator=gen).to(device)
         for i in range(0, len(f), 128):
             b = perm[i : i + 128]
             loss = F.cross_entropy(head(f[b]), t[b])
@@ -229,27 +234,33 @@ def _train_head(model, head, si, data, o: DCPSettings, gen) -> None:
             opt.step()
 
 
+def _stage_batches(data, o: DCPSettings, gen, steps: int, device):
+    """`steps` training batches (epochs of the split in a seeded order), on `device`."""
+    step = 0
+    while step < steps:
+        for xb, yb in data.train.batches(o.batch_size, shuffle=True, gen=gen, drop_last=True):
+            if step >= steps:
+                return
+            yield xb.to(device), yb.to(device)
+            step += 1
+
+
 def _stage_finetune(model, head, si, data, o: DCPSettings, gen, enforce) -> None:
-    x, y = data.train
-    steps = max(1, math.ceil(o.stage_epochs * len(x) / o.batch_size))
+    device = next(model.parameters()).device
+    steps = max(1, math.ceil(o.stage_epochs * len(data.train) / o.batch_size))
     params = list(model.parameters()) + list(head.parameters())
     opt = torch.optim.SGD(params, lr=o.stage_lr, momentum=0.9, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     model.train()
     head.train()
-    perm = torch.randperm(len(x), generator=gen)
-    for step in range(steps):
-        i = (step * o.batch_size) % len(x)
-        b = perm[i : i + o.batch_size]
-        if len(b) < 2:
-            b = perm[: o.batch_size]
-        h = _stem(model, x[b])
+    for xb, yb in _stage_batches(data, o, gen, steps, device):
+        h = _stem(model, xb)
         for sj, stage in enumerate(model.stages):
             h = _run_blocks(stage, h)
             if sj == si:
                 stage_logits = head(h)
-        loss = F.cross_entropy(model.classifier(h.mean((2, 3))), y[b]) + F.cross_entropy(
-            stage_logits, y[b]
+        loss = F.cross_entropy(model.classifier(h.mean((2, 3))), yb) + F.cross_entropy(
+            stage_logits, yb
         )
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -328,8 +339,8 @@ def _select_channels(model, baseline, head, si, bj, xs, ys, o: DCPSettings, min_
     n = conv.in_channels
     cap = max(min_keep, min(n, math.floor(o.max_keep * n + 1e-9)))
     w0 = conv.weight.detach().clone()
-    mask = torch.zeros(n)
-    ones = torch.ones(n)
+    mask = torch.zeros(n, device=w0.device)
+    ones = torch.ones(n, device=w0.device)
     w = torch.zeros_like(w0)  # unselected channels carry zero weights
     curve = []
     with torch.no_grad():
@@ -382,8 +393,10 @@ def _select_kernels(model, baseline, head, si, bj, xs, ys, o: DCPSettings, min_k
     cap = max(min_keep, min(total, math.floor(o.max_keep * total + 1e-9)))
     batch = max(1, round(o.kernel_batch * total))
     w0 = conv.weight.detach().clone()
-    kmask = torch.zeros(cout, n)
-    ones = torch.ones(n)  # every input channel's features flow in; unselected kernels are zero
+    kmask = torch.zeros(cout, n, device=w0.device)
+    ones = torch.ones(
+        n, device=w0.device
+    )  # every input channel's features flow; unselected kernels are 0
     w = torch.zeros_like(w0)
     with torch.no_grad():
         l0 = float(loss_at(w, ones)[0])
@@ -428,13 +441,15 @@ def _next_kernels(score, kmask, selected: int, cap: int, batch: int, channels: i
     cout, n = kmask.shape
     score = score.clone()
     score[kmask.bool()] = -1.0
-    new = torch.zeros(cout, n)
+    new = torch.zeros(cout, n, device=kmask.device)
     if selected < cap:
         new.view(-1)[score.flatten().topk(min(batch, cap - selected)).indices] = 1.0
     else:
         untouched = kmask.sum(0) == 0
         best_o = score.argmax(0)
-        col = torch.where(untouched, score.max(0).values, torch.full((n,), -2.0))
+        col = torch.where(
+            untouched, score.max(0).values, torch.full((n,), -2.0, device=kmask.device)
+        )
         for i in col.topk(min_keep - channels).indices.tolist():
             new[best_o[i], i] = 1.0
     return new

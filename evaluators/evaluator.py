@@ -12,7 +12,15 @@ from typing import Any
 import torch
 
 from evaluators import cache as supernet_cache
-from evaluators.base import EvalResult, Evaluator, TrainedModel, detached_copy, latency_provider
+from evaluators.base import (
+    EvalResult,
+    Evaluator,
+    TrainedModel,
+    check_device,
+    detached_copy,
+    latency_provider,
+    resolve_device,
+)
 from evaluators.data import Splits, load_dataset
 from evaluators.train import TrainRecipe, evaluate, fine_tune, recalibrate_bn
 from kernels.cores import core_lock
@@ -73,7 +81,9 @@ class TrainEvaluator(Evaluator):
         cache_dir: Path,
         latency=None,
         config_file: str | None = None,
+        device: str = "cpu",
     ):
+        self.device_request = device  # resolved where training runs (setup)
         self.base_space, self.dataset_cfg, self.finetune, self.pretrain = (
             space,
             dataset_cfg,
@@ -111,19 +121,25 @@ class TrainEvaluator(Evaluator):
                 f"{space.family.kind!r}); use an evaluator of its task",
             )
         latency = latency_provider(cfg, file)
-        ft = TrainRecipe(**cfg.evaluator.finetune.model_dump())
+        device = check_device(cfg.device, file, on_cluster=bool(cfg.address))
+        augment = cfg.dataset.augment
+        if augment == "auto":
+            augment = "none" if cfg.dataset.name == "digits" else "crop-flip"
+        run = {"augment": augment, "amp": cfg.amp}
+        ft = TrainRecipe(**cfg.evaluator.finetune.model_dump(), **run)
         pt = cfg.pretrain.model_dump()
         sandwich = pt.pop("sandwich")
         return cls(
             space,
             cfg.dataset,
             ft,
-            TrainRecipe(**pt),
+            TrainRecipe(**pt, **run),
             sandwich,
             cfg.seed,
             cfg.cache_dir(),
             latency,
             file,
+            device,
         )
 
     @property
@@ -137,8 +153,10 @@ class TrainEvaluator(Evaluator):
         driver's), else from the cache, training and caching it if needed."""
         if self.supernet is not None:
             return
+        self.finetune.device = self.pretrain.device = resolve_device(self.device_request)
+        fam = self.base_space.family
         self.data = load_dataset(
-            self.dataset_cfg, self.base_space.family.spec.resolution, self.seed, self.config_file
+            self.dataset_cfg, fam.spec.resolution, self.seed, self.config_file, fam.in_channels
         )
         self.space = self.base_space.with_classes(self.data.num_classes)
         if supernet_state is not None:
@@ -170,6 +188,13 @@ class TrainEvaluator(Evaluator):
     def worker_key(self) -> tuple:
         return (type(self).__name__, self.seed, self.base_space.name)
 
+    def wants_gpu(self) -> bool:
+        req = self.device_request
+        return req.startswith("cuda") or (req == "auto" and torch.cuda.is_available())
+
+    def data_info(self) -> dict[str, Any]:
+        return self.data.describe() if self.data is not None else {}
+
     def base_point(self) -> dict[str, Any]:
         return (
             {"val_acc": self.supernet_info["full_val_acc"]}
@@ -179,7 +204,7 @@ class TrainEvaluator(Evaluator):
 
     def trained_model(self) -> TrainedModel:
         self.setup()
-        return TrainedModel(self.space, self.supernet, self.data, self.seed)
+        return TrainedModel(self.space, self.supernet, self.data, self.seed, self.finetune.device)
 
     def evaluate(self, genome: Genome, seed: int = 0, report=None) -> EvalResult:
         """Inherit, fine-tune, score. `report(metrics)`, if given, hears the validation metrics
@@ -190,7 +215,8 @@ class TrainEvaluator(Evaluator):
         t0 = time.time()
         try:
             arch, model, m = self._inherit(genome)
-            on_epoch = self._epoch_reporter(report, m, arch.resolution)
+            curve: list[dict] = []
+            on_epoch = self._epoch_reporter(report, m, arch.resolution, curve)
             t1 = time.time()
             fine_tune(
                 model,
@@ -204,9 +230,11 @@ class TrainEvaluator(Evaluator):
             )
             m["train_time_s"] = time.time() - t1
             m.update(self._score(model, arch.resolution))
+            last = curve[-1]["epoch"] + 1 if curve else 1
+            curve.append({"epoch": last, "val_acc": m["val_acc"], "val_loss": m["val_loss"]})
             m["wall_time_s"] = time.time() - t0
-            state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            return EvalResult(gid, "complete", m, state_dict=state)
+            state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            return EvalResult(gid, "complete", m, state_dict=state, curve=curve)
         except Exception as e:  # a candidate that raises becomes a failed trial; the run goes on
             log.warning("trial %s failed: %s", gid, e)
             log.debug("%s", traceback.format_exc())
@@ -219,29 +247,30 @@ class TrainEvaluator(Evaluator):
         the weights' values)."""
         arch = self.space.arch(genome)
         model = self.space.build(genome, self.supernet)
-        recalibrate_bn(model, self.data.train[0], arch.resolution)
-        inherited, _ = evaluate(model, self.data.val, arch.resolution)
         m: dict[str, Any] = {
-            "inherited_val_acc": inherited,
             **self.space.cost(genome),
             "model_bits": model_bits(model, arch.quant),
             "resolution": arch.resolution,
         }
-        if self.latency is not None:
+        if self.latency is not None:  # on this machine's CPU, whatever device trains
             m.update(self.latency.measure(model, arch.resolution))
+        model.to(self.finetune.device)
+        recalibrate_bn(model, self.data.train, arch.resolution)
+        m["inherited_val_acc"] = evaluate(model, self.data.val, arch.resolution)[0]
         return arch, model, m
 
-    def _epoch_reporter(self, report, known: dict, resolution: int):
-        """The fine-tuning's epoch callback that reports validation metrics (None without a
-        `report`); it evaluates under the core lock and reports outside it (a report may block)."""
-        if report is None:
-            return None
+    def _epoch_reporter(self, report, known: dict, resolution: int, curve: list[dict]):
+        """The fine-tuning's epoch callback: validation metrics after each epoch but the last,
+        kept in `curve` (the trial's learning curve) and told to `report` if given; it evaluates
+        under the core lock and reports outside it (a report may block)."""
 
         def on_epoch(epoch, net):
             with core_lock().shared():
                 acc, loss = evaluate(net, self.data.val, resolution)
             net.train()
-            report({**known, "val_acc": acc, "val_loss": loss, "epoch": epoch})
+            curve.append({"epoch": epoch, "val_acc": acc, "val_loss": loss})
+            if report is not None:
+                report({**known, "val_acc": acc, "val_loss": loss, "epoch": epoch})
 
         return on_epoch
 

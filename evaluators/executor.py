@@ -156,6 +156,7 @@ class RayExecutor:
         max_retries: int = 2,
         object_store_memory: int | None = None,
         connect_timeout: float = 30.0,  # checked before the run starts (search.run)
+        gpus_per_worker: float | None = None,
     ):
         import ray
 
@@ -168,6 +169,7 @@ class RayExecutor:
             workers = max(1, int(total // cpw))
         cpw = cpus_per_worker or max(1, total // max(1, workers))
         self.cpus_per_worker = cpw
+        self.gpus_per_worker = gpu_share(evaluator, workers, gpus_per_worker)
         self.evaluator = evaluator
         evaluator.start_workers()  # tvm latency: one process on this node measures for every worker
         self._refs = [
@@ -176,7 +178,11 @@ class RayExecutor:
         ]  # alive as long as the executor
         # no Ray restarts: a dead worker is replaced here, so retries stay bounded and visible
         self._actor_cls = ray.remote(EvaluatorActor).options(
-            num_cpus=cpw, max_restarts=0, max_task_retries=0, scheduling_strategy="SPREAD"
+            num_cpus=cpw,
+            num_gpus=self.gpus_per_worker,
+            max_restarts=0,
+            max_task_retries=0,
+            scheduling_strategy="SPREAD",
         )
         self.actors = [self._new_actor() for _ in range(workers)]
         self.replaced = 0
@@ -259,6 +265,22 @@ class RayExecutor:
         self.evaluator.stop_workers()
         if self.started_here:  # only what this run started; a cluster given by address stays up
             ray.shutdown()
+
+
+def gpu_share(evaluator, workers: int, asked: float | None) -> float:
+    """GPUs each worker asks Ray for: `ray.gpus_per_worker` if set, else the cluster's GPUs
+    shared by the workers when the evaluator trains on CUDA, else none. CUDA asked for on a
+    cluster without GPUs is a ConfigError naming `device`."""
+    import ray
+
+    if asked is not None:
+        return asked
+    if not evaluator.wants_gpu():
+        return 0.0
+    gpus = float(ray.cluster_resources().get("GPU", 0))
+    if gpus <= 0:
+        raise ConfigError(None, "device", "training on CUDA, but the Ray cluster has no GPU")
+    return gpus / max(1, workers)
 
 
 def make_executor(evaluator, workers: int | None, address: str | None = None, **ray_options):

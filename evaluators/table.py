@@ -25,7 +25,7 @@ def _read_table(p: Path, device: str, config_file: str | None) -> tuple[dict, st
             devs = sorted(c[4:] for c in cols if c.startswith("lat_"))
             raise ConfigError(
                 config_file,
-                "evaluator.device",
+                "evaluator.table_latency",
                 f"unknown device {device!r}; the table has {', '.join(devs)}",
             )
         keep = ["c10_test", "c100_test", "in16_test", lat_col]
@@ -61,7 +61,7 @@ class TableEvaluator(Evaluator):
         space: Space,
         path: str,
         dataset: str = "cifar10",
-        device: str = "raspi4",
+        table_latency: str = "raspi4",
         config_file: str | None = None,
     ):
         if space.family.kind != "cell":
@@ -80,25 +80,25 @@ class TableEvaluator(Evaluator):
                 f"unknown dataset {dataset!r}; expected one of {', '.join(NB201_ACC)}",
             )
         try:
-            self.rows, lat_col = _read_table(p, device, config_file)
+            self.rows, lat_col = _read_table(p, table_latency, config_file)
         except (UnicodeDecodeError, csv.Error) as e:
             raise ConfigError(
                 config_file, "evaluator.table", f"{str(p)!r} is not a CSV table ({e})"
             ) from None
-        self.space, self.acc_col, self.lat_col, self.device = (
+        self.space, self.acc_col, self.lat_col, self.table_latency = (
             space,
             NB201_ACC[dataset],
             lat_col,
-            device,
+            table_latency,
         )
         self._cost: dict[str, dict] = {}
 
     @classmethod
     def from_config(cls, cfg, space: Space, file: str | None) -> TableEvaluator:
-        """The table's own latency column (`evaluator.device`) is its latency: `latency:` is
+        """The table's own latency column (`evaluator.table_latency`) is its latency: `latency:` is
         unused."""
         e = cfg.evaluator
-        return cls(space, e.table, e.dataset, e.device, file)
+        return cls(space, e.table, e.dataset, e.table_latency, file)
 
     metrics = (
         "val_acc",

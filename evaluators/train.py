@@ -44,6 +44,23 @@ class TrainRecipe:
     slb_t_start: float = 1.0
     slb_t_end: float = 100.0
     slb_lr: float = 0.05  # Adam's learning rate for the SLB logits and scales
+    augment: str = "none"  # training augmentation (evaluators.data.AUGMENTS)
+    device: str = "cpu"  # where training runs (the run's `device:`, resolved)
+    amp: bool = False  # mixed precision (bfloat16 autocast) on CUDA
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def _autocast(recipe: TrainRecipe):
+    """bfloat16 autocast on CUDA when the recipe asks (no loss scaling needed); else nothing."""
+    import contextlib
+
+    if recipe.amp and str(recipe.device).startswith("cuda"):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def _optimizer(params, r: TrainRecipe):
@@ -64,32 +81,29 @@ def _lr_at(r: TrainRecipe, step: int, total: int) -> float:
     return r.lr
 
 
-def _batches(n: int, bs: int, gen: torch.Generator):
-    perm = torch.randperm(n, generator=gen)
-    for i in range(0, n - bs + 1 if n >= bs else 1, bs):
-        yield perm[i : i + bs]
-
-
 def _total_steps(n: int, r: TrainRecipe) -> int:
     per_epoch = max(1, n // r.batch_size)
     return r.steps if r.steps else max(1, int(round(r.epochs * per_epoch)))
 
 
-def _steps(n: int, r: TrainRecipe, opt, gen: torch.Generator):
-    """Yield (step, batch indices) for the recipe's step count, setting the scheduled lr.
+def _steps(split, r: TrainRecipe, opt, gen: torch.Generator):
+    """Yield (step, images, labels) for the recipe's step count, on the recipe's device, each
+    epoch a fresh seeded shuffle (augmented as the recipe says), setting the scheduled lr.
 
     The caller holds `core_lock().shared()` around each step's compute, so that a latency
     measurement never runs beside it, and never around callbacks: the lock must not be held
     while control is elsewhere (a Tune report blocks until the driver asks for more, forever if
     the scheduler stops the trial, and a measurement waiting on that step would wait forever)."""
-    total, step = _total_steps(n, r), 0
+    total, step, device = _total_steps(len(split), r), 0, torch.device(r.device)
     while step < total:
-        for b in _batches(n, r.batch_size, gen):
+        for xb, yb in split.batches(
+            r.batch_size, shuffle=True, gen=gen, augment=r.augment, drop_last=True
+        ):
             if step >= total:
                 return
             for group in opt.param_groups:
                 group["lr"] = _lr_at(r, step, total)
-            yield step, b
+            yield step, xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
             step += 1
 
 
@@ -117,29 +131,26 @@ def pretrain_supernet(
     torch.manual_seed(seed)
     rng = random.Random(seed)
     gen = torch.Generator().manual_seed(seed)
-    sup = space.supernet(seed)
+    sup = space.supernet(seed).to(recipe.device)
     sup.train()
     opt = _optimizer(sup.parameters(), recipe)
-    x, y = data.train
-    total = _total_steps(len(x), recipe)
+    total = _total_steps(len(data.train), recipe)
     full = space.full()
     res, shared = space.arch(full).resolution, space.family.shares_weights
     fam_groups = space.family.groups()
     t0, imp, lock = time.time(), importance(sup), core_lock()
-    for step, b in _steps(len(x), recipe, opt, gen):
-        with lock.shared():  # a latency measurement never runs beside a training step
+    for step, xb, yb in _steps(data.train, recipe, opt, gen):
+        with lock.shared(), _autocast(recipe):  # no latency measurement beside a training step
             if step % 20 == 0:
                 imp = importance(sup)  # keep "most important filters" current for width cuts
-            xb, yb = x[b], y[b]
             opt.zero_grad(set_to_none=True)
             if shared:
                 genomes = [full] + ([smallest_genome(space, rng)] if sandwich > 1 else [])
                 genomes += [space.sample(rng) for _ in range(max(0, sandwich - 2))]
                 ce = _sandwich_backward(space, sup, genomes, xb, yb, (fam_groups, imp), recipe)
             else:  # a user's network: the full network alone, on labels
-                loss = F.cross_entropy(
-                    sup(at_resolution(xb, res)), yb, label_smoothing=recipe.label_smoothing
-                )
+                logits = sup(at_resolution(xb, res)).float()
+                loss = F.cross_entropy(logits, yb, label_smoothing=recipe.label_smoothing)
                 loss.backward()
                 ce = loss.item()
             nn.utils.clip_grad_norm_(sup.parameters(), 5.0)
@@ -147,8 +158,9 @@ def pretrain_supernet(
         if progress:
             progress(step + 1, total, ce)  # the full network's cross-entropy
     # the supernet's own BN statistics: those of the full network
-    recalibrate_bn(sup, x, space.arch(full).resolution)
+    recalibrate_bn(sup, data.train, space.arch(full).resolution)
     acc, loss = evaluate(sup, data.val, space.arch(full).resolution)
+    sup.cpu()
     secs = round(time.time() - t0, 2)
     info = {"steps": total, "train_time_s": secs, "full_val_acc": acc, "full_val_loss": loss}
     log.info(
@@ -165,7 +177,7 @@ def _sandwich_backward(space, sup, genomes, xb, yb, importance_of, recipe: Train
     for k, g in enumerate(genomes):
         arch = space.arch(g)
         idx = kept_indices(arch, *importance_of)
-        logits = run_subnet(space, sup, arch, at_resolution(xb, arch.resolution), idx)
+        logits = run_subnet(space, sup, arch, at_resolution(xb, arch.resolution), idx).float()
         if k == 0:
             loss = F.cross_entropy(logits, yb, label_smoothing=recipe.label_smoothing)
             teacher = F.softmax(logits.detach(), 1)
@@ -199,42 +211,46 @@ def run_subnet(space: Space, sup: nn.Module, arch, x: torch.Tensor, idx) -> torc
 
 @torch.no_grad()
 def recalibrate_bn(
-    model: nn.Module, x: torch.Tensor, resolution: int, batches: int = 8, bs: int = 128
+    model: nn.Module, data, resolution: int, batches: int = 8, bs: int = 128
 ) -> None:
-    """Reset batch-norm statistics to the model's own on training data (OFA's recalibration)."""
+    """Reset batch-norm statistics to the model's own on training data (OFA's recalibration):
+    `data` is a split (a seeded sample of it is used) or a tensor of images."""
     bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     if not bns:
         return
-    was = model.training
+    x = data if isinstance(data, torch.Tensor) else data.take(batches * bs, seed=0)[0]
+    if isinstance(data, torch.Tensor):
+        perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+        x = x[perm[: min(batches, max(1, len(x) // bs)) * bs]]
+    was, device = model.training, _device_of(model)
     saved = [m.momentum for m in bns]
     for m in bns:
         m.reset_running_stats()
         m.momentum = None  # cumulative average
     model.train()
-    g = torch.Generator().manual_seed(0)
-    perm = torch.randperm(len(x), generator=g)
-    for i in range(min(batches, max(1, len(x) // bs))):
-        model(at_resolution(x[perm[i * bs : (i + 1) * bs]], resolution))
+    for i in range(0, max(1, len(x) - bs + 1) if len(x) >= bs else 1, bs):
+        model(at_resolution(x[i : i + bs].to(device), resolution))
     for m, mo in zip(bns, saved):
         m.momentum = mo
     model.train(was)
 
 
 @torch.no_grad()
-def evaluate(
-    model: nn.Module, split: tuple[torch.Tensor, torch.Tensor], resolution: int, bs: int = 256
-) -> tuple[float, float]:
-    """(top-1 accuracy, mean cross-entropy) in eval mode."""
-    was = model.training
+def evaluate(model: nn.Module, split, resolution: int, bs: int = 256) -> tuple[float, float]:
+    """(top-1 accuracy, mean cross-entropy) in eval mode over a split (or (images, labels))."""
+    was, device = model.training, _device_of(model)
     model.eval()
-    x, y = split
-    correct, loss = 0, 0.0
-    for i in range(0, len(x), bs):
-        logits = model(at_resolution(x[i : i + bs], resolution))
-        loss += float(F.cross_entropy(logits, y[i : i + bs], reduction="sum"))
-        correct += int((logits.argmax(1) == y[i : i + bs]).sum())
+    batches = [split] if isinstance(split, tuple) else split.batches(bs)
+    correct, loss, n = 0, 0.0, 0
+    for xb, yb in batches:
+        for i in range(0, len(xb), bs):
+            x, y = xb[i : i + bs].to(device), yb[i : i + bs].to(device)
+            logits = model(at_resolution(x, resolution)).float()
+            loss += float(F.cross_entropy(logits, y, reduction="sum"))
+            correct += int((logits.argmax(1) == y).sum())
+            n += len(y)
     model.train(was)
-    return correct / max(1, len(x)), loss / max(1, len(x))
+    return correct / max(1, n), loss / max(1, n)
 
 
 class _WeightSets:
@@ -311,19 +327,21 @@ def fine_tune(
     their set. Raises FloatingPointError on a NaN loss."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
+    model.to(recipe.device)
     sets = _WeightSets(model, quant, recipe)
     opt = _optimizer(sets.weights, recipe)
-    x, y = data.train
-    total = _total_steps(len(x), recipe)
-    per_epoch = max(1, len(x) // recipe.batch_size)
+    n = len(data.train)
+    total = _total_steps(n, recipe)
+    per_epoch = max(1, n // recipe.batch_size)
     model.train()
     last = float("nan")
     lock = core_lock()
-    for step, b in _steps(len(x), recipe, opt, gen):
+    for step, xb, yb in _steps(data.train, recipe, opt, gen):
         with lock.shared():  # never around on_epoch, which may block (a Tune report)
             sets.before_forward(step, total)
-            logits = model(at_resolution(x[b], resolution))
-            loss = F.cross_entropy(logits, y[b], label_smoothing=recipe.label_smoothing)
+            with _autocast(recipe):
+                logits = model(at_resolution(xb, resolution))
+                loss = F.cross_entropy(logits.float(), yb, label_smoothing=recipe.label_smoothing)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss is {loss.item()} at step {step}")
             opt.zero_grad(set_to_none=True)

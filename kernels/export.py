@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from spaces.layers import input_channels
+
 log = logging.getLogger(__name__)
 EXT = {"torchscript": ".ts", "onnx": ".onnx", "tvm": ".so"}
 
@@ -94,7 +96,7 @@ def export_model(
     what else the format reports (TVM: kernels tuned)."""
     model = model.eval()
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(4, 3, resolution, resolution, generator=g)
+    x = torch.randn(4, input_channels(model), resolution, resolution, generator=g)
     if fmt == "tvm":
         return to_tvm(model, x, path, database=tvm_database)
     return EXPORTERS[fmt](model, x, path), {}

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from spaces.layers import input_channels
+
 log = logging.getLogger(__name__)
 
 KINDS = ("conv", "dwconv", "matmul", "pool")
@@ -177,7 +179,7 @@ def torch_ops(model: torch.nn.Module, resolution: int) -> list[Op]:
     model.eval()
     try:
         with torch.no_grad(), Capture():
-            model(torch.zeros(1, 3, resolution, resolution))
+            model(torch.zeros(1, input_channels(model), resolution, resolution))
     finally:
         model.train(was)
     return ops

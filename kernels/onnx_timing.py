@@ -12,6 +12,7 @@ from torch import nn
 
 from kernels.cores import core_lock
 from kernels.provider import LatencyProvider, summary
+from spaces.layers import input_channels
 
 
 class OnnxRuntimeLatency(LatencyProvider):
@@ -36,7 +37,13 @@ class OnnxRuntimeLatency(LatencyProvider):
         import onnxruntime as ort
 
         model = model.eval()
-        x = torch.randn(1, 3, resolution, resolution, generator=torch.Generator().manual_seed(0))
+        x = torch.randn(
+            1,
+            input_channels(model),
+            resolution,
+            resolution,
+            generator=torch.Generator().manual_seed(0),
+        )
         with tempfile.TemporaryDirectory() as d:
             path = Path(d) / "m.onnx"
             with torch.no_grad():

@@ -12,6 +12,7 @@ from torch import nn
 
 from kernels.cores import core_lock
 from kernels.provider import LatencyProvider, summary
+from spaces.layers import input_channels
 
 
 class TorchLatency(LatencyProvider):
@@ -34,7 +35,7 @@ class TorchLatency(LatencyProvider):
         if self.threads:
             torch.set_num_threads(self.threads)
         try:
-            x = torch.randn(1, 3, resolution, resolution)
+            x = torch.randn(1, input_channels(model), resolution, resolution)
             with core_lock().exclusive("measurement"):  # nothing else on these cores meanwhile
                 for _ in range(self.warmup):
                     model(x)

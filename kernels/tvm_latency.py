@@ -33,6 +33,7 @@ from kernels.tvm_compile import (
     runtime_threads,
 )
 from kernels.tvm_tuning import TuningDB, extract_kernels
+from spaces.layers import input_channels
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ def realistic(model, resolution: int, seed: int = 0):
     model.train()
     with torch.no_grad():
         for _ in range(4):
-            model(torch.randn(16, 3, resolution, resolution))
+            model(torch.randn(16, input_channels(model), resolution, resolution))
     return model.eval()
 
 
@@ -195,7 +196,7 @@ class TVMBackend:
         model = model.eval()
         ops = torch_ops(model, resolution)
         folded = fold_batch_norm(model)
-        shape = (1, 3, resolution, resolution)
+        shape = (1, input_channels(model), resolution, resolution)
         prepared = prepared_module(folded, shape, self.target)
         kernels = extract_kernels(prepared, self.target)
         t_prep = time.time() - t0

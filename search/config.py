@@ -70,6 +70,10 @@ class DatasetCfg(_M):
     test_per_class: int | None = Field(None, ge=1)
     val_fraction: float = Field(0.2, gt=0, lt=0.9)
     test_fraction: float = Field(0.2, ge=0, lt=0.9)
+    augment: Literal["auto", "none", "crop-flip", "resized-crop-flip"] = Field(
+        "auto", description="training augmentation; auto: crop-flip for images, none for digits"
+    )
+    workers: int = Field(0, ge=0, description="processes decoding images (0: the training one)")
 
 
 class RecipeCfg(_M):
@@ -120,7 +124,17 @@ class EvaluatorCfg(_M):
     cyclegan: CycleGANCfg = CycleGANCfg()
     table: str = "../shared/data/nb201_merged.csv"
     dataset: str = "cifar10"
-    device: str = "raspi4"
+    table_latency: str = Field("raspi4", description="the table's latency column: lat_<this>")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data):
+        if isinstance(data, dict) and "device" in data:
+            raise ValueError(
+                "evaluator.device is now evaluator.table_latency (the table's latency column, "
+                "lat_<name>); the compute device is the run's `device:`"
+            )
+        return data
 
     @field_validator("kind")
     @classmethod
@@ -186,6 +200,12 @@ class RayCfg(_M):
     connect_timeout: float = Field(
         30.0, gt=0, description="seconds a cluster address may take to answer (--address)"
     )
+    gpus_per_worker: float | None = Field(
+        None,
+        ge=0,
+        description="GPUs each worker / Tune trial asks for (fractions allowed); "
+        "default: the visible GPUs shared by the workers when training on CUDA, else 0",
+    )
 
 
 class TuneCfg(_M):
@@ -220,6 +240,11 @@ class RunCfg(_M):
         None, description="a Ray cluster (HOST:PORT); default RAY_ADDRESS, else embedded local Ray"
     )
     runner: Literal["loop", "tune"] = "loop"
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N: where training runs")
+    reference: bool = Field(
+        True, description="evaluate the base network like a candidate once, for comparisons"
+    )
+    amp: bool = Field(True, description="bfloat16 mixed precision when training on CUDA")
     ray: RayCfg = RayCfg()
     tune: TuneCfg = TuneCfg()
     max_failures: int | None = Field(None, ge=0)
@@ -321,7 +346,8 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def apply_presets(data: dict[str, Any], file: str) -> dict[str, Any]:
-    """`preset: NAME` (or a list) merges configs/NAME.yaml under the file's own settings."""
+    """`preset: NAME` (or a list) merges configs/NAME.yaml over the file's own settings (in
+    order: a later preset over an earlier one)."""
     names = data.pop("preset", None)
     if names is None:
         return data
@@ -336,7 +362,7 @@ def apply_presets(data: dict[str, Any], file: str) -> dict[str, Any]:
             known = ", ".join(sorted(q.stem for q in CONFIGS.glob("*.yaml")))
             raise ConfigError(file, "preset", f"unknown preset {n!r}; known: {known}")
         merged = _merge(merged, read_yaml(p))
-    return _merge(merged, data)
+    return _merge(data, merged)
 
 
 def load_run_config(
@@ -372,9 +398,12 @@ def resolve_run_config(
 ) -> tuple[RunCfg, Space, dict[str, Any]]:
     """`load_run_config` on a mapping (`file` names it in errors)."""
     data = copy.deepcopy(data)
+    sets = list(sets or [])
+    named = [x for x in sets if x.split("=", 1)[0].strip() == "preset"]
+    data = apply_overrides(data, named)
+    data = apply_presets(data, file)  # a preset overrides the file; flags and --set override both
     _apply_flags(data, flags or {})
-    data = apply_overrides(data, sets or [])
-    data = apply_presets(data, file)
+    data = apply_overrides(data, [x for x in sets if x not in named])
     try:
         cfg = RunCfg.model_validate(data)
     except ValidationError as e:

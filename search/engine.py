@@ -58,6 +58,7 @@ class Engine:
         self.failures = 0  # in this session
         self.exhausted = False
         self.last: TrialRecord | None = None
+        self.on_record: list = []  # (record, curve) hooks after each stored trial (tracking)
 
     def replay(self) -> int:
         """Tell the optimiser every stored trial, in order (resume); returns the complete ones."""
@@ -113,12 +114,16 @@ class Engine:
         reason: str | None = None,
         node: str = "",
         state_dict: dict | None = None,
+        curve: list[dict] | None = None,
     ) -> TrialRecord:
-        """Record a finished evaluation (weights first, then the trial), then tell the optimiser."""
+        """Record a finished evaluation (weights first, then the trial with its learning
+        `curve`), then tell the optimiser."""
         ticket = self.in_flight.pop(genome_id)
         if state_dict is not None:
             self.store.save_weights(genome_id, state_dict)
-        rec = self.store.record(ticket.genome, status, metrics, reason, node)
+        rec = self.store.record(ticket.genome, status, metrics, reason, node, curve)
+        for hook in self.on_record:
+            hook(rec, curve or [])
         self.opt.tell(rec)
         self.records.append(rec)
         self.last = rec

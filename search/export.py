@@ -19,6 +19,19 @@ log = logging.getLogger(__name__)
 TOLERANCE = 1e-4
 
 
+def _input(run, arch) -> dict:
+    """The exported network's input: its shape (batch 1) and the normalisation the run trained
+    with, which a user of the exported file applies to images in [0, 1]."""
+    d = json.loads((run.dir / "data.json").read_text())
+    c = d.get("input_shape", [3])[0]
+    return {
+        "shape": [1, c, arch.resolution, arch.resolution],
+        "mean": d.get("mean"),
+        "std": d.get("std"),
+        "scale": "pixels / 255, then (x - mean) / std per channel",
+    }
+
+
 def _chosen(run, trial: int | list[int] | None, pareto: bool) -> list:
     """The trials to export: those named, the front, or the best."""
     if trial is None:
@@ -91,6 +104,7 @@ def export(
             t0 = time.time()
             diff, info = export_model(model, arch.resolution, fmt, f, tvm_database=tvm_db)
             entry = {
+                **({"input": _input(run, arch)} if (run.dir / "data.json").exists() else {}),
                 "trial": r.number,
                 "genome_id": r.genome_id,
                 "format": fmt,

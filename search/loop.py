@@ -31,8 +31,9 @@ def run_loop(run, engine: Engine, progress: bool = True) -> dict:
             if not engine.in_flight:
                 break
             gid, res = ex.next_result()
+            node = res.node or host
             engine.complete(
-                gid, res.status, res.metrics, res.reason, res.node or host, res.state_dict
+                gid, res.status, res.metrics, res.reason, node, res.state_dict, res.curve
             )
             engine.raise_if_failed_out()
             bar.update(engine.n_done, engine.status_line())

@@ -49,8 +49,10 @@ def _front2(
 
 
 def _plot_front(
-    path: Path, records, acc: str, x: str, xlabel: str, full_id: str, supernet: dict | None
+    path: Path, records, acc: str, x: str, xlabel: str, base: tuple[dict, str] | None
 ) -> bool:
+    """Accuracy against `x` for every complete trial, the front joined, and the base network
+    marked (`base`: its metrics and what they are)."""
     import matplotlib.pyplot as plt
 
     pts = [
@@ -67,27 +69,8 @@ def _plot_front(
     ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=16, alpha=0.5, label="trials")
     fr = _front2(pts)
     ax.plot([p[0] for p in fr], [p[1] for p in fr], "r-o", ms=5, label=f"Pareto front ({len(fr)})")
-    full = [p for p in pts if p[2].genome_id == full_id]
-    if full:
-        ax.scatter(
-            [full[0][0]],
-            [full[0][1]],
-            marker="*",
-            s=220,
-            c="k",
-            zorder=5,
-            label="supernet (full genome)",
-        )
-    elif supernet and x in supernet and supernet.get(acc) is not None:
-        ax.scatter(
-            [supernet[x]],
-            [supernet[acc]],
-            marker="*",
-            s=220,
-            c="k",
-            zorder=5,
-            label="supernet (pre-trained)",
-        )
+    if base and _finite(base[0].get(x), base[0].get(acc)):
+        ax.scatter([base[0][x]], [base[0][acc]], marker="*", s=220, c="k", zorder=5, label=base[1])
     ax.set_xlabel(xlabel)
     ax.set_ylabel(acc)
     if x == "flops":
@@ -185,9 +168,17 @@ def _plot_dimensions(path: Path, records, space, limit: int = 24) -> None:
     plt.close(fig)
 
 
-def _supernet_point(run_dir: Path) -> dict | None:
-    p = run_dir / "supernet.json"
-    return json.loads(p.read_text()) if p.exists() else None
+def _base_point(run) -> tuple[dict, str] | None:
+    """The base network's point: evaluated like the candidates (reference.json), else the
+    full genome's own trial, else the pre-trained supernet (supernet.json)."""
+    if run.reference:
+        return run.reference, "base (fine-tuned like the candidates)"
+    full_id = run.space.genome_id(run.space.full())
+    full = [r for r in run.complete if r.genome_id == full_id]
+    if full:
+        return full[0].metrics, "base (its own trial)"
+    p = run.dir / "supernet.json"
+    return (json.loads(p.read_text()), "base (pre-trained supernet)") if p.exists() else None
 
 
 def _latency_section(path: Path) -> str:
@@ -234,12 +225,10 @@ def _cell(v) -> str:
 def _figures(run, acc: str) -> list[tuple[str, str]]:
     """The PNGs of a run (those it has data for), with their captions."""
     path, records, space = run.dir, run.records, run.space
-    full_id, sup, figs = space.genome_id(space.full()), _supernet_point(path), []
-    if _plot_front(
-        path / "front_latency.png", records, acc, "latency_ms", "latency (ms)", full_id, sup
-    ):
+    figs, base = [], _base_point(run)
+    if _plot_front(path / "front_latency.png", records, acc, "latency_ms", "latency (ms)", base):
         figs.append(("front_latency.png", f"{acc} against latency"))
-    if _plot_front(path / "front_flops.png", records, acc, "flops", "FLOPs", full_id, sup):
+    if _plot_front(path / "front_flops.png", records, acc, "flops", "FLOPs", base):
         figs.append(("front_flops.png", f"{acc} against FLOPs"))
     if records:
         _plot_progress(path / "progress.png", records, run.cfg, run.signs)
@@ -305,6 +294,32 @@ img{max-width:560px;border:1px solid #ddd} figure.wide{display:block}
 figure.wide img{max-width:1100px} code{font-size:12px}"""
 
 
+def _front_table(run, front, metrics: list[str]) -> tuple[str, str]:
+    """The front's rows, the base network's first (when the run has it), each trial also
+    against the base; and the header."""
+    e = html.escape
+    vs = [run.versus_reference(r) for r in front]
+    extra = list(dict.fromkeys(k for v in vs for k in v))
+    head = "".join(f"<th>{e(m)}</th>" for m in metrics) + "".join(
+        f"<th>{e(k)} vs base</th>" for k in extra
+    )
+    cells = lambda m: "".join(f"<td>{_cell(m.get(k, ''))}</td>" for k in metrics)  # noqa: E731
+    rows = ""
+    if run.reference:
+        rows += (
+            f"<tr><td>base</td><td><i>full network</i></td>{cells(run.reference)}"
+            + "<td></td>" * len(extra)
+            + "</tr>"
+        )
+    for r, v in zip(front, vs):
+        rows += (
+            f"<tr><td>{r.number}</td><td><code>{r.genome_id}</code></td>{cells(r.metrics)}"
+            + "".join(f"<td>{e(v.get(k, ''))}</td>" for k in extra)
+            + "</tr>"
+        )
+    return rows, head
+
+
 def write_report(run_dir: str | Path) -> Path:
     """(Re)build report.html and the PNGs of a run folder; returns the HTML's path."""
     import matplotlib
@@ -322,21 +337,13 @@ def write_report(run_dir: str | Path) -> Path:
         if m not in own
     ]
     metrics = [m for m in metrics if any(m in r.metrics for r in front)]
-    rows = "".join(
-        "<tr><td>{}</td><td><code>{}</code></td>{}</tr>".format(
-            r.number,
-            r.genome_id,
-            "".join(f"<td>{_cell(r.metrics.get(m, ''))}</td>" for m in metrics),
-        )
-        for r in front
-    )
+    rows, head = _front_table(run, front, metrics)
     stamp = int(time.time())  # browsers reload the PNGs of a rebuilt report
     imgs = "".join(
         f'<figure{" class=wide" if f == "dimensions.png" else ""}><img src="{f}?t={stamp}" '
         f'alt="{e(c)}"><figcaption>{e(c)}</figcaption></figure>'
         for f, c in figs
     )
-    head = "".join(f"<th>{e(m)}</th>" for m in metrics)
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>archsearch run {e(path.name)}</title>
 <style>{STYLE}</style></head><body>

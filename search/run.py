@@ -21,13 +21,16 @@ import yaml
 
 from evaluators.registry import make_evaluator
 from search.config import RunCfg, load_run_config, resolve_run_config
-from search.engine import Engine
+from search.engine import Engine, trial_seed
 from search.optimizers import optimizer_class
 from search.progress import pretrain_progress
 from search.records import TrialRecord, best, pareto_front
 from search.runlock import LOCK_FILE, RunLock
+from search.runs import REFERENCE
 from search.store import JOURNAL, RunStore, load_records
+from search.tracking import TensorBoardLog
 from spaces.errors import ArchsearchError, ConfigError
+from spaces.layers import input_channels
 from spaces.space import Space
 
 log = logging.getLogger("archsearch.run")
@@ -342,7 +345,11 @@ class Run:
         self.evaluator.setup(progress=pretrain_progress(progress))
         space = self.evaluator.space  # with the dataset's classes
         self._write_supernet_point(space)
+        info = self.evaluator.data_info()
+        if info:  # data.json: the dataset, its input shape and normalisation (exports need them)
+            _write_atomic(self.dir / "data.json", json.dumps(info, indent=2))
         self.evaluator.run_started(self.dir, cfg.seed)
+        self._reference(space)
         store = RunStore(self.dir, space, cfg.objectives, cfg.constraints, cfg.storage)
         opt = self.opt_cls(space, cfg.objectives, cfg.constraints, cfg.seed, self.opt_options)
         opt.attach(self.dir)
@@ -350,9 +357,27 @@ class Run:
             opt.prepare(self.evaluator.trained_model())
         max_failures = cfg.max_failures if cfg.max_failures is not None else max(10, cfg.budget)
         engine = Engine(opt, store, cfg.budget, cfg.seed, max_failures)
+        engine.on_record.append(TensorBoardLog(self.dir))
         if engine.replay():
             log.info("resuming %s: %d complete trials of %d", self.dir, engine.n_done, cfg.budget)
         return engine
+
+    def _reference(self, space: Space) -> None:
+        """reference.json: the base network (the full genome) evaluated like every candidate
+        (fine-tuned with the same recipe, timed by the same latency provider), once per run, so
+        that show and the report can say how the front compares with it."""
+        path = self.dir / REFERENCE
+        if not self.cfg.reference or path.exists():
+            return
+        full = space.full()
+        gid = space.genome_id(full)
+        log.info("evaluating the base network (the full genome) as the run's reference")
+        res = self.evaluator.evaluate(full, trial_seed(self.cfg.seed, gid))
+        if res.status != "complete":
+            log.warning("the base network could not be evaluated: %s", res.reason)
+            return
+        ref = {"genome_id": gid, "metrics": res.metrics, "curve": res.curve}
+        _write_atomic(path, json.dumps(ref, indent=2, default=str))
 
     def finish_trials(self, engine: Engine) -> None:
         """After the last trial, while the workers (and a latency service) are still up: the
@@ -436,5 +461,5 @@ class Run:
         torch.save(model.state_dict(), bdir / "model.pt")
         r = arch.resolution
         with torch.no_grad():
-            ts = torch.jit.trace(model, torch.randn(1, 3, r, r))
+            ts = torch.jit.trace(model, torch.randn(1, input_channels(model), r, r))
         ts.save(str(bdir / "model.ts"))

@@ -12,6 +12,8 @@ from search.store import load_records
 from spaces.errors import ConfigError
 from spaces.space import Space
 
+REFERENCE = "reference.json"  # the base network evaluated like a candidate (search.run)
+
 
 @dataclass
 class OpenRun:
@@ -40,10 +42,41 @@ class OpenRun:
     def best(self) -> TrialRecord | None:
         return best(self.records, self.signs)
 
+    @property
+    def reference(self) -> dict | None:
+        """The base network's metrics, evaluated like the candidates (None if not written)."""
+        import json
+
+        p = self.dir / REFERENCE
+        try:
+            return json.loads(p.read_text())["metrics"] if p.exists() else None
+        except (ValueError, KeyError):
+            return None
+
+    def versus_reference(self, rec: TrialRecord) -> dict[str, str]:
+        """A trial against the base: FLOPs and latency as "3.1x fewer" / "2.4x faster", the
+        accuracy metrics as a difference in points."""
+        ref, out = self.reference, {}
+        if not ref:
+            return out
+        m = rec.metrics
+        for key, word in (("flops", "fewer"), ("latency_ms", "faster")):
+            if _num(m.get(key)) and _num(ref.get(key)) and m[key] > 0:
+                out[key] = f"{ref[key] / m[key]:.2f}x {word}"
+        for key in ("val_acc",):
+            if _num(m.get(key)) and _num(ref.get(key)):
+                scale = 100 if max(abs(m[key]), abs(ref[key])) <= 1 else 1
+                out[key] = f"{scale * (m[key] - ref[key]):+.2f} pts"
+        return out
+
     def ranked(self) -> list[TrialRecord]:
         """Complete trials, feasible first, then by the first objective."""
         s = self.signs[0]
         return sorted(self.complete, key=lambda r: (not r.feasible, -s * r.values[0]))
+
+
+def _num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def open_run(

@@ -16,10 +16,15 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def table(rows: list[TrialRecord], metrics: list[str]) -> str:
-    head = ["trial", "genome_id", *metrics]
+def table(rows: list[TrialRecord], metrics: list[str], extra=None) -> str:
+    """Trials as a text table; `extra(record) -> {column: text}` adds columns."""
+    more = [extra(r) for r in rows] if extra else [{} for _ in rows]
+    extra_cols = list(dict.fromkeys(k for m in more for k in m))
+    head = ["trial", "genome_id", *metrics, *extra_cols]
     body = [
-        [str(r.number), r.genome_id, *(_fmt(r.metrics.get(m, "")) for m in metrics)] for r in rows
+        [str(r.number), r.genome_id, *(_fmt(r.metrics.get(m, "")) for m in metrics)]
+        + [x.get(k, "") for k in extra_cols]
+        for r, x in zip(rows, more)
     ]
     w = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
     lines = ["  ".join(h.ljust(w[i]) for i, h in enumerate(head))]
@@ -44,8 +49,20 @@ def show(run_dir: str, top: int = 10) -> int:
         print("no complete trial yet")
         return 0
     front = run.front()
+    ref = run.reference
+    if ref:
+        print(
+            "\nbase (the full network, fine-tuned and timed like the candidates): "
+            + ", ".join(f"{m} {_fmt(ref[m])}" for m in metrics if m in ref)
+        )
     print(f"\nPareto front ({len(front)} trials):")
-    print(table(front, metrics))
+    print(
+        table(
+            front,
+            metrics,
+            lambda r: {f"vs base {k}": v for k, v in run.versus_reference(r).items()},
+        )
+    )
     ranked = run.ranked()[:top]
     print(f"\nbest {len(ranked)} by {cfg.objectives[0].metric}:")
     print(table(ranked, metrics))

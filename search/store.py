@@ -92,9 +92,16 @@ class MemoryStore:
         self._records: list[TrialRecord] = []
 
     def record(
-        self, genome: dict, status: str, metrics: dict, reason: str | None = None, node: str = ""
+        self,
+        genome: dict,
+        status: str,
+        metrics: dict,
+        reason: str | None = None,
+        node: str = "",
+        curve: list[dict] | None = None,
     ) -> TrialRecord:
-        """Store one trial; returns the record the optimiser is then told."""
+        """Store one trial; returns the record the optimiser is then told. `curve`: validation
+        metrics after each training epoch (kept by the study as intermediate values)."""
         rec = make_record(
             len(self._records),
             self.space,
@@ -150,7 +157,13 @@ class RunStore(MemoryStore):
         self._n = len(self.study.get_trials(deepcopy=False))
 
     def record(
-        self, genome: dict, status: str, metrics: dict, reason: str | None = None, node: str = ""
+        self,
+        genome: dict,
+        status: str,
+        metrics: dict,
+        reason: str | None = None,
+        node: str = "",
+        curve: list[dict] | None = None,
     ) -> TrialRecord:
         rec = make_record(
             self._n,
@@ -172,6 +185,8 @@ class RunStore(MemoryStore):
         }
         if rec.reason:
             attrs["fail_reason"] = rec.reason
+        if curve:
+            attrs["curve"] = curve
         trial = create_trial(
             state=TrialState.COMPLETE if rec.complete else TrialState.FAIL,
             values=rec.values,
@@ -179,10 +194,20 @@ class RunStore(MemoryStore):
             distributions=dists,
             user_attrs=attrs,
             constraints=dict(rec.violations) or None,
+            intermediate_values=self._intermediate(curve),
         )
         self.study.add_trial(trial)
         self._n += 1
         return rec
+
+    def _intermediate(self, curve: list[dict] | None) -> dict[int, float] | None:
+        """epoch -> the first objective (or val_acc) after that epoch: what optuna-dashboard and
+        Optuna's pruners read as a trial's learning curve."""
+        if not curve:
+            return None
+        metric = self.objectives[0].metric
+        key = metric if all(metric in c for c in curve) else "val_acc"
+        return {int(c["epoch"]): float(c[key]) for c in curve if key in c}
 
     def save_weights(self, genome_id: str, state: dict) -> None:
         """trials/<genome id>.pt, written atomically."""

@@ -56,6 +56,7 @@ class OptimizerSearcher(Searcher):
         )
         self.extra, self.on_record = dict(extra_config or {}), on_record
         self.trials: dict[str, str] = {}  # Tune trial id -> genome id
+        self.curves: dict[str, list[dict]] = {}  # Tune trial id -> its per-epoch reports
 
     @property
     def n_done(self) -> int:
@@ -85,6 +86,15 @@ class OptimizerSearcher(Searcher):
     def restore(self, checkpoint_path: str) -> None:
         """See `save`."""
 
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        """An epoch's report: kept as the trial's learning curve."""
+        if "epoch" in result and "val_acc" in result:
+            curve = self.curves.setdefault(trial_id, [])
+            epoch = max(int(result["epoch"]), curve[-1]["epoch"] + 1 if curve else 1)
+            point = {"epoch": epoch}
+            point.update({k: float(result[k]) for k in ("val_acc", "val_loss") if k in result})
+            curve.append(point)
+
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False
     ) -> None:
@@ -109,7 +119,8 @@ class OptimizerSearcher(Searcher):
             status, reason = "complete", None
             if not final:
                 metrics["stopped_early"] = 1  # by the scheduler, after `epoch` epochs
-        rec = self.engine.complete(gid, status, metrics, reason, node)
+        curve = self.curves.pop(trial_id, [])
+        rec = self.engine.complete(gid, status, metrics, reason, node, curve=curve)
         if self.on_record is not None:
             self.on_record(rec)
 
@@ -132,6 +143,7 @@ def _tuner(run, searcher: OptimizerSearcher, workers: int, cpus: float):
     `workers` concurrent trials of `cpus` CPUs, actors reused."""
     from ray import tune
 
+    from evaluators.executor import gpu_share
     from evaluators.tune_trainable import finetune_trainable
 
     cfg, ev = run.cfg, run.evaluator
@@ -141,7 +153,7 @@ def _tuner(run, searcher: OptimizerSearcher, workers: int, cpus: float):
         tune.with_parameters(
             finetune_trainable, evaluator=ev.detached(), supernet_state=ev.supernet_state()
         ),
-        {"cpu": cpus},
+        {"cpu": cpus, "gpu": gpu_share(ev, workers, cfg.ray.gpus_per_worker)},
     )
     obj = cfg.objectives[0]
     config = tune.TuneConfig(

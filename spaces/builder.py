@@ -16,6 +16,7 @@ from spaces.layers import (
     GBatchNorm2d,
     GConv2d,
     GLinear,
+    input_channels,
     mask_kernels_,
     quantize_,
     weight_set_group,
@@ -132,7 +133,7 @@ def kernel_sparse_cost(space, genome, model: nn.Module) -> dict[str, int]:
     r, was = space.resolution(genome), model.training
     model.eval()
     try:
-        space.family.costed_forward(model, torch.zeros(1, 3, r, r))
+        space.family.costed_forward(model, torch.zeros(1, input_channels(model), r, r))
     finally:
         for h in hooks:
             h.remove()

@@ -55,6 +55,12 @@ class GConv2d(nn.Conv2d):
         )
 
 
+def input_channels(model: nn.Module) -> int:
+    """The channels a network's input has: its first convolution's (3 if it has none)."""
+    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    return conv.in_channels if conv is not None else 3
+
+
 def weight_set_group(m: nn.Module) -> str | None:
     """The weight-set group of a conv: a GConv2d's `qgroup`, or the one a user's network's conv
     was tagged with when it was pruned (spaces.families.model); None for every other layer."""

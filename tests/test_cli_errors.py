@@ -34,11 +34,11 @@ CASES = [
             "--set",
             "evaluator=table",
             "--set",
-            "evaluator.device=toaster",
+            "evaluator.table_latency=toaster",
             "--set",
             f"evaluator.table={NB201_CSV}",
         ],
-        "evaluator.device",
+        "evaluator.table_latency",
     ),
     (
         "table file missing",

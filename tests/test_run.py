@@ -60,7 +60,7 @@ def test_inherited_subnets_score_well_above_chance(cache_dir):
         g = space.canonical(g)
         arch = space.arch(g)
         model = space.build(g, sup)
-        recalibrate_bn(model, data.train[0], arch.resolution)
+        recalibrate_bn(model, data.train, arch.resolution)
         acc, _ = evaluate(model, data.val, arch.resolution)
         sizes.append(space.cost(g)["flops"])
         accs.append(acc)

@@ -43,7 +43,7 @@ def test_unknown_device_names_the_field():
     space = load_space(space_path("nb201"))
     with pytest.raises(ConfigError) as e:
         TableEvaluator(space, str(NB201_CSV), "cifar10", "toaster", "nb201.yaml")
-    assert e.value.field == "evaluator.device" and "raspi4" in e.value.reason
+    assert e.value.field == "evaluator.table_latency" and "raspi4" in e.value.reason
 
 
 def test_2000_trial_random_run(tmp_path):

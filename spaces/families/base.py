@@ -93,6 +93,11 @@ class Family:
         """The `dimensions:` of a space file that names none (None: it must name some)."""
         return None
 
+    @property
+    def in_channels(self) -> int:
+        """Channels of the network's input images."""
+        return 3
+
     def with_classes(self, num_classes: int) -> Family:
         """The same family with a classifier for `num_classes`."""
         return type(self)(self.spec.model_copy(update={"num_classes": num_classes}))

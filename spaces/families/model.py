@@ -35,6 +35,7 @@ from spaces.arch import Arch
 from spaces.builder import quantize_model_
 from spaces.errors import ConfigError
 from spaces.families.base import Family, FamilySpec
+from spaces.layers import input_channels
 
 log = logging.getLogger(__name__)
 PRUNABLE = (nn.Conv2d, nn.Linear)
@@ -71,8 +72,8 @@ class ModelSpec(FamilySpec):
     @model_validator(mode="after")
     def _shape(self):
         if self.input_shape is not None:
-            if len(self.input_shape) != 3 or self.input_shape[0] != 3:
-                raise ValueError("input_shape is [3, H, W]: images have 3 channels")
+            if len(self.input_shape) != 3 or self.input_shape[0] not in (1, 3):
+                raise ValueError("input_shape is [C, H, W] with C = 1 (gray) or 3 (RGB)")
             if self.input_shape[1] != self.input_shape[2] or self.input_shape[1] < 1:
                 raise ValueError("input_shape: square images only ([3, H, H])")
             self.resolution = self.input_shape[1]
@@ -231,6 +232,10 @@ class ModelFamily(Family):
     def excluded_scopes(self) -> dict[str, str]:
         return dict(self.analysis.excluded)
 
+    @property
+    def in_channels(self) -> int:
+        return self.spec.input_shape[0] if self.spec.input_shape else 3
+
     def default_per(self, target: str) -> str:
         return "group" if target in ("filters", "weights") else ""
 
@@ -288,7 +293,7 @@ class ModelFamily(Family):
             net.eval()
             r = arch.resolution
             with torch.no_grad(), FlopCounterMode(display=False) as fc:
-                net(torch.zeros(1, 3, r, r))
+                net(torch.zeros(1, self.in_channels, r, r))
             self._cost[key] = (int(fc.get_total_flops()), sum(p.numel() for p in net.parameters()))
         return self._cost[key]
 
@@ -316,7 +321,7 @@ def prune_network(net: nn.Module, groups: list[Group], arch: Arch, resolution: i
         return
     was = net.training
     net.eval()  # the trace must not move batch-norm statistics
-    x = torch.zeros(1, 3, resolution, resolution)
+    x = torch.zeros(1, input_channels(net), resolution, resolution)
     dg = tp.DependencyGraph().build_dependency(net, example_inputs=x)
     for g in groups:
         if drops[g.name]:
@@ -518,7 +523,7 @@ def analyse(net: nn.Module, spec: ModelSpec, file: str) -> Analysis:
 
     net.eval()
     r = spec.resolution
-    x = torch.zeros(1, 3, r, r)
+    x = torch.zeros(1, spec.input_shape[0] if spec.input_shape else 3, r, r)
     tracker, what = _Tracker(net), "the forward pass"
     try:
         with torch.no_grad():
@@ -626,7 +631,7 @@ def _failing(net: nn.Module, groups: list[Group], resolution: int) -> list[Group
     try:
         prune_network(probe, groups, Arch("model", resolution, 0, sizes, masks), resolution)
         with torch.no_grad():
-            probe.eval()(torch.zeros(1, 3, resolution, resolution))
+            probe.eval()(torch.zeros(1, input_channels(probe), resolution, resolution))
     except Exception:  # noqa: BLE001 - any failure of the pruned network
         return groups
     return []
@@ -635,7 +640,7 @@ def _failing(net: nn.Module, groups: list[Group], resolution: int) -> list[Group
 def _runs_at(net: nn.Module, r: int) -> bool:
     try:
         with torch.no_grad():
-            net.eval()(torch.zeros(1, 3, r, r))
+            net.eval()(torch.zeros(1, input_channels(net), r, r))
         return True
     except Exception:  # noqa: BLE001
         return False
