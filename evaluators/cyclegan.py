@@ -367,6 +367,8 @@ class CycleGANEvaluator(Evaluator):
             m["wall_time_s"] = time.time() - t0
             state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             return EvalResult(gid, "complete", m, state_dict=state)
+        except ConfigError:  # bad input (an image that does not decode): the run stops, exit 2
+            raise
         except Exception as e:  # noqa: BLE001 - a candidate that raises is a failed trial
             log.warning("trial %s failed: %s", gid, e)
             log.debug("%s", traceback.format_exc())

@@ -235,6 +235,8 @@ class TrainEvaluator(Evaluator):
             m["wall_time_s"] = time.time() - t0
             state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
             return EvalResult(gid, "complete", m, state_dict=state, curve=curve)
+        except ConfigError:  # bad input (an image that does not decode): the run stops, exit 2
+            raise
         except Exception as e:  # a candidate that raises becomes a failed trial; the run goes on
             log.warning("trial %s failed: %s", gid, e)
             log.debug("%s", traceback.format_exc())

@@ -226,6 +226,10 @@ class RayExecutor:
             idx, job = self.running.pop(ref)
             try:
                 res = ray.get(ref)
+            except ray.exceptions.RayTaskError as e:  # bad input met on a worker: stop the run
+                if isinstance(e.cause, ConfigError):
+                    raise e.cause from None
+                raise
             except (
                 ray.exceptions.RayActorError,
                 ray.exceptions.WorkerCrashedError,

@@ -103,7 +103,7 @@ class MemoryStore:
         """Store one trial; returns the record the optimiser is then told. `curve`: validation
         metrics after each training epoch (kept by the study as intermediate values)."""
         rec = make_record(
-            len(self._records),
+            self._count(),
             self.space,
             genome,
             status,
@@ -113,8 +113,17 @@ class MemoryStore:
             reason,
             node,
         )
-        self._records.append(rec)
+        self._keep(rec, genome, metrics, curve)
         return rec
+
+    def _count(self) -> int:
+        """The next trial's number: the trials stored so far."""
+        return len(self._records)
+
+    def _keep(
+        self, rec: TrialRecord, genome: dict, metrics: dict, curve: list[dict] | None
+    ) -> None:
+        self._records.append(rec)
 
     def save_weights(self, genome_id: str, state: dict) -> None:
         """Weights are not kept in memory."""
@@ -156,32 +165,19 @@ class RunStore(MemoryStore):
             self.study.set_metric_names([o.metric for o in objectives])
         self._n = len(self.study.get_trials(deepcopy=False))
 
-    def record(
-        self,
-        genome: dict,
-        status: str,
-        metrics: dict,
-        reason: str | None = None,
-        node: str = "",
-        curve: list[dict] | None = None,
-    ) -> TrialRecord:
-        rec = make_record(
-            self._n,
-            self.space,
-            genome,
-            status,
-            metrics,
-            self.objectives,
-            self.constraints,
-            reason,
-            node,
-        )
+    def _count(self) -> int:
+        return self._n
+
+    def _keep(
+        self, rec: TrialRecord, genome: dict, metrics: dict, curve: list[dict] | None
+    ) -> None:
+        """The trial into the study, durably, with its genome, metrics and learning curve."""
         params, dists = self.space.to_optuna(genome)
         attrs = {
             "genome": self.space.to_json(genome),
             "genome_id": rec.genome_id,
             "metrics": {k: _jsonable(v) for k, v in metrics.items()},
-            "node": node,
+            "node": rec.node,
         }
         if rec.reason:
             attrs["fail_reason"] = rec.reason
@@ -198,7 +194,6 @@ class RunStore(MemoryStore):
         )
         self.study.add_trial(trial)
         self._n += 1
-        return rec
 
     def _intermediate(self, curve: list[dict] | None) -> dict[int, float] | None:
         """epoch -> the first objective (or val_acc) after that epoch: what optuna-dashboard and

@@ -16,6 +16,9 @@ class ConfigError(ArchsearchError):
         self.reason = reason
         super().__init__(self.line())
 
+    def __reduce__(self):  # crosses process boundaries (Ray workers) intact
+        return (ConfigError, (self.file, self.field, self.reason))
+
     def line(self) -> str:
         where = ": ".join(p for p in (self.file, self.field) if p)
         return f"{where}: {self.reason}" if where else self.reason
@@ -28,3 +31,6 @@ class GenomeError(ArchsearchError):
         self.dim = dim
         self.reason = reason
         super().__init__(f"genome field '{dim}': {reason}")
+
+    def __reduce__(self):
+        return (GenomeError, (self.dim, self.reason))
