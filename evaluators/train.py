@@ -6,6 +6,8 @@ are trained, not only the full network's (Once-for-All's sandwich rule)."""
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import logging
 import math
 import random
@@ -47,6 +49,17 @@ class TrainRecipe:
     augment: str = "none"  # training augmentation (evaluators.data.AUGMENTS)
     device: str = "cpu"  # where training runs (the run's `device:`, resolved)
     amp: bool = False  # mixed precision (bfloat16 autocast) on CUDA
+
+
+def release_memory() -> None:
+    """Hand the heap that training freed back to the system. glibc keeps freed blocks for
+    reuse, so a process that trained once (the driver's pre-training, a worker's fine-tuning)
+    would otherwise hold its peak of activation memory for the rest of the run."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -161,6 +174,7 @@ def pretrain_supernet(
     recalibrate_bn(sup, data.train, space.arch(full).resolution)
     acc, loss = evaluate(sup, data.val, space.arch(full).resolution)
     sup.cpu()
+    release_memory()
     secs = round(time.time() - t0, 2)
     info = {"steps": total, "train_time_s": secs, "full_val_acc": acc, "full_val_loss": loss}
     log.info(
@@ -354,4 +368,5 @@ def fine_tune(
         if on_epoch and epoch_end and not (skip_last_epoch_callback and step + 1 >= total):
             on_epoch((step + 1) // per_epoch, model)
     sets.finish(model)
+    release_memory()
     return {"steps": total, "final_train_loss": last}
