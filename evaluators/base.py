@@ -81,6 +81,17 @@ class Evaluator:
         training epoch but the last (a scheduler such as ASHA may then stop the trial)."""
         raise NotImplementedError
 
+    @property
+    def known_metrics(self) -> tuple[str, ...]:
+        """Metrics `known` gives before a genome is evaluated (FLOPs and parameters are
+        analytic); an optimiser keeps its proposals within the constraints on them."""
+        return ("flops", "params")
+
+    def known(self, genome: Genome, names: frozenset[str] | None = None) -> dict[str, float]:
+        """The `known_metrics` of a genome (those in `names`, default all), without training or
+        timing it."""
+        return dict(self.space.cost(genome))
+
     def wants_gpu(self) -> bool:
         """Whether its workers should be given GPUs (training on CUDA); default: no."""
         return False

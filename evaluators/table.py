@@ -111,6 +111,24 @@ class TableEvaluator(Evaluator):
         "params",
     )
 
+    known_metrics = ("latency_ms", "flops", "params")
+
+    def known(self, genome: Genome, names: frozenset[str] | None = None) -> dict[str, float]:
+        """The device's latency is a lookup, FLOPs and parameters analytic: all known before the
+        accuracy is looked at."""
+        row = self.rows.get(arch_str(self.space.arch(genome).ops))
+        out = {} if names is not None and not {"flops", "params"} & names else self._costs(genome)
+        out = dict(out)
+        if row is not None:
+            out["latency_ms"] = row[self.lat_col]
+        return out
+
+    def _costs(self, genome: Genome) -> dict:
+        gid = self.space.genome_id(genome)
+        if gid not in self._cost:
+            self._cost[gid] = self.space.cost(genome)
+        return self._cost[gid]
+
     def evaluate(self, genome: Genome, seed: int = 0, report=None) -> EvalResult:
         gid = self.space.genome_id(genome)
         arch = self.space.arch(genome)
@@ -118,8 +136,6 @@ class TableEvaluator(Evaluator):
         row = self.rows.get(key)
         if row is None:
             return EvalResult(gid, "failed", reason=f"{key} is not in the table")
-        if gid not in self._cost:
-            self._cost[gid] = self.space.cost(genome)
         acc = row[self.acc_col] / 100.0
         m = {
             "val_acc": acc,
@@ -128,6 +144,6 @@ class TableEvaluator(Evaluator):
             "c100_test": row["c100_test"],
             "in16_test": row["in16_test"],
             "latency_ms": row[self.lat_col],
-            **self._cost[gid],
+            **self._costs(genome),
         }
         return EvalResult(gid, "complete", m)

@@ -1,4 +1,4 @@
-"""The `search` command: run, resume, show, export and inspect spaces.
+"""The `search` command: run, resume, sweep, show, export and inspect spaces.
 
 Exit codes: 0 done, 2 bad input (one line naming the file and field, no traceback), 1 failure.
 """
@@ -117,6 +117,12 @@ def _cmd_export(args) -> int:
     )
 
 
+def _cmd_sweep(args) -> int:
+    from search.sweep import run_sweep
+
+    return run_sweep(args.file, args.out, args.parallel, args.address)
+
+
 def _positive(text: str) -> int:
     n = int(text)
     if n < 1:
@@ -210,6 +216,17 @@ def _add_export(sub) -> None:
 
 
 def _add_space_commands(sub) -> None:
+    s = sub.add_parser(
+        "sweep",
+        help="the same search over several settings, each a run, compared: search sweep S.yaml",
+    )
+    s.add_argument("file", help="sweep file: a base run file and axes of --set values")
+    s.add_argument(
+        "--out", help="sweep folder (default: runs/sweep-<file>); the same folder resumes it"
+    )
+    s.add_argument("--parallel", type=_positive, help="combinations at once (default: the file's)")
+    s.add_argument("--address", help="a Ray cluster for combinations that train on workers")
+    s.set_defaults(func=_cmd_sweep)
     s = sub.add_parser("spaces", help="list the shipped spaces")
     s.set_defaults(func=_cmd_spaces)
 

@@ -352,6 +352,7 @@ class Run:
         self._reference(space)
         store = RunStore(self.dir, space, cfg.objectives, cfg.constraints, cfg.storage)
         opt = self.opt_cls(space, cfg.objectives, cfg.constraints, cfg.seed, self.opt_options)
+        opt.know(self.evaluator.known_metrics, self.evaluator.known)
         opt.attach(self.dir)
         if opt.needs_model:
             opt.prepare(self.evaluator.trained_model())

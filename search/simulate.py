@@ -11,6 +11,7 @@ from search.store import MemoryStore
 def simulate(opt, evaluator, budget: int, constraints: list | None = None) -> list[TrialRecord]:
     """The engine's trials, evaluated one at a time, until `budget` complete trials (or the
     optimiser stops asking)."""
+    opt.know(evaluator.known_metrics, evaluator.known)
     engine = Engine(opt, MemoryStore(opt.space, opt.objectives, list(constraints or [])), budget)
     while isinstance(ticket := engine.next(), Ticket):
         res = evaluator.evaluate(ticket.genome)

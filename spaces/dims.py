@@ -125,6 +125,12 @@ class Dimension:
     def from_genes(self, genes: Sequence) -> Any:
         raise NotImplementedError
 
+    def features(self, value: Any) -> list[float]:
+        """Numbers a surrogate model regresses on, scaled so that two values add between 0 and
+        1 to the squared distance of their genomes (default: the genes, for one gene in
+        [0, 1])."""
+        return [float(g) for g in self.to_genes(value)]
+
     def optuna_distributions(self) -> dict[str, Any]:
         raise NotImplementedError
 
@@ -254,6 +260,10 @@ class Mask(Dimension):
     def to_genes(self, value):
         return list(value)
 
+    def features(self, value):
+        """The bits, each worth 1/length: masks that differ everywhere differ by 1."""
+        return [b / self.length**0.5 for b in value]
+
     def from_genes(self, genes):
         return self.validate([int(round(g)) for g in genes])
 
@@ -346,8 +356,12 @@ class Choice(Dimension):
         self.options = tuple(self.options)
         if self.default is None and self.options:
             self.default = self.options[-1]
+        self._at = {(type(o), o): i for i, o in enumerate(self.options)}
 
     def index(self, value) -> int:
+        i = self._at.get((type(value), value)) if isinstance(value, (str, int, float)) else None
+        if i is not None:  # the option itself (the common case: genomes hold the options)
+            return i
         for i, o in enumerate(self.options):
             if (
                 isinstance(o, str) == isinstance(value, str)
@@ -376,6 +390,12 @@ class Choice(Dimension):
 
     def to_genes(self, value):
         return [self.index(value)]
+
+    def features(self, value):
+        """One-hot: options are categories, not points on a line (two differ by 1)."""
+        out = [0.0] * len(self.options)
+        out[self.index(value)] = 0.5**0.5
+        return out
 
     def from_genes(self, genes):
         i = int(genes[0])
@@ -546,6 +566,10 @@ class Scale(Dimension):
 
     def to_genes(self, value):
         return [float(value)]
+
+    def features(self, value):
+        """The position in [low, high], from 0 to 1."""
+        return [(float(value) - self.low) / ((self.high - self.low) or 1.0)]
 
     def from_genes(self, genes):
         return self._snap(genes[0])

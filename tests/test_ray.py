@@ -114,6 +114,8 @@ def test_ctrl_c_stops_a_ray_run_within_seconds(tmp_path, cache_dir, ray_session)
         f"cache={cache_dir}",
         "--set",
         "evaluator.finetune.steps=4000",
+        "--set",
+        "reference=false",  # the base network would be fine-tuned 4000 steps before any worker
     ]  # minutes an evaluation: far longer than the test waits
     with open(log, "w") as err:
         # a shell starts background jobs with SIGINT ignored, and Python keeps an ignored SIGINT:

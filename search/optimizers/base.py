@@ -51,6 +51,40 @@ class Optimizer:
         self.rng = random.Random(seed)
         self.history: list[TrialRecord] = []
         self.seen: set[str] = set()
+        self._known_fn = None  # the evaluator's `known` when a constraint's metric is known early
+        self._known_cons: list = []
+        self._violation: dict[str, float] = {}
+
+    def know(self, metrics: tuple[str, ...], known) -> None:
+        """Told by the run which metrics the evaluator gives before evaluating (`known(genome)`):
+        the constraints on them can be checked on a proposal before it costs an evaluation."""
+        self._known_cons = [c for c in self.constraints if c.metric in metrics]
+        self._known_fn = known if self._known_cons else None
+
+    def known_violation(self, genome: Genome) -> float:
+        """Total violation of the constraints checkable before evaluation (0: none violated)."""
+        if self._known_fn is None:
+            return 0.0
+        gid = self.space.genome_id(genome)
+        if gid not in self._violation:
+            m = self._known_fn(genome, frozenset(c.metric for c in self._known_cons))
+            self._violation[gid] = sum(
+                max(0.0, c.violation(float(m[c.metric]))) for c in self._known_cons if c.metric in m
+            )
+        return self._violation[gid]
+
+    def sample_feasible(self, tries: int = 200) -> Genome:
+        """A random genome within the constraints known before evaluation (the least violating
+        of `tries` draws if none is)."""
+        best, worst = None, float("inf")
+        for _ in range(tries):
+            g = self.space.sample(self.rng)
+            v = self.known_violation(g)
+            if v <= 0:
+                return g
+            if v < worst:
+                best, worst = g, v
+        return best
 
     @classmethod
     def parse_options(cls, options: dict[str, Any], file: str | None) -> BaseModel:

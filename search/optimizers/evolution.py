@@ -16,9 +16,11 @@ from __future__ import annotations
 import logging
 from typing import Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from search.optimizers.base import Optimizer
+from search.optimizers.surrogate import Surrogate
 from search.records import TrialRecord
 from search.seeding import load_genomes
 from spaces.errors import ConfigError
@@ -49,6 +51,13 @@ class _Opts(BaseModel):
     seeds: list[str] = Field(
         default_factory=list,
         description="genome files or run folders the first population starts from",
+    )
+    surrogate: int = Field(
+        0,
+        ge=0,
+        description="children bred per ask and ranked by a ridge model of the fitness fitted "
+        "on the trials so far; the best predicted one is evaluated (0 or 1: off; weighted "
+        "selection only)",
     )
 
 
@@ -186,6 +195,7 @@ class _Evolution(Optimizer):
             for g in load_genomes(src, space, None, "optimizer.options.seeds")
         ]
         self.children: list = []
+        self._model = Surrogate(space) if self.options.surrogate > 1 else None
 
     @classmethod
     def check_options(cls, space, options, file):
@@ -223,16 +233,59 @@ class _Evolution(Optimizer):
         return kids
 
     def _fresh_child(self, make) -> dict:
-        """A child not seen before; a random genome if variation keeps repeating."""
-        for _ in range(50):
+        """A child not seen before and within the constraints known before evaluation; with a
+        surrogate, the best predicted of several such children. A random genome if variation
+        keeps repeating."""
+        model = self._surrogate()
+        if model is None:
+            g = self._new_child(make, set())
+        else:
+            kids: list[dict] = []
+            ids: set[str] = set()
+            while len(kids) < self.options.surrogate and (g := self._new_child(make, ids)):
+                kids.append(g)
+                ids.add(self.space.genome_id(g))
+            g = kids[int(np.argmax(model.predict(kids)))] if kids else None
+        if g is None:
+            return self.fresh(self.sample_feasible)
+        self.seen.add(self.space.genome_id(g))
+        return g
+
+    def _new_child(self, make, taken: set[str], tries: int = 200) -> dict | None:
+        """A child of `make()` not seen nor in `taken`, feasible as far as is known before
+        evaluation (else the least violating one bred)."""
+        spare, worst = None, float("inf")
+        for _ in range(tries if self._known_fn is not None else 50):
             if not self.children:
                 self.children = make()
             g = self.children.pop(0)
             gid = self.space.genome_id(g)
-            if gid not in self.seen:
-                self.seen.add(gid)
+            if gid in self.seen or gid in taken:
+                continue
+            v = self.known_violation(g)
+            if v <= 0:
                 return g
-        return self.fresh(lambda: self.space.sample(self.rng))
+            if v < worst:
+                spare, worst = g, v
+        return spare
+
+    @property
+    def _ranking(self) -> Ranking:
+        return self.rank
+
+    def _surrogate(self) -> Surrogate | None:
+        """The fitness model fitted on the complete trials, once there are a population's worth
+        (weighted selection; None when off)."""
+        done = [r for r in self.history if r.complete]
+        if (
+            self.options.surrogate <= 1
+            or self.mode != "weighted"
+            or len(done) < self.options.population_size
+        ):
+            return None
+        model = self._model
+        model.fit([r.genome for r in done], [self._ranking.fitness(r) for r in done])
+        return model
 
 
 class GA(_Evolution):
@@ -256,7 +309,7 @@ class GA(_Evolution):
 
     def ask(self):
         if not self.pop:  # the first population: seeds, then random genomes
-            return self._next_seed() or self.fresh(lambda: self.space.sample(self.rng))
+            return self._next_seed() or self.fresh(self.sample_feasible)
 
         def make():
             mom = self.tournament(self.pop, self._keys, self.options.tournament)
@@ -298,7 +351,7 @@ class Aging(_Evolution):
 
     def ask(self):
         if len(self.pop) < self.options.population_size:
-            return self._next_seed() or self.fresh(lambda: self.space.sample(self.rng))
+            return self._next_seed() or self.fresh(self.sample_feasible)
 
         def make():
             sample = [
@@ -396,6 +449,10 @@ class Coevolution(_Evolution):
     def _per_turn(self) -> int:
         return self.options.offspring or self.options.population_size
 
+    @property
+    def _ranking(self) -> Ranking:
+        return self.rank[self.names[self.turn]]
+
     def _base(self) -> dict:
         """The representatives joined: every population's best dimensions."""
         g = dict(self.space.full())
@@ -405,7 +462,7 @@ class Coevolution(_Evolution):
 
     def ask(self):
         if not self.reps:  # a first, shared population of whole genomes
-            return self._next_seed() or self.fresh(lambda: self.space.sample(self.rng))
+            return self._next_seed() or self.fresh(self.sample_feasible)
         name = self.names[self.turn]
         dims = self.groups[name]
         pop, keys = self.pops[name], self.keys[name]

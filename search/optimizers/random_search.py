@@ -6,9 +6,10 @@ from search.optimizers.base import Optimizer
 
 
 class RandomSearch(Optimizer):
-    """Uniform samples of the space, seeded, never the same genome twice."""
+    """Uniform samples of the space, seeded, never the same genome twice; within the constraints
+    that are known before evaluation (FLOPs, parameters, a table's latency)."""
 
     name = "random"
 
     def ask(self):
-        return self.fresh(lambda: self.space.sample(self.rng))
+        return self.fresh(self.sample_feasible)
