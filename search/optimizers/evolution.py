@@ -61,13 +61,18 @@ class _Opts(BaseModel):
     )
 
 
+SURROGATE = 10  # ga's and aging's default: see benchmarks/results/constrained.md
+
+
 class GAOptions(_Opts):
+    surrogate: int = Field(SURROGATE, ge=0, description=_Opts.model_fields["surrogate"].description)
     offspring: int | None = Field(
         None, ge=1, description="trials between two selections (default: population_size)"
     )
 
 
 class AgingOptions(_Opts):
+    surrogate: int = Field(SURROGATE, ge=0, description=_Opts.model_fields["surrogate"].description)
     sample_size: int = Field(5, ge=1, description="tournament size of regularised evolution")
 
 
