@@ -73,18 +73,25 @@ class Optimizer:
             )
         return self._violation[gid]
 
-    def sample_feasible(self, tries: int = 200) -> Genome:
-        """A random genome within the constraints known before evaluation (the least violating
-        of `tries` draws if none is)."""
+    def first_feasible(self, draw, tries: int) -> Genome | None:
+        """The first of `tries` draws (None: a draw that does not count) within the constraints
+        known before evaluation, else the least violating one."""
         best, worst = None, float("inf")
         for _ in range(tries):
-            g = self.space.sample(self.rng)
+            g = draw()
+            if g is None:
+                continue
             v = self.known_violation(g)
             if v <= 0:
                 return g
             if v < worst:
                 best, worst = g, v
         return best
+
+    def sample_feasible(self, tries: int = 200) -> Genome:
+        """A random genome within the constraints known before evaluation (the least violating
+        of `tries` draws if none is)."""
+        return self.first_feasible(lambda: self.space.sample(self.rng), tries)
 
     @classmethod
     def parse_options(cls, options: dict[str, Any], file: str | None) -> BaseModel:

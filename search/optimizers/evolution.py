@@ -259,20 +259,15 @@ class _Evolution(Optimizer):
     def _new_child(self, make, taken: set[str], tries: int = 200) -> dict | None:
         """A child of `make()` not seen nor in `taken`, feasible as far as is known before
         evaluation (else the least violating one bred)."""
-        spare, worst = None, float("inf")
-        for _ in range(tries if self._known_fn is not None else 50):
+
+        def draw():
             if not self.children:
                 self.children = make()
             g = self.children.pop(0)
             gid = self.space.genome_id(g)
-            if gid in self.seen or gid in taken:
-                continue
-            v = self.known_violation(g)
-            if v <= 0:
-                return g
-            if v < worst:
-                spare, worst = g, v
-        return spare
+            return None if gid in self.seen or gid in taken else g
+
+        return self.first_feasible(draw, tries if self._known_fn is not None else 50)
 
     @property
     def _ranking(self) -> Ranking:
