@@ -117,8 +117,8 @@ class TableEvaluator(Evaluator):
         """The device's latency is a lookup, FLOPs and parameters analytic: all known before the
         accuracy is looked at."""
         row = self.rows.get(arch_str(self.space.arch(genome).ops))
-        out = {} if names is not None and not {"flops", "params"} & names else self._costs(genome)
-        out = dict(out)
+        costs = names is None or {"flops", "params"} & names
+        out = dict(self._costs(genome)) if costs else {}
         if row is not None:
             out["latency_ms"] = row[self.lat_col]
         return out

@@ -27,14 +27,14 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from search.config import resolve_run_config
+from search.config import _pydantic_error, resolve_run_config
 from spaces.config import read_yaml
 from spaces.errors import ConfigError
 
@@ -60,7 +60,6 @@ class Combo:
     folder: str
     budget: int = 0
     needs_ray: bool = False
-    result: dict = field(default_factory=dict)
 
 
 def _label(values: dict[str, Any]) -> str:
@@ -91,10 +90,7 @@ def load_sweep(path: str | Path) -> Sweep:
     try:
         cfg = SweepCfg.model_validate(data)
     except ValidationError as e:
-        first = e.errors()[0]
-        loc = ".".join(str(x) for x in first["loc"]) or None
-        msg = "unknown field" if first["type"] == "extra_forbidden" else first["msg"]
-        raise ConfigError(file, loc, msg) from None
+        raise _pydantic_error(file, e) from None
     if not cfg.axes:
         raise ConfigError(file, "axes", "no axes: a sweep needs at least one")
     for k, vals in cfg.axes.items():
@@ -178,19 +174,20 @@ def run_sweep(
     prepare_folder(sweep, folder)
     (folder / "logs").mkdir(exist_ok=True)
     todo = [(c, s) for c in sweep.combos if (s := state_of(c, folder)) != "complete"]
+    parallel = parallel or sweep.cfg.parallel
     log.info(
         "sweep %s: %d combinations, %d to run, %d at once, in %s",
         path,
         len(sweep.combos),
         len(todo),
-        parallel or sweep.cfg.parallel,
+        parallel,
         folder,
     )
     ray_started = False
     if any(c.needs_ray for c, _ in todo) and not address:
         address, ray_started = _start_ray(), True
     try:
-        failed = _execute(sweep, folder, todo, parallel or sweep.cfg.parallel, address)
+        failed = _execute(sweep, folder, todo, parallel, address)
     finally:
         if ray_started:
             import ray
@@ -272,7 +269,7 @@ def collect(sweep: Sweep, folder: Path) -> list[dict]:
         objs = run.cfg.objectives
         front = [r for r in run.front() if r.feasible]
         row |= {
-            "state": state_of(c, folder),
+            "state": "complete" if len(run.complete) >= c.budget else "partial",
             "trials": len(run.complete),
             "feasible": sum(r.feasible for r in run.complete),
             "objective": objs[0].metric,
@@ -329,13 +326,13 @@ def _plot(rows: list[dict], keys: list[str], path: Path) -> None:
         ax.set_xlabel(two[0]["objectives"][1])
         ax.set_ylabel(two[0]["objectives"][0])
         ax.set_title("each combination's feasible front")
+        if len(two) <= 12:
+            ax.legend(fontsize=6)
     else:
         have = [r for r in rows if r.get("best") is not None]
         ax.barh([r["folder"] for r in have], [r["best"] for r in have])
         ax.set_xlabel(have[0]["objective"] if have else "best feasible")
         ax.set_title("each combination's best feasible result")
-    if len(rows) <= 12:
-        ax.legend(fontsize=6) if two else None
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

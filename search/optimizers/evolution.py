@@ -53,7 +53,7 @@ class _Opts(BaseModel):
         description="genome files or run folders the first population starts from",
     )
     surrogate: int = Field(
-        0,
+        10,
         ge=0,
         description="children bred per ask and ranked by a ridge model of the fitness fitted "
         "on the trials so far; the best predicted one is evaluated (0 or 1: off; weighted "
@@ -61,23 +61,19 @@ class _Opts(BaseModel):
     )
 
 
-SURROGATE = 10  # ga's and aging's default: see benchmarks/results/constrained.md
-
-
 class GAOptions(_Opts):
-    surrogate: int = Field(SURROGATE, ge=0, description=_Opts.model_fields["surrogate"].description)
     offspring: int | None = Field(
         None, ge=1, description="trials between two selections (default: population_size)"
     )
 
 
 class AgingOptions(_Opts):
-    surrogate: int = Field(SURROGATE, ge=0, description=_Opts.model_fields["surrogate"].description)
     sample_size: int = Field(5, ge=1, description="tournament size of regularised evolution")
 
 
 class CoevolutionOptions(_Opts):
     population_size: int = Field(10, ge=2)
+    surrogate: int = Field(0, ge=0, description="as ga's; off: the populations follow the paper")
     offspring: int | None = Field(
         None,
         ge=1,
@@ -201,6 +197,7 @@ class _Evolution(Optimizer):
         ]
         self.children: list = []
         self._model = Surrogate(space) if self.options.surrogate > 1 else None
+        self._fitted: tuple | None = None  # what the model was last fitted on
 
     @classmethod
     def check_options(cls, space, options, file):
@@ -283,9 +280,11 @@ class _Evolution(Optimizer):
             or len(done) < self.options.population_size
         ):
             return None
-        model = self._model
-        model.fit([r.genome for r in done], [self._ranking.fitness(r) for r in done])
-        return model
+        fitted = (len(done), id(self._ranking))  # asks between two tells reuse the fit
+        if self._fitted != fitted:
+            self._model.fit([r.genome for r in done], [self._ranking.fitness(r) for r in done])
+            self._fitted = fitted
+        return self._model
 
 
 class GA(_Evolution):
