@@ -7,7 +7,8 @@ of its FLOPs by
       fine-tune as its objective, the FLOPs held in [0.9, 1.0] x the target (a constraint);
   (b) L1: Torch-Pruning's own magnitude pruner (`tp.pruner.MagnitudePruner`, L1 importance,
       one pruning ratio for every layer, found by bisection to meet the target);
-  (c) random: masks keeping as many channels per group as (b), chosen at random (equal FLOPs).
+  (c) random: masks keeping as many channels per group as (b) (rounded to the space's channel
+      multiple, then within (b)'s FLOPs), chosen at random.
 Every compressed network then gets the same fine-tuning (`--epochs`) and is scored on the test
 images; the whole method is repeated for each seed (the GA's search and the random masks
 differ by seed; L1 is deterministic, its fine-tuning is seeded). Writes
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import random
 import statistics
@@ -97,13 +99,27 @@ def l1_pruned(base, space, target: int):
     return best, counts
 
 
-def random_genome(space, counts: dict[str, int], rng: random.Random) -> dict:
-    g = dict(space.full())
-    for group, k in counts.items():
-        n = space.family.groups()[group]
-        keep = set(rng.sample(range(n), k))
-        g[f"mask.{group}"] = tuple(int(i in keep) for i in range(n))
-    return g
+def random_genome(space, counts: dict[str, int], rng: random.Random, target: int) -> dict:
+    """Channels at random, as many per group as L1 keeps, rounded to the space's channel
+    multiple (a count off the multiple would be cut down to it when built): up first, then the
+    group keeping the largest share loses a multiple until the FLOPs are within `target`."""
+    m = space.family.spec.channel_multiple
+    sizes = space.family.groups()
+    keep = {g: min(sizes[g], -(-k // m) * m) for g, k in counts.items()}
+
+    def genome():
+        g = dict(space.full())
+        for group, k in keep.items():
+            chosen = set(rng.sample(range(sizes[group]), k))
+            g[f"mask.{group}"] = tuple(int(i in chosen) for i in range(sizes[group]))
+        return g
+
+    while space.cost(genome())["flops"] > target:
+        group = max(keep, key=lambda x: (keep[x] / sizes[x], x))
+        if keep[group] <= m:
+            break
+        keep[group] -= m
+    return genome()
 
 
 def finetune_and_test(net, data, args, seed: int) -> tuple[float, float]:
@@ -147,7 +163,13 @@ def ga_search(args, cache: Path, target: int, seed: int, out: Path) -> dict:
     ]
     for s in run_sets(args, cache):
         cmd += ["--set", s]
+    # a run folder is reused only by the same command (another subset or budget is another run)
+    sig = hashlib.sha256(" ".join(cmd[3:]).encode()).hexdigest()[:8]
+    out = out.with_name(f"{out.name}-{sig}")
+    cmd[cmd.index("--out") + 1] = str(out)
     if not (out / "pareto.json").exists():
+        if out.exists():  # an earlier attempt stopped part-way: start it again
+            cmd.append("--overwrite")
         print("$", " ".join(cmd[2:]), flush=True)
         subprocess.run(cmd, cwd=ROOT, check=True)
     best = json.loads((out / "best" / "metrics.json").read_text())
@@ -203,11 +225,19 @@ def main() -> int:
             "groups": len(space.family.groups()),
             "channels": sum(space.family.groups().values()),
         },
+        "args": {k: v for k, v in vars(args).items() if k != "work"},
         "rows": [],
     }
+    saved = work / "own_model.json"
+    if saved.exists():  # rows of an interrupted run with the same arguments are kept
+        old = json.loads(saved.read_text())
+        if old.get("args") == state["args"]:
+            state["rows"] = old["rows"]
+    done = {(r["target"], r["seed"], r["method"]) for r in state["rows"]}
     for frac in map(float, args.targets.split(",")):
         target = int(frac * base_flops)
         l1_net, counts = l1_pruned(base, space, target)
+        l1_flops = flops_of(l1_net)  # random keeps within L1's FLOPs: equal to it, not above
         for seed in range(args.seeds):
             ga = ga_search(args, cache, target, seed, work / f"ga-{frac}-s{seed}")
             g_ga = space.from_json(ga["genome"])
@@ -216,11 +246,13 @@ def main() -> int:
                 ("L1 (Torch-Pruning)", copy.deepcopy(l1_net), {}),
                 (
                     "random",
-                    space.build(random_genome(space, counts, random.Random(seed)), base),
+                    space.build(random_genome(space, counts, random.Random(seed), l1_flops), base),
                     {},
                 ),
             ]
             for method, net, extra in rows:
+                if (frac, seed, method) in done:
+                    continue
                 acc, ft_s = finetune_and_test(net, data, args, seed)
                 row = {
                     "target": frac,
@@ -235,7 +267,7 @@ def main() -> int:
                     row.update(search_s=extra["search_s"], trials=extra["trials"])
                 state["rows"].append(row)
                 print(json.dumps(row), flush=True)
-            (work / "own_model.json").write_text(json.dumps(state, indent=2))
+                saved.write_text(json.dumps(state, indent=2))
     write(state, args)
     return 0
 
@@ -256,7 +288,7 @@ def write(state: dict, args) -> None:
         f"- GA: `search run examples/resnet18.yaml --optimizer ga` (population 8), {args.budget} candidates "
         f"per search, each fine-tuned {args.proxy_epochs:g} epoch(s) and scored on the validation images; "
         "FLOPs held within [0.9, 1.0] x the target. L1: Torch-Pruning's MagnitudePruner, one ratio for "
-        "every layer (bisected to the largest network within the target). Random: per-group channel counts of the L1 result, channels at random.",
+        "every layer (bisected to the largest network within the target). Random: per-group channel counts of the L1 result rounded to the space's channel multiple and held within L1's FLOPs, channels at random.",
         f"- Every compressed network: batch norm recalibrated, then the same {args.epochs:g}-epoch "
         "fine-tuning (SGD, lr 0.02, cosine), test accuracy. Mean ± std over the seeds; each seed repeats "
         "the whole method.",
