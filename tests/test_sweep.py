@@ -138,3 +138,35 @@ def test_the_surrogate_is_seeded_and_ranks_children():
     assert ids[0] == ids[1]
     assert ids[0][:10] == ids[2][:10]  # the first population is random either way
     assert ids[0][10:] != ids[2][10:]  # then the model picks other children
+
+
+def test_the_surrogate_reads_the_metrics_known_before_evaluation():
+    """FLOPs, parameters and the table's latency join the genome's encoding as features (their
+    log); on the table they make the model's ranking of unseen cells better."""
+    from search.optimizers.surrogate import Surrogate
+
+    space = load_space(space_path("nb201"))
+    ev = TableEvaluator(space, str(NB201_CSV), "cifar100", "pixel3")
+    opt = OPTIMIZERS["ga"](space, [Objective(metric="val_acc")], [], 0)
+    g = space.sample(opt.rng)
+    assert opt.known_features(g) == []  # nothing known before the run tells it
+    opt.know(ev.known_metrics, ev.known)
+    m = ev.known(g)
+    assert opt.known_features(g) == pytest.approx(
+        [np.log(m[k]) for k in ("latency_ms", "flops", "params")]
+    )
+    import random
+
+    rng = random.Random(1)
+    train = [space.sample(rng) for _ in range(60)]
+    test = [space.sample(rng) for _ in range(300)]
+
+    def acc(genomes):
+        return [ev.evaluate(x).metrics.get("val_acc", 0.0) for x in genomes]
+
+    def rho(model):  # Spearman's: the correlation of the ranks
+        model.fit(train, acc(train))
+        ranks = [np.argsort(np.argsort(v)) for v in (model.predict(test), acc(test))]
+        return float(np.corrcoef(*ranks)[0, 1])
+
+    assert rho(Surrogate(space, extra=opt.known_features)) > rho(Surrogate(space)) + 0.05

@@ -6,6 +6,7 @@ trial records; one that needs the trained network (DCP) declares `needs_model` a
 from __future__ import annotations
 
 import logging
+import math
 import random
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -52,6 +53,7 @@ class Optimizer:
         self.history: list[TrialRecord] = []
         self.seen: set[str] = set()
         self._known_fn = None  # the evaluator's `known` when a constraint's metric is known early
+        self._known_all: tuple[tuple[str, ...], Any] | None = None  # every metric known early
         self._known_cons: list = []
         self._violation: dict[str, float] = {}
 
@@ -60,6 +62,17 @@ class Optimizer:
         the constraints on them can be checked on a proposal before it costs an evaluation."""
         self._known_cons = [c for c in self.constraints if c.metric in metrics]
         self._known_fn = known if self._known_cons else None
+        self._known_all = (tuple(metrics), known) if metrics else None
+
+    def known_features(self, genome: Genome) -> list[float]:
+        """The log of each metric known before evaluation (FLOPs, parameters, a table's
+        latency; 0 where a genome lacks one): what a model of the fitness may use besides the
+        genome's encoding. Empty until `know`."""
+        if self._known_all is None:
+            return []
+        names, known = self._known_all
+        m = known(genome, frozenset(names))
+        return [math.log(max(float(m[k]), 1e-12)) if k in m else 0.0 for k in names]
 
     def known_violation(self, genome: Genome) -> float:
         """Total violation of the constraints checkable before evaluation (0: none violated)."""

@@ -196,7 +196,9 @@ class _Evolution(Optimizer):
             for g in load_genomes(src, space, None, "optimizer.options.seeds")
         ]
         self.children: list = []
-        self._model = Surrogate(space) if self.options.surrogate > 1 else None
+        self._model = (
+            Surrogate(space, extra=self.known_features) if self.options.surrogate > 1 else None
+        )
         self._fitted: tuple | None = None  # what the model was last fitted on
 
     @classmethod

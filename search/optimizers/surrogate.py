@@ -1,7 +1,8 @@
 """A cheap model of a fitness over the genome: ridge regression on each dimension's features
-(one-hot choices, mask bits, scale positions). Surrogate-assisted evolution breeds several
-children per ask and evaluates the one the model ranks first, as predictor-guided NAS does
-(e.g. BANANAS, NPENAS): many mutants are ranked for the price of one evaluation."""
+(one-hot choices, mask bits, scale positions) and the log of the costs known before evaluation
+(FLOPs, parameters, a table's latency: accuracy follows capacity). Surrogate-assisted evolution
+breeds several children per ask and evaluates the one the model ranks first, as predictor-guided
+NAS does (e.g. BANANAS, NPENAS): many mutants are ranked for the price of one evaluation."""
 
 from __future__ import annotations
 
@@ -14,17 +15,16 @@ class Surrogate:
     """`fit` on (genome, fitness) pairs, `predict` the fitness of genomes not evaluated yet
     (larger is better)."""
 
-    def __init__(self, space: Space, alpha: float = 1.0):
+    def __init__(self, space: Space, alpha: float = 1.0, extra=None):
         self.space, self.alpha = space, alpha
+        self.extra = extra  # genome -> further features (the costs known before evaluation)
         self._f: dict[tuple, np.ndarray] = {}
 
     def features(self, genome: Genome) -> np.ndarray:
         key = tuple(tuple(v) if isinstance(v, list) else v for v in genome.values())
         if key not in self._f:
-            self._f[key] = np.asarray(
-                [f for n, d in self.space.dims.items() for f in d.features(genome[n])],
-                dtype=float,
-            )
+            enc = [f for n, d in self.space.dims.items() for f in d.features(genome[n])]
+            self._f[key] = np.asarray(enc + (self.extra(genome) if self.extra else []), float)
         return self._f[key]
 
     def fit(self, genomes: list[Genome], ys: list[float]) -> None:
