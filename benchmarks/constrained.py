@@ -15,7 +15,7 @@ evaluator.table_latency and the bound); the benchmark runs them in memory throug
 engine (`search.simulate`), since thousands of run folders of 100 look-ups would measure
 process start-up rather than the optimisers.
 
-    python benchmarks/constrained.py [--seeds 10] [--devices all] [--csv PATH]
+    python benchmarks/constrained.py [--seeds 10] [--devices all] [--jobs 2] [--csv PATH]
 """
 
 from __future__ import annotations
@@ -74,58 +74,79 @@ def one_run(variant: str, space, ev, bound: float | None, seed: int, queries: in
     return simulate(opt, ev, queries, cons)
 
 
-def constrained(args, variants, evaluators) -> list[dict]:
-    """One row per (dataset, device, percentile): the feasible optimum and each variant's bests."""
+def _evaluators(args, ds: str, dev: str):
+    """The table evaluator of one (dataset, device), plain and with the grouped space."""
+    from evaluators.table import TableEvaluator
+
+    space, grouped = spaces()
+    return TableEvaluator(space, args.csv, ds, dev), TableEvaluator(grouped, args.csv, ds, dev)
+
+
+def constrained_pair(args, variants, ds: str, dev: str) -> list[dict]:
+    """One row per percentile of one (dataset, device): the feasible optimum and each variant's
+    bests."""
+    logging.disable(logging.WARNING)
+    ev, gev = _evaluators(args, ds, dev)
     rows = []
-    for (ds, dev), (ev, gev) in evaluators.items():
-        lats = [r[ev.lat_col] for r in ev.rows.values()]
-        for q in args.quantiles:
-            bound = float(np.percentile(lats, q))
-            opt = max(r[ev.acc_col] for r in ev.rows.values() if r[ev.lat_col] <= bound)
-            row = {"dataset": ds, "device": dev, "percentile": q, "bound": bound, "optimum": opt}
-            for v in variants:
-                t = time.time()
-                sp, e = (gev.space, gev) if VARIANTS[v][0] == "coevolution" else (ev.space, ev)
-                bests = [
-                    best_feasible(one_run(v, sp, e, bound, s, args.queries), bound)
-                    for s in range(args.seeds)
-                ]
-                row[v] = {"bests": bests, "regret": opt - statistics.mean(bests)}
-                row[v]["s"] = time.time() - t
-            rows.append(row)
-            print(
-                f"{ds:<10} {dev:<16} p{q:<3} "
-                + " ".join(f"{v[:8]} {row[v]['regret']:.2f}" for v in variants),
-                flush=True,
-            )
+    lats = [r[ev.lat_col] for r in ev.rows.values()]
+    for q in args.quantiles:
+        bound = float(np.percentile(lats, q))
+        opt = max(r[ev.acc_col] for r in ev.rows.values() if r[ev.lat_col] <= bound)
+        row = {"dataset": ds, "device": dev, "percentile": q, "bound": bound, "optimum": opt}
+        for v in variants:
+            t = time.time()
+            sp, e = (gev.space, gev) if VARIANTS[v][0] == "coevolution" else (ev.space, ev)
+            bests = [
+                best_feasible(one_run(v, sp, e, bound, s, args.queries), bound)
+                for s in range(args.seeds)
+            ]
+            row[v] = {"bests": bests, "regret": opt - statistics.mean(bests)}
+            row[v]["s"] = time.time() - t
+        rows.append(row)
+        print(
+            f"{ds:<10} {dev:<16} p{q:<3} "
+            + " ".join(f"{v[:8]} {row[v]['regret']:.2f}" for v in variants),
+            flush=True,
+        )
     return rows
 
 
-def two_objective(args, variants, evaluators) -> dict:
-    """Hypervolume ratio after `queries` (accuracy up, latency down), per variant, mean over
-    every (dataset, device) and `hv_seeds` seeds."""
+def in_parallel(fn, args, variants, pairs) -> list:
+    """`fn(args, variants, ds, dev)` for every pair, on `args.jobs` processes, in order."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    calls = [(args, variants, ds, dev) for ds, dev in pairs]
+    if args.jobs <= 1:
+        return [fn(*c) for c in calls]
+    with ProcessPoolExecutor(args.jobs) as pool:
+        return list(pool.map(fn, *zip(*calls)))
+
+
+def two_objective_pair(args, variants, ds: str, dev: str) -> dict[str, list[float]]:
+    """Hypervolume ratios after `queries` (accuracy up, latency down) of one (dataset, device),
+    per variant, for `hv_seeds` seeds."""
     from search.config import Objective
     from search.hypervolume import hypervolume_2d
     from search.optimizers import OPTIMIZERS
     from search.records import pareto_front
     from search.simulate import simulate
 
+    logging.disable(logging.WARNING)
+    ev, gev = _evaluators(args, ds, dev)
     objs = [Objective(metric="val_acc"), Objective(metric="latency_ms", direction="minimize")]
+    pts = [[r[ev.acc_col] / 100, r[ev.lat_col]] for r in ev.rows.values()]
+    ref = [min(p[0] for p in pts), max(p[1] for p in pts)]
+    true = hypervolume_2d(pts, [1.0, -1.0], ref)
     out: dict[str, list[float]] = {v: [] for v in variants}
-    for (_ds, _dev), (ev, gev) in evaluators.items():
-        pts = [[r[ev.acc_col] / 100, r[ev.lat_col]] for r in ev.rows.values()]
-        ref = [min(p[0] for p in pts), max(p[1] for p in pts)]
-        true = hypervolume_2d(pts, [1.0, -1.0], ref)
-        for v in variants:
-            name, options = VARIANTS[v]
-            sp, e = (gev.space, gev) if name == "coevolution" else (ev.space, ev)
-            for s in range(args.hv_seeds):
-                cls = OPTIMIZERS[name]
-                opt = cls(sp, objs, [], s, cls.Options(**options))
-                front = pareto_front(simulate(opt, e, args.queries), [1.0, -1.0])
-                hv = hypervolume_2d([r.values for r in front], [1.0, -1.0], ref)
-                out[v].append(hv / true)
-    return {v: (statistics.mean(x), statistics.pstdev(x)) for v, x in out.items()}
+    for v in variants:
+        name, options = VARIANTS[v]
+        sp, e = (gev.space, gev) if name == "coevolution" else (ev.space, ev)
+        for s in range(args.hv_seeds):
+            cls = OPTIMIZERS[name]
+            opt = cls(sp, objs, [], s, cls.Options(**options))
+            front = pareto_front(simulate(opt, e, args.queries), [1.0, -1.0])
+            out[v].append(hypervolume_2d([r.values for r in front], [1.0, -1.0], ref) / true)
+    return out
 
 
 def summarise(rows: list[dict], variants: list[str]) -> list[dict]:
@@ -165,8 +186,9 @@ def write(args, rows, table, hv, unconstrained, secs) -> str:
     lines = [
         f"# Constrained search on NAS-Bench-201 ({time.strftime('%Y-%m-%d')})",
         "",
-        f"`python benchmarks/constrained.py --seeds {args.seeds} --devices {args.devices}` "
-        f"({secs / 60:.0f} min on this machine). {n} combinations: datasets "
+        f"`python benchmarks/constrained.py --seeds {args.seeds} --hv-seeds {args.hv_seeds} "
+        f"--devices {args.devices} --jobs {args.jobs}` ({secs / 60:.0f} min on this machine, "
+        f"{args.jobs} process(es)). {n} combinations: datasets "
         f"{', '.join(args.datasets)} x {n // (len(args.datasets) * len(args.quantiles))} latency "
         f"columns x bounds at the {', '.join(f'{q}th' for q in args.quantiles)} percentile of "
         f"the column; {args.queries} queries, {args.seeds} seeds each. Regret: the combination's "
@@ -234,6 +256,7 @@ def main() -> int:
     ap.add_argument("--datasets", default=",".join(DATASETS))
     ap.add_argument("--quantiles", default="10,25,50")
     ap.add_argument("--variants", default=";".join(VARIANTS), help="';'-separated")
+    ap.add_argument("--jobs", type=int, default=1, help="processes, one (dataset, device) each")
     args = ap.parse_args()
     if not Path(args.csv).exists():
         sys.exit(f"constrained.py: error: {args.csv} does not exist (the NAS-Bench-201 table)")
@@ -241,29 +264,26 @@ def main() -> int:
     args.datasets = args.datasets.split(",")
     args.quantiles = [int(q) for q in args.quantiles.split(",")]
     variants = args.variants.split(";")
-    from evaluators.table import TableEvaluator
-
     header = Path(args.csv).open().readline().strip().split(",")
     devices = (
         [c[4:] for c in header if c.startswith("lat_")]
         if args.devices == "all"
         else args.devices.split(",")
     )
-    space, grouped = spaces()
-    evaluators = {
-        (ds, dev): (
-            TableEvaluator(space, args.csv, ds, dev),
-            TableEvaluator(grouped, args.csv, ds, dev),
-        )
-        for ds in args.datasets
-        for dev in devices
-    }
+    pairs = [(ds, dev) for ds in args.datasets for dev in devices]
     t0 = time.time()
-    rows = constrained(args, variants, evaluators)
+    rows = [r for rs in in_parallel(constrained_pair, args, variants, pairs) for r in rs]
     table = summarise(rows, variants)
-    hv = two_objective(args, variants, evaluators)
-    ev = evaluators[(args.datasets[0], devices[0])][0]
-    ub = [best_feasible(one_run("ga", space, ev, None, s, args.queries), None) for s in range(10)]
+    ratios = in_parallel(two_objective_pair, args, variants, pairs)
+    hv = {
+        v: (statistics.mean(x), statistics.pstdev(x))
+        for v in variants
+        for x in [[h for r in ratios for h in r[v]]]
+    }
+    ev = _evaluators(args, *pairs[0])[0]
+    ub = [
+        best_feasible(one_run("ga", ev.space, ev, None, s, args.queries), None) for s in range(10)
+    ]
     top = max(r[ev.acc_col] for r in ev.rows.values())
     unconstrained = (
         f"`ga` (shipped defaults), {args.datasets[0]}, no bound, {args.queries} queries, 10 seeds: "
