@@ -240,3 +240,16 @@ def test_python_api_searches_a_network_object(tmp_path, cache_dir):
     assert len(result(tmp_path / "run").trials) == 3
     r = run_cli("show", tmp_path / "run")
     assert r.returncode == 0, r.stderr
+
+
+def test_the_surrogate_leaves_out_a_slow_cost(unseen_evaluator):
+    """A user's network is pruned and counted to know its FLOPs (~1 s): the surrogate, which
+    would read them for every child it ranks, keeps to the genome's encoding."""
+    from search.config import Objective
+    from search.optimizers import OPTIMIZERS
+
+    _, ev = unseen_evaluator
+    opt = OPTIMIZERS["ga"](ev.space, [Objective(metric="val_acc")], [], 0)
+    opt.know(ev.known_metrics, ev.known)
+    assert not ev.space.family.cheap_cost
+    assert opt.known_features(ev.space.full()) == []

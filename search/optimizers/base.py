@@ -62,12 +62,14 @@ class Optimizer:
         the constraints on them can be checked on a proposal before it costs an evaluation."""
         self._known_cons = [c for c in self.constraints if c.metric in metrics]
         self._known_fn = known if self._known_cons else None
-        self._known_all = (tuple(metrics), known) if metrics else None
+        cheap = self.space.family.cheap_cost  # read for every child a surrogate ranks
+        self._known_all = (tuple(metrics), known) if metrics and cheap else None
 
     def known_features(self, genome: Genome) -> list[float]:
         """The log of each metric known before evaluation (FLOPs, parameters, a table's
         latency; 0 where a genome lacks one): what a model of the fitness may use besides the
-        genome's encoding. Empty until `know`."""
+        genome's encoding. Empty until `know`, and where the family's cost is slow to
+        compute (a user's own network)."""
         if self._known_all is None:
             return []
         names, known = self._known_all

@@ -60,6 +60,9 @@ class Family:
     targets: ClassVar[tuple[str, ...]] = ()
     kernel_options: ClassVar[tuple[int, ...]] = ()
     op_options: ClassVar[tuple[str, ...]] = ()
+    # `cost` takes well under a millisecond (a formula), so a model of the fitness may read it
+    # for every child it ranks; a user's own network is pruned and counted instead (~1 s)
+    cheap_cost: ClassVar[bool] = True
 
     def __init__(self, spec: FamilySpec):
         self.spec = spec

@@ -113,6 +113,7 @@ class ModelFamily(Family):
     targets = ("resolution", "width", "filters", "weights")
     shares_weights = False
     weight_scopes = ("network", "group")
+    cheap_cost = False
 
     def __init__(
         self,
