@@ -275,11 +275,10 @@ def main() -> int:
     rows = [r for rs in in_parallel(constrained_pair, args, variants, pairs) for r in rs]
     table = summarise(rows, variants)
     ratios = in_parallel(two_objective_pair, args, variants, pairs)
-    hv = {
-        v: (statistics.mean(x), statistics.pstdev(x))
-        for v in variants
-        for x in [[h for r in ratios for h in r[v]]]
-    }
+    hv = {}
+    for v in variants:  # mean and std over every (dataset, device) and seed
+        x = [h for r in ratios for h in r[v]]
+        hv[v] = (statistics.mean(x), statistics.pstdev(x))
     ev = _evaluators(args, *pairs[0])[0]
     ub = [
         best_feasible(one_run("ga", ev.space, ev, None, s, args.queries), None) for s in range(10)

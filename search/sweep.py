@@ -146,9 +146,14 @@ def state_of(c: Combo, out: Path) -> str:
     if not (run / "config.yaml").exists():
         return "new"
     try:
-        return "complete" if len(open_run(run).complete) >= c.budget else "partial"
+        return progress(open_run(run), c)
     except ConfigError:
         return "partial"
+
+
+def progress(run, c: Combo) -> str:
+    """'complete' once an opened run holds the combination's budget of trials, else 'partial'."""
+    return "complete" if len(run.complete) >= c.budget else "partial"
 
 
 def _command(sweep: Sweep, c: Combo, out: Path, state: str, address: str | None) -> list[str]:
@@ -269,7 +274,7 @@ def collect(sweep: Sweep, folder: Path) -> list[dict]:
         objs = run.cfg.objectives
         front = [r for r in run.front() if r.feasible]
         row |= {
-            "state": "complete" if len(run.complete) >= c.budget else "partial",
+            "state": progress(run, c),
             "trials": len(run.complete),
             "feasible": sum(r.feasible for r in run.complete),
             "objective": objs[0].metric,

@@ -2,6 +2,7 @@
 proposals kept within bounds known before evaluation; the surrogate is seeded."""
 
 import json
+import random
 
 import numpy as np
 import pytest
@@ -155,8 +156,6 @@ def test_the_surrogate_reads_the_metrics_known_before_evaluation():
     assert opt.known_features(g) == pytest.approx(
         [np.log(m[k]) for k in ("latency_ms", "flops", "params")]
     )
-    import random
-
     rng = random.Random(1)
     train = [space.sample(rng) for _ in range(60)]
     test = [space.sample(rng) for _ in range(300)]
