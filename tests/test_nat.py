@@ -8,6 +8,7 @@ import statistics
 
 import numpy as np
 import pytest
+import torch
 from gymnasium.utils.env_checker import check_env
 
 from agents.nat import (
@@ -36,7 +37,18 @@ needs_table = pytest.mark.skipif(
     not NB201_CSV.exists(), reason="../shared/data/nb201_merged.csv not present"
 )
 TABLE = ["--set", "preset=nb201-table", "--set", f"evaluator.table={NB201_CSV}", "--no-progress"]
-SMALL = ["--set", "train_archs=40", "--set", "epochs=3", "--set", "batch=8", "--set", "holdout=8"]
+EVAL = ["--set", "reward=evaluator"]  # the table's rewards: seconds, not the shared weights
+SMALL = [
+    *EVAL,
+    "--set",
+    "train_archs=40",
+    "--set",
+    "epochs=3",
+    "--set",
+    "batch=8",
+    "--set",
+    "holdout=8",
+]
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +65,7 @@ def table(space):
 
 def _nat(space, seed=0, constraints=(), **options):
     cls = OPTIMIZERS["nat"]
+    options.setdefault("reward", "evaluator")
     return cls(
         space, [Objective(metric="val_acc")], list(constraints), seed, cls.Options(**options)
     )
@@ -321,6 +334,7 @@ def test_cli_checkpoint_resume_and_transform_another_runs_best(tmp_path):
         "--optimizer",
         "nat",
         *TABLE,
+        *EVAL,
         "--set",
         f"init_policy={first}",
         "--set",
@@ -351,3 +365,112 @@ def test_cli_checkpoint_resume_and_transform_another_runs_best(tmp_path):
 def test_cli_rejects_a_space_without_cells():
     r = run_cli("run", "spaces/tinynet.yaml", "--optimizer", "nat", "--budget", 2)
     assert r.returncode == 2 and "NAT transforms cells" in r.stderr
+
+
+# --- reward: supernet (the paper's shared weights, trained alternately with the policy) ----------
+TINY = {
+    "holdout": 3,
+    "batch": 3,
+    "data": {"name": "digits"},
+    "supernet": {
+        "epochs": 2,
+        "steps": 3,
+        "updates": 2,
+        "samples": 2,
+        "select_images": 64,
+        "reward_images": 32,
+    },
+}
+
+
+def _curve(opt):
+    """The training curve without its timings."""
+    return [{k: v for k, v in c.items() if not k.endswith("_s")} for c in opt.curve]
+
+
+def _supernet_nat(space, **over):
+    cls = OPTIMIZERS["nat"]
+    return cls(space, [Objective(metric="val_acc")], [], 0, cls.Options(**{**TINY, **over}))
+
+
+def test_supernet_mode_alternates_weights_and_policy_and_rewards_come_from_the_weights(space):
+    opt = _supernet_nat(space)
+    fresh = NATAgent(0, 64, 3e-3)
+    opt._start()  # trains: epoch 0 (weights, policy), epoch 1 (weights, policy), then transforms
+    c0, c1 = opt.curve
+    w0 = [u["weights"] for u in c0["updates"]]
+    w1 = [u["weights"] for u in c1["updates"]]
+    assert len(set(w0)) == 1 and len(set(w1)) == 1  # policy updates leave the weights alone
+    assert w0[0] != w1[0]  # the weight steps between the two policy phases changed them
+    assert opt.shared.steps == 6 and opt.agent.updates == 4
+    moved = [
+        not torch.equal(a, b)
+        for a, b in zip(opt.agent.policy.parameters(), fresh.policy.parameters())
+    ]
+    assert any(moved)  # the policy learned from those rewards
+    # a reward is the accuracy of the transformed cell minus the original's, both measured with
+    # the shared weights on the same validation batch; other weights give other rewards
+    rng = random.Random(5)
+    cells = [space.sample(rng) for _ in range(4)]
+    acts = [[SKIP] * 6, [NONE] * 6, [KEEP] * 6, [SKIP, NONE, KEEP, SKIP, NONE, KEEP]]
+    start = opt.shared.val_batches
+    got = opt.rewards(cells, acts)
+    opt.shared._val, opt.shared.val_batches = None, start  # replay the same validation batches
+    for g, a, r in zip(cells, acts, got):
+        x, y = opt.shared.val_batch()
+        t = transform(space, g, a)
+        before = opt.shared.accuracy(cell_ops(space, g), x, y)
+        after = opt.shared.accuracy(cell_ops(space, t), x, y)
+        assert r["reward"] == pytest.approx(after - before)
+    assert got[2]["reward"] == 0.0  # keeping every op changes nothing
+    with torch.no_grad():
+        for p in opt.shared.net.parameters():
+            p.mul_(-1.0)
+    opt.shared._val, opt.shared.val_batches = None, start
+    assert [r["after"] for r in opt.rewards(cells, acts)] != [r["after"] for r in got]
+    opt._transform_episodes()
+    rep = opt.report()
+    assert rep["reward"] == "supernet" and rep["training"]["complete"]
+    assert {t["kind"] for t in rep["transforms"]} == {"greedy", "best"}
+
+
+def test_supernet_mode_resumes_after_a_crash_where_it_stopped(space, tmp_path, monkeypatch, caplog):
+    whole = _supernet_nat(space)
+    whole._start()
+    crashed = _supernet_nat(space)
+    crashed.attach(tmp_path)
+    real = crashed._supernet_epoch
+
+    def crash_at_second(epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        real(epoch)
+
+    monkeypatch.setattr(crashed, "_supernet_epoch", crash_at_second)
+    with pytest.raises(KeyboardInterrupt):
+        crashed._start()
+    resumed = _supernet_nat(space)
+    resumed.attach(tmp_path)
+    resumed._start()  # reloads epoch 0's weights, policy and streams, trains epoch 1
+    assert _curve(resumed) == _curve(whole)
+    assert resumed.inference == whole.inference
+    assert resumed.shared.fingerprint() == pytest.approx(whole.shared.fingerprint())
+    # another training's checkpoint (here: other targets, so other training cells) is not used
+    other = _supernet_nat(space, holdout=2)
+    other.attach(tmp_path)
+    with caplog.at_level("WARNING"):
+        other._start()
+    assert "another training's" in caplog.text
+
+
+def test_cli_nat_supernet_needs_its_images():
+    r = run_cli(
+        "run",
+        "spaces/nb201.yaml",
+        "--optimizer",
+        "nat",
+        "--set",
+        "optimizer.options.data.path=/nonexistent.zip",
+    )
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "optimizer.options.data.path" in r.stderr and "/nonexistent.zip" in r.stderr

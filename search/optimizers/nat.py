@@ -17,9 +17,10 @@ import logging
 import math
 import random
 import statistics
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -35,6 +36,9 @@ from agents.nat.cell import (
     relative_violation,
 )
 from agents.nat.policy import NATAgent
+from evaluators.data import load_dataset
+from evaluators.nat_supernet import SharedCellWeights
+from search.config import DatasetCfg
 from search.optimizers.base import Optimizer
 from search.records import TrialRecord
 from search.seeding import load_genomes
@@ -45,14 +49,85 @@ from spaces.space import Genome
 log = logging.getLogger(__name__)
 
 POLICY_FILE = "nat_policy.pt"
+SUPERNET_FILE = "nat_supernet.pt"
+CIFAR10_ZIP = "../shared/data/cifar10_jpg.zip"
+
+
+class NATData(DatasetCfg):
+    """The images of the shared weights: a dataset as a run names one, by default CIFAR-10's
+    training images, 40 % for the weights and 60 % for the rewards (the authors' split)."""
+
+    name: Literal["digits", "imagefolder", "cifar10"] = "imagefolder"
+    path: str | None = CIFAR10_ZIP
+    val_fraction: float = Field(0.6, gt=0, lt=0.9)
+
+
+class SupernetOptions(BaseModel):
+    """The shared weights and the alternation (`reward: supernet`). Sources: the authors'
+    `train_search.py` (SGD lr 0.01 cosine to 0.001, momentum 0.9, weight decay 3e-4, batch 64,
+    gradient clip 5, 40 % of CIFAR-10's training images for the weights and 60 % for the
+    policy, 8 layers) and `search_model.py` (one validation batch per policy episode, reward =
+    accuracy of the transformed cell minus the original's); where these defaults differ, the
+    README says why."""
+
+    model_config = ConfigDict(extra="forbid")
+    cells: int = Field(1, ge=1, description="cells per stage of the super-network")
+    channels: int | None = Field(
+        None, ge=1, description="its first stage's channels (default: the space's)"
+    )
+    epochs: int = Field(12, ge=1, description="alternations: weight steps, then policy updates")
+    steps: int = Field(100, ge=1, description="SGD steps on the shared weights per epoch")
+    updates: int = Field(20, ge=0, description="REINFORCE updates of the policy per epoch")
+    lr: float = Field(0.01, gt=0, description="the shared weights' SGD learning rate")
+    lr_min: float = Field(0.001, ge=0, description="where its cosine schedule ends")
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(3e-4, ge=0)
+    batch_size: int = Field(64, ge=1, description="training images per weight step")
+    grad_clip: float = Field(5.0, gt=0)
+    train_transformed: bool = Field(
+        True,
+        description="each weight step also trains the policy's transformation of its cell, "
+        "not only the sampled cell",
+    )
+    reward_images: int = Field(64, ge=1, description="validation images per episode's reward")
+    samples: int = Field(
+        8, ge=0, description="inference: sampled transformations per cell, besides the greedy one"
+    )
+    select_images: int = Field(
+        500, ge=1, description="inference: validation images the best transformation is picked on"
+    )
+    augment: Literal["none", "crop-flip"] = "crop-flip"
+    device: str = Field("auto", description="auto: CUDA when present, else the CPU")
 
 
 class NATOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    reward: Literal["supernet", "evaluator"] = Field(
+        "supernet",
+        description="supernet: the paper's shared weights, trained alternately with the policy "
+        "on `data`, give the rewards; evaluator: the run's evaluator scores every cell "
+        "(the table: a fast surrogate)",
+    )
+    data: NATData = Field(
+        NATData(),
+        description="reward: supernet: the images the shared weights train on (the training "
+        "split) and the rewards are measured on (the validation split)",
+    )
+    supernet: SupernetOptions = SupernetOptions()
+    reward_metric: str | None = Field(
+        None,
+        description="reward: evaluator: the metric the agent learns from (default: the run's "
+        "objective)",
+    )
+    judge_metric: str = Field(
+        "test_acc",
+        description="the metric the transformed cells are judged by in nat.json (never the one "
+        "the agent learned from, when the evaluator reports it)",
+    )
     train_archs: int = Field(
         200, ge=0, description="cells the agent trains on (sampled, or the first of train_from)"
     )
-    epochs: int = Field(10, ge=1, description="passes over the training cells")
+    epochs: int = Field(10, ge=1, description="reward: evaluator: passes over the training cells")
     batch: int = Field(10, ge=1, description="cells per REINFORCE update")
     train_from: str | None = Field(None, description="train on the genomes of a file or run folder")
     transform: str | None = Field(
@@ -75,7 +150,13 @@ class NATOptions(BaseModel):
     checkpoint: str | None = Field(
         None, description="also save the agent here after every update, and resume from it"
     )
-    lr: float = Field(3e-4, gt=0, description="Adam's learning rate (the paper's)")
+    lr: float | None = Field(
+        None,
+        gt=0,
+        description="the policy's Adam learning rate (default: the paper's 3e-4 with "
+        "reward: evaluator, 3e-3 with reward: supernet, whose CPU budget allows ~100x "
+        "fewer updates)",
+    )
     baseline_decay: float = Field(
         0.99, ge=0, lt=1, description="moving-average baseline decay (the paper's)"
     )
@@ -101,6 +182,7 @@ class Episode:
     target: Genome
     tgid: str
     version: int
+    kind: str = "greedy"  # or "best": the best of the sampled ones on validation images
 
 
 def _seed(*parts: Any) -> int:
@@ -131,6 +213,16 @@ class NAT(Optimizer):
         for field in ("train_from", "transform"):
             if getattr(options, field):
                 load_genomes(getattr(options, field), space, file, f"optimizer.options.{field}")
+        if options.reward == "supernet":
+            d = options.data
+            if d.name != "digits" and not (d.path and Path(d.path).expanduser().exists()):
+                raise ConfigError(
+                    file,
+                    "optimizer.options.data.path",
+                    f"{d.path!r} does not exist: NAT trains its shared weights on these images "
+                    "(set optimizer.options.data, or reward: evaluator to learn from the run's "
+                    "evaluator)",
+                )
         if options.init_policy and not _policy_path(options.init_policy).is_file():
             raise ConfigError(
                 file,
@@ -142,7 +234,10 @@ class NAT(Optimizer):
         super().__init__(space, objectives, constraints, seed, options)
         self.check_space(space, None)
         o = self.options
+        self.supernet_mode = o.reward == "supernet"
         self.metric, self.sign = objectives[0].metric, self.signs[0]
+        if o.reward_metric and o.reward_metric != self.metric:
+            self.metric, self.sign = o.reward_metric, 1.0
         self.run_dir: Path | None = None
         # the cells: fixed up front and disjoint, so a resume sees the same ones
         given = None
@@ -150,7 +245,9 @@ class NAT(Optimizer):
             given = load_genomes(o.transform, space, None, "optimizer.options.transform")[
                 : o.transform_top
             ]
-        if o.train_from:
+        if self.supernet_mode:  # the policy trains on cells sampled afresh, never a target
+            self.pool = []
+        elif o.train_from:
             self.pool = load_genomes(o.train_from, space, None, "optimizer.options.train_from")[
                 : o.train_archs
             ]
@@ -162,15 +259,17 @@ class NAT(Optimizer):
             if given is not None
             else self._distinct(o.holdout, {space.genome_id(g) for g in self.pool})
         )
+        self.target_ids = {space.genome_id(g) for g in self.targets}
         per_epoch = math.ceil(len(self.pool) / o.batch) if self.pool else 0
         self.per_epoch, self.n_batches = per_epoch, per_epoch * o.epochs
         start = NATAgent.load(_policy_path(o.init_policy)) if o.init_policy else None
+        lr = o.lr or (3e-3 if self.supernet_mode else 3e-4)
         self.agent = NATAgent(
-            seed, start.hidden if start else o.hidden, o.lr, o.baseline_decay, o.entropy_weight
+            seed, start.hidden if start else o.hidden, lr, o.baseline_decay, o.entropy_weight
         )
         if start is not None:  # its weights; Adam, the baseline and the count start afresh
             self.agent.load_state_dict(start.state_dict(), policy_only=True)
-        elif not self.pool:
+        elif not self.pool and not self.supernet_mode:
             log.warning(
                 "nat: no training cells and no init_policy; the policy transforms untrained"
             )
@@ -184,6 +283,10 @@ class NAT(Optimizer):
         self._obs: dict[str, dict[str, np.ndarray]] = {}
         self._prefetch_at = 0
         self._started = False
+        # reward: supernet
+        self.shared = None  # evaluators.nat_supernet.SharedCellWeights, built on the first ask
+        self.sn_epoch = 0
+        self.inference: list[dict[str, Any]] | None = None
 
     # --- set-up --------------------------------------------------------------------------------
     def _distinct(self, n: int, avoid: set[str]) -> list[Genome]:
@@ -226,6 +329,8 @@ class NAT(Optimizer):
             "options": opts,
             "pool": [self.space.genome_id(g) for g in self.pool],
         }
+        if self.supernet_mode:  # its training cells are sampled avoiding the targets
+            payload["targets"] = sorted(self.target_ids)
         return hashlib.sha256(
             json.dumps(payload, sort_keys=True, default=str).encode()
         ).hexdigest()[:16]
@@ -236,6 +341,9 @@ class NAT(Optimizer):
         if self._started:
             return
         self._started = True
+        if self.supernet_mode:
+            self._supernet_phase()
+            return
         if not self.history:
             return
         for path in self._checkpoints():
@@ -281,13 +389,226 @@ class NAT(Optimizer):
         """The agent and the training progress: `NATAgent.load(path)` gives the policy back."""
         self.agent.save(path, {"nat": self._state()})
 
+    # --- reward: supernet (the paper's alternation of shared weights and policy) ---------------
+    def _build_shared(self) -> SharedCellWeights:
+        o, sn = self.options, self.options.supernet
+        res = self.space.arch(self.space.full()).resolution
+        data = load_dataset(o.data, res, self.seed, None)
+        return SharedCellWeights(
+            self.space,
+            data,
+            total_steps=sn.epochs * sn.steps,
+            cells=sn.cells,
+            channels=sn.channels,
+            seed=self.seed,
+            lr=sn.lr,
+            lr_min=sn.lr_min,
+            momentum=sn.momentum,
+            weight_decay=sn.weight_decay,
+            batch_size=sn.batch_size,
+            reward_images=sn.reward_images,
+            grad_clip=sn.grad_clip,
+            augment=sn.augment,
+            device=sn.device,
+        )
+
+    def _supernet_phase(self) -> None:
+        """Train the shared weights and the policy alternately (each epoch: `steps` SGD steps on
+        cells sampled uniformly and their sampled transformations, then `updates` REINFORCE
+        updates whose rewards the shared weights measure on validation images), saving both
+        after every epoch; then transform the targets (the greedy transformation and the best of
+        `samples` sampled ones on validation images)."""
+        sn = self.options.supernet
+        self.shared = self._build_shared()
+        self._restore_supernet()
+        if self.sn_epoch < sn.epochs:
+            d = self.shared.data
+            log.info(
+                "nat: training the shared weights and the policy alternately on %s (%d training, "
+                "%d validation images): %d epochs of %d weight steps and %d policy updates%s",
+                self.options.data.path or d.name,
+                len(d.train),
+                len(d.val),
+                sn.epochs,
+                sn.steps,
+                sn.updates,
+                f", from epoch {self.sn_epoch}" if self.sn_epoch else "",
+            )
+        while self.sn_epoch < sn.epochs:
+            self._supernet_epoch(self.sn_epoch)
+            self.sn_epoch += 1
+            self._save_supernet()
+        if self.inference is None:
+            self.inference = self._infer()
+            self._save_supernet()
+
+    def _sample_cell(self, rng: random.Random) -> Genome:
+        """A cell sampled uniformly from the space, never one of the targets."""
+        for _ in range(10_000):
+            g = self.space.sample(rng)
+            if self.space.genome_id(g) not in self.target_ids:
+                return g
+        raise RuntimeError("nat: the space has no cell that is not a target")
+
+    def _weight_cells(self, epoch: int, k: int) -> list[dict[str, str]]:
+        """Weight step k of an epoch trains a sampled cell and the policy's sampled
+        transformation of it."""
+        g = self._sample_cell(random.Random(_seed(self.seed, "w", epoch, k)))
+        cells = [cell_ops(self.space, g)]
+        if self.options.supernet.train_transformed:
+            act = self.agent.act([observe(self.space, g)], seed=_seed(self.seed, "wt", epoch, k))
+            t, _ = guarded_transform(self.space, g, act[0])
+            if self.space.genome_id(t) != self.space.genome_id(g):
+                cells.append(cell_ops(self.space, t))
+        return cells
+
+    def rewards(self, cells: list[Genome], actions) -> list[dict[str, float]]:
+        """Each cell and its transformation scored by the shared weights on the next validation
+        batch (the same batch for both): the reward is the transformed cell's accuracy minus the
+        original's, in points, less the constraint penalty."""
+        out = []
+        for g, a in zip(cells, actions):
+            t, _ = guarded_transform(self.space, g, a)
+            x, y = self.shared.val_batch()
+            ra = self.shared.accuracy(cell_ops(self.space, g), x, y)
+            same = self.space.genome_id(t) == self.space.genome_id(g)
+            rb = ra if same else self.shared.accuracy(cell_ops(self.space, t), x, y)
+            before = {"acc": ra, **self.space.cost(g)}
+            after = {"acc": rb, **self.space.cost(t)}
+            r = nat_reward(before, after, "acc", 1.0, self.constraints, self.options.penalty)
+            out.append({"before": ra, "after": rb, "reward": r})
+        return out
+
+    def _policy_update(self, epoch: int, u: int) -> dict[str, float]:
+        rng = random.Random(_seed(self.seed, "p", epoch, u))
+        cells = [self._sample_cell(rng) for _ in range(self.options.batch)]
+        obs = [observe(self.space, g) for g in cells]
+        acts = self.agent.act(obs, seed=_seed(self.seed, "pa", epoch, u))
+        scored = self.rewards(cells, acts)
+        stats = self.agent.update(obs, np.asarray(acts), [r["reward"] for r in scored])
+        stats["mean_before"] = statistics.mean(r["before"] for r in scored)
+        stats["weights"] = self.shared.fingerprint()
+        return stats
+
+    def _supernet_epoch(self, epoch: int) -> None:
+        sn = self.options.supernet
+        t0 = time.time()
+        losses = [self.shared.train_step(self._weight_cells(epoch, k)) for k in range(sn.steps)]
+        t1 = time.time()
+        updates = [self._policy_update(epoch, u) for u in range(sn.updates)]
+        entry: dict[str, Any] = {
+            "epoch": epoch,
+            "weight_steps": sn.steps,
+            "train_loss": round(statistics.mean(losses), 6),
+            "weights_s": round(t1 - t0, 2),
+            "policy_s": round(time.time() - t1, 2),
+            "updates": [{k: round(v, 6) for k, v in u.items()} for u in updates],
+        }
+        if updates:
+            entry["mean_reward"] = round(statistics.mean(u["mean_reward"] for u in updates), 4)
+            entry["entropy"] = round(updates[-1]["entropy"], 4)
+            entry["mean_acc_sampled"] = round(statistics.mean(u["mean_before"] for u in updates), 3)
+        self.curve.append(entry)
+        log.info(
+            "nat: epoch %d/%d: %d weight steps (loss %.3f, %.0f s), %d policy updates (mean "
+            "reward %+.2f points, sampled cells at %.1f %%, %.0f s)",
+            epoch + 1,
+            sn.epochs,
+            sn.steps,
+            entry["train_loss"],
+            entry["weights_s"],
+            len(updates),
+            entry.get("mean_reward", float("nan")),
+            entry.get("mean_acc_sampled", float("nan")),
+            entry["policy_s"],
+        )
+
+    def _infer(self) -> list[dict[str, Any]]:
+        """Per target: its greedy transformation, and the best of the greedy one and `samples`
+        sampled ones by the shared weights' accuracy on `select_images` validation images."""
+        sn = self.options.supernet
+        t0 = time.time()
+        x, y = self.shared.images(sn.select_images, seed=self.seed)
+        acc: dict[str, float] = {}
+
+        def score(g: Genome) -> float:
+            gid = self.space.genome_id(g)
+            if gid not in acc:
+                acc[gid] = self.shared.accuracy(cell_ops(self.space, g), x, y)
+            return acc[gid]
+
+        rows = []
+        for i, g in enumerate(self.targets):
+            obs = observe(self.space, g)
+            cands = [self.agent.act([obs], greedy=True)[0]]
+            if sn.samples:
+                cands += list(self.agent.act([obs] * sn.samples, seed=_seed(self.seed, "infer", i)))
+            cells = [guarded_transform(self.space, g, a)[0] for a in cands]
+            scores = [score(c) for c in cells]
+            best = int(np.argmax(scores))  # the first best: the greedy one wins a tie
+            rows.append(
+                {
+                    "original_acc": score(g),
+                    "greedy": [int(v) for v in cands[0]],
+                    "greedy_acc": scores[0],
+                    "best": [int(v) for v in cands[best]],
+                    "best_acc": scores[best],
+                    "distinct": len({self.space.genome_id(c) for c in cells}),
+                }
+            )
+        log.info(
+            "nat: transformed %d cells (greedy, and the best of %d samples on %d validation "
+            "images) in %.0f s",
+            len(rows),
+            sn.samples,
+            len(y),
+            time.time() - t0,
+        )
+        return rows
+
+    def _save_supernet(self) -> None:
+        if self.run_dir is None:
+            return
+        state = {
+            "fingerprint": self.fingerprint(),
+            "epoch": self.sn_epoch,
+            "curve": self.curve,
+            "shared": self.shared.state_dict(),
+            "inference": self.inference,
+        }
+        self.agent.save(self.run_dir / SUPERNET_FILE, {"nat": state})
+
+    def _restore_supernet(self) -> None:
+        path = self.run_dir / SUPERNET_FILE if self.run_dir is not None else None
+        if path is None or not path.is_file():
+            return
+        try:
+            state = torch.load(path, weights_only=True)
+        except (OSError, RuntimeError, EOFError) as e:
+            log.warning("nat: cannot read %s (%s); training afresh", path, e)
+            return
+        nat = state.get("nat", {})
+        if nat.get("fingerprint") != self.fingerprint():
+            log.warning("nat: %s is another training's (other options); training afresh", path)
+            return
+        self.agent.load_state_dict(state["agent"])
+        self.shared.load_state_dict(nat["shared"])
+        self.sn_epoch, self.curve, self.inference = (
+            nat["epoch"],
+            list(nat["curve"]),
+            nat["inference"],
+        )
+        log.info("nat: resumed the shared weights and the policy after epoch %d", self.sn_epoch)
+
     # --- episodes ------------------------------------------------------------------------------
     def _observe(self, g: Genome, gid: str) -> dict[str, np.ndarray]:
         if gid not in self._obs:
             self._obs[gid] = observe(self.space, g)
         return self._obs[gid]
 
-    def _episode(self, cells: list[Genome], i: int, action, version: int) -> Episode:
+    def _episode(
+        self, cells: list[Genome], i: int, action, version: int, kind: str = "greedy"
+    ) -> Episode:
         g = cells[i]
         t, _ = guarded_transform(self.space, g, action)
         return Episode(
@@ -298,6 +619,7 @@ class NAT(Optimizer):
             t,
             self.space.genome_id(t),
             version,
+            kind,
         )
 
     def _batch(self, b: int) -> list[Episode]:
@@ -317,6 +639,12 @@ class NAT(Optimizer):
 
     def _transform_episodes(self) -> list[Episode]:
         """The greedy (most probable) transformation of every target, by the latest policy."""
+        if self.transforms is None and self.supernet_mode:
+            self.transforms = [
+                self._episode(self.targets, i, r[kind], self.sn_epoch, kind)
+                for i, r in enumerate(self.inference or [])
+                for kind in ("greedy", "best")
+            ]
         if self.transforms is None:
             obs = [self._observe(g, self.space.genome_id(g)) for g in self.targets]
             acts = self.agent.act(obs, greedy=True) if obs else []
@@ -446,17 +774,30 @@ class NAT(Optimizer):
             "genome": self.space.to_json(g),
         }
         if rec is not None and rec.complete:
-            out[self.metric] = float(rec.metrics[self.metric])
+            for m in dict.fromkeys((self.metric, self.options.judge_metric)):
+                if m in rec.metrics:
+                    out[m] = float(rec.metrics[m])
             out["feasible"] = relative_violation(rec.metrics, self.constraints) == 0
         elif rec is not None:
             out["failed"] = rec.reason
         return out
 
-    def _transform_row(self, e: Episode) -> dict[str, Any]:
+    def _judged(self, a: dict[str, Any], b: dict[str, Any]) -> str | None:
+        """The metric a transformation is judged by: `judge_metric` where the evaluator reports
+        it, else the one the agent learned from (reward: evaluator)."""
+        j = self.options.judge_metric
+        if j in a and j in b:
+            return j
+        if not self.supernet_mode and self.metric in a and self.metric in b:
+            return self.metric
+        return None
+
+    def _transform_row(self, e: Episode, i: int) -> dict[str, Any]:
         """A target before and after its transformation: changes, costs, gain and reward."""
         a, b = self._cell(e.arch, e.gid), self._cell(e.target, e.tgid)
         before, after = cell_ops(self.space, e.arch), cell_ops(self.space, e.target)
         row: dict[str, Any] = {
+            "kind": e.kind,
             "original": a,
             "transformed": b,
             "changes": {k: f"{before[k]} -> {after[k]}" for k in EDGES if before[k] != after[k]},
@@ -464,8 +805,15 @@ class NAT(Optimizer):
             "flops_change": b["flops"] - a["flops"],
             "params_change": b["params"] - a["params"],
         }
-        if self.metric in a and self.metric in b:
-            row["gain"] = self.sign * (b[self.metric] - a[self.metric])
+        if self.supernet_mode and self.inference:
+            inf = self.inference[e.index]
+            row["supernet_acc"] = {"before": inf["original_acc"], "after": inf[f"{e.kind}_acc"]}
+        j = self._judged(a, b)
+        if j is not None:
+            sign = self.sign if j == self.metric else 1.0
+            row["judged_by"] = j
+            row["gain"] = sign * (b[j] - a[j])
+        if not self.supernet_mode and self.metric in a and self.metric in b:
             row["reward"] = self._reward(e)
         return row
 
@@ -474,12 +822,13 @@ class NAT(Optimizer):
         summary: dict[str, Any] = {"targets": len(self.targets), "transformed": len(done)}
         if not done:
             return summary
-        gains, m = [r["gain"] for r in done], self.metric
+        gains, j = [r["gain"] for r in done], done[0]["judged_by"]
         same = [r["original"]["genome_id"] == r["transformed"]["genome_id"] for r in done]
         summary.update(
             {
-                f"mean_{m}_before": statistics.mean(r["original"][m] for r in done),
-                f"mean_{m}_after": statistics.mean(r["transformed"][m] for r in done),
+                "judged_by": j,
+                f"mean_{j}_before": statistics.mean(r["original"][j] for r in done),
+                f"mean_{j}_after": statistics.mean(r["transformed"][j] for r in done),
                 "mean_gain": statistics.mean(gains),
                 "improved": sum(g > 0 for g in gains) / len(gains),
                 "unchanged": sum(same) / len(done),
@@ -490,26 +839,66 @@ class NAT(Optimizer):
         )
         return summary
 
+    def _reward_source(self) -> dict[str, Any]:
+        """What the agent learned from, and whether that is also what it is judged by."""
+        if self.supernet_mode:
+            return {
+                "reward": "supernet",
+                "data": self.options.data.model_dump(),
+                "reward_metric": "validation accuracy of the transformed cell minus the "
+                "original's, measured with the shared weights",
+            }
+        out: dict[str, Any] = {"reward": "evaluator", "reward_metric": self.metric}
+        recs = [r for r in self.results.values() if r.complete]
+        j = self.options.judge_metric
+        pairs = [(r.metrics[self.metric], r.metrics[j]) for r in recs if j in r.metrics]
+        if j == self.metric or (pairs and all(abs(a - b) < 1e-12 for a, b in pairs)):
+            out["warning"] = (
+                f"the judged metric {j!r} equals the reward metric {self.metric!r} on every cell: "
+                "the agent is judged on what it trained on"
+            )
+        return out
+
     def report(self) -> dict[str, Any]:
         """nat.json: the training curve, and what each target became, with its gain and costs."""
-        rows = [self._transform_row(e) for e in self.transforms or []]
-        training = {
-            "cells": len(self.pool),
-            "epochs": self.options.epochs,
-            "batch": self.options.batch,
-            "updates": self.done_batches,
-            "of": self.n_batches,
-            "complete": self.done_batches == self.n_batches,
-            "curve": self.curve,
-        }
-        return {
+        rows = [self._transform_row(e, i) for i, e in enumerate(self.transforms or [])]
+        if self.supernet_mode:
+            sn = self.options.supernet
+            training: dict[str, Any] = {
+                "reward": "supernet",
+                "epochs": sn.epochs,
+                "done_epochs": self.sn_epoch,
+                "complete": self.sn_epoch == sn.epochs,
+                "weight_steps": self.shared.steps if self.shared else 0,
+                "policy_updates": self.agent.updates,
+                "seconds": round(sum(c["weights_s"] + c["policy_s"] for c in self.curve), 1),
+                "curve": self.curve,
+            }
+        else:
+            training = {
+                "cells": len(self.pool),
+                "epochs": self.options.epochs,
+                "batch": self.options.batch,
+                "updates": self.done_batches,
+                "of": self.n_batches,
+                "complete": self.done_batches == self.n_batches,
+                "curve": self.curve,
+            }
+        out = {
             "metric": self.metric,
             "direction": self.objectives[0].direction,
             "constraints": [c.model_dump() for c in self.constraints],
+            **self._reward_source(),
+            "judge_metric": self.options.judge_metric,
             "training": training,
-            "summary": self._summary(rows),
+            "summary": self._summary([r for r in rows if r["kind"] == "greedy"]),
             "transforms": rows,
         }
+        if self.supernet_mode:
+            out["summary_best_of_samples"] = self._summary([r for r in rows if r["kind"] == "best"])
+        if "warning" in out:
+            log.warning("nat: %s", out["warning"])
+        return out
 
     def finish(self, run_dir) -> None:
         """Save the agent (nat_policy.pt) and write nat.json into the run folder."""
