@@ -394,22 +394,14 @@ class NAT(Optimizer):
         o, sn = self.options, self.options.supernet
         res = self.space.arch(self.space.full()).resolution
         data = load_dataset(o.data, res, self.seed, None)
+        same = set(SupernetOptions.model_fields) - {"epochs", "steps", "updates", "samples"}
+        same -= {"select_images", "train_transformed"}  # the optimiser's, not the weights'
         return SharedCellWeights(
             self.space,
             data,
             total_steps=sn.epochs * sn.steps,
-            cells=sn.cells,
-            channels=sn.channels,
             seed=self.seed,
-            lr=sn.lr,
-            lr_min=sn.lr_min,
-            momentum=sn.momentum,
-            weight_decay=sn.weight_decay,
-            batch_size=sn.batch_size,
-            reward_images=sn.reward_images,
-            grad_clip=sn.grad_clip,
-            augment=sn.augment,
-            device=sn.device,
+            **sn.model_dump(include=same),
         )
 
     def _supernet_phase(self) -> None:
