@@ -20,19 +20,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from evaluators.base import resolve_device
 from evaluators.data import Splits
 from kernels.cores import core_lock
 from spaces.families.cell import Cell
 from spaces.space import Space
 
 Ops = dict[str, str]
-
-
-def pick_device(device: str) -> torch.device:
-    """`auto`: the first CUDA device when there is one, else the CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 class SharedCellWeights:
@@ -68,7 +62,7 @@ class SharedCellWeights:
         fam = type(space.family)(spec)
         fam.supernet_ops = dict(space.family.supernet_ops)
         self.arch = fam.resolve(list(space.dims.values()), space.canonical(space.full()))
-        self.device = pick_device(device)
+        self.device = torch.device(resolve_device(device))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.net = fam.module(self.arch, supernet=True).to(self.device)

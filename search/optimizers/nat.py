@@ -784,7 +784,7 @@ class NAT(Optimizer):
             return self.metric
         return None
 
-    def _transform_row(self, e: Episode, i: int) -> dict[str, Any]:
+    def _transform_row(self, e: Episode) -> dict[str, Any]:
         """A target before and after its transformation: changes, costs, gain and reward."""
         a, b = self._cell(e.arch, e.gid), self._cell(e.target, e.tgid)
         before, after = cell_ops(self.space, e.arch), cell_ops(self.space, e.target)
@@ -853,7 +853,7 @@ class NAT(Optimizer):
 
     def report(self) -> dict[str, Any]:
         """nat.json: the training curve, and what each target became, with its gain and costs."""
-        rows = [self._transform_row(e, i) for i, e in enumerate(self.transforms or [])]
+        rows = [self._transform_row(e) for e in self.transforms or []]
         if self.supernet_mode:
             sn = self.options.supernet
             training: dict[str, Any] = {
