@@ -345,6 +345,10 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _listed(names: Any) -> list:
+    return names if isinstance(names, list) else [names]
+
+
 def apply_presets(data: dict[str, Any], file: str) -> dict[str, Any]:
     """`preset: NAME` (or a list) merges configs/NAME.yaml over the file's own settings (in
     order: a later preset over an earlier one)."""
@@ -400,7 +404,10 @@ def resolve_run_config(
     data = copy.deepcopy(data)
     sets = list(sets or [])
     named = [x for x in sets if x.split("=", 1)[0].strip() == "preset"]
-    data = apply_overrides(data, named)
+    if named:  # `--set preset=X` comes after the file's own presets (it overrides them)
+        own = data.get("preset") or []
+        data["preset"] = [own] if isinstance(own, str) else list(own)
+        data["preset"] += _listed(apply_overrides({}, named).get("preset"))
     data = apply_presets(data, file)  # a preset overrides the file; flags and --set override both
     _apply_flags(data, flags or {})
     data = apply_overrides(data, [x for x in sets if x not in named])

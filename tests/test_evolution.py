@@ -274,3 +274,55 @@ def test_naming_another_optimizer_drops_the_files_options():
     assert cfg.optimizer.name == "tinynet" and cfg.optimizer.options == {"samples": 3}
     cfg, _, _ = load_run_config(tiny, ["tournament=3"], {"optimizer": "ga"})
     assert cfg.optimizer.options == {"population_size": 6, "tournament": 3}
+
+
+def test_pruning_space_ships_with_the_papers_weighted_ga():
+    """spaces/resnet20.yaml runs Evolutionary compression's form (configs/evolutionary-compression
+    .yaml): one weighted fitness, val_acc + lambda x fraction of FLOPs removed, so a smaller network
+    a little less accurate ranks first; NSGA-II is one option away; a --set preset adds to it."""
+    from search.config import load_run_config
+    from search.optimizers.evolution import Ranking
+    from search.records import make_record
+
+    path = space_path("resnet20")
+    cfg, space, _ = load_run_config(path)
+    assert cfg.optimizer.name == "ga"
+    cls = OPTIMIZERS["ga"]
+    opts = cls.parse_options(cfg.optimizer.options, str(path))
+    assert (opts.selection, opts.lam, opts.compression, opts.surrogate) == (
+        "weighted",
+        0.1,
+        "flops",
+        0,
+    )
+    opt = cls(space, cfg.objectives, cfg.constraints, 0, opts)
+    assert opt.mode == "weighted" and opt._surrogate() is None
+    full = space.full()
+    half = {
+        k: (tuple(int(i % 2 == 0) for i in range(len(v))) if k.startswith("mask.") else v)
+        for k, v in full.items()
+    }
+    base = space.cost(full)["flops"]
+    recs = [
+        make_record(
+            i,
+            space,
+            g,
+            "complete",
+            {"val_acc": acc, "flops": space.cost(g)["flops"]},
+            cfg.objectives,
+            [],
+        )
+        for i, (g, acc) in enumerate([(full, 0.80), (half, 0.77)])
+    ]
+    ranking = Ranking(opt, opt.mode)
+    removed = 1 - space.cost(half)["flops"] / base
+    assert 0.4 < removed < 0.9
+    assert ranking.fitness(recs[1]) == pytest.approx(0.77 + 0.1 * removed)
+    assert ranking.fitness(recs[0]) == pytest.approx(0.80)
+    assert ranking.survivors(recs, 1)[0].genome_id == recs[1].genome_id  # 0.77 + 0.1 x removed wins
+    # NSGA-II one option away; another preset keeps the file's (it is merged after it)
+    cfg2, _, _ = load_run_config(path, ["selection=nsga2", "preset=fast"])
+    opts2 = cls.parse_options(cfg2.optimizer.options, str(path))
+    assert cls(space, cfg2.objectives, [], 0, opts2).mode == "nsga2"
+    assert cfg2.budget == 8 and opts2.lam == 0.1  # fast's budget over the file's preset
