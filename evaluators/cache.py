@@ -24,7 +24,15 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("ARCHSEARCH_CACHE", Path.home() / ".cache" / "archsearch"))
 
 
-FINETUNE_ONLY = ("weight_training", "slb_t_start", "slb_t_end", "slb_lr", "device", "amp")
+FINETUNE_ONLY = (
+    "weight_training",
+    "slb_t_start",
+    "slb_t_end",
+    "slb_lr",
+    "bn_batches",
+    "device",
+    "amp",
+)
 
 
 def supernet_key(space: Space, data: Splits, recipe: TrainRecipe, sandwich: int, seed: int) -> dict:
@@ -42,6 +50,13 @@ def supernet_key(space: Space, data: Splits, recipe: TrainRecipe, sandwich: int,
         "seed": seed,
         "format": 1,
     }
+    if any(
+        str(o).startswith("int")
+        for d in space.dims.values()
+        if d.kind == "weightset"
+        for o in d.options
+    ):  # sub-networks pre-train through their sets: intN became 2**N levels (a new supernet)
+        key["int_levels"] = "2**N"
     fingerprint = space.family.fingerprint()
     if fingerprint:  # a user's network: its source and weights
         key["fingerprint"] = fingerprint

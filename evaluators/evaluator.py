@@ -32,20 +32,31 @@ from spaces.space import Genome, Space
 log = logging.getLogger(__name__)
 
 
-def model_bits(model: torch.nn.Module, quant: dict[str, str]) -> int:
-    """Size of the weights in bits: each conv at its weight set, everything else float32."""
+def low_bit_bits(model: torch.nn.Module, quant: dict[str, str]) -> int:
+    """Bits of the low-bit conv weights as the ONNX export stores them (`kernels.export`): per
+    conv whose set is not float, its n weights as b-bit codes (b = `bits_of`: ceil(log2 of the
+    set's size)), 8 / b codes per byte and the tensor padded to whole bytes (8 * ceil(n b / 8)),
+    plus one float32 scale per output channel. The exported file's code and scale initializers
+    hold exactly these bits."""
     total = 0
     for m in model.modules():
-        own = [p for p in m.parameters(recurse=False)]
-        if not own:
-            continue
-        if weight_set_group(m) is not None:
-            b = bits_of(quant.get(weight_set_group(m), "float"))
-            total += int(m.weight.numel() * b) + 32 * (m.bias.numel() if m.bias is not None else 0)
-            if b < 32:
-                total += 32 * m.weight.shape[0]  # one scale per output channel
-        else:
-            total += 32 * sum(p.numel() for p in own)
+        ws = quant.get(weight_set_group(m), "float") if weight_set_group(m) is not None else None
+        if ws is not None and ws != "float":
+            b = int(bits_of(ws))
+            total += 8 * math.ceil(m.weight.numel() * b / 8) + 32 * m.weight.shape[0]
+    return total
+
+
+def model_bits(model: torch.nn.Module, quant: dict[str, str]) -> int:
+    """Size of the parameters in bits: the low-bit conv weights as stored (`low_bit_bits`:
+    packed codes plus a float32 scale per output channel), every other parameter (float convs,
+    conv biases, batch norm, the classifier) at 32 bits."""
+    total = low_bit_bits(model, quant)
+    for m in model.modules():
+        ws = quant.get(weight_set_group(m), "float") if weight_set_group(m) is not None else None
+        for name, p in m.named_parameters(recurse=False):
+            if not (name == "weight" and ws is not None and ws != "float"):
+                total += 32 * p.numel()
     return total
 
 

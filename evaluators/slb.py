@@ -4,8 +4,10 @@ among the discrete values of its weight set.
 Every weight holds logits over the set's values v (with one scale per output channel, alpha);
 the weight in use is the softmax-weighted value alpha * sum_k softmax(T * logits)_k v_k. The
 temperature T rises during training (soft at first, one-hot at the end), and at the end every
-weight becomes alpha * v[argmax]: it lies in its set exactly. The logits start from the float
-weights (the nearest value most likely), so training starts from the pre-trained network."""
+weight becomes alpha * v[argmax]: it lies in its set exactly, and the batch-norm statistics
+are re-estimated for these hard weights (`evaluators.train.fine_tune`). The logits start from
+the float weights (the nearest value most likely), so training starts from the pre-trained
+network."""
 
 from __future__ import annotations
 
@@ -15,23 +17,23 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from spaces.layers import GConv2d, weight_set_group
+from spaces.layers import GConv2d, set_levels, weight_set_group
 
 
 def set_values(weight_set: str) -> torch.Tensor:
-    """The normalised values of a weight set (the scale alpha multiplies them)."""
-    if weight_set == "binary":
-        return torch.tensor([-1.0, 1.0])
-    if weight_set == "ternary":
-        return torch.tensor([-1.0, 0.0, 1.0])
-    if weight_set.startswith("int"):
-        levels = 2 ** (int(weight_set.removeprefix("int")) - 1) - 1
-        return torch.arange(-levels, levels + 1, dtype=torch.float32) / levels
-    raise ValueError(f"SLB has no value set for {weight_set!r}")
+    """The normalised values of a weight set (the scale alpha multiplies them):
+    linspace(-1, 1, levels) as `spaces.layers.set_levels` defines them for the whole project,
+    `intN` with 2**N levels as in SLB's authors' code (int2: {-1, -1/3, 1/3, 1})."""
+    try:
+        return set_levels(weight_set)
+    except ValueError:
+        raise ValueError(f"SLB has no value set for {weight_set!r}") from None
 
 
 def initial_scale(w: torch.Tensor, weight_set: str) -> torch.Tensor:
-    """Per-output-channel alpha, as the post-training quantiser would choose it."""
+    """Per-output-channel alpha, as the post-training quantiser (`spaces.layers.quantized`)
+    chooses it: binary the mean magnitude, ternary TWN's, `intN` the largest magnitude (the
+    outermost levels are +-1)."""
     flat = w.detach().reshape(w.shape[0], -1).abs()
     if weight_set == "binary":
         return flat.mean(1)
@@ -69,8 +71,8 @@ class SLBWeight(nn.Module):
 def slb_layers(
     model: nn.Module, quant: dict[str, str], max_values: int = 16
 ) -> list[tuple[GConv2d, str]]:
-    """The convs SLB trains: those whose weight set has at most `max_values` values (int8's 255
-    values would multiply the memory of the weights by 255; it trains straight-through)."""
+    """The convs SLB trains: those whose weight set has at most `max_values` values (int8's 256
+    values would multiply the memory of the weights by 256; it trains straight-through)."""
     out = []
     for m in model.modules():
         if weight_set_group(m) is not None:
@@ -102,7 +104,9 @@ class SLBTrainer:
 
     @torch.no_grad()
     def finalize(self) -> None:
-        """Every weight to alpha * v[argmax]: the plain conv keeps exactly these values."""
+        """Every weight to alpha * v[argmax]: the plain conv keeps exactly these values. The
+        batch-norm statistics, gathered with soft weights, no longer fit: the caller re-estimates
+        them on training batches next (`evaluators.train.fine_tune` does)."""
         for (m, _), p in zip(self.layers, self.params):
             p.hard = True
             parametrize.remove_parametrizations(m, "weight", leave_parametrized=True)
@@ -110,17 +114,16 @@ class SLBTrainer:
 
 
 def in_set(w: torch.Tensor, weight_set: str, tol: float = 1e-5) -> bool:
-    """Whether every output channel of `w` is alpha * (values of the set) for one alpha > 0."""
+    """Whether every output channel of `w` is alpha * (values of the set) for one alpha > 0
+    (within `tol` of alpha): the channel's largest magnitude is alpha times one of the set's
+    positive values, so each of those is tried."""
     v = set_values(weight_set)
-    positive = v[v > 0].tolist()
-    for row in w.detach().reshape(w.shape[0], -1):
-        a = float(row.abs().max())
-        if a == 0:
-            continue
-        # the channel's largest magnitude is alpha * v_j for some positive value v_j
-        if not any(
-            float(((row * (k / a)).unsqueeze(-1) - v).abs().min(-1).values.max()) <= tol
-            for k in positive
-        ):
-            return False
-    return True
+    top = len(v) - 1
+    rows = w.detach().reshape(w.shape[0], -1).double()
+    peak = rows.abs().amax(1, keepdim=True)
+    ok = peak.squeeze(1) == 0  # an all-zero channel is alpha = 0
+    for k in v[v > 0].double().tolist():
+        z = rows * (k / peak.clamp(min=1e-300))  # the weights over alpha = peak / k
+        nearest = torch.round((z + 1) * (top / 2)).clamp(0, top) * (2 / top) - 1
+        ok |= (z - nearest).abs().amax(1) <= tol
+    return bool(ok.all())

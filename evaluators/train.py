@@ -46,6 +46,9 @@ class TrainRecipe:
     slb_t_start: float = 1.0
     slb_t_end: float = 100.0
     slb_lr: float = 0.05  # Adam's learning rate for the SLB logits and scales
+    # after low-bit weights become hard: batch-norm statistics re-estimated on this many
+    # training batches (all the split's if it has fewer; 0: kept as training left them)
+    bn_batches: int = 20
     augment: str = "none"  # training augmentation (evaluators.data.AUGMENTS)
     device: str = "cpu"  # where training runs (the run's `device:`, resolved)
     amp: bool = False  # mixed precision (bfloat16 autocast) on CUDA
@@ -316,8 +319,13 @@ class _WeightSets:
         if self.slb_opt is not None:
             self.slb_opt.step()
 
+    @property
+    def low_bit(self) -> bool:
+        return bool(self.slb or self.qconvs)
+
     def finish(self, model: nn.Module) -> None:
-        """Every low-bit conv ends exactly on its set; pruned kernels (DKP) stay exactly zero."""
+        """Every low-bit conv ends exactly on its set (the hard assignment); pruned kernels
+        (DKP) stay exactly zero."""
         if self.slb:
             self.slb.finalize()
         for m, ws in self.qconvs:
@@ -338,7 +346,10 @@ def fine_tune(
     """Fine-tune in place. Convs with a low-bit weight set train by SLB (logits over the set's
     values, rising temperature; `weight_training: slb`, the default) or through a
     straight-through estimator (`ste`, and always for int8); either way they end exactly on
-    their set. Raises FloatingPointError on a NaN loss."""
+    their set. After that hard assignment the batch-norm statistics are re-estimated for the
+    hard weights (`recipe.bn_batches` training batches, forward passes in train mode with a
+    cumulative average, no weight updates), as SLB's last step. Raises FloatingPointError on a
+    NaN loss."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     model.to(recipe.device)
@@ -368,5 +379,8 @@ def fine_tune(
         if on_epoch and epoch_end and not (skip_last_epoch_callback and step + 1 >= total):
             on_epoch((step + 1) // per_epoch, model)
     sets.finish(model)
+    if sets.low_bit and recipe.bn_batches > 0:
+        with lock.shared():
+            recalibrate_bn(model, data.train, resolution, recipe.bn_batches, recipe.batch_size)
     release_memory()
     return {"steps": total, "final_train_loss": last}

@@ -1,6 +1,8 @@
 """`search export RUN_DIR [--trial N | --pareto] --format onnx|torchscript|tvm`: the physically
 sliced model of each chosen trial, with its fine-tuned weights, in each format, checked against
-PyTorch; the max abs difference is printed and stored in `export/manifest.json`."""
+PyTorch; the max abs difference is printed and stored in `export/manifest.json`. An ONNX
+export of a candidate with low-bit weight sets stores those convs' weights as packed integer
+codes and per-channel scales (`kernels.export.store_low_bit`)."""
 
 from __future__ import annotations
 
@@ -75,6 +77,17 @@ def _trained_model(run, r, space_cache: dict):
     return model.eval(), arch
 
 
+def _print_entry(entry: dict, info: dict) -> None:
+    tuned = (
+        f"  {info['tuned_kernels']}/{info['kernels']} kernels tuned" if info.get("kernels") else ""
+    )
+    print(
+        f"trial {entry['trial']:>4} {entry['genome_id']}  {entry['format']:<11} "
+        f"{entry['file']:<40} max |diff| {entry['max_abs_diff']:.2e}{tuned}  "
+        f"{'ok' if entry['ok'] else 'ABOVE ' + str(TOLERANCE)}"
+    )
+
+
 def export(
     run_dir: str,
     trial: int | list[int] | None = None,
@@ -102,7 +115,9 @@ def export(
         for fmt in formats:
             f = dest / f"trial{r.number}-{r.genome_id}{EXT[fmt]}"
             t0 = time.time()
-            diff, info = export_model(model, arch.resolution, fmt, f, tvm_database=tvm_db)
+            diff, info = export_model(
+                model, arch.resolution, fmt, f, tvm_database=tvm_db, quant=arch.quant
+            )
             entry = {
                 **({"input": _input(run, arch)} if (run.dir / "data.json").exists() else {}),
                 "trial": r.number,
@@ -119,16 +134,7 @@ def export(
             }
             manifest.append(entry)
             rows.append(entry)
-            tuned = (
-                f"  {info['tuned_kernels']}/{info['kernels']} kernels tuned"
-                if info.get("kernels")
-                else ""
-            )
-            print(
-                f"trial {r.number:>4} {r.genome_id}  {fmt:<11} {f.name:<40} "
-                f"max |diff| {diff:.2e}{tuned}  "
-                f"{'ok' if entry['ok'] else 'ABOVE ' + str(TOLERANCE)}"
-            )
+            _print_entry(entry, info)
     manifest_path.write_text(json.dumps(manifest, indent=2))
     print(f"{len(rows)} export(s) in {dest}; manifest {manifest_path.name}")
     worst = max(e["max_abs_diff"] for e in rows)

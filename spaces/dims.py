@@ -17,14 +17,17 @@ import numpy as np
 
 from spaces.errors import ConfigError, GenomeError
 
-# Weight sets by name: the values a weight may take before the per-channel scale.
+# Weight sets by name: how many values a weight may take before its output channel's scale.
+# Every set is the evenly spaced linspace(-1, 1, levels) (spaces.layers.set_levels): `intN` has
+# 2**N levels, as SLB's authors' code has it (int2: {-1, -1/3, 1/3, 1}); ternary {-1, 0, 1};
+# binary {-1, 1}.
 WEIGHT_SETS: dict[str, int | None] = {
     "float": None,  # no quantisation
-    "int8": 8,
-    "int4": 4,
-    "int2": 2,
-    "ternary": -3,  # {-1, 0, +1}
-    "binary": -2,  # {-1, +1}
+    "int8": 256,
+    "int4": 16,
+    "int2": 4,
+    "ternary": 3,  # {-1, 0, +1}
+    "binary": 2,  # {-1, +1}
 }
 
 
@@ -458,21 +461,26 @@ class WeightSet(Choice):
                 self.name, f"unknown weight set {bad[0]!r}; known: {list(WEIGHT_SETS)}"
             )
         if self.default is None and self.options:
-            self.default = max(self.options, key=bits_of)  # the most precise set keeps everything
+            # the most precise set keeps everything
+            self.default = max(self.options, key=lambda o: levels_of(o) or math.inf)
         super().__post_init__()
 
     def describe(self):
         return "weights " + "|".join(self.options)
 
 
+def levels_of(weight_set: str) -> int | None:
+    """How many values a weight of the set may take (None: float)."""
+    return WEIGHT_SETS[weight_set]
+
+
 def bits_of(weight_set: str) -> float:
-    """Bits one weight takes in a set (float counts as 32)."""
-    code = WEIGHT_SETS[weight_set]
-    if code is None:
+    """Bits one weight is stored in: ceil(log2(levels)) (its code, as the ONNX export packs it:
+    ternary's three values take 2 bits); float counts as 32."""
+    levels = WEIGHT_SETS[weight_set]
+    if levels is None:
         return 32.0
-    if code < 0:
-        return math.log2(-code)
-    return float(code)
+    return float(math.ceil(math.log2(levels)))
 
 
 @dataclass

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from spaces.dims import WEIGHT_SETS
+
 FIXED_GROUPS = ("input", "classes", "image")
 
 
@@ -108,8 +110,22 @@ def quantized_ste(weight: torch.Tensor, weight_set: str) -> torch.Tensor:
     return weight + (quantized(weight.detach(), weight_set) - weight).detach()
 
 
+def set_levels(weight_set: str) -> torch.Tensor:
+    """The normalised values of a low-bit weight set, linspace(-1, 1, levels) (its output
+    channel's scale multiplies them): binary {-1, 1}, ternary {-1, 0, 1}, `intN` 2**N evenly
+    spaced levels (int2 {-1, -1/3, 1/3, 1}, as in SLB's authors' code). Code c of a set with L
+    levels is the value 2c / (L - 1) - 1 (what the ONNX export stores and unpacks)."""
+    levels = WEIGHT_SETS.get(weight_set)
+    if levels is None:
+        raise ValueError(f"{weight_set!r} is not a low-bit weight set")
+    # code * step - 1, the very float32 operations of `quantized` and of the export's graph
+    return torch.arange(levels, dtype=torch.float32) * (2 / (levels - 1)) - 1
+
+
 def quantized(w: torch.Tensor, weight_set: str) -> torch.Tensor:
-    """`w` projected onto a weight set, one scale per output channel."""
+    """`w` projected onto a weight set, one scale per output channel: binary by sign with the
+    mean magnitude (XNOR-Net), ternary by Ternary Weight Networks' threshold and scale, `intN`
+    to the nearest of its 2**N levels times the channel's largest magnitude."""
     if weight_set == "float":
         return w
     flat = w.reshape(w.shape[0], -1)
@@ -122,8 +138,8 @@ def quantized(w: torch.Tensor, weight_set: str) -> torch.Tensor:
         alpha = (flat.abs() * keep).sum(1, keepdim=True) / keep.sum(1, keepdim=True).clamp(min=1)
         q = torch.sign(flat) * keep * alpha
     else:
-        bits = int(weight_set.removeprefix("int"))
-        levels = 2 ** (bits - 1) - 1
-        scale = (flat.abs().amax(1, keepdim=True) / levels).clamp(min=1e-12)
-        q = torch.round(flat / scale).clamp(-levels, levels) * scale
+        top = WEIGHT_SETS[weight_set] - 1  # codes 0..top, value 2c / top - 1
+        alpha = flat.abs().amax(1, keepdim=True).clamp(min=1e-12)
+        codes = torch.round((flat / alpha + 1) * (top / 2)).clamp(0, top)
+        q = (codes * (2 / top) - 1) * alpha
     return q.reshape(w.shape)

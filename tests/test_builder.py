@@ -101,7 +101,10 @@ def test_weight_sets_quantise_inherited_weights():
     model = space.build(g, sup)
     conv = model.stages[2][0].project[0]
     for row in conv.weight.detach().flatten(1):
-        assert len(torch.unique(row)) <= 3  # {-a, 0, a} per output channel
+        assert len(torch.unique(row)) <= 4  # {-a, -a/3, a/3, a} per output channel
+        a = row.abs().max()
+        assert set(torch.round(row / a * 3).tolist()) <= {-3.0, -1.0, 1.0, 3.0}
+        torch.testing.assert_close(row, torch.round(row / a * 3) * a / 3)
 
 
 def test_channel_multiple_rounds_kept_counts_within_the_mask_and_costs_stay_exact():
