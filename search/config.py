@@ -94,6 +94,12 @@ class RecipeCfg(_M):
     slb_lr: float = Field(
         0.05, gt=0, description="Adam's learning rate for SLB's logits and scales"
     )
+    bn_batches: int = Field(
+        20,
+        ge=0,
+        description="after low-bit weights become hard, batch-norm statistics are re-estimated "
+        "on this many training batches (0: not)",
+    )
 
 
 class PretrainCfg(RecipeCfg):
@@ -112,10 +118,41 @@ class CycleGANCfg(_M):
     batch_size: int = Field(32, ge=1)
     lr: float = Field(2e-4, gt=0)
     cycle_lambda: float = Field(10.0, ge=0, description="cycle-consistency weight in pre-training")
-    cycle_weight: float = Field(1.0, ge=0, description="weight of the cycle loss in the fitness")
-    channel_weight: float = Field(
-        0.1, ge=0, description="weight of the kept-channel fraction in the fitness"
+    cycle_weight: float = Field(
+        1.0, ge=0, description="weight of the cycle loss beside the discriminator-aware one"
     )
+    gamma: float = Field(
+        10.0,
+        gt=0,
+        description="the fitness's weight of the losses against the kept-parameter fraction: "
+        "1 / (kept + gamma * (dis + cycle_weight * cyc))",
+    )
+    finetune_steps: int = Field(
+        10, ge=0, description="steps each pruned pair is trained before scoring (0: inherited)"
+    )
+    finetune_lr: float = Field(1e-3, gt=0, description="Adam's learning rate when fine-tuning")
+    finetune_batch_size: int = Field(16, ge=1)
+    distill: float = Field(
+        0.0, ge=0, description="fine-tuning: weight of the L1 distance to the full generators"
+    )
+    select_fraction: float = Field(
+        0.5,
+        gt=0,
+        lt=1,
+        description="of each domain's held-out images, the share the search selects on; the "
+        "rest only report",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data):
+        if isinstance(data, dict) and "channel_weight" in data:
+            raise ValueError(
+                "evaluator.cyclegan.channel_weight is gone: the fitness is now the paper's "
+                "1 / (kept + gamma * (dis + cycle_weight * cyc)); gamma 10 matches "
+                "channel_weight 0.1"
+            )
+        return data
 
 
 class EvaluatorCfg(_M):
