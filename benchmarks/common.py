@@ -180,7 +180,12 @@ def fresh_work(args, keep: bool = False) -> tuple[Path, list[str]]:
     if work.exists() and not keep:
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
-    sets = cifar_run_sets(
+    return work, [a for s in cifar_sets(args) for a in ("--set", s)]
+
+
+def cifar_sets(args) -> list[str]:
+    """`cifar_run_sets` of the options `add_cifar_args` added."""
+    return cifar_run_sets(
         args.data,
         args.per_class,
         args.test_per_class,
@@ -188,4 +193,16 @@ def fresh_work(args, keep: bool = False) -> tuple[Path, list[str]]:
         args.finetune_epochs,
         args.sandwich,
     )
-    return work, [a for s in sets for a in ("--set", s)]
+
+
+def json_and_md(args, run, report) -> None:
+    """A benchmark's last step: `run(args)` gives the figures, written as json beside
+    `args.out` and as `report(figures)` into it; `--report-only` rebuilds the md from the json."""
+    out = Path(args.out)
+    if args.report_only:
+        out.write_text(report(json.loads(out.with_suffix(".json").read_text())))
+    else:
+        data = run(args)
+        out.with_suffix(".json").write_text(json.dumps(data, indent=1) + "\n")
+        out.write_text(report(data))
+    print(out.read_text())

@@ -40,7 +40,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import DCP_DATA, add_cifar_args, cifar_run_sets, same_counts  # noqa: E402
+from benchmarks.common import DCP_DATA, add_cifar_args, cifar_sets, json_and_md, same_counts  # noqa: E402
 
 METHODS = ("dcp", "l1", "random")
 LABEL = {"dcp": "DCP", "l1": "L1-norm", "random": "random", "full": "full network"}
@@ -55,15 +55,7 @@ def main() -> None:
     add_cifar_args(ap, "bench-dcp", "dcp.md", **DCP_DATA)
     ap.add_argument("--report-only", action="store_true", help="rebuild the md from the json")
     args = ap.parse_args()
-    out = Path(args.out)
-    if args.report_only:
-        out.write_text(report(json.loads(out.with_suffix(".json").read_text())))
-        print(out.read_text())
-        return
-    data = run(args)
-    out.with_suffix(".json").write_text(json.dumps(data, indent=1) + "\n")
-    out.write_text(report(data))
-    print(out.read_text())
+    json_and_md(args, run, report)
 
 
 def run(args) -> dict:
@@ -76,14 +68,7 @@ def run(args) -> dict:
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    sets = cifar_run_sets(
-        args.data,
-        args.per_class,
-        args.test_per_class,
-        args.pretrain_epochs,
-        args.finetune_epochs,
-        args.sandwich,
-    )
+    sets = cifar_sets(args)
     cfg, space, _ = load_run_config(ROOT / "spaces" / "resnet20.yaml", sets)
     ev = make_evaluator(cfg, space, "spaces/resnet20.yaml")
     t0 = time.time()

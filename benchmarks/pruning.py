@@ -35,7 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import DCP_DATA, add_cifar_args, cifar_run_sets, same_counts  # noqa: E402
+from benchmarks.common import DCP_DATA, add_cifar_args, cifar_sets, json_and_md, same_counts  # noqa: E402
 
 METHODS = ("ga", "l1", "random")
 LABEL = {"ga": "GA, weighted fitness (the paper's form)", "l1": "L1-norm", "random": "random"}
@@ -51,15 +51,7 @@ def main() -> None:
     ap.set_defaults(finetune_epochs=1)
     ap.add_argument("--report-only", action="store_true", help="rebuild the md from the json")
     args = ap.parse_args()
-    out = Path(args.out)
-    if args.report_only:
-        out.write_text(report(json.loads(out.with_suffix(".json").read_text())))
-        print(out.read_text())
-        return
-    data = run(args)
-    out.with_suffix(".json").write_text(json.dumps(data, indent=1) + "\n")
-    out.write_text(report(data))
-    print(out.read_text())
+    json_and_md(args, run, report)
 
 
 def run(args) -> dict:
@@ -73,14 +65,7 @@ def run(args) -> dict:
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    sets = cifar_run_sets(
-        args.data,
-        args.per_class,
-        args.test_per_class,
-        args.pretrain_epochs,
-        args.finetune_epochs,
-        args.sandwich,
-    )
+    sets = cifar_sets(args)
     if args.budget:
         sets.append(f"budget={args.budget}")
     cfg, space, _ = load_run_config(ROOT / "spaces" / "resnet20.yaml", sets)
