@@ -195,6 +195,18 @@ def cifar_sets(args) -> list[str]:
     )
 
 
+def cifar_flags(args) -> list[str]:
+    """The command-line flags of the options `add_cifar_args` added (for a results file's
+    command line; --data and --work name places, not settings)."""
+    return [
+        f"--per-class {args.per_class}",
+        f"--test-per-class {args.test_per_class}",
+        f"--pretrain-epochs {args.pretrain_epochs:g}",
+        f"--sandwich {args.sandwich}",
+        f"--finetune-epochs {args.finetune_epochs:g}",
+    ]
+
+
 def json_and_md(args, run, report) -> None:
     """A benchmark's last step: `run(args)` gives the figures, written as json beside
     `args.out` and as `report(figures)` into it; `--report-only` rebuilds the md from the json."""

@@ -40,7 +40,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import DCP_DATA, add_cifar_args, cifar_sets, json_and_md, same_counts  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    DCP_DATA,
+    add_cifar_args,
+    cifar_flags,
+    cifar_sets,
+    json_and_md,
+    same_counts,
+)
 
 METHODS = ("dcp", "l1", "random")
 LABEL = {"dcp": "DCP", "l1": "L1-norm", "random": "random", "full": "full network"}
@@ -144,12 +151,8 @@ def run(args) -> dict:
             [
                 f"--epsilons {' '.join(f'{e:g}' for e in args.epsilons)}",
                 f"--seeds {args.seeds}",
-                f"--per-class {args.per_class}",
-                f"--test-per-class {args.test_per_class}",
-                f"--pretrain-epochs {args.pretrain_epochs:g}",
-                f"--sandwich {args.sandwich}",
-                f"--finetune-epochs {args.finetune_epochs:g}",
             ]
+            + cifar_flags(args)
         ),
         "date": time.strftime("%Y-%m-%d"),
         "wall_s": round(time.time() - t0, 1),
