@@ -1,7 +1,9 @@
 """The latency providers a run can name (`latency.provider`), by name:
 
-- `tvm`, `tvm-model`: MetaSchedule-tuned TVM kernels, every candidate measured, or priced by a
-  latency model fitted on tuned measurements (`kernels.tvm_provider`);
+- `tvm`, `tvm-transfer`, `tvm-model`: MetaSchedule-tuned TVM kernels, every candidate measured
+  with its own kernels tuned, or measured with the schedules of a few tuned networks' kernels
+  transferred to its own, or priced by a latency model fitted on tuned measurements
+  (`kernels.tvm_provider`);
 - `torch`: PyTorch eager timing, a fallback never passed off as tuned kernels
   (`kernels.torch_timing`);
 - `onnxruntime`: the candidate exported to ONNX and timed in onnxruntime (`kernels.onnx_timing`);
@@ -19,10 +21,11 @@ from types import SimpleNamespace
 from kernels.onnx_timing import OnnxRuntimeLatency
 from kernels.provider import LatencyProvider
 from kernels.torch_timing import TorchLatency
-from kernels.tvm_provider import TVMLatency, TVMModelLatency
+from kernels.tvm_provider import TVMLatency, TVMModelLatency, TVMTransferLatency
 
 PROVIDERS: dict[str, type[LatencyProvider]] = {
-    p.name: p for p in (TVMLatency, TVMModelLatency, TorchLatency, OnnxRuntimeLatency)
+    p.name: p
+    for p in (TVMLatency, TVMTransferLatency, TVMModelLatency, TorchLatency, OnnxRuntimeLatency)
 }
 NONE = "none"
 
@@ -39,6 +42,7 @@ _DEFAULTS = dict(
     holdout=4,
     check_front=8,
     rounds=5,
+    seed_networks=3,
 )
 
 
@@ -64,6 +68,7 @@ __all__ = [
     "OnnxRuntimeLatency",
     "TVMLatency",
     "TVMModelLatency",
+    "TVMTransferLatency",
     "TorchLatency",
     "make_latency",
 ]

@@ -97,6 +97,7 @@ class TVMBackend:
         self.threads = runtime_threads(min(int(cores), host_cores()) if cores else None)
         self.db = TuningDB(folder, self.target, trials_per_task, strategy, seed)
         self.repeats = repeats
+        self.transfer = None  # kernels.tvm_transfer.Transfer, made on first use
         self.networks_file = self.db.dir / "networks.jsonl"
 
     # --- networks measured before --------------------------------------------------------------
@@ -139,10 +140,12 @@ class TVMBackend:
         tune: bool = True,
         check: bool = True,
         remember: bool = True,
+        transfer: bool = False,
     ) -> dict:
-        """Tune the kernels the database lacks (if `tune`), compile, check against PyTorch, time.
-        Returns the latency (ms), its spread, how many kernels were tuned and what it cost."""
-        c = self.compile(model, resolution, tune=tune, check=check)
+        """Tune the kernels the database lacks (if `tune`; else, if `transfer`, replay the nearest
+        tuned kernels' schedules on them), compile, check against PyTorch, time. Returns the
+        latency (ms), its spread, how many kernels were tuned and what it cost."""
+        c = self.compile(model, resolution, tune=tune, check=check, transfer=transfer)
         out = {**self.time(c), **c["info"]}
         if remember:
             self._remember(c, resolution, out)
@@ -184,20 +187,24 @@ class TVMBackend:
         return out
 
     def compile(
-        self, model: nn.Module, resolution: int, tune: bool = True, check: bool = True
+        self,
+        model: nn.Module,
+        resolution: int,
+        tune: bool = True,
+        check: bool = True,
+        transfer: bool = False,
     ) -> dict:
         """The candidate compiled for the target with whichever tuned kernels the database has (its
-        missing ones tuned first if `tune`) on the Relax VM, with its seeded input: a compiled
-        network that `time` can time again and again."""
+        missing ones tuned first if `tune`; else, if `transfer`, given the schedules of their
+        nearest tuned kernels, `kernels.tvm_transfer`) on the Relax VM, with its seeded input: a
+        compiled network that `time` can time again and again."""
         tvm = load_tvm()
         from tvm import relax
 
         t0 = time.time()
         model = model.eval()
         ops = torch_ops(model, resolution)
-        folded = fold_batch_norm(model)
-        shape = (1, input_channels(model), resolution, resolution)
-        prepared = prepared_module(folded, shape, self.target)
+        prepared, shape = self._prepared(model, resolution)
         kernels = extract_kernels(prepared, self.target)
         t_prep = time.time() - t0
         tuned_now, t1 = 0, time.time()
@@ -208,19 +215,22 @@ class TVMBackend:
         t_tune = time.time() - t1
         self.db.reload()
         tuned = [k for k in kernels if self.db.record(k) is not None]
+        database, moved = self.db.database if tuned else None, set()
+        if transfer and len(tuned) < len(kernels):
+            database, moved = self._transferred(kernels)
         t2 = time.time()
-        ex = build(prepared, self.target, self.db.database if tuned else None)
+        ex = build(prepared, self.target, database)
         vm = relax.VirtualMachine(ex, tvm.cpu())
         t_build = time.time() - t2
         g = torch.Generator().manual_seed(0)
         x = torch.randn(*shape, generator=g)
         xt = tvm.runtime.tensor(x.numpy())
         frac = len(tuned) / max(1, len(kernels))
+        n_moved = sum(1 for k in kernels if k.key in moved)
         info = {
-            "latency_source": "tvm"
-            if frac == 1.0
-            else f"tvm-untuned-{len(kernels) - len(tuned)}-of-{len(kernels)}",
+            "latency_source": source_label(len(kernels), len(tuned), n_moved),
             "latency_tuned_fraction": frac,
+            "latency_kernels_transferred": n_moved,
             "latency_kernels": len(kernels),
             "latency_kernels_tuned_now": tuned_now,
             "latency_tuning_s": t_tune,
@@ -231,6 +241,27 @@ class TVMBackend:
                 ref = model(x).numpy()
             info["latency_max_abs_diff"] = float(np.abs(first_output(vm["main"](xt)) - ref).max())
         return {"vm": vm, "input": xt, "ops": ops, "kernels": kernels, "info": info}
+
+    def _prepared(self, model: nn.Module, resolution: int):
+        """The network imported into Relax (batch norm folded) and prepared, and its input shape."""
+        shape = (1, input_channels(model), resolution, resolution)
+        return prepared_module(fold_batch_norm(model.eval()), shape, self.target), shape
+
+    def kernels_of(self, model: nn.Module, resolution: int) -> list:
+        """The kernels MetaSchedule would tune for a network (nothing compiled)."""
+        return extract_kernels(self._prepared(model, resolution)[0], self.target)
+
+    def _transferred(self, kernels):
+        """The tuning database united with transferred schedules for the kernels it lacks, and
+        the keys of those that got one."""
+        from tvm.s_tir import meta_schedule as ms
+
+        from kernels.tvm_transfer import Transfer
+
+        if self.transfer is None:
+            self.transfer = Transfer()
+        mem, moved = self.transfer.database(self.db, kernels, self.target)
+        return ms.database.UnionDatabase(self.db.database, mem), moved
 
     def time(self, compiled: dict) -> dict:
         """Median and interquartile spread (ms) of the compiled network over `repeats` runs, with
@@ -260,6 +291,17 @@ class TVMBackend:
         m.fit_ops(rows)
         m.fit_networks([(LatencyModel.ops_from_json(n["ops"]), n["ms"]) for n in networks])
         return m
+
+
+def source_label(kernels: int, tuned: int, transferred: int) -> str:
+    """`latency_source` of a network compiled with `tuned` MetaSchedule-tuned kernels and
+    `transferred` replayed ones out of `kernels`: `tvm` when all were tuned."""
+    if tuned == kernels:
+        return "tvm"
+    if tuned + transferred == kernels:
+        return f"tvm-transferred-{transferred}-of-{kernels}"
+    label = f"tvm-untuned-{kernels - tuned - transferred}-of-{kernels}"
+    return label + (f"-transferred-{transferred}" if transferred else "")
 
 
 def spread_genomes(space, n: int, seed: int, exclude: set[str] = frozenset()) -> list[dict]:

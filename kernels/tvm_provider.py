@@ -2,6 +2,10 @@
 
 - `tvm`: every candidate compiled with MetaSchedule-tuned kernels (its missing kernels tuned
   first, so the first candidates are slow and later ones reuse) and timed on the Relax VM.
+- `tvm-transfer`: the kernels of a few networks spread over the space tuned at the run's start;
+  every candidate compiled with those and, for kernels never tuned, the schedule of the nearest
+  tuned kernel of the same operator (`kernels.tvm_transfer`), and timed; at the end the Pareto
+  front is measured with its own kernels tuned and the transferred figures' error reported.
 - `tvm-model`: every candidate priced by the latency model, fitted at the run's start on tuned
   whole-network measurements of a spread sample (cached per target, so later runs reuse them);
   at the end the Pareto front is measured for real and the model's error on it is reported.
@@ -290,6 +294,144 @@ class TVMModelLatency(TVMLatency):
                 report["front_mape"],
                 len(checks),
             )
+
+
+class TVMTransferLatency(TVMLatency):
+    """`tvm-transfer`: every candidate timed with tuned or transferred kernels (its
+    `latency_source` says which: `tvm` when all its kernels were tuned, else
+    `tvm-transferred-N-of-M`, or `tvm-untuned-...` for kernels no schedule replays on). Tuning
+    happens at the run's start, on `seed_networks` networks spread over the space's FLOPs (the
+    full network first), and at the end, on the front's networks (up to `check_front`)."""
+
+    name = "tvm-transfer"
+
+    def __init__(
+        self,
+        folder,
+        target=None,
+        trials_per_task: int = 8,
+        strategy: str = "replay-trace",
+        repeats: int = 20,
+        check: bool = True,
+        seed_networks: int = 3,
+        check_front: int = 4,
+        rounds: int = 3,
+    ):
+        super().__init__(folder, target, trials_per_task, strategy, repeats, check)
+        self.seed_networks, self.check_front, self.rounds = seed_networks, check_front, rounds
+        self._report: dict = {}
+
+    @classmethod
+    def from_config(cls, cfg, cache_dir) -> LatencyProvider:
+        """The provider; on a host where TVM cannot be loaded, PyTorch eager timing instead, said
+        once here and on every trial (`latency_source: torch`). A target TVM rejects is an error."""
+        try:
+            from kernels.tvm_compile import load_tvm
+
+            load_tvm()
+        except (ImportError, OSError, RuntimeError) as e:
+            from kernels.torch_timing import TorchLatency
+
+            log.warning(
+                "latency: TVM cannot be loaded on this host (%s); candidates are timed with "
+                "PyTorch eager instead (latency_source: torch)",
+                str(e).strip().splitlines()[-1][:200] if str(e).strip() else type(e).__name__,
+            )
+            return TorchLatency.from_config(cfg, cache_dir)
+        return cls(
+            database_folder(cfg, cache_dir),
+            **tvm_settings(cfg),
+            seed_networks=cfg.seed_networks,
+            check_front=cfg.check_front,
+            rounds=cfg.rounds,
+        )
+
+    def measure(self, model: nn.Module, resolution: int) -> dict:
+        if self.service is not None:
+            import ray
+
+            return ray.get(self.service.measure.remote(model, resolution))
+        return self.backend().measure(
+            model, resolution, tune=False, check=self.check, transfer=True
+        )
+
+    def prepare_run(self, space, supernet, run_dir: Path, seed: int) -> None:
+        """Tune the kernels of the seed networks that the database lacks, all in one MetaSchedule
+        session (each session starts its runner process and tuning contexts anew)."""
+        from kernels.tvm_latency import spread_genomes
+
+        b, t0 = self.backend(), time.time()
+        genomes = spread_genomes(space, self.seed_networks, seed)
+        kernels = []
+        for g in genomes:
+            kernels += b.kernels_of(space.build(g, supernet), space.arch(g).resolution)
+        todo, tuned_before = len(b.db.missing(kernels)), b.db.stats["tuning_s"]
+        log.info(
+            "latency: %d seed networks, %d distinct kernels, %d to tune (%d trials each)",
+            len(genomes),
+            len({k.key for k in kernels}),
+            todo,
+            self.trials_per_task,
+        )
+        b.db.tune(kernels)
+        self._report = {
+            "provider": self.name,
+            "target": str(b.target),
+            "database": str(b.db.dir),
+            "seed_networks": [space.genome_id(g) for g in genomes],
+            "seed_kernels": len({k.key for k in kernels}),
+            "seed_kernels_tuned": todo,
+            "seed_tuning_s": b.db.stats["tuning_s"] - tuned_before,
+            "trials_per_task": self.trials_per_task,
+            "prepare_s": time.time() - t0,
+        }
+        self._write(run_dir)
+
+    def _write(self, run_dir: Path) -> None:
+        report = {**self._report, **self.stats()}
+        (Path(run_dir) / "latency.json").write_text(json.dumps(report, indent=2))
+
+    def finish_run(self, space, supernet, run_dir: Path, front: list) -> None:
+        """Measure the front's networks (up to `check_front`) with their own kernels tuned, in
+        `rounds` interleaved rounds; the transferred figures' error on them into latency.json."""
+        b, t0 = self.backend(), time.time()
+        recs = [r for r in front[: self.check_front] if r.metrics.get("latency_ms") is not None]
+        items = [(space.build(r.genome, supernet), space.arch(r.genome).resolution) for r in recs]
+        front_kernels = [k for model, r in items for k in b.kernels_of(model, r)]
+        self._report["front_kernels_tuned"] = b.db.tune(front_kernels)  # in one session
+        checks = []
+        for rec, m in zip(recs, b.measure_rounds(items, self.rounds, tune=True) if items else []):
+            got = rec.metrics["latency_ms"]
+            checks.append(
+                {
+                    "trial": rec.number,
+                    "genome_id": rec.genome_id,
+                    "source": rec.metrics.get("latency_source"),
+                    "reported_ms": got,
+                    "tuned_ms": m["latency_ms"],
+                    "tuned_source": m["latency_source"],
+                    "error_pct": 100 * abs(got - m["latency_ms"]) / m["latency_ms"],
+                }
+            )
+        self._report["front"] = checks
+        self._report["front_mape"] = (
+            float(np.mean([c["error_pct"] for c in checks])) if checks else None
+        )
+        self._report["front_s"] = time.time() - t0
+        self._write(run_dir)
+        if checks:
+            log.info(
+                "latency on the Pareto front: %.1f %% mean error against %d networks measured "
+                "with their own kernels tuned",
+                self._report["front_mape"],
+                len(checks),
+            )
+
+    def stats(self) -> dict:
+        out = super().stats()
+        if self._backend is not None and self._backend.transfer is not None:
+            out.update(self._backend.transfer.stats)
+        return out
 
 
 def database_folder(cfg, cache_dir) -> Path:

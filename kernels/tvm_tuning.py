@@ -114,6 +114,10 @@ def _in_process_builder():
     return InProcessBuilder()
 
 
+# a trial's kernel timed `repeat` times, each the mean of `number` runs, at least `min_repeat_ms`
+RUNNER = dict(number=3, repeat=3, min_repeat_ms=20)
+
+
 class TuningDB:
     """A target's tuning database: which kernels are tuned, their times, and tuning of the rest."""
 
@@ -124,8 +128,11 @@ class TuningDB:
         trials_per_task: int = 32,
         strategy: str = "replay-trace",
         seed: int = 0,
+        runner: dict | None = None,
     ):
         self.target = target
+        # how MetaSchedule times each trial's kernel (its EvaluatorConfig)
+        self.runner = {**RUNNER, **(runner or {})}
         load_tvm()
         self.threads = int(os.environ["TVM_NUM_THREADS"])
         self.dir = Path(folder).expanduser() / target_key(target, self.threads)
@@ -244,7 +251,7 @@ class TuningDB:
             )
             runner = ms.runner.LocalRunner(
                 evaluator_config=ms.runner.EvaluatorConfig(
-                    number=3, repeat=3, min_repeat_ms=20, enable_cpu_cache_flush=False
+                    **self.runner, enable_cpu_cache_flush=False
                 )
             )
             n = len(todo)

@@ -205,7 +205,16 @@ class LatencyCfg(_M):
         4, ge=0, description="tvm-model: networks measured to check it, never fitted on"
     )
     check_front: int = Field(
-        8, ge=0, description="tvm-model: Pareto-front networks measured at the end"
+        8,
+        ge=0,
+        description="tvm-model, tvm-transfer: Pareto-front networks measured at the end with "
+        "their own kernels tuned",
+    )
+    seed_networks: int = Field(
+        3,
+        ge=1,
+        description="tvm-transfer: networks spread over the space (the full one first) whose "
+        "kernels are tuned at the start; every other kernel gets the nearest one's schedule",
     )
     rounds: int = Field(
         5,

@@ -1,6 +1,7 @@
 """Real latency: the core lock, TVM compile / tune / time on a tiny network with a tiny trial
-budget, the operators both sides see, the latency model, and runs with `latency: tvm-model`
-(in-process) and `latency: tvm` (Ray workers calling the latency service)."""
+budget, the operators both sides see, the latency model, schedules transferred between kernels,
+and runs with `latency: tvm-model` and `latency: tvm-transfer` (in-process) and `latency: tvm`
+(Ray workers calling the latency service)."""
 
 import json
 import multiprocessing as mp
@@ -342,6 +343,86 @@ def test_tvm_model_run_fits_checks_and_reports_its_error(tmp_path, cache_dir, tv
     trials = _trials(out)
     assert len(trials) == 3
     assert all(t.user_attrs["metrics"]["latency_source"] == "tvm-model" for t in trials)
+
+
+def test_transferred_tile_sizes_fit_the_new_loop_and_stay_near_the_old():
+    import math
+
+    from kernels.tvm_transfer import nearest_tiling
+
+    # a 64-long loop tiled (2, 4, 8), replayed on a 32-long one: one factor halved, two kept
+    new = nearest_tiling(32, [2, 4, 8], 16)
+    assert math.prod(new) == 32 and sum(a != b for a, b in zip(new, [2, 4, 8])) == 1
+    for extent, old, limit in [(12, [1, 4, 4], 4), (7, [1, 1, 8], 4), (96, [3, 2, 16], 8)]:
+        new = nearest_tiling(extent, old, limit)
+        assert len(new) == len(old) and math.prod(new) == extent and new[-1] <= limit
+    assert nearest_tiling(24, [2, 3, 4], 16) == [2, 3, 4]  # a fitting tiling is kept
+
+
+def test_tvm_transfer_falls_back_to_eager_loudly_where_tvm_cannot_load(
+    monkeypatch, caplog, tmp_path
+):
+    import kernels.tvm_compile
+    from kernels.latency import make_latency
+    from kernels.torch_timing import TorchLatency
+
+    def broken():
+        raise ImportError("libtvm.so: cannot open shared object file")
+
+    monkeypatch.setattr(kernels.tvm_compile, "load_tvm", broken)
+    with caplog.at_level("WARNING"):
+        p = make_latency("tvm-transfer", tmp_path)
+    assert isinstance(p, TorchLatency)
+    assert "TVM cannot be loaded" in caplog.text and "libtvm.so" in caplog.text
+    model, r = _tiny_model(0)
+    assert p.measure(model, r)["latency_source"] == "torch"
+
+
+@pytest.mark.slow
+def test_tvm_transfer_run_replays_tuned_schedules_and_checks_the_front(tmp_path, cache_dir, tvm_db):
+    """`tvm-transfer`: the full network's kernels tuned at the start; candidates compiled with
+    those and, for their own kernels, schedules replayed from the nearest tuned ones (outputs
+    still matching PyTorch), each trial saying which; the front re-measured tuned at the end."""
+    out = tmp_path / "run"
+    r = run_cli(
+        "run",
+        TINY,
+        "--budget",
+        3,
+        "--out",
+        out,
+        "--no-progress",
+        "--set",
+        f"cache={cache_dir}",
+        "--set",
+        "latency=tvm-transfer",
+        "--set",
+        f"latency.database={tmp_path / 'tvm'}",
+        "--set",
+        "latency.trials_per_task=1",
+        "--set",
+        "latency.seed_networks=1",
+        "--set",
+        "latency.check_front=1",
+        "--set",
+        "latency.rounds=1",
+        "--set",
+        "objectives=[{metric: val_acc}, {metric: latency_ms, direction: minimize}]",
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    metrics = [t.user_attrs["metrics"] for t in _trials(out)]
+    assert len(metrics) == 3
+    assert all(m["latency_source"].startswith("tvm") for m in metrics)
+    moved = [m for m in metrics if m["latency_kernels_transferred"] > 0]
+    assert moved, "no candidate got a transferred kernel"
+    assert all("transferred" in m["latency_source"] for m in moved)
+    assert all(m["latency_max_abs_diff"] < 1e-4 for m in metrics)
+    rep = json.loads((out / "latency.json").read_text())
+    assert rep["provider"] == "tvm-transfer" and len(rep["seed_networks"]) == 1
+    assert rep["seed_kernels_tuned"] == rep["seed_kernels"] > 0  # an empty database at first
+    assert rep["kernels_transferred"] > 0
+    assert len(rep["front"]) == 1 and rep["front"][0]["tuned_source"] == "tvm"
+    assert rep["front_mape"] >= 0
 
 
 @pytest.mark.slow

@@ -1,0 +1,313 @@
+"""TVM latency in the default run (`latency: tvm-transfer`): what a tuning trial costs, what the
+default run costs from an empty cache and from a warm one, and how close the front's latency comes
+to the same networks measured with fully tuned kernels.
+
+1. Time split of a MetaSchedule trial: the first `--split-kernels` kernels of the tinynet base,
+   tuned from an empty database with `--split-trials` trials each under MetaSchedule's profiler
+   (building the candidate, running it in the runner process, the rest: sampling the trace,
+   postprocessing, the database), once with each runner setting of RUNNERS, and the summed
+   best kernel time each setting found (what the ranking of schedules bought).
+2. `search run spaces/tinynet.yaml` (with `--set` items appended) in a fresh cache folder (empty
+   supernet cache and tuning database), then the same again in the same cache folder (warm):
+   wall time, split into set-up without tuning (data, pre-training, the base's evaluation), the
+   seed networks' tuning, the search, and the front's measurement at the end.
+3. The empty-cache run's Pareto front (its first `--front` networks): each one's reported latency
+   against the same network measured with fully tuned kernels (`--full-trials` per kernel, a
+   database of its own, in `--rounds` interleaved rounds) and against PyTorch eager; the mean
+   absolute percentage error, and Kendall's tau of the reported and of the eager ranking against
+   the fully tuned one.
+
+Writes benchmarks/results/latency_default.md and .json (`--report-only` rebuilds the md).
+
+    python benchmarks/latency_default.py [--split-kernels 8] [--split-trials 8] [--full-trials 32]
+        [--front 4] [--set key=value ...] [--skip-run] [--report-only]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import RESULTS, json_and_md  # noqa: E402
+
+SPACE = ROOT / "spaces" / "tinynet.yaml"
+RUNNERS = {
+    "3 x 3 runs, >= 20 ms (before)": dict(number=3, repeat=3, min_repeat_ms=20),
+    "1 x 3 runs, no minimum": dict(number=1, repeat=3, min_repeat_ms=0),
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--split-kernels", type=int, default=8)
+    ap.add_argument("--split-trials", type=int, default=8)
+    ap.add_argument("--full-trials", type=int, default=32, help="trials per kernel, 'fully tuned'")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--front", type=int, default=4, help="front networks checked in part 3")
+    ap.add_argument("--space", default=str(SPACE), help="the run file (default: the tinynet space)")
+    ap.add_argument("--set", action="append", default=[], help="key=value for the runs")
+    ap.add_argument("--skip-run", action="store_true", help="only part 1")
+    ap.add_argument("--work", default=str(ROOT / "runs" / "bench-latency-default"))
+    ap.add_argument("--out", default=str(RESULTS / "latency_default.md"))
+    ap.add_argument("--report-only", action="store_true", help="rebuild the md from the json")
+    json_and_md(ap.parse_args(), run, report)
+
+
+def run(args) -> dict:
+    work = Path(args.work)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    d = {
+        "command": "python benchmarks/latency_default.py " + " ".join(sys.argv[1:]),
+        "date": time.strftime("%Y-%m-%d"),
+        "cpus": os.cpu_count(),
+        "cpu": platform.processor() or platform.machine(),
+        "split": split(args, work),
+    }
+    if not args.skip_run:
+        d["runs"] = [default_run(args, work, name) for name in ("empty", "warm")]
+        d["front"] = front(args, work / "run-empty")
+    return d
+
+
+def _base_kernels(backend, n: int, path):
+    from kernels.tvm_compile import prepared_module
+    from kernels.tvm_latency import fold_batch_norm, realistic
+    from kernels.tvm_tuning import extract_kernels
+    from spaces import load_space
+
+    space = load_space(path)
+    g = space.full()
+    r = space.arch(g).resolution
+    model = realistic(space.build(g, space.supernet(0)), r)
+    shape = (1, 3, r, r)
+    prepared = prepared_module(fold_batch_norm(model), shape, backend.target)
+    return extract_kernels(prepared, backend.target)[:n]
+
+
+def split(args, work: Path) -> list[dict]:
+    """Part 1: one fresh database per runner setting, the same kernels and trials."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from kernels.tvm_latency import TVMBackend
+    from kernels.tvm_tuning import TuningDB
+
+    out = []
+    for label, runner in RUNNERS.items():
+        folder = work / f"split-{len(out)}"
+        b = TVMBackend(folder, trials_per_task=args.split_trials)
+        b.db = TuningDB(folder, b.target, args.split_trials, runner=runner)
+        kernels = _base_kernels(b, args.split_kernels, args.space)
+        t0 = time.time()
+        with ms.Profiler() as prof:
+            b.db.tune(kernels)
+        total = time.time() - t0
+        parts = {k: float(v) for k, v in prof.get().items()}
+        trials = args.split_trials * len(kernels)
+        build, run_ = parts.get("SendToBuilder", 0.0), parts.get("SendToRunner", 0.0)
+        inside = parts.get("Total", total)  # MetaSchedule's own loop; the rest is session set-up
+        out.append(
+            {
+                "runner": label,
+                "settings": runner,
+                "kernels": len(kernels),
+                "trials": trials,
+                "total_s": total,
+                "build_s": build,
+                "run_s": run_,
+                "rest_s": inside - build - run_,
+                "session_s": total - inside,
+                "best_us": 1e6 * sum(b.db.seconds(k) or 0.0 for k in kernels),
+            }
+        )
+        print(f"split {label}: {total / trials:.3f} s a trial", flush=True)
+    return out
+
+
+def default_run(args, work: Path, name: str) -> dict:
+    """Part 2: the default run in the benchmark's own cache folder (empty at the first run)."""
+    out = work / f"run-{name}"
+    cmd = [
+        str(ROOT / ".venv" / "bin" / "search"),
+        "run",
+        str(args.space),
+        "--out",
+        str(out),
+        "--no-progress",
+        "--set",
+        f"cache={work / 'cache'}",
+        *[x for s in args.set for x in ("--set", s)],
+    ]
+    t0 = time.time()
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    wall = time.time() - t0
+    if r.returncode != 0:
+        raise SystemExit(f"the {name} run failed:\n{r.stderr[-3000:]}")
+    timings = json.loads((out / "timings.json").read_text())[-1]
+    lat = json.loads((out / "latency.json").read_text())
+    tuning = lat.get("prepare_s", 0.0)  # the seed networks' kernels: extracted and tuned
+    front_s = lat.get("front_s", 0.0)
+    row = {
+        "run": name,
+        "wall_s": wall,
+        "setup_s": timings["setup_s"] - tuning,
+        "tuning_s": tuning,
+        "search_s": timings["search_s"] - front_s,
+        "front_s": front_s,
+        "provider": lat.get("provider"),
+        "kernels_tuned": (lat.get("seed_kernels_tuned") or 0)
+        + (lat.get("front_kernels_tuned") or 0),
+        "kernels_transferred": lat.get("kernels_transferred"),
+        "front_mape_own": lat.get("front_mape"),
+    }
+    print(f"{name} run: {wall:.0f} s", flush=True)
+    return row
+
+
+def front(args, run_dir: Path) -> list[dict]:
+    """Part 3: the front's networks, fully tuned and eager, against what the run reported."""
+    from kernels.torch_timing import TorchLatency
+    from kernels.tvm_latency import TVMBackend, realistic
+    from spaces import load_space
+
+    space = load_space(args.space)
+    sup = space.supernet(0)
+    pts = json.loads((run_dir / "pareto.json").read_text())["front"]
+    pts = [p for p in pts if p["metrics"].get("latency_ms") is not None][: args.front]
+    b = TVMBackend(Path(args.work) / "full-db", trials_per_task=args.full_trials)
+    items = []
+    for p in pts:
+        g = space.from_json(p["genome"])
+        r = space.arch(g).resolution
+        items.append((realistic(space.build(g, sup), r), r))
+    b.db.tune([k for model, r in items for k in b.kernels_of(model, r)])  # one session
+    tuned = b.measure_rounds(items, args.rounds, tune=True)
+    eager = TorchLatency(repeats=50, warmup=5)
+    rows = []
+    for p, (model, r), t in zip(pts, items, tuned):
+        rows.append(
+            {
+                "trial": p["trial"],
+                "genome_id": p["genome_id"],
+                "source": p["metrics"]["latency_source"],
+                "reported_ms": p["metrics"]["latency_ms"],
+                "tuned_ms": t["latency_ms"],
+                "tuned_source": t["latency_source"],
+                "eager_ms": eager.measure(model, r)["latency_ms"],
+            }
+        )
+    return rows
+
+
+def _tau(a, b) -> float | None:
+    from scipy.stats import kendalltau
+
+    return float(kendalltau(a, b)[0]) if len(a) > 1 else None
+
+
+def _mape(rows, key: str) -> float:
+    return statistics.mean(100 * abs(r[key] - r["tuned_ms"]) / r["tuned_ms"] for r in rows)
+
+
+def report(d: dict) -> str:
+    lines = [
+        "# TVM latency in the default run (`latency: tvm-transfer`)",
+        "",
+        f"`{d['command']}` ({d['date']}, {d['cpus']} CPU cores, {d['cpu']}).",
+        "",
+        "## 1. Where a tuning trial's time goes",
+        "",
+        "The tinynet base's first kernels, tuned from an empty database (replay-trace), under "
+        "MetaSchedule's profiler. build: compiling each candidate schedule (in-process, LLVM); run: "
+        "the runner process loading and timing it; rest: sampling, postprocessing, database; "
+        "session: once per tuning session, outside MetaSchedule's loop (tuning contexts, the "
+        "runner's worker process). best: the sum of the kernels' best times found (lower is "
+        "better schedules).",
+        "",
+        "| runner | kernels | trials | s / trial | build s / trial | run s / trial | rest s / trial "
+        "| session s | best µs |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+
+    def per_trial(s):
+        return (s["total_s"] - s["session_s"]) / s["trials"]
+
+    fastest = min(per_trial(s) for s in d["split"])
+    for s in d["split"]:
+        per = per_trial(s)
+        cell = f"**{per:.3f}**" if per == fastest else f"{per:.3f}"
+        lines.append(
+            f"| {s['runner']} | {s['kernels']} | {s['trials']} | {cell} | "
+            f"{s['build_s'] / s['trials']:.3f} | {s['run_s'] / s['trials']:.3f} | "
+            f"{s['rest_s'] / s['trials']:.3f} | {s['session_s']:.1f} | {s['best_us']:.1f} |"
+        )
+    if d.get("runs"):
+        lines += _runs_section(d)
+    return "\n".join(lines) + "\n"
+
+
+def _runs_section(d: dict) -> list[str]:
+    lines = [
+        "",
+        "## 2. The default run, empty cache then warm",
+        "",
+        "| cache | wall s | set-up without tuning s | tuning s | search s | front s | kernels "
+        "tuned | kernels transferred |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in d["runs"]:
+        lines.append(
+            f"| {r['run']} | {r['wall_s']:.0f} | {r['setup_s']:.0f} | {r['tuning_s']:.0f} | "
+            f"{r['search_s']:.0f} | {r['front_s']:.0f} | {r['kernels_tuned']} | "
+            f"{r['kernels_transferred']} |"
+        )
+    rows = d["front"]
+    lines += [
+        "",
+        "## 3. The front against fully tuned kernels",
+        "",
+        "| trial | reported source | reported ms | fully tuned ms | eager ms |",
+        "|---:|---|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['trial']} | {r['source']} | {r['reported_ms']:.3f} | {r['tuned_ms']:.3f} | "
+            f"{r['eager_ms']:.3f} |"
+        )
+    tuned = [r["tuned_ms"] for r in rows]
+    tau_r = _tau([r["reported_ms"] for r in rows], tuned)
+    tau_e = _tau([r["eager_ms"] for r in rows], tuned)
+    empty, warm = d["runs"][0]["wall_s"], d["runs"][1]["wall_s"]
+    mape = _mape(rows, "reported_ms")
+    lines += [
+        "",
+        f"- Reported latency against fully tuned: MAPE **{mape:.1f} %** over {len(rows)} networks "
+        f"(goal: at most 10 %: {'met' if mape <= 10 else 'not met'}).",
+        f"- Kendall's tau against the fully tuned ranking: reported {_fmt(tau_r)}, "
+        f"PyTorch eager {_fmt(tau_e)}.",
+        f"- Wall time: empty cache {empty / 60:.1f} min (goal at most 10: "
+        f"{'met' if empty <= 600 else 'not met'}), warm {warm / 60:.1f} min (goal at most 5: "
+        f"{'met' if warm <= 300 else 'not met'}).",
+    ]
+    return lines
+
+
+def _fmt(v) -> str:
+    return "n/a" if v is None else f"{v:.2f}"
+
+
+if __name__ == "__main__":
+    main()

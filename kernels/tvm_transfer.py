@@ -1,0 +1,223 @@
+"""Transfer-tuning: a kernel that was never tuned gets the schedule of the nearest tuned kernel of
+the same operator (the idea of Gibson & Cano's transfer-tuning), so that a candidate is compiled
+with tuned-quality kernels in seconds instead of minutes of MetaSchedule.
+
+A tuned kernel's record holds its schedule as a trace: the primitives applied (split, reorder,
+parallel, vectorise, compute-at, ...) and the random decisions taken (tile sizes and the like).
+Replaying that trace on another kernel of the same operator takes two adaptations:
+
+- blocks are looked up by name, and Relax names some blocks after its variables (`lv82_red`), so
+  the source's block names are mapped onto the target's by position;
+- tile sizes must multiply to the loop's extent, so each `SamplePerfectTile` decision becomes the
+  target extent's factorisation nearest to it (in log space, under the same innermost limit).
+
+Kernels match when their block structures are the same (names without numbering) and their
+buffers have the same ranks; among those, the nearest in log buffer shape is tried first, then the
+next ones, up to `tries`. A replay that fails leaves the kernel to the next source, or untuned.
+Transferred schedules go into an in-memory database beside the tuning database, never into it: a
+kernel counts as tuned only when MetaSchedule tuned it."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import re
+from dataclasses import dataclass
+
+from kernels.tvm_compile import load_tvm
+
+log = logging.getLogger(__name__)
+
+_SBLOCK = re.compile(r'T\.sblock\("([^"]+)"')
+
+
+def block_names(mod) -> list[str]:
+    """The names of a kernel's blocks, in program order."""
+    return _SBLOCK.findall(mod.script())
+
+
+def structure(mod) -> tuple:
+    """What two kernels must share for one's schedule to replay on the other: their blocks
+    (names without numbering or Relax variable names) and their buffers' ranks."""
+    blocks = tuple(re.sub(r"^lv\d+", "lv", re.sub(r"\d+$", "", b)) for b in block_names(mod))
+    ranks = tuple(len(p.shape) for p in mod["main"].params)
+    return blocks, ranks
+
+
+def shapes_of(mod) -> list[list[int]]:
+    return [[int(d) for d in p.shape] for p in mod["main"].params]
+
+
+def shape_distance(a: list[list[int]], b: list[list[int]]) -> float:
+    """Sum of |log| differences of matching buffer dimensions."""
+    return sum(
+        abs(math.log(max(x, 1)) - math.log(max(y, 1)))
+        for sa, sb in zip(a, b)
+        for x, y in zip(sa, sb)
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def _factorisations(n: int, parts: int) -> tuple[tuple[int, ...], ...]:
+    if parts == 1:
+        return ((n,),)
+    out = []
+    for d in range(1, n + 1):
+        if n % d == 0:
+            out.extend((d, *rest) for rest in _factorisations(n // d, parts - 1))
+    return tuple(out)
+
+
+def nearest_tiling(extent: int, old: list[int], max_innermost: int) -> list[int]:
+    """The factorisation of `extent` into len(old) factors nearest to `old` in log space, its
+    innermost factor at most `max_innermost` (when positive)."""
+    options = [
+        f for f in _factorisations(extent, len(old)) if max_innermost <= 0 or f[-1] <= max_innermost
+    ] or [(*([1] * (len(old) - 1)), extent)]
+    return list(
+        min(
+            options,
+            key=lambda f: sum(abs(math.log(a) - math.log(max(b, 1))) for a, b in zip(f, old)),
+        )
+    )
+
+
+def rename_blocks(trace, old: list[str], new: list[str]):
+    """The trace with the source kernel's block names replaced by the target's, by position."""
+    from tvm.s_tir.schedule import Instruction, Trace
+
+    if len(old) != len(new):
+        raise ValueError("the kernels' blocks differ")
+    names = dict(zip(old, new))
+    insts, decisions = [], {}
+    for inst in trace.insts:
+        new_inst = inst
+        if inst.kind.name == "GetSBlock":
+            attrs = [names.get(str(a), a) if _is_str(a) else a for a in inst.attrs]
+            new_inst = Instruction(inst.kind, inst.inputs, attrs, inst.outputs)
+        insts.append(new_inst)
+        d = trace.get_decision(inst)
+        if d is not None:
+            decisions[new_inst] = d
+    return Trace(insts, decisions)
+
+
+def _is_str(a) -> bool:
+    return isinstance(a, str) or type(a).__name__ == "String"
+
+
+def _tile_adapter(sch):
+    """A decision provider for `Trace.apply_to_schedule`: tile sizes refitted to the target's
+    loop extents; every other decision kept."""
+
+    def provide(inst, inputs, attrs, decision):
+        if inst.kind.name != "SamplePerfectTile" or decision is None:
+            return decision
+        extent = int(sch.get(inputs[0]).extent)
+        old = [int(x) for x in decision]
+        if math.prod(old) == extent:
+            return decision
+        return nearest_tiling(extent, old, int(attrs[1]))
+
+    return provide
+
+
+@dataclass
+class Source:
+    """A tuned kernel whose schedule can be replayed."""
+
+    structure: tuple
+    shapes: list[list[int]]
+    blocks: list[str]
+    trace: object
+    run_secs: list[float]
+
+
+class Transfer:
+    """Replays the tuning database's schedules on kernels it lacks."""
+
+    def __init__(self, tries: int = 3):
+        self.tries = tries
+        self._sources: list[Source] = []
+        self._db_size = -1
+        self.stats = {"kernels_transferred": 0, "kernels_not_transferred": 0}
+
+    def refresh(self, db) -> None:
+        """Index the tuned kernels of `db` (a `TuningDB`), again only when it grew."""
+        size = db._loaded_size
+        if size == self._db_size:
+            return
+        from tvm_ffi import structural_hash
+
+        best: dict[int, tuple[float, object]] = {}  # the fastest record of each workload
+        for rec in db.database.get_all_tuning_records():
+            if not rec.run_secs:
+                continue
+            secs = sum(float(s) for s in rec.run_secs) / len(rec.run_secs)
+            if secs >= 1e9:  # MetaSchedule's mark of a candidate that failed to build or run
+                continue
+            key = structural_hash(rec.workload.mod)
+            if key not in best or secs < best[key][0]:
+                best[key] = (secs, rec)
+        self._sources = [
+            Source(
+                structure(r.workload.mod),
+                shapes_of(r.workload.mod),
+                block_names(r.workload.mod),
+                r.trace,
+                [float(x) for x in r.run_secs],
+            )
+            for _, r in best.values()
+        ]
+        self._db_size = size
+
+    def schedule(self, mod):
+        """A schedule of `mod` replayed from the nearest tuned kernel of the same structure and
+        that kernel's measured times, or (None, None) when none replays."""
+        load_tvm()
+        from tvm.s_tir import Schedule
+
+        st, shapes, blocks = structure(mod), shapes_of(mod), block_names(mod)
+        near = sorted(
+            (s for s in self._sources if s.structure == st),
+            key=lambda s: shape_distance(s.shapes, shapes),
+        )
+        for src in near[: self.tries]:
+            sch = Schedule(mod)
+            try:
+                trace = rename_blocks(src.trace, src.blocks, blocks)
+                trace.apply_to_schedule(
+                    sch, remove_postproc=False, decision_provider=_tile_adapter(sch)
+                )
+            except Exception as e:  # noqa: BLE001 - TVM's schedule errors: try the next source
+                log.debug("transfer failed: %s", str(e).splitlines()[0][:200])
+                continue
+            return sch, src.run_secs
+        return None, None
+
+    def database(self, db, kernels, target):
+        """An in-memory database with a transferred schedule for each of `kernels` that `db`
+        lacks, and how many of them got one."""
+        load_tvm()
+        from tvm.s_tir import meta_schedule as ms
+
+        self.refresh(db)
+        mem = ms.database.MemoryDatabase(module_equality="structural")
+        seen, done = set(), set()
+        for k in kernels:
+            if k.key in seen or db.record(k) is not None:
+                continue
+            seen.add(k.key)
+            mod = k.task.dispatched[0]
+            sch, secs = self.schedule(mod)
+            if sch is None:
+                self.stats["kernels_not_transferred"] += 1
+                continue
+            # a database serves only records with times: the source's stand in (this database
+            # lives for one compilation, and nothing reads its times)
+            wl = mem.commit_workload(mod)
+            mem.commit_tuning_record(ms.database.TuningRecord(sch.trace, wl, secs, target, None))
+            done.add(k.key)
+        self.stats["kernels_transferred"] += len(done)
+        return mem, done
