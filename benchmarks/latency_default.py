@@ -84,18 +84,13 @@ def run(args) -> dict:
 
 
 def _base_kernels(backend, n: int, path):
-    from kernels.tvm_compile import prepared_module
-    from kernels.tvm_latency import fold_batch_norm, realistic
-    from kernels.tvm_tuning import extract_kernels
+    from kernels.tvm_latency import realistic
     from spaces import load_space
 
     space = load_space(path)
     g = space.full()
     r = space.arch(g).resolution
-    model = realistic(space.build(g, space.supernet(0)), r)
-    shape = (1, 3, r, r)
-    prepared = prepared_module(fold_batch_norm(model), shape, backend.target)
-    return extract_kernels(prepared, backend.target)[:n]
+    return backend.kernels_of(realistic(space.build(g, space.supernet(0)), r), r)[:n]
 
 
 def split(args, work: Path) -> list[dict]:
@@ -103,13 +98,11 @@ def split(args, work: Path) -> list[dict]:
     from tvm.s_tir import meta_schedule as ms
 
     from kernels.tvm_latency import TVMBackend
-    from kernels.tvm_tuning import TuningDB
 
     out = []
     for label, runner in RUNNERS.items():
         folder = work / f"split-{len(out)}"
-        b = TVMBackend(folder, trials_per_task=args.split_trials)
-        b.db = TuningDB(folder, b.target, args.split_trials, runner=runner)
+        b = TVMBackend(folder, trials_per_task=args.split_trials, runner=runner)
         kernels = _base_kernels(b, args.split_kernels, args.space)
         t0 = time.time()
         with ms.Profiler() as prof:
@@ -193,8 +186,7 @@ def front(args, run_dir: Path) -> list[dict]:
         g = space.from_json(p["genome"])
         r = space.arch(g).resolution
         items.append((realistic(space.build(g, sup), r), r))
-    b.db.tune([k for model, r in items for k in b.kernels_of(model, r)])  # one session
-    tuned = b.measure_rounds(items, args.rounds, tune=True)
+    tuned = b.measure_rounds(items, args.rounds, tune=True, one_session=True)
     eager = TorchLatency(repeats=50, warmup=5)
     rows = []
     for p, (model, r), t in zip(pts, items, tuned):

@@ -90,12 +90,13 @@ class TVMBackend:
         strategy: str = "replay-trace",
         repeats: int = 20,
         seed: int = 0,
+        runner: dict | None = None,
     ):
         load_tvm()
         self.target = host_target(target)
         cores = self.target.attrs.get("num-cores") if hasattr(self.target, "attrs") else None
         self.threads = runtime_threads(min(int(cores), host_cores()) if cores else None)
-        self.db = TuningDB(folder, self.target, trials_per_task, strategy, seed)
+        self.db = TuningDB(folder, self.target, trials_per_task, strategy, seed, runner)
         self.repeats = repeats
         self.transfer = None  # kernels.tvm_transfer.Transfer, made on first use
         self.networks_file = self.db.dir / "networks.jsonl"
@@ -158,6 +159,7 @@ class TVMBackend:
         tune: bool = True,
         progress=None,
         min_round_s: float = 3.0,
+        one_session: bool = False,
     ) -> list[dict]:
         """Measure several networks in `rounds` interleaved rounds (each network timed once per
         round, in turn), each one's latency the median over rounds; remembered with its rounds.
@@ -165,10 +167,17 @@ class TVMBackend:
         On a shared machine the slow spells last seconds, so one timing of a network can stray far
         from its median (benchmarks/results/latency.md measures how far). Rounds spread each
         network's timings over the time the others take, so one spell costs one round, not all; a
-        round shorter than `min_round_s` (few networks) waits out the rest, without the cores."""
+        round shorter than `min_round_s` (few networks) waits out the rest, without the cores.
+
+        `one_session`: the kernels all networks lack are tuned together first, in one
+        MetaSchedule session (each session starts its runner process anew), instead of per
+        network; each network's `latency_kernels_tuned_now` is then 0."""
+        lowered = [self._lowered(m, r) for m, r in items] if one_session else [None] * len(items)
+        if one_session and tune:
+            self.db.tune([k for low in lowered for k in low[2]])
         compiled = []
-        for i, (model, r) in enumerate(items):
-            compiled.append(self.compile(model, r, tune=tune, check=False))
+        for i, ((model, r), low) in enumerate(zip(items, lowered)):
+            compiled.append(self.compile(model, r, tune=tune, check=False, lowered=low))
             if progress:
                 progress(i + 1, len(items))
         times: list[list[float]] = [[] for _ in compiled]
@@ -193,19 +202,20 @@ class TVMBackend:
         tune: bool = True,
         check: bool = True,
         transfer: bool = False,
+        lowered: tuple | None = None,
     ) -> dict:
         """The candidate compiled for the target with whichever tuned kernels the database has (its
         missing ones tuned first if `tune`; else, if `transfer`, given the schedules of their
         nearest tuned kernels, `kernels.tvm_transfer`) on the Relax VM, with its seeded input: a
-        compiled network that `time` can time again and again."""
+        compiled network that `time` can time again and again. `lowered`: what `_lowered` gave
+        for it, if already done."""
         tvm = load_tvm()
         from tvm import relax
 
         t0 = time.time()
         model = model.eval()
         ops = torch_ops(model, resolution)
-        prepared, shape = self._prepared(model, resolution)
-        kernels = extract_kernels(prepared, self.target)
+        prepared, shape, kernels = lowered or self._lowered(model, resolution)
         t_prep = time.time() - t0
         tuned_now, t1 = 0, time.time()
         if tune:
@@ -242,14 +252,16 @@ class TVMBackend:
             info["latency_max_abs_diff"] = float(np.abs(first_output(vm["main"](xt)) - ref).max())
         return {"vm": vm, "input": xt, "ops": ops, "kernels": kernels, "info": info}
 
-    def _prepared(self, model: nn.Module, resolution: int):
-        """The network imported into Relax (batch norm folded) and prepared, and its input shape."""
+    def _lowered(self, model: nn.Module, resolution: int) -> tuple:
+        """The network imported into Relax (batch norm folded) and prepared, its input shape, and
+        the kernels MetaSchedule would tune for it."""
         shape = (1, input_channels(model), resolution, resolution)
-        return prepared_module(fold_batch_norm(model.eval()), shape, self.target), shape
+        prepared = prepared_module(fold_batch_norm(model.eval()), shape, self.target)
+        return prepared, shape, extract_kernels(prepared, self.target)
 
     def kernels_of(self, model: nn.Module, resolution: int) -> list:
         """The kernels MetaSchedule would tune for a network (nothing compiled)."""
-        return extract_kernels(self._prepared(model, resolution)[0], self.target)
+        return self._lowered(model, resolution)[2]
 
     def _transferred(self, kernels):
         """The tuning database united with transferred schedules for the kernels it lacks, and

@@ -18,6 +18,7 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 from torch import nn
@@ -33,6 +34,7 @@ class TVMLatency(LatencyProvider):
     send their candidates to (`start_service`), so every latency is measured on one machine."""
 
     name = "tvm"
+    transfer: ClassVar[bool] = False  # tune a candidate's missing kernels; else transfer them
 
     def __init__(
         self,
@@ -80,7 +82,9 @@ class TVMLatency(LatencyProvider):
             import ray
 
             return ray.get(self.service.measure.remote(model, resolution))
-        return self.backend().measure(model, resolution, tune=True, check=self.check)
+        return self.backend().measure(
+            model, resolution, tune=not self.transfer, check=self.check, transfer=self.transfer
+        )
 
     def start_service(self) -> None:
         from kernels.service import start_service
@@ -263,14 +267,8 @@ class TVMModelLatency(TVMLatency):
         path = Path(run_dir) / "latency.json"
         report = json.loads(path.read_text()) if path.exists() else {"provider": self.name}
         b = self.backend()
-        recs = [
-            rec for rec in front[: self.check_front] if rec.metrics.get("latency_ms") is not None
-        ]
-        items = [
-            (space.build(rec.genome, supernet), space.arch(rec.genome).resolution) for rec in recs
-        ]
         checks = []
-        for rec, m in zip(recs, b.measure_rounds(items, self.rounds, tune=True) if items else []):
+        for rec, m in measure_front(b, space, supernet, front, self.check_front, self.rounds):
             pred = rec.metrics["latency_ms"]
             checks.append(
                 {
@@ -304,6 +302,7 @@ class TVMTransferLatency(TVMLatency):
     full network first), and at the end, on the front's networks (up to `check_front`)."""
 
     name = "tvm-transfer"
+    transfer = True
 
     def __init__(
         self,
@@ -346,15 +345,6 @@ class TVMTransferLatency(TVMLatency):
             rounds=cfg.rounds,
         )
 
-    def measure(self, model: nn.Module, resolution: int) -> dict:
-        if self.service is not None:
-            import ray
-
-            return ray.get(self.service.measure.remote(model, resolution))
-        return self.backend().measure(
-            model, resolution, tune=False, check=self.check, transfer=True
-        )
-
     def prepare_run(self, space, supernet, run_dir: Path, seed: int) -> None:
         """Tune the kernels of the seed networks that the database lacks, all in one MetaSchedule
         session (each session starts its runner process and tuning contexts anew)."""
@@ -395,12 +385,13 @@ class TVMTransferLatency(TVMLatency):
         """Measure the front's networks (up to `check_front`) with their own kernels tuned, in
         `rounds` interleaved rounds; the transferred figures' error on them into latency.json."""
         b, t0 = self.backend(), time.time()
-        recs = [r for r in front[: self.check_front] if r.metrics.get("latency_ms") is not None]
-        items = [(space.build(r.genome, supernet), space.arch(r.genome).resolution) for r in recs]
-        front_kernels = [k for model, r in items for k in b.kernels_of(model, r)]
-        self._report["front_kernels_tuned"] = b.db.tune(front_kernels)  # in one session
+        tuned_before = b.db.stats["tasks_tuned"]
+        measured = measure_front(
+            b, space, supernet, front, self.check_front, self.rounds, one_session=True
+        )
+        self._report["front_kernels_tuned"] = b.db.stats["tasks_tuned"] - tuned_before
         checks = []
-        for rec, m in zip(recs, b.measure_rounds(items, self.rounds, tune=True) if items else []):
+        for rec, m in measured:
             got = rec.metrics["latency_ms"]
             checks.append(
                 {
@@ -432,6 +423,18 @@ class TVMTransferLatency(TVMLatency):
         if self._backend is not None and self._backend.transfer is not None:
             out.update(self._backend.transfer.stats)
         return out
+
+
+def measure_front(backend, space, supernet, front, n: int, rounds: int, one_session=False):
+    """(record, measurement) of the first `n` front records with a latency, each network measured
+    with its own kernels tuned, in `rounds` interleaved rounds (`TVMBackend.measure_rounds`)."""
+    recs = [r for r in front[:n] if r.metrics.get("latency_ms") is not None]
+    items = [(space.build(r.genome, supernet), space.arch(r.genome).resolution) for r in recs]
+    if not items:
+        return []
+    return list(
+        zip(recs, backend.measure_rounds(items, rounds, tune=True, one_session=one_session))
+    )
 
 
 def database_folder(cfg, cache_dir) -> Path:

@@ -37,10 +37,11 @@ def block_names(mod) -> list[str]:
     return _SBLOCK.findall(mod.script())
 
 
-def structure(mod) -> tuple:
+def structure(mod, blocks: list[str]) -> tuple:
     """What two kernels must share for one's schedule to replay on the other: their blocks
-    (names without numbering or Relax variable names) and their buffers' ranks."""
-    blocks = tuple(re.sub(r"^lv\d+", "lv", re.sub(r"\d+$", "", b)) for b in block_names(mod))
+    (`blocks`, its `block_names`, without numbering or Relax variable names) and their buffers'
+    ranks."""
+    blocks = tuple(re.sub(r"^lv\d+", "lv", re.sub(r"\d+$", "", b)) for b in blocks)
     ranks = tuple(len(p.shape) for p in mod["main"].params)
     return blocks, ranks
 
@@ -160,17 +161,19 @@ class Transfer:
             key = structural_hash(rec.workload.mod)
             if key not in best or secs < best[key][0]:
                 best[key] = (secs, rec)
-        self._sources = [
-            Source(
-                structure(r.workload.mod),
-                shapes_of(r.workload.mod),
-                block_names(r.workload.mod),
-                r.trace,
-                [float(x) for x in r.run_secs],
-            )
-            for _, r in best.values()
-        ]
+        self._sources = [self._source(r) for _, r in best.values()]
         self._db_size = size
+
+    @staticmethod
+    def _source(rec) -> Source:
+        mod, blocks = rec.workload.mod, block_names(rec.workload.mod)
+        return Source(
+            structure(mod, blocks),
+            shapes_of(mod),
+            blocks,
+            rec.trace,
+            [float(x) for x in rec.run_secs],
+        )
 
     def schedule(self, mod):
         """A schedule of `mod` replayed from the nearest tuned kernel of the same structure and
@@ -178,7 +181,8 @@ class Transfer:
         load_tvm()
         from tvm.s_tir import Schedule
 
-        st, shapes, blocks = structure(mod), shapes_of(mod), block_names(mod)
+        blocks = block_names(mod)
+        st, shapes = structure(mod, blocks), shapes_of(mod)
         near = sorted(
             (s for s in self._sources if s.structure == st),
             key=lambda s: shape_distance(s.shapes, shapes),
@@ -198,7 +202,7 @@ class Transfer:
 
     def database(self, db, kernels, target):
         """An in-memory database with a transferred schedule for each of `kernels` that `db`
-        lacks, and how many of them got one."""
+        lacks, and the keys of those that got one."""
         load_tvm()
         from tvm.s_tir import meta_schedule as ms
 
