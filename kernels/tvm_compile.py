@@ -163,10 +163,60 @@ def fast_sigmoid_pass():
     return _FAST_SIGMOID
 
 
+_FOLD_LAYOUT = None
+
+
+def fold_layout_pass():
+    """reshape and permute_dims of a constant (a convolution's bias, the classifier's weight)
+    replaced by the constant they give, computed with numpy: Relax's FoldConstant compiles each
+    such call into a kernel of its own to run it (about 1.3 s for a small network)."""
+    global _FOLD_LAYOUT
+    if _FOLD_LAYOUT is not None:
+        return _FOLD_LAYOUT
+    tvm = load_tvm()
+    from tvm import relax
+    from tvm.relax import PyExprMutator, expr_functor
+
+    def folded(call):
+        name = getattr(call.op, "name", "")
+        if name not in ("relax.reshape", "relax.permute_dims") or not isinstance(
+            call.args[0], tvm.ir.Constant
+        ):
+            return None
+        arr = call.args[0].value.numpy()
+        if name == "relax.reshape":
+            if not isinstance(call.args[1], relax.ShapeExpr):
+                return None
+            arr = arr.reshape([int(v) for v in call.args[1].values])
+        else:
+            axes = call.attrs.axes
+            arr = arr.transpose(None if axes is None else [int(a) for a in axes])
+        return relax.const(np.ascontiguousarray(arr), str(arr.dtype))
+
+    @expr_functor.mutator
+    class Mutator(PyExprMutator):
+        def visit_call_(self, call):
+            call = super().visit_call_(call)
+            return folded(call) or call
+
+    @tvm.transform.module_pass(opt_level=0, name="FoldLayoutOfConstants")
+    class FoldLayout:
+        def transform_module(self, mod, ctx):
+            m = Mutator(mod)
+            for gv, f in mod.functions_items():
+                if isinstance(f, relax.Function):
+                    m.builder_.update_func(gv, m.visit_expr(f))
+            return m.builder_.get()
+
+    _FOLD_LAYOUT = FoldLayout()
+    return _FOLD_LAYOUT
+
+
 def prepare(mod, target):
-    """Fold batch norm into the convolutions, vectorisable sigmoids, and the Relax preparation
-    passes (decompose for inference, canonicalise bindings, legalise and fuse): the form whose
-    fused kernels MetaSchedule extracts as tasks and whose kernels a database applies to."""
+    """Fold batch norm into the convolutions, vectorisable sigmoids, constants' reshapes folded
+    with numpy, and the Relax preparation passes (decompose for inference, canonicalise
+    bindings, legalise and fuse): the form whose fused kernels MetaSchedule extracts as tasks
+    and whose kernels a database applies to."""
     tvm = load_tvm()
     from tvm import relax
 
@@ -177,6 +227,7 @@ def prepare(mod, target):
                 relax.transform.DecomposeOpsForInference(),
                 relax.transform.CanonicalizeBindings(),
                 fast_sigmoid_pass(),
+                fold_layout_pass(),
                 relax.get_pipeline("zero"),
             ]
         )(mod)

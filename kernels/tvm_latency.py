@@ -33,24 +33,51 @@ from kernels.tvm_compile import (
     runtime_threads,
 )
 from kernels.tvm_tuning import TuningDB, extract_kernels
-from spaces.layers import input_channels
+from spaces.layers import GConv2d, input_channels
 
 log = logging.getLogger(__name__)
 
 
 def fold_batch_norm(model: nn.Module) -> nn.Module:
-    """An eval-mode copy with batch norm folded into the preceding convolutions (torch.fx), or the
-    model itself where it cannot be traced (TVM's own fold pass then does the common case)."""
+    """An eval-mode copy with each batch norm that follows a convolution (its only user) folded
+    into it (torch.fx, the convolution and batch-norm subclasses of spaces.layers traced as
+    leaves), or the model itself where it cannot be traced (TVM's own fold pass then does the
+    common case, at about 3 s a network: its constant folding compiles each weight's arithmetic)."""
     import copy
+
+    from torch import fx
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    class Leaves(fx.Tracer):
+        def is_leaf_module(self, m, name):
+            return isinstance(m, (nn.Conv2d, nn.BatchNorm2d, nn.Linear)) or super().is_leaf_module(
+                m, name
+            )
 
     model = copy.deepcopy(model).eval()
     try:
-        from torch.fx.experimental.optimization import fuse
-
-        return fuse(model)
+        gm = fx.GraphModule(model, Leaves().trace(model))
     except Exception as e:  # noqa: BLE001 - not every module is fx-traceable
-        log.debug("torch.fx could not fold batch norm (%s); TVM's pass folds what it matches", e)
+        log.debug("torch.fx could not trace the network (%s); TVM's pass folds batch norm", e)
         return model
+    mods = dict(gm.named_modules())
+    for node in list(gm.graph.nodes):
+        conv = node.args[0] if node.op == "call_module" and node.args else None
+        if not (
+            isinstance(mods.get(node.target), nn.BatchNorm2d)
+            and isinstance(conv, fx.Node)
+            and conv.op == "call_module"
+            and type(mods.get(conv.target)) in (nn.Conv2d, GConv2d)
+            and len(conv.users) == 1
+        ):
+            continue
+        fused = fuse_conv_bn_eval(mods[conv.target], mods[node.target])
+        parent, _, leaf = conv.target.rpartition(".")
+        setattr(gm.get_submodule(parent), leaf, fused)
+        node.replace_all_uses_with(conv)
+        gm.graph.erase_node(node)
+    gm.recompile()
+    return gm
 
 
 def realistic(model, resolution: int, seed: int = 0):
@@ -91,35 +118,36 @@ class TVMBackend:
         repeats: int = 20,
         seed: int = 0,
         runner: dict | None = None,
+        focus_trials: int = 0,
+        focus_share: float = 0.8,
     ):
         load_tvm()
         self.target = host_target(target)
         cores = self.target.attrs.get("num-cores") if hasattr(self.target, "attrs") else None
         self.threads = runtime_threads(min(int(cores), host_cores()) if cores else None)
-        self.db = TuningDB(folder, self.target, trials_per_task, strategy, seed, runner)
+        self.db = TuningDB(
+            folder, self.target, trials_per_task, strategy, seed, runner, focus_trials, focus_share
+        )
         self.repeats = repeats
         self.transfer = None  # kernels.tvm_transfer.Transfer, made on first use
         self.networks_file = self.db.dir / "networks.jsonl"
+        self.estimates_file = self.db.dir / "estimates.jsonl"
 
     # --- networks measured before --------------------------------------------------------------
-    def networks(self) -> dict[str, dict]:
-        out = {}
-        if self.networks_file.exists():
-            for line in self.networks_file.read_text().splitlines():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                out[row["key"]] = row
+    def networks(self, estimates: bool = False) -> dict[str, dict]:
+        """Networks measured before, by network key: those timed with every kernel tuned
+        (networks.jsonl, what the latency model is fitted on); with `estimates`, also those timed
+        with transferred or untuned kernels (estimates.jsonl), a fully tuned row winning."""
+        out = _jsonl_rows(self.estimates_file) if estimates else {}
+        out.update(_jsonl_rows(self.networks_file))
         return out
 
     def _remember(
         self, compiled: dict, resolution: int, out: dict, rounds_ms: list[float] | None = None
     ) -> None:
-        """A fully tuned network's kernels and whole-network time, for the latency model (the
-        last row of a network wins)."""
-        if out["latency_tuned_fraction"] != 1.0:
-            return
+        """A network's kernels and whole-network time (the last row of a network wins): fully
+        tuned ones in networks.jsonl, the others in estimates.jsonl with their source."""
+        full = out["latency_tuned_fraction"] == 1.0
         row = {
             "key": network_key(compiled["ops"], resolution),
             "resolution": resolution,
@@ -130,8 +158,35 @@ class TVMBackend:
             "rounds_ms": rounds_ms,
             "at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
-        with open(self.networks_file, "a") as fh:
+        if not full:
+            row["source"], row["tuned_fraction"] = (
+                out["latency_source"],
+                out["latency_tuned_fraction"],
+            )
+            row["transferred"] = out.get("latency_kernels_transferred", 0)
+        with open(self.networks_file if full else self.estimates_file, "a") as fh:
             fh.write(json.dumps(row) + "\n")
+
+    def known(self, model: nn.Module, resolution: int, rounds: int = 1) -> dict | None:
+        """What `measure` would return for a network measured before (fully tuned, else with
+        transferred kernels), timed in at least `rounds` rounds; None if there is none. A network
+        is its operators and input size: another genome with the same ones is the same network."""
+        key = network_key(torch_ops(model.eval(), resolution), resolution)
+        row = self.networks(estimates=True).get(key)
+        if row is None or len(row.get("rounds_ms") or [row["ms"]]) < rounds:
+            return None
+        n = len(row["kernels"])
+        return {
+            "latency_ms": row["ms"],
+            "latency_spread_ms": row["spread_ms"],
+            "latency_source": row.get("source", "tvm"),
+            "latency_tuned_fraction": row.get("tuned_fraction", 1.0),
+            "latency_kernels": n,
+            "latency_kernels_transferred": row.get("transferred", 0),
+            "latency_kernels_tuned_now": 0,
+            "latency_compile_s": 0.0,
+            "latency_measured_at": row["at"],  # timed then, not now
+        }
 
     # --- one network ---------------------------------------------------------------------------
     def measure(
@@ -145,7 +200,13 @@ class TVMBackend:
     ) -> dict:
         """Tune the kernels the database lacks (if `tune`; else, if `transfer`, replay the nearest
         tuned kernels' schedules on them), compile, check against PyTorch, time. Returns the
-        latency (ms), its spread, how many kernels were tuned and what it cost."""
+        latency (ms), its spread, how many kernels were tuned and what it cost. With `transfer`, a
+        network measured before is not measured again (`known`): the same network keeps the same
+        figure, within a run and across runs (the warm cache), unless it is measured tuned."""
+        if transfer and remember:
+            seen = self.known(model, resolution)
+            if seen is not None:
+                return seen
         c = self.compile(model, resolution, tune=tune, check=check, transfer=transfer)
         out = {**self.time(c), **c["info"]}
         if remember:
@@ -160,6 +221,7 @@ class TVMBackend:
         progress=None,
         min_round_s: float = 3.0,
         one_session: bool = False,
+        reuse: bool = False,
     ) -> list[dict]:
         """Measure several networks in `rounds` interleaved rounds (each network timed once per
         round, in turn), each one's latency the median over rounds; remembered with its rounds.
@@ -171,7 +233,22 @@ class TVMBackend:
 
         `one_session`: the kernels all networks lack are tuned together first, in one
         MetaSchedule session (each session starts its runner process anew), instead of per
-        network; each network's `latency_kernels_tuned_now` is then 0."""
+        network; each network's `latency_kernels_tuned_now` is then 0.
+
+        `reuse`: a network measured before with every kernel tuned, in at least `rounds` rounds,
+        is not measured again."""
+        prior = [self.known(m, r, rounds) if reuse else None for m, r in items]
+        prior = [p if p and p["latency_source"] == "tvm" else None for p in prior]
+        todo = [i for i, p in enumerate(prior) if p is None]
+        if todo:
+            done = self._rounds(
+                [items[i] for i in todo], rounds, tune, progress, min_round_s, one_session
+            )
+            for i, res in zip(todo, done):
+                prior[i] = res
+        return prior
+
+    def _rounds(self, items, rounds, tune, progress, min_round_s, one_session) -> list[dict]:
         lowered = [self._lowered(m, r) for m, r in items] if one_session else [None] * len(items)
         if one_session and tune:
             self.db.tune([k for low in lowered for k in low[2]])
@@ -303,6 +380,18 @@ class TVMBackend:
         m.fit_ops(rows)
         m.fit_networks([(LatencyModel.ops_from_json(n["ops"]), n["ms"]) for n in networks])
         return m
+
+
+def _jsonl_rows(path: Path) -> dict[str, dict]:
+    out = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:  # a line cut short by a crash
+                continue
+            out[row["key"]] = row
+    return out
 
 
 def source_label(kernels: int, tuned: int, transferred: int) -> str:

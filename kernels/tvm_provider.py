@@ -44,8 +44,11 @@ class TVMLatency(LatencyProvider):
         strategy: str = "replay-trace",
         repeats: int = 20,
         check: bool = True,
+        focus_trials: int = 0,
+        focus_share: float = 0.8,
     ):
         self.folder = Path(folder).expanduser()
+        self.focus = dict(focus_trials=focus_trials, focus_share=focus_share)
         self.target, self.trials_per_task, self.strategy = target, trials_per_task, strategy
         self.repeats, self.check = repeats, check
         self.service = None  # the latency service's actor handle while workers run
@@ -67,7 +70,12 @@ class TVMLatency(LatencyProvider):
 
             t0 = time.time()
             self._backend = TVMBackend(
-                self.folder, self.target, self.trials_per_task, self.strategy, self.repeats
+                self.folder,
+                self.target,
+                self.trials_per_task,
+                self.strategy,
+                self.repeats,
+                **self.focus,
             )
             log.info(
                 "TVM ready for %s in %.1f s (tuning database %s)",
@@ -137,8 +145,9 @@ class TVMModelLatency(TVMLatency):
         holdout: int = 4,
         check_front: int = 8,
         rounds: int = 5,
+        **focus,
     ):
-        super().__init__(folder, target, trials_per_task, strategy, repeats, check)
+        super().__init__(folder, target, trials_per_task, strategy, repeats, check, **focus)
         self.fit_networks, self.holdout, self.check_front, self.rounds = (
             fit_networks,
             holdout,
@@ -315,8 +324,9 @@ class TVMTransferLatency(TVMLatency):
         seed_networks: int = 3,
         check_front: int = 4,
         rounds: int = 3,
+        **focus,
     ):
-        super().__init__(folder, target, trials_per_task, strategy, repeats, check)
+        super().__init__(folder, target, trials_per_task, strategy, repeats, check, **focus)
         self.seed_networks, self.check_front, self.rounds = seed_networks, check_front, rounds
         self._report: dict = {}
 
@@ -387,7 +397,7 @@ class TVMTransferLatency(TVMLatency):
         b, t0 = self.backend(), time.time()
         tuned_before = b.db.stats["tasks_tuned"]
         measured = measure_front(
-            b, space, supernet, front, self.check_front, self.rounds, one_session=True
+            b, space, supernet, front, self.check_front, self.rounds, one_session=True, reuse=True
         )
         self._report["front_kernels_tuned"] = b.db.stats["tasks_tuned"] - tuned_before
         checks = []
@@ -425,15 +435,21 @@ class TVMTransferLatency(TVMLatency):
         return out
 
 
-def measure_front(backend, space, supernet, front, n: int, rounds: int, one_session=False):
+def measure_front(
+    backend, space, supernet, front, n: int, rounds: int, one_session=False, reuse=False
+):
     """(record, measurement) of the first `n` front records with a latency, each network measured
-    with its own kernels tuned, in `rounds` interleaved rounds (`TVMBackend.measure_rounds`)."""
+    with its own kernels tuned, in `rounds` interleaved rounds (`TVMBackend.measure_rounds`;
+    `reuse`: a network measured so before is not measured again)."""
     recs = [r for r in front[:n] if r.metrics.get("latency_ms") is not None]
     items = [(space.build(r.genome, supernet), space.arch(r.genome).resolution) for r in recs]
     if not items:
         return []
     return list(
-        zip(recs, backend.measure_rounds(items, rounds, tune=True, one_session=one_session))
+        zip(
+            recs,
+            backend.measure_rounds(items, rounds, tune=True, one_session=one_session, reuse=reuse),
+        )
     )
 
 
@@ -455,4 +471,6 @@ def tvm_settings(cfg) -> dict:
         trials_per_task=cfg.trials_per_task,
         strategy=cfg.strategy,
         repeats=cfg.repeats,
+        focus_trials=cfg.focus_trials,
+        focus_share=cfg.focus_share,
     )

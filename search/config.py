@@ -196,6 +196,15 @@ class LatencyCfg(_M):
     trials_per_task: int = Field(
         32, ge=0, description="MetaSchedule trials per new kernel (0: no tuning)"
     )
+    focus_trials: int = Field(
+        0,
+        ge=0,
+        description="trials in all for the newly tuned kernels that make up focus_share of their "
+        "summed tuned time (a second pass); 0: every kernel gets trials_per_task",
+    )
+    focus_share: float = Field(
+        0.8, gt=0, le=1, description="the share of tuned time whose kernels get focus_trials"
+    )
     strategy: Literal["replay-trace", "evolutionary"] = "replay-trace"
     database: str | None = Field(
         None, description="folder of the tuning databases (one per target); default <cache>/tvm"

@@ -223,6 +223,17 @@ def test_tuned_kernels_time_the_network_match_pytorch_and_are_reused(backend):
     other, r2 = _tiny_model(3)
     un = backend.measure(other, r2, tune=False, remember=False)
     assert un["latency_source"].startswith("tvm-untuned") or un["latency_tuned_fraction"] == 1.0
+    # with transfer, a network measured before is not measured again: its figure and source kept
+    seen = backend.measure(model, r, tune=False, transfer=True)
+    assert seen["latency_ms"] == again["latency_ms"] and seen["latency_source"] == "tvm"
+    assert seen["latency_compile_s"] == 0 and "latency_measured_at" in seen
+    est = backend.measure(other, r2, tune=False, transfer=True)
+    est2 = backend.measure(other, r2, tune=False, transfer=True)
+    assert "latency_measured_at" not in est and "latency_measured_at" in est2
+    assert (est2["latency_ms"], est2["latency_source"]) == (
+        est["latency_ms"],
+        est["latency_source"],
+    )
 
 
 @pytest.mark.slow
@@ -416,13 +427,18 @@ def test_tvm_transfer_run_replays_tuned_schedules_and_checks_the_front(tmp_path,
     moved = [m for m in metrics if m["latency_kernels_transferred"] > 0]
     assert moved, "no candidate got a transferred kernel"
     assert all("transferred" in m["latency_source"] for m in moved)
-    assert all(m["latency_max_abs_diff"] < 1e-4 for m in metrics)
+    compiled = [m for m in metrics if "latency_measured_at" not in m]  # not a network seen before
+    assert compiled and all(m["latency_max_abs_diff"] < 1e-4 for m in compiled)
     rep = json.loads((out / "latency.json").read_text())
     assert rep["provider"] == "tvm-transfer" and len(rep["seed_networks"]) == 1
     assert rep["seed_kernels_tuned"] == rep["seed_kernels"] > 0  # an empty database at first
     assert rep["kernels_transferred"] > 0
     assert len(rep["front"]) == 1 and rep["front"][0]["tuned_source"] == "tvm"
     assert rep["front_mape"] >= 0
+    # pareto.json gives the checked network its tuned figure beside the one the search used
+    front = json.loads((out / "pareto.json").read_text())["front"]
+    checked = [e["metrics"] for e in front if "latency_tuned_ms" in e["metrics"]]
+    assert [m["latency_tuned_ms"] for m in checked] == [rep["front"][0]["tuned_ms"]]
 
 
 @pytest.mark.slow
