@@ -121,6 +121,32 @@ def import_module(model: nn.Module, shape: tuple[int, ...]):
     return from_exported_program(ep, keep_params_as_input=False)
 
 
+def call_rewrite_pass(name: str, rewrite):
+    """A Relax module pass putting `rewrite(block_builder, call)` in place of every call in the
+    module's Relax functions where it is not None."""
+    tvm = load_tvm()
+    from tvm import relax
+    from tvm.relax import PyExprMutator, expr_functor
+
+    @expr_functor.mutator
+    class Mutator(PyExprMutator):
+        def visit_call_(self, call):
+            call = super().visit_call_(call)
+            new = rewrite(self.builder_, call)
+            return call if new is None else new
+
+    @tvm.transform.module_pass(opt_level=0, name=name)
+    class Rewrite:
+        def transform_module(self, mod, ctx):
+            m = Mutator(mod)
+            for gv, f in mod.functions_items():
+                if isinstance(f, relax.Function):
+                    m.builder_.update_func(gv, m.visit_expr(f))
+            return m.builder_.get()
+
+    return Rewrite()
+
+
 _FAST_SIGMOID = None
 
 
@@ -133,33 +159,18 @@ def fast_sigmoid_pass():
     if _FAST_SIGMOID is not None:
         return _FAST_SIGMOID
     tvm = load_tvm()
-    from tvm import relax, topi
-    from tvm.relax import PyExprMutator, expr_functor
+    from tvm import topi
 
     def sigmoid(x):
         one = tvm.tirx.const(1.0, x.dtype)
         return topi.divide(one, topi.add(one, topi.fast_exp(topi.negative(x))))
 
-    @expr_functor.mutator
-    class Mutator(PyExprMutator):
-        def visit_call_(self, call):
-            call = super().visit_call_(call)
-            if getattr(call.op, "name", "") == "relax.sigmoid":
-                return self.builder_.call_te(
-                    sigmoid, call.args[0], primfunc_name_hint="fast_sigmoid"
-                )
-            return call
+    def rewrite(builder, call):
+        if getattr(call.op, "name", "") != "relax.sigmoid":
+            return None
+        return builder.call_te(sigmoid, call.args[0], primfunc_name_hint="fast_sigmoid")
 
-    @tvm.transform.module_pass(opt_level=0, name="FastSigmoid")
-    class FastSigmoid:
-        def transform_module(self, mod, ctx):
-            m = Mutator(mod)
-            for gv, f in mod.functions_items():
-                if isinstance(f, relax.Function):
-                    m.builder_.update_func(gv, m.visit_expr(f))
-            return m.builder_.get()
-
-    _FAST_SIGMOID = FastSigmoid()
+    _FAST_SIGMOID = call_rewrite_pass("FastSigmoid", rewrite)
     return _FAST_SIGMOID
 
 
@@ -175,7 +186,6 @@ def fold_layout_pass():
         return _FOLD_LAYOUT
     tvm = load_tvm()
     from tvm import relax
-    from tvm.relax import PyExprMutator, expr_functor
 
     def folded(call):
         name = getattr(call.op, "name", "")
@@ -193,22 +203,7 @@ def fold_layout_pass():
             arr = arr.transpose(None if axes is None else [int(a) for a in axes])
         return relax.const(np.ascontiguousarray(arr), str(arr.dtype))
 
-    @expr_functor.mutator
-    class Mutator(PyExprMutator):
-        def visit_call_(self, call):
-            call = super().visit_call_(call)
-            return folded(call) or call
-
-    @tvm.transform.module_pass(opt_level=0, name="FoldLayoutOfConstants")
-    class FoldLayout:
-        def transform_module(self, mod, ctx):
-            m = Mutator(mod)
-            for gv, f in mod.functions_items():
-                if isinstance(f, relax.Function):
-                    m.builder_.update_func(gv, m.visit_expr(f))
-            return m.builder_.get()
-
-    _FOLD_LAYOUT = FoldLayout()
+    _FOLD_LAYOUT = call_rewrite_pass("FoldLayoutOfConstants", lambda builder, call: folded(call))
     return _FOLD_LAYOUT
 
 
