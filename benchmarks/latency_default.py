@@ -269,7 +269,7 @@ def _runs_section(d: dict) -> list[str]:
     for r in d["runs"]:
         lines.append(
             f"| {r['run']} | {r['wall_s']:.0f} | {r['setup_s']:.0f} | {r['tuning_s']:.0f} | "
-            f"{r['search_s']:.0f} | {r['front_s']:.0f} | {r.get('other_s', 0):.0f} | "
+            f"{r['search_s']:.0f} | {r['front_s']:.0f} | {r['other_s']:.0f} | "
             f"{r['kernels_tuned']} | "
             f"{r['kernels_transferred']} |"
         )

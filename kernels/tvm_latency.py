@@ -32,7 +32,7 @@ from kernels.tvm_compile import (
     prepared_module,
     runtime_threads,
 )
-from kernels.tvm_tuning import TuningDB, extract_kernels
+from kernels.tvm_tuning import TuningDB, extract_kernels, jsonl_rows
 from spaces.layers import GConv2d, input_channels
 
 log = logging.getLogger(__name__)
@@ -138,8 +138,8 @@ class TVMBackend:
         """Networks measured before, by network key: those timed with every kernel tuned
         (networks.jsonl, what the latency model is fitted on); with `estimates`, also those timed
         with transferred or untuned kernels (estimates.jsonl), a fully tuned row winning."""
-        out = _jsonl_rows(self.estimates_file) if estimates else {}
-        out.update(_jsonl_rows(self.networks_file))
+        out = jsonl_rows(self.estimates_file) if estimates else {}
+        out.update(jsonl_rows(self.networks_file))
         return out
 
     def _remember(
@@ -380,18 +380,6 @@ class TVMBackend:
         m.fit_ops(rows)
         m.fit_networks([(LatencyModel.ops_from_json(n["ops"]), n["ms"]) for n in networks])
         return m
-
-
-def _jsonl_rows(path: Path) -> dict[str, dict]:
-    out = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:  # a line cut short by a crash
-                continue
-            out[row["key"]] = row
-    return out
 
 
 def source_label(kernels: int, tuned: int, transferred: int) -> str:

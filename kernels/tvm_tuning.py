@@ -28,6 +28,20 @@ from kernels.tvm_compile import host_cores, load_tvm, target_key
 log = logging.getLogger(__name__)
 
 
+def jsonl_rows(path: Path) -> dict[str, dict]:
+    """The rows of a JSON-lines file by their `key` (the last row of a key wins; a line cut short
+    by a crash is skipped); empty if there is no file."""
+    out = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            out[row["key"]] = row
+    return out
+
+
 @dataclass
 class Kernel:
     """One fused kernel of a network: its structural key, name, buffer shapes and call count."""
@@ -184,14 +198,7 @@ class TuningDB:
         """Read what other processes may have added since (cheap when nothing changed)."""
         wl, rec = self._files()
         size = sum(p.stat().st_size for p in (wl, rec) if p.exists())
-        table = self.dir / "kernels.jsonl"
-        if table.exists():
-            for line in table.read_text().splitlines():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut by a crash
-                self.table[row["key"]] = row
+        self.table.update(jsonl_rows(self.dir / "kernels.jsonl"))
         if size == self._loaded_size and self._db is not None:
             return
         load_tvm()

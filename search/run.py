@@ -458,8 +458,10 @@ class Run:
         own kernels tuned (latency.json's `front`: tvm-transfer, tvm-model) get that figure as
         `metrics.latency_tuned_ms`, beside the figure the search ranked them by."""
         path = self.dir / "latency.json"
+        if not path.exists():
+            return
         try:
-            checks = json.loads(path.read_text()).get("front") or [] if path.exists() else []
+            checks = json.loads(path.read_text()).get("front") or []
         except (OSError, ValueError):
             return
         by_id = {c["genome_id"]: c for c in checks if "genome_id" in c}
