@@ -131,25 +131,34 @@ class TVMBackend:
         self.repeats = repeats
         self.transfer = None  # kernels.tvm_transfer.Transfer, made on first use
         self.networks_file = self.db.dir / "networks.jsonl"
-        self.estimates_file = self.db.dir / "estimates.jsonl"
+        self.priced_file = self.db.dir / "priced.jsonl"
 
     # --- networks measured before --------------------------------------------------------------
-    def networks(self, estimates: bool = False) -> dict[str, dict]:
-        """Networks measured before, by network key: those timed with every kernel tuned
-        (networks.jsonl, what the latency model is fitted on); with `estimates`, also those timed
-        with transferred or untuned kernels (estimates.jsonl), a fully tuned row winning."""
-        out = jsonl_rows(self.estimates_file) if estimates else {}
-        out.update(jsonl_rows(self.networks_file))
-        return out
+    def networks(self) -> dict[str, dict]:
+        """Networks measured with every kernel tuned, by network key (networks.jsonl: what the
+        latency model is fitted on; a later row, timed in more rounds, wins)."""
+        return jsonl_rows(self.networks_file)
+
+    def priced(self) -> dict[str, dict]:
+        """The figure a search first priced each network at, by network key (priced.jsonl: tuned,
+        transferred or untuned; the first row wins)."""
+        return jsonl_rows(self.priced_file, first=True)
 
     def _remember(
-        self, compiled: dict, resolution: int, out: dict, rounds_ms: list[float] | None = None
+        self,
+        compiled: dict,
+        resolution: int,
+        out: dict,
+        rounds_ms: list[float] | None = None,
+        priced: bool = False,
     ) -> None:
-        """A network's kernels and whole-network time (the last row of a network wins): fully
-        tuned ones in networks.jsonl, the others in estimates.jsonl with their source."""
+        """A network's kernels and whole-network time: in networks.jsonl when every kernel was
+        tuned; in priced.jsonl too, with its source, when a search priced it (`priced`) and no
+        search had priced it before."""
         full = out["latency_tuned_fraction"] == 1.0
+        key = network_key(compiled["ops"], resolution)
         row = {
-            "key": network_key(compiled["ops"], resolution),
+            "key": key,
             "resolution": resolution,
             "ops": LatencyModel.ops_to_json(compiled["ops"]),
             "kernels": sorted({k.key for k in compiled["kernels"]}),
@@ -158,21 +167,30 @@ class TVMBackend:
             "rounds_ms": rounds_ms,
             "at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
-        if not full:
+        if full:
+            with open(self.networks_file, "a") as fh:
+                fh.write(json.dumps(row) + "\n")
+        if priced and key not in self.priced():
             row["source"], row["tuned_fraction"] = (
                 out["latency_source"],
                 out["latency_tuned_fraction"],
             )
             row["transferred"] = out.get("latency_kernels_transferred", 0)
-        with open(self.networks_file if full else self.estimates_file, "a") as fh:
-            fh.write(json.dumps(row) + "\n")
+            with open(self.priced_file, "a") as fh:
+                fh.write(json.dumps(row) + "\n")
 
-    def known(self, model: nn.Module, resolution: int, rounds: int = 1) -> dict | None:
-        """What `measure` would return for a network measured before (fully tuned, else with
-        transferred kernels), timed in at least `rounds` rounds; None if there is none. A network
-        is its operators and input size: another genome with the same ones is the same network."""
+    def known(
+        self, model: nn.Module, resolution: int, rounds: int = 1, search: bool = False
+    ) -> dict | None:
+        """What `measure` would return for a network measured before with every kernel tuned, in
+        at least `rounds` rounds; with `search`, first the figure a search priced it at (so that
+        a search prices a network the same way whatever was measured since: the same config and
+        seed give the same genomes, with an empty cache or a warm one). None if there is none. A
+        network is its operators and input size: another genome with the same ones is the same
+        network."""
         key = network_key(torch_ops(model.eval(), resolution), resolution)
-        row = self.networks(estimates=True).get(key)
+        row = self.priced().get(key) if search else None
+        row = row or self.networks().get(key)
         if row is None or len(row.get("rounds_ms") or [row["ms"]]) < rounds:
             return None
         n = len(row["kernels"])
@@ -202,15 +220,16 @@ class TVMBackend:
         tuned kernels' schedules on them), compile, check against PyTorch, time. Returns the
         latency (ms), its spread, how many kernels were tuned and what it cost. With `transfer`, a
         network measured before is not measured again (`known`): the same network keeps the same
-        figure, within a run and across runs (the warm cache), unless it is measured tuned."""
+        figure, within a run and across runs (the warm cache), even once it is measured tuned
+        (the tuned figure is reported beside it: `latency_tuned_ms`)."""
         if transfer and remember:
-            seen = self.known(model, resolution)
+            seen = self.known(model, resolution, search=True)
             if seen is not None:
                 return seen
         c = self.compile(model, resolution, tune=tune, check=check, transfer=transfer)
         out = {**self.time(c), **c["info"]}
         if remember:
-            self._remember(c, resolution, out)
+            self._remember(c, resolution, out, priced=transfer)
         return out
 
     def measure_rounds(

@@ -28,9 +28,9 @@ from kernels.tvm_compile import host_cores, load_tvm, target_key
 log = logging.getLogger(__name__)
 
 
-def jsonl_rows(path: Path) -> dict[str, dict]:
-    """The rows of a JSON-lines file by their `key` (the last row of a key wins; a line cut short
-    by a crash is skipped); empty if there is no file."""
+def jsonl_rows(path: Path, first: bool = False) -> dict[str, dict]:
+    """The rows of a JSON-lines file by their `key` (the last row of a key wins, or the first
+    with `first`; a line cut short by a crash is skipped); empty if there is no file."""
     out = {}
     if path.exists():
         for line in path.read_text().splitlines():
@@ -38,7 +38,8 @@ def jsonl_rows(path: Path) -> dict[str, dict]:
                 row = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            out[row["key"]] = row
+            if not (first and row["key"] in out):
+                out[row["key"]] = row
     return out
 
 
@@ -156,6 +157,17 @@ def _waiting_runner(inner):
 # (one run each is 0.09 s a trial sooner, but a kernel of a few microseconds timed once ranks its
 # schedules on overhead: benchmarks/results/latency_default.md)
 RUNNER = dict(number=3, repeat=3, min_repeat_ms=20)
+# candidates measured per MetaSchedule iteration, the same for every trial budget: replay-trace
+# draws a batch's samples together, so a kernel's first 8 samples are the same with 8 trials as
+# with 32
+TRIALS_PER_BATCH = 8
+
+
+def kernel_seed(seed: int, key: str) -> int:
+    """The tuning seed of one kernel: a function of the run's seed and the kernel alone."""
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:4], "big") >> 1
 
 
 class TuningDB:
@@ -303,13 +315,7 @@ class TuningDB:
         logs = Path(tempfile.mkdtemp(prefix="archsearch-ms-"))
         foreign = _detach_foreign_handlers()
         try:
-            ctxs, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-                [k.task for k in todo],
-                work_dir=str(logs),
-                strategy=self.strategy,
-                num_threads=self._cores(),
-                seed=self.seed if seed is None else seed,
-            )
+            ctxs = self._contexts(todo, logs, self.seed if seed is None else seed)
             runner = _waiting_runner(
                 ms.runner.LocalRunner(
                     evaluator_config=ms.runner.EvaluatorConfig(
@@ -321,11 +327,11 @@ class TuningDB:
             log.info("tuning %d new kernel%s (%d trials each)", n, "" if n == 1 else "s", trials)
             ms.tune_tasks(
                 tasks=ctxs,
-                task_weights=weights,
+                task_weights=[float(k.calls) for k in todo],
                 work_dir=str(logs),
                 max_trials_global=trials * len(ctxs),
                 max_trials_per_task=trials,
-                num_trials_per_iter=min(trials, 16),
+                num_trials_per_iter=TRIALS_PER_BATCH,
                 builder=_in_process_builder(host_cores()),
                 runner=runner,
                 database=self._db,
@@ -334,6 +340,29 @@ class TuningDB:
         finally:
             _close_ms_handlers(foreign)
             shutil.rmtree(logs, ignore_errors=True)
+
+    def _contexts(self, todo: list[Kernel], logs: Path, seed: int) -> list:
+        """MetaSchedule's tuning contexts of `todo`, each seeded by `seed` and the kernel's key
+        (MetaSchedule seeds them by their position in the list): a kernel's replay-trace samples
+        are then the same whichever network or batch of kernels it is tuned with, so a kernel
+        tuned with `focus_trials` here and in another database saw the same schedules."""
+        from tvm.s_tir import meta_schedule as ms
+        from tvm.s_tir.meta_schedule.logging import get_loggers_from_work_dir
+
+        loggers = get_loggers_from_work_dir(str(logs), [k.task.task_name for k in todo])
+        return [
+            ms.TuneContext(
+                mod=k.task.dispatched[0],
+                target=k.task.target,
+                space_generator="post-order-apply",
+                search_strategy=self.strategy,
+                task_name=k.task.task_name,
+                logger=logger,
+                rand_state=kernel_seed(seed, k.key),
+                num_threads=self._cores(),
+            ).clone()
+            for k, logger in zip(todo, loggers)
+        ]
 
     def _cores(self) -> int:
         n = self.target.attrs.get("num-cores") if hasattr(self.target, "attrs") else None

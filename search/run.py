@@ -26,7 +26,7 @@ from search.optimizers import optimizer_class
 from search.progress import pretrain_progress
 from search.records import TrialRecord, best, pareto_front
 from search.runlock import LOCK_FILE, RunLock
-from search.runs import REFERENCE
+from search.runs import REFERENCE, front_checks
 from search.store import JOURNAL, RunStore, load_records
 from search.tracking import TensorBoardLog
 from spaces.errors import ArchsearchError, ConfigError
@@ -454,23 +454,11 @@ class Run:
             log.warning("could not summarise the best candidate: %s", e)
 
     def _add_front_checks(self, entries: list[dict]) -> None:
-        """The front's networks that the latency provider measured again at the end with their
-        own kernels tuned (latency.json's `front`: tvm-transfer, tvm-model) get that figure as
-        `metrics.latency_tuned_ms`, beside the figure the search ranked them by."""
-        path = self.dir / "latency.json"
-        if not path.exists():
-            return
-        try:
-            checks = json.loads(path.read_text()).get("front") or []
-        except (OSError, ValueError):
-            return
-        by_id = {c["genome_id"]: c for c in checks if "genome_id" in c}
+        """The front's networks measured again at the end with their own kernels tuned get that
+        figure as `metrics.latency_tuned_ms`, beside the figure the search ranked them by."""
+        checks = front_checks(self.dir)
         for e in entries:
-            c = by_id.get(e["genome_id"])
-            tuned = c and (c.get("tuned_ms") or c.get("measured_ms"))
-            if tuned:
-                e["metrics"]["latency_tuned_ms"] = tuned
-                e["metrics"]["latency_tuned_source"] = c.get("tuned_source") or c.get("source")
+            e["metrics"].update(checks.get(e["genome_id"], {}))
 
     def _write_best_model(self, space: Space, b: TrialRecord, bdir: Path) -> None:
         weights = self.dir / "trials" / f"{b.genome_id}.pt"

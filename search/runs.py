@@ -69,6 +69,12 @@ class OpenRun:
                 out[key] = f"{scale * (m[key] - ref[key]):+.2f} pts"
         return out
 
+    def front_checks(self) -> dict[str, dict]:
+        """The front's networks that the latency provider measured again at the end with their
+        own kernels tuned (latency.json's `front`: tvm-transfer, tvm-model), by genome id:
+        `latency_tuned_ms` and `latency_tuned_source`."""
+        return front_checks(self.dir)
+
     def ranked(self) -> list[TrialRecord]:
         """Complete trials, feasible first, then by the first objective."""
         s = self.signs[0]
@@ -105,3 +111,22 @@ def open_run(
     except KeyError:  # the study is not created yet
         records = []
     return OpenRun(path, cfg, space, records)
+
+
+def front_checks(run_dir: Path) -> dict[str, dict]:
+    """`OpenRun.front_checks` of a run folder (empty without latency.json or checks)."""
+    import json
+
+    try:
+        checks = json.loads((Path(run_dir) / "latency.json").read_text()).get("front") or []
+    except (OSError, ValueError):
+        return {}
+    out = {}
+    for c in checks:
+        tuned = c.get("tuned_ms") or c.get("measured_ms")
+        if "genome_id" in c and tuned:
+            out[c["genome_id"]] = {
+                "latency_tuned_ms": tuned,
+                "latency_tuned_source": c.get("tuned_source") or c.get("source"),
+            }
+    return out

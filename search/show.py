@@ -55,14 +55,22 @@ def show(run_dir: str, top: int = 10) -> int:
             "\nbase (the full network, fine-tuned and timed like the candidates): "
             + ", ".join(f"{m} {_fmt(ref[m])}" for m in metrics if m in ref)
         )
+    checks = run.front_checks()
+
+    def front_extra(r):
+        out = {f"vs base {k}": v for k, v in run.versus_reference(r).items()}
+        if checks:  # the latency measured at the run's end with the network's own kernels tuned
+            c = checks.get(r.genome_id)
+            out["latency_tuned_ms"] = _fmt(c["latency_tuned_ms"]) if c else ""
+        return out
+
     print(f"\nPareto front ({len(front)} trials):")
-    print(
-        table(
-            front,
-            metrics,
-            lambda r: {f"vs base {k}": v for k, v in run.versus_reference(r).items()},
+    print(table(front, metrics, front_extra))
+    if checks:
+        print(
+            "latency_ms: the figure the search ranked by; latency_tuned_ms: the network measured "
+            "at the run's end with its own kernels tuned (latency.json)"
         )
-    )
     ranked = run.ranked()[:top]
     print(f"\nbest {len(ranked)} by {cfg.objectives[0].metric}:")
     print(table(ranked, metrics))
