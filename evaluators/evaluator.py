@@ -225,7 +225,9 @@ class TrainEvaluator(Evaluator):
         gid = self.space.genome_id(genome)
         t0 = time.time()
         try:
-            arch, model, m = self._inherit(genome)
+            arch, model, m, latency = self._inherit(genome)
+            if report is not None:  # every report carries the latency
+                m.update(latency())
             curve: list[dict] = []
             on_epoch = self._epoch_reporter(report, m, arch.resolution, curve)
             t1 = time.time()
@@ -240,6 +242,7 @@ class TrainEvaluator(Evaluator):
                 skip_last_epoch_callback=True,
             )
             m["train_time_s"] = time.time() - t1
+            m.update(latency())  # measured meanwhile where a service measures
             m.update(self._score(model, arch.resolution))
             last = curve[-1]["epoch"] + 1 if curve else 1
             curve.append({"epoch": last, "val_acc": m["val_acc"], "val_loss": m["val_loss"]})
@@ -255,9 +258,10 @@ class TrainEvaluator(Evaluator):
             return EvalResult(gid, "failed", {"wall_time_s": time.time() - t0}, reason=reason)
 
     def _inherit(self, genome: Genome):
-        """The sub-network with inherited weights and recalibrated batch norm, and what is known
-        of it before training: inherited accuracy, cost, size, latency (which does not depend on
-        the weights' values)."""
+        """The sub-network with inherited weights and recalibrated batch norm, what is known of it
+        before training (inherited accuracy, cost, size), and a call giving its latency (which
+        does not depend on the weights' values): started now, so that a latency service compiles
+        and times the candidate while this worker fine-tunes it."""
         arch = self.space.arch(genome)
         model = self.space.build(genome, self.supernet)
         m: dict[str, Any] = {
@@ -265,12 +269,13 @@ class TrainEvaluator(Evaluator):
             "model_bits": model_bits(model, arch.quant),
             "resolution": arch.resolution,
         }
+        latency = dict
         if self.latency is not None:  # on this machine's CPU, whatever device trains
-            m.update(self.latency.measure(model, arch.resolution))
+            latency = self.latency.measure_later(model, arch.resolution)
         model.to(self.finetune.device)
         recalibrate_bn(model, self.data.train, arch.resolution)
         m["inherited_val_acc"] = evaluate(model, self.data.val, arch.resolution)[0]
-        return arch, model, m
+        return arch, model, m, latency
 
     def _epoch_reporter(self, report, known: dict, resolution: int, curve: list[dict]):
         """The fine-tuning's epoch callback: validation metrics after each epoch but the last,

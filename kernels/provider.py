@@ -6,6 +6,7 @@ in `kernels.latency.PROVIDERS`."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -35,6 +36,13 @@ class LatencyProvider:
         """`latency_ms` and `latency_source` (and `latency_spread_ms` where it times repeats) of
         one batch-1 forward pass at `resolution`."""
         raise NotImplementedError
+
+    def measure_later(self, model: nn.Module, resolution: int) -> Callable[[], dict[str, Any]]:
+        """`measure` started now, its result given by calling what this returns: a provider that
+        measures in another process (the TVM latency service) measures while the caller goes on
+        (the candidate fine-tunes meanwhile). Default: measured now."""
+        out = self.measure(model, resolution)
+        return lambda: out
 
     def prepare_run(self, space, supernet: nn.Module | None, run_dir: Path, seed: int) -> None:
         """Before the first trial, with the pre-trained supernet (default: nothing to prepare)."""

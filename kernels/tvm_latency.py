@@ -270,7 +270,9 @@ class TVMBackend:
     def _rounds(self, items, rounds, tune, progress, min_round_s, one_session) -> list[dict]:
         lowered = [self._lowered(m, r) for m, r in items] if one_session else [None] * len(items)
         if one_session and tune:
-            self.db.tune([k for low in lowered for k in low[2]])
+            self.db.tune(
+                [k for low in lowered for k in low[2]], networks=[low[2] for low in lowered]
+            )
         compiled = []
         for i, ((model, r), low) in enumerate(zip(items, lowered)):
             compiled.append(self.compile(model, r, tune=tune, check=False, lowered=low))

@@ -87,12 +87,20 @@ class TVMLatency(LatencyProvider):
 
     def measure(self, model: nn.Module, resolution: int) -> dict:
         if self.service is not None:
-            import ray
-
-            return ray.get(self.service.measure.remote(model, resolution))
+            return self.measure_later(model, resolution)()
         return self.backend().measure(
             model, resolution, tune=not self.transfer, check=self.check, transfer=self.transfer
         )
+
+    def measure_later(self, model: nn.Module, resolution: int):
+        """With the service (Ray workers), the candidate is sent now (a copy: the caller may
+        train it meanwhile) and compiled and timed while the worker fine-tunes it."""
+        if self.service is None:
+            return super().measure_later(model, resolution)
+        import ray
+
+        ref = self.service.measure.remote(model, resolution)
+        return lambda: ray.get(ref)
 
     def start_service(self) -> None:
         from kernels.service import start_service
@@ -373,7 +381,7 @@ class TVMTransferLatency(TVMLatency):
             todo,
             self.trials_per_task,
         )
-        b.db.tune(kernels)
+        b.db.tune(kernels, focus=False)  # transfer sources: more trials did not transfer better
         self._report = {
             "provider": self.name,
             "target": str(b.target),

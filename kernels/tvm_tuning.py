@@ -253,29 +253,45 @@ class TuningDB:
         self.stats["tasks_seen"] = len(self._seen)
 
     # --- tuning ------------------------------------------------------------------------------
-    def tune(self, kernels: list[Kernel], trials_per_task: int | None = None) -> int:
-        """Tune the kernels the database lacks (under the core lock: tuning measures). Returns
-        how many were tuned; writes their rows to the latency table."""
+    def tune(
+        self,
+        kernels: list[Kernel],
+        trials_per_task: int | None = None,
+        focus: bool = True,
+        networks: list[list[Kernel]] | None = None,
+    ) -> int:
+        """Tune the kernels the database lacks (under the core lock: tuning measures); with
+        `focus`, then give the slowest kernels of each network (`networks`: the kernels' networks,
+        default all one) the rest of `focus_trials` (`_focus`), also those tuned before with
+        fewer. Returns how many kernels were new; writes their rows to the latency table."""
         trials = trials_per_task or self.trials_per_task
         self.note_seen(kernels)
         with core_lock().exclusive("tuning"):
             self.reload()
             todo = self.missing(kernels)
-            if not todo or trials <= 0:
+            if trials <= 0 or not (todo or focus):
                 self._table_rows(kernels)
                 return 0
             t0 = time.time()
-            self._run_metaschedule(todo, trials)
-            focus = self._focus(todo, trials)
-            if focus:  # a second pass with a fresh seed: replay-trace would replay the first
-                self._run_metaschedule(focus, self.focus_trials - trials, seed=self.seed + 1)
+            if todo:
+                self._run_metaschedule(todo, trials)
+                self._table_rows(todo)  # their first-pass times rank them for `_focus`
+            heavy = {}
+            for net in (networks or [kernels]) if focus else []:
+                heavy.update({k.key: k for k in self._focus(net, trials)})
+            more = list(heavy.values())
+            if more:  # a second pass with a fresh seed: replay-trace would replay the first
+                self._run_metaschedule(more, self.focus_trials - trials, seed=self.seed + 1)
+            if not (todo or more):
+                self._table_rows(kernels)
+                return 0
             dt = time.time() - t0
-            self.stats["tasks_focused"] += len(focus)
+            self.stats["tasks_focused"] += len(more)
             self.stats["tasks_tuned"] += len(todo)
             self.stats["tuning_s"] += dt
             wl, rec = self._files()
             self._loaded_size = sum(p.stat().st_size for p in (wl, rec) if p.exists())
-            self._table_rows(kernels)
+            self._table_rows(kernels, again={k.key for k in more})
             failed = [k.name for k in todo if self.record(k) is None]
             if failed:
                 log.warning(
@@ -284,19 +300,20 @@ class TuningDB:
                     "" if len(failed) == 1 else "s",
                     ", ".join(failed[:5]),
                 )
-            log.info("tuned %d kernels in %.0f s", len(todo), dt)
+            log.info("tuned %d new kernels, %d more in %.0f s", len(todo), len(more), dt)
             return len(todo)
 
-    def _focus(self, todo: list[Kernel], trials: int) -> list[Kernel]:
-        """The tuned kernels of `todo` that, slowest first, make up `focus_share` of their summed
-        time (each kernel's best time times its calls): where more trials pay. Of 82 kernels
-        tuned with 32 replay-trace trials, the best of the first 8 summed to 43 % more than the
-        best of all 32; the slowest 30 (80 % of the time) at 32 and the rest at 8 came within 3 %
-        for half the trials."""
+    def _focus(self, kernels: list[Kernel], trials: int) -> list[Kernel]:
+        """Of `kernels`, the slowest that make up `focus_share` of their summed time (each
+        kernel's best time times its calls), less those that had more than `trials` trials
+        already: where more trials pay. Of 82 kernels tuned with 32 replay-trace trials, the best
+        of the first 8 summed to 43 % more than the best of all 32; the slowest 30 (80 % of the
+        time) at 32 and the rest at 8 came within 3 % for half the trials."""
         if self.focus_trials <= trials or self.focus_share <= 0:
             return []
         self.reload()
-        timed = [(self.seconds(k), k) for k in todo]
+        uniq = list({k.key: k for k in kernels}.values())
+        timed = [(self._first_seconds(k), k) for k in uniq]
         timed = sorted(((s * k.calls, k) for s, k in timed if s), key=lambda t: -t[0])
         total, acc, out = sum(t for t, _ in timed), 0.0, []
         for t, k in timed:
@@ -304,7 +321,25 @@ class TuningDB:
                 break
             out.append(k)
             acc += t
-        return out
+        return [k for k in out if self._trials_done(k) <= trials]
+
+    def _first_seconds(self, k: Kernel) -> float | None:
+        """The kernel's time after its first pass (what `_focus` ranks by, so that its choice
+        does not move once the chosen kernels got faster)."""
+        row = self.table.get(k.key)
+        return row.get("first_seconds", row["seconds"]) if row else self._best(k)
+
+    def _best(self, k: Kernel) -> float | None:
+        """The kernel's best record's mean time now (the latency table keeps the first)."""
+        r = self.record(k)
+        return sum(float(s) for s in r.run_secs) / len(r.run_secs) if r and r.run_secs else None
+
+    def _trials_done(self, k: Kernel) -> int:
+        """How many working schedules the database holds for the kernel."""
+        mod = k.task.dispatched[0]
+        if not self._db.has_workload(mod):
+            return 0
+        return len(self._db.get_top_k(self._db.commit_workload(mod), max(64, self.focus_trials)))
 
     def _run_metaschedule(self, todo: list[Kernel], trials: int, seed: int | None = None) -> None:
         """MetaSchedule on `todo`, `trials` each, its records into the database (logs in a
@@ -368,16 +403,20 @@ class TuningDB:
         n = self.target.attrs.get("num-cores") if hasattr(self.target, "attrs") else None
         return int(n) if n else (os.cpu_count() or 1)
 
-    def _table_rows(self, kernels: list[Kernel]) -> None:
-        """Add the tuned kernels missing from the latency table."""
-        rows = []
+    def _table_rows(self, kernels: list[Kernel], again: set[str] = frozenset()) -> None:
+        """Add the tuned kernels missing from the latency table, and anew those in `again` (tuned
+        further since: the last row of a kernel wins)."""
+        rows, done = [], set()
         for k in kernels:
-            if k.key in self.table:
+            if k.key in self.table and k.key not in again or k.key in done:
                 continue
-            s = self.seconds(k)
+            done.add(k.key)
+            s = self._best(k) if k.key in again else self.seconds(k)
             if s is None:
                 continue
             row = {"key": k.key, "name": k.name, "shapes": k.shapes, "seconds": s}
+            if k.key in self.table:
+                row["first_seconds"] = self._first_seconds(k)
             self.table[k.key] = row
             rows.append(row)
         if rows:

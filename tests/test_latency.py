@@ -246,6 +246,30 @@ def test_tuned_kernels_time_the_network_match_pytorch_and_are_reused(backend):
 
 
 @pytest.mark.slow
+def test_focus_tops_up_the_slowest_kernels_once_also_those_tuned_before(tmp_path):
+    """Kernels tuned without focus (tvm-transfer's seeds) get their second pass when a later call
+    with focus needs them (the front check): the slowest ones making up `focus_share` of the
+    network's time, once; the latency table then gives their better time."""
+    from kernels.tvm_latency import TVMBackend
+    from kernels.tvm_tuning import jsonl_rows
+
+    model, r = _tiny_model(0)
+    b = TVMBackend(tmp_path, trials_per_task=2, repeats=3, focus_trials=4, focus_share=0.5)
+    ks = b.kernels_of(model, r)
+    assert b.db.tune(ks, focus=False) == len({k.key for k in ks})
+    assert b.db.stats["tasks_focused"] == 0 and max(b.db._trials_done(k) for k in ks) <= 2
+    first = {k.key: b.db.seconds(k) for k in ks}
+    slowest = max(ks, key=lambda k: first[k.key] * k.calls)
+    assert b.db.tune(ks) == 0  # no new kernel, but a second pass
+    n = b.db.stats["tasks_focused"]
+    assert 1 <= n < len(first) and b.db._trials_done(slowest) > 2
+    table = jsonl_rows(b.db.dir / "kernels.jsonl")
+    assert table[slowest.key]["seconds"] == b.db._best(slowest) <= first[slowest.key]
+    b.db.tune(ks)
+    assert b.db.stats["tasks_focused"] == n  # topped up once
+
+
+@pytest.mark.slow
 def test_a_kernel_is_tuned_on_the_same_samples_whatever_it_is_tuned_with(tmp_path):
     """Tuning seeds follow the kernel, not its place in the list: the same kernels tuned in
     reverse order, or with more trials, see the same first schedules (MetaSchedule's own
