@@ -95,6 +95,11 @@ def host_target(target: str | dict | None = None):
     return target if isinstance(target, tvm.target.Target) else tvm.target.Target(target)
 
 
+# the form of the kernels a database holds: a database of another form is another folder (2:
+# means' blocks named `mean_red`, not after a Relax variable: `named_mean_pass`)
+KERNEL_FORM = 2
+
+
 def target_key(target, threads: int | None = None) -> str:
     """A folder name for a target and the runtime threads its kernels are timed on: its kind, CPU,
     cores and threads, and a digest of the whole (kernels tuned on another thread count are
@@ -107,6 +112,7 @@ def target_key(target, threads: int | None = None) -> str:
     if threads:
         tag += f"-t{threads}"
         s += f"|threads={threads}"
+    s += f"|kernels={KERNEL_FORM}"
     return f"{tag}-{hashlib.sha256(s.encode()).hexdigest()[:8]}"
 
 
@@ -174,6 +180,56 @@ def fast_sigmoid_pass():
     return _FAST_SIGMOID
 
 
+_NAMED_MEAN = None
+
+
+def named_mean_pass():
+    """relax.mean as a sum whose block is named `mean_red`, then a division: TVM's own names the
+    sum's block after the Relax variable it reads (`lv58_red`), so the same mean in two networks
+    has other block names, while MetaSchedule's database matches kernels by structure, names
+    aside, and replays a schedule by block name: the other network's record then fails to apply
+    (and one tuned for each corrupts the database file)."""
+    global _NAMED_MEAN
+    if _NAMED_MEAN is not None:
+        return _NAMED_MEAN
+    tvm = load_tvm()
+    from tvm import te, topi
+
+    def mean(x, axis: list[int], keepdims: bool):
+        nd = len(x.shape)
+        axis = sorted({a % nd for a in axis})
+        rs = {a: te.reduce_axis((0, x.shape[a]), name=f"k{a}") for a in axis}
+        kept = [i for i in range(nd) if i not in rs]
+        out = (
+            [1 if i in rs else x.shape[i] for i in range(nd)]
+            if keepdims
+            else [x.shape[i] for i in kept]
+        )
+
+        def body(*idx):
+            pos = dict(zip(range(nd), idx)) if keepdims else dict(zip(kept, idx))
+            return te.sum(
+                x[tuple(rs[i] if i in rs else pos[i] for i in range(nd))], axis=list(rs.values())
+            )
+
+        total = te.compute(out, body, name="mean_red")
+        n = 1
+        for a in axis:
+            n *= int(x.shape[a])
+        return topi.divide(total, tvm.tirx.const(n, x.dtype))
+
+    def rewrite(builder, call):
+        if getattr(call.op, "name", "") != "relax.mean" or call.attrs.axis is None:
+            return None
+        axis = [int(a) for a in call.attrs.axis]
+        return builder.call_te(
+            mean, call.args[0], axis, bool(call.attrs.keepdims), primfunc_name_hint="mean"
+        )
+
+    _NAMED_MEAN = call_rewrite_pass("NamedMean", rewrite)
+    return _NAMED_MEAN
+
+
 _FOLD_LAYOUT = None
 
 
@@ -222,6 +278,7 @@ def prepare(mod, target):
                 relax.transform.DecomposeOpsForInference(),
                 relax.transform.CanonicalizeBindings(),
                 fast_sigmoid_pass(),
+                named_mean_pass(),
                 fold_layout_pass(),
                 relax.get_pipeline("zero"),
             ]

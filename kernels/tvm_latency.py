@@ -184,8 +184,8 @@ class TVMBackend:
     ) -> dict | None:
         """What `measure` would return for a network measured before with every kernel tuned, in
         at least `rounds` rounds; with `search`, first the figure a search priced it at (so that
-        a search prices a network the same way whatever was measured since: the same config and
-        seed give the same genomes, with an empty cache or a warm one). None if there is none. A
+        a search prices a network the same way whatever was measured since: a warm cache does
+        not change what a search sees of a network). None if there is none. A
         network is its operators and input size: another genome with the same ones is the same
         network."""
         key = network_key(torch_ops(model.eval(), resolution), resolution)
