@@ -233,11 +233,7 @@ class TuningDB:
         row = self.table.get(k.key)
         if row is not None and row.get("seconds"):
             return row["seconds"]
-        r = self.record(k)
-        if r is None or not r.run_secs:
-            return None
-        secs = [float(s) for s in r.run_secs]
-        return sum(secs) / len(secs)
+        return self._best(k)
 
     def missing(self, kernels: list[Kernel]) -> list[Kernel]:
         out, keys = [], set()
@@ -269,7 +265,7 @@ class TuningDB:
         with core_lock().exclusive("tuning"):
             self.reload()
             todo = self.missing(kernels)
-            if trials <= 0 or not (todo or focus):
+            if trials <= 0:
                 self._table_rows(kernels)
                 return 0
             t0 = time.time()
