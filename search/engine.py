@@ -5,7 +5,8 @@
 
 The loop runner (`search.loop`), the Ray Tune searcher (`search.tune_search`) and the tabular
 simulation (`search.simulate`) each drive this in a few lines: `next()` hands out a `Ticket`
-(or WAIT while the budget is taken by trials in flight, or DONE), `complete()` takes the
+(or WAIT while the budget is taken by trials in flight or the optimiser waits for them to
+finish a generation, or DONE), `complete()` takes the
 evaluation's result back. The budget counts complete trials; failed ones are recorded and
 told too, up to `max_failures`."""
 
@@ -21,7 +22,7 @@ from search.records import TrialRecord, best
 
 log = logging.getLogger(__name__)
 
-WAIT = "wait"  # every slot of the budget is taken by a trial in flight: wait for a result
+WAIT = "wait"  # the budget's slots are taken by trials in flight, or the optimiser waits on them
 DONE = "done"  # the budget is met, the optimiser has nothing more to ask, or too many failures
 MAX_REPEATS = 1000  # consecutive already-evaluated genomes before an optimiser counts as exhausted
 
@@ -86,6 +87,10 @@ class Engine:
         if self.n_done + len(self.in_flight) >= self.budget:
             return WAIT
         for _ in range(MAX_REPEATS):
+            if self.opt.waiting():
+                if self.in_flight:
+                    return WAIT
+                log.warning("optimizer %s waits with no trial in flight; asking", self.opt.name)
             genome = self.opt.ask()
             if genome is None:
                 log.info(
@@ -97,6 +102,7 @@ class Engine:
                 break
             gid = self.opt.space.genome_id(genome)
             if gid in self.done_ids or gid in self.in_flight:  # never evaluate a genome twice
+                self.opt.dropped(gid)
                 continue
             ticket = Ticket(gid, genome, trial_seed(self.seed, gid))
             self.in_flight[gid] = ticket
@@ -135,7 +141,8 @@ class Engine:
 
     def abandon(self, genome_id: str) -> None:
         """Forget a ticket whose evaluation will never report (nothing is recorded or told)."""
-        self.in_flight.pop(genome_id, None)
+        if self.in_flight.pop(genome_id, None) is not None:
+            self.opt.dropped(genome_id)
 
     def raise_if_failed_out(self) -> None:
         if self.failed_out:

@@ -177,6 +177,25 @@ def test_same_seed_same_genomes_and_seeding(table, tmp_path):
     assert got[:4] == [space.genome_id(g) for g in seeds]
 
 
+@pytest.mark.parametrize("name", ["ga", "coevolution"])
+def test_same_genomes_whichever_worker_finishes_first(table, grouped, name):
+    """Synchronous generations: 1 worker, or 3 finishing in random orders, evaluate the same
+    genomes; without waiting (synchronous: false) the orders part."""
+    space, ev = grouped if name == "coevolution" else table
+    objs = [Objective(metric="val_acc"), Objective(metric="latency_ms", direction="minimize")]
+    cls = OPTIMIZERS[name]
+
+    def ids(workers, order, sync=True):
+        opt = cls(space, objs, [], 5, cls.Options(population_size=6, synchronous=sync))
+        recs = simulate(opt, ev, 40, workers=workers, finish_order=order)
+        assert len(recs) == 40
+        return sorted(r.genome_id for r in recs)
+
+    serial = ids(1, None)
+    assert all(ids(3, order) == serial for order in range(4))
+    assert any(ids(3, order, sync=False) != serial for order in range(4))
+
+
 def test_cli_ga_run_seeded_from_another_run(tmp_path):
     first = tmp_path / "first"
     r = run_cli(

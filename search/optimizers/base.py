@@ -145,6 +145,16 @@ class Optimizer:
         """The next genome to evaluate, or None when the optimiser has nothing more to ask."""
         raise NotImplementedError
 
+    def waiting(self) -> bool:
+        """True while the next ask would depend on trials still in flight (a generation's end):
+        the engine then holds its workers until they report, so the genomes asked do not depend
+        on which trial finishes first. Advisory: `ask` still answers if called."""
+        return False
+
+    def dropped(self, genome_id: str) -> None:
+        """A genome this optimiser asked for will never be told (the engine had it already, or
+        its evaluation was abandoned)."""
+
     def tell(self, record: TrialRecord) -> None:
         """Hear of a stored trial (also every stored trial on resume, in order)."""
         self.history.append(record)

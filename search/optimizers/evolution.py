@@ -3,9 +3,13 @@ arXiv 1707.08005, or NSGA-II), `aging` (regularised evolution for asynchronous w
 `coevolution` (several populations over a partition of the genome, as in Co-evolutionary
 compression, arXiv 1907.10804).
 
-All three are ask/tell: they never wait for a generation to finish before asking again, so
-parallel workers stay busy (offspring of the current parents are bred as long as workers ask),
-and every trial told counts, whichever optimiser or earlier run produced it. Constraints are
+All three are ask/tell, and every trial told counts, whichever optimiser or earlier run
+produced it. `ga` and `coevolution` are synchronous by default: once a generation's (or a turn's)
+trials are all handed out, they wait for them to report before breeding the next, and they
+rank a generation's trials in genome order, not in the order they finished; so the same config
+and seed give the same genomes with any number of workers. `synchronous: false` keeps every
+worker busy instead (offspring of the current parents are bred as long as workers ask; the
+genomes then depend on which trial finishes first), as `aging` always does. Constraints are
 feasibility-first: a feasible trial beats an infeasible one; infeasible ones compare by total
 violation. Variation uses the per-kind crossover and mutation that the space registers with DEAP
 (`Space.deap_toolbox`); selection draws from the optimiser's own seeded generator, so the same
@@ -61,7 +65,15 @@ class _Opts(BaseModel):
     )
 
 
+SYNC = Field(
+    True,
+    description="wait at a generation's end for its trials, so that the genomes do not depend "
+    "on which worker finishes first (false: workers never wait)",
+)
+
+
 class GAOptions(_Opts):
+    synchronous: bool = SYNC
     offspring: int | None = Field(
         None, ge=1, description="trials between two selections (default: population_size)"
     )
@@ -72,6 +84,7 @@ class AgingOptions(_Opts):
 
 
 class CoevolutionOptions(_Opts):
+    synchronous: bool = SYNC
     population_size: int = Field(10, ge=2)
     surrogate: int = Field(0, ge=0, description="as ga's; off: the populations follow the paper")
     offspring: int | None = Field(
@@ -177,6 +190,12 @@ class Ranking:
         return [recs[i] for i in order[:k]]
 
 
+def in_genome_order(recs) -> list[TrialRecord]:
+    """Trial records sorted by genome id: a generation ranked the same whichever trial of it
+    finished first (ties in NSGA-II's sort and crowding keep their input order)."""
+    return sorted(recs, key=lambda r: r.genome_id)
+
+
 class _Ind(list):
     """A DEAP individual standing for one trial record (its position and fitness)."""
 
@@ -200,6 +219,36 @@ class _Evolution(Optimizer):
             Surrogate(space, extra=self.known_features) if self.options.surrogate > 1 else None
         )
         self._fitted: tuple | None = None  # what the model was last fitted on
+        self.sync = bool(getattr(self.options, "synchronous", False))
+        self._pending: set[str] = set()  # asked, not yet told
+        self._fit_on: list[TrialRecord] = []  # synchronous: complete trials at the last selection
+
+    def ask(self):
+        g = self._ask()
+        if g is not None:
+            self._pending.add(self.space.genome_id(g))
+        return g
+
+    def _ask(self):
+        raise NotImplementedError
+
+    def waiting(self) -> bool:
+        return self.sync and len(self._pending) >= self._open_slots()
+
+    def _open_slots(self) -> int:
+        """Synchronous: how many trials of the current generation may be in flight."""
+        raise NotImplementedError
+
+    def dropped(self, genome_id: str) -> None:
+        self._pending.discard(genome_id)
+
+    def tell(self, record: TrialRecord) -> None:
+        super().tell(record)
+        self._pending.discard(record.genome_id)
+
+    def _selected(self) -> None:
+        """After a selection: what the surrogate fits on until the next one (synchronous)."""
+        self._fit_on = in_genome_order(r for r in self.history if r.complete)
 
     @classmethod
     def check_options(cls, space, options, file):
@@ -275,7 +324,7 @@ class _Evolution(Optimizer):
     def _surrogate(self) -> Surrogate | None:
         """The fitness model fitted on the complete trials, once there are a population's worth
         (weighted selection; None when off)."""
-        done = [r for r in self.history if r.complete]
+        done = self._fit_on if self.sync else [r for r in self.history if r.complete]
         if (
             self.options.surrogate <= 1
             or self.mode != "weighted"
@@ -308,7 +357,12 @@ class GA(_Evolution):
     def lam_(self) -> int:
         return self.options.offspring or self.options.population_size
 
-    def ask(self):
+    def _open_slots(self) -> int:
+        if not self.pop:
+            return self.options.population_size - sum(r.complete for r in self.new)
+        return self.lam_ - len(self.new)
+
+    def _ask(self):
         if not self.pop:  # the first population: seeds, then random genomes
             return self._next_seed() or self.fresh(self.sample_feasible)
 
@@ -329,11 +383,12 @@ class GA(_Evolution):
             or self.pop
             and len(self.new) >= self.lam_
         ):
-            pool = self.pop + [r for r in self.new if r.complete]
+            pool = self.pop + in_genome_order(r for r in self.new if r.complete)
             self.pop = self.rank.survivors(pool, P)
             self._keys = self.rank.keys(self.pop)
             self.new, self.children = [], []
             self.generation += 1
+            self._selected()
             log.debug("ga generation %d: %d parents", self.generation, len(self.pop))
 
 
@@ -350,7 +405,7 @@ class Aging(_Evolution):
         self.rank = Ranking(self, self.mode)
         self.pop: list[TrialRecord] = []
 
-    def ask(self):
+    def _ask(self):
         if len(self.pop) < self.options.population_size:
             return self._next_seed() or self.fresh(self.sample_feasible)
 
@@ -461,7 +516,12 @@ class Coevolution(_Evolution):
             g.update({n: rep.genome[n] for n in self.groups[name]})
         return g
 
-    def ask(self):
+    def _open_slots(self) -> int:
+        if not self.reps:
+            return self.options.population_size - len(self.pool[self.names[0]])
+        return self._per_turn - self.told_in_turn
+
+    def _ask(self):
         if not self.reps:  # a first, shared population of whole genomes
             return self._next_seed() or self.fresh(self.sample_feasible)
         name = self.names[self.turn]
@@ -498,6 +558,7 @@ class Coevolution(_Evolution):
             if all(len(p) >= P for p in self.pool.values()):
                 for g in self.names:
                     self._select(g)
+                self._selected()
             return
         targets = (
             [owner] if owner else self.names
@@ -513,10 +574,11 @@ class Coevolution(_Evolution):
             self.turn = (self.turn + 1) % len(self.names)
             self.told_in_turn = 0
             self.children = []
+            self._selected()
 
     def _select(self, g: str) -> None:
         self.pops[g] = self.rank[g].survivors(
-            self.pops[g] + self.pool[g], self.options.population_size
+            self.pops[g] + in_genome_order(self.pool[g]), self.options.population_size
         )
         self.pool[g] = []
         self.keys[g] = self.rank[g].keys(self.pops[g])
