@@ -72,10 +72,20 @@ def main() -> None:
         "prints its table, writes no results file",
     )
     args = ap.parse_args()
+    if args.report_only:  # results written before the picks were: add them if the work is here
+        _fill_picks(args)
     if args.front_only:
         print("\n".join(_front_table(front(args, Path(args.work) / "run-empty"))))
         return
     json_and_md(args, run, report)
+
+
+def _fill_picks(args) -> None:
+    path = Path(args.out).with_suffix(".json")
+    d = json.loads(path.read_text())
+    if "picks_us" not in d["split"][0] and (Path(args.work) / "split-0").exists():
+        _add_picks(d["split"], Path(args.work))
+        path.write_text(json.dumps(d, indent=1) + "\n")
 
 
 def run(args) -> dict:
@@ -140,7 +150,44 @@ def split(args, work: Path) -> list[dict]:
             }
         )
         print(f"split {label}: {total / trials:.3f} s a trial", flush=True)
+    _add_picks(out, work)
     return out
+
+
+def _records(folder: Path) -> dict[str, dict[str, float]]:
+    """A tuning database's records read from its files: workload hash -> schedule trace -> mean
+    time (µs)."""
+    (db,) = [p for p in folder.iterdir() if (p / "database_workload.json").exists()]
+    hashes = [json.loads(x)[0] for x in (db / "database_workload.json").read_text().splitlines()]
+    out: dict[str, dict[str, float]] = {}
+    for line in (db / "database_tuning_record.json").read_text().splitlines():
+        w, rec = json.loads(line)
+        secs = [float(x) for x in rec[1] or []]
+        if secs:
+            trace = json.dumps(rec[0], sort_keys=True)
+            out.setdefault(hashes[w], {})[trace] = 1e6 * statistics.mean(secs)
+    return out
+
+
+def _add_picks(rows: list[dict], work: Path) -> None:
+    """Each runner's picks timed by the first (the default): the runners tried the same
+    schedules (kernel-seeded), so this is what a runner's noise costs in the schedule it keeps.
+    `picks_us`: the summed default-runner time of each kernel's pick; `same_picks`: kernels where
+    it picked the default's schedule (or one the default timed the same)."""
+    ref = _records(work / "split-0")
+    for i, row in enumerate(rows):
+        mine = _records(work / f"split-{i}")
+        total, same = 0.0, 0
+        for h, timed in mine.items():
+            pick = min(timed, key=timed.get)
+            best = min(ref[h].values())
+            got = ref[h].get(pick)
+            if got is None:  # the default runner has no working record of this schedule
+                total = float("nan")
+                continue
+            total += got
+            same += got == best
+        row["picks_us"], row["same_picks"] = total, same
 
 
 def default_run(args, work: Path, name: str) -> dict:
@@ -264,11 +311,15 @@ def report(d: dict) -> str:
         "the whole tuning call, so it falls here). Candidates are built on as many threads as the "
         "host has cores, and a batch's timing ends before the next batch is built. best: the sum "
         "of the kernels' best times as that runner measured them (one run per timing counts more "
-        "call overhead on a kernel of a few microseconds, so the columns are not comparable).",
+        "call overhead on a kernel of a few microseconds, so the columns are not comparable). "
+        "Both runners tried the same schedules (each kernel's trials are seeded by its key): "
+        "picks µs is the sum of each kernel's pick as the default runner timed it, so it says "
+        "what a runner's noise costs in the schedules it keeps; same picks: kernels where it "
+        "kept the default's choice.",
         "",
         "| runner | kernels | trials | s / trial | build s / trial | run s / trial | rest s / trial "
-        "| best µs |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| best µs | picks µs | same picks |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
 
     def per_trial(s):
@@ -281,11 +332,19 @@ def report(d: dict) -> str:
         lines.append(
             f"| {s['runner']} | {s['kernels']} | {s['trials']} | {cell} | "
             f"{s['build_s'] / s['trials']:.3f} | {s['run_s'] / s['trials']:.3f} | "
-            f"{s['rest_s'] / s['trials']:.3f} | {s['best_us']:.1f} |"
+            f"{s['rest_s'] / s['trials']:.3f} | {s['best_us']:.1f} | {_picks_cells(s, d)} |"
         )
     if d.get("runs"):
         lines += _runs_section(d)
     return "\n".join(lines) + "\n"
+
+
+def _picks_cells(s: dict, d: dict) -> str:
+    if "picks_us" not in s:
+        return "- | -"
+    low = min(x["picks_us"] for x in d["split"])
+    cell = f"{s['picks_us']:.1f}"
+    return f"{'**' + cell + '**' if s['picks_us'] == low else cell} | {s['same_picks']}"
 
 
 def _runs_section(d: dict) -> list[str]:
@@ -302,7 +361,7 @@ def _runs_section(d: dict) -> list[str]:
             f"| {r['run']} | {r['wall_s']:.0f} | {r['setup_s']:.0f} | {r['tuning_s']:.0f} | "
             f"{r['search_s']:.0f} | {r['front_s']:.0f} | {r['other_s']:.0f} | "
             f"{r['kernels_tuned']} | "
-            f"{r['kernels_transferred']} |"
+            f"{r['kernels_transferred'] or 0} |"
         )
     runs = d["runs"]
     if all("front" in r for r in runs):
@@ -312,9 +371,9 @@ def _runs_section(d: dict) -> list[str]:
             f"The warm run's front is the empty run's: {'yes' if same else 'no'} "
             f"({len(runs[0]['front'])} and {len(runs[1]['front'])} networks). A search prices a "
             "network at the figure it first gave it, so a warm cache does not change what the "
-            "search sees of a network; where the runs part, the two Ray workers finished trials "
-            "in another order and NSGA-II, whose asks depend on what it has heard when it asks, "
-            f"asked for other genomes.{_overlap(runs)}",
+            "search sees of a network, and `ga` waits at each generation's end for its trials "
+            "(synchronous generations), so the two Ray workers finishing in another order does "
+            f"not change the genomes either.{_overlap(runs)}",
         ]
     rows = d["front"]
     lines += [
@@ -385,10 +444,13 @@ def _overlap(runs) -> str:
     if not a or not b:
         return ""
     first = next((i for i, g in enumerate(b) if g not in set(a)), None)
+    if first is None and len(a) == len(b):
+        return f" The warm run asked for the empty run's {len(a)} genomes, no other."
     where = "none" if first is None else f"trial {first}"
     return (
         f" The warm run asked for {len(set(a) & set(b))} of the empty run's {len(a)} genomes; "
-        f"its first other one: {where}."
+        f"its first other one: {where}. (Before synchronous generations, the warm run parted "
+        "from the empty one: the workers finished trials in another order.)"
     )
 
 
