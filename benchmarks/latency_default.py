@@ -62,6 +62,12 @@ def main() -> None:
     ap.add_argument("--space", default=str(SPACE), help="the run file (default: the tinynet space)")
     ap.add_argument("--set", action="append", default=[], help="key=value for the runs")
     ap.add_argument("--skip-run", action="store_true", help="only part 1")
+    ap.add_argument(
+        "--keep-split",
+        action="store_true",
+        help="part 1 taken from the results file already at --out (its command is kept beside "
+        "the new one), parts 2 and 3 run again",
+    )
     ap.add_argument("--work", default=str(ROOT / "runs" / "bench-latency-default"))
     ap.add_argument("--out", default=str(RESULTS / "latency_default.md"))
     ap.add_argument("--report-only", action="store_true", help="rebuild the md from the json")
@@ -92,14 +98,17 @@ def run(args) -> dict:
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
+    kept = json.loads(Path(args.out).with_suffix(".json").read_text()) if args.keep_split else {}
     d = {
         "command": "python benchmarks/latency_default.py " + " ".join(sys.argv[1:]),
         "date": time.strftime("%Y-%m-%d"),
         "cpus": os.cpu_count(),
         "cpu": platform.processor() or platform.machine(),
         "full_trials": args.full_trials,
-        "split": split(args, work),
+        "split": kept["split"] if kept else split(args, work),
     }
+    if kept:
+        d["split_from"] = kept.get("split_from") or f"{kept['command']} ({kept['date']})"
     if not args.skip_run:
         d["runs"] = [default_run(args, work, name) for name in ("empty", "warm")]
         d["front"] = front(args, work / "run-empty")
@@ -304,6 +313,11 @@ def report(d: dict) -> str:
         "",
         "## 1. Where a tuning trial's time goes",
         "",
+        *(
+            [f"Measured by an earlier run of the script: `{d['split_from']}`.", ""]
+            if d.get("split_from")
+            else []
+        ),
         "The tinynet base's first kernels, tuned from an empty database (replay-trace), under "
         "MetaSchedule's profiler. build: compiling each candidate schedule (in-process, LLVM); run: "
         "the runner process loading and timing it; rest: sampling, postprocessing, database and "

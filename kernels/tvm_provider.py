@@ -54,6 +54,7 @@ class TVMLatency(LatencyProvider):
         self.service = None  # the latency service's actor handle while workers run
         self._backend = None
         self._stats: dict = {}  # the service's, kept when it stops
+        self._served = False  # a service measured the search's candidates (its stats are those)
 
     @classmethod
     def from_config(cls, cfg, cache_dir) -> TVMLatency:
@@ -113,7 +114,7 @@ class TVMLatency(LatencyProvider):
 
         if self.service is not None:
             self._stats = stop_service(self.service) or self._stats
-            self.service = None
+            self.service, self._served = None, True
 
     def finish_run(self, space, supernet, run_dir: Path, front: list) -> None:
         """latency.json: the target, the kernels seen and tuned (reuse) and the time spent."""
@@ -126,7 +127,7 @@ class TVMLatency(LatencyProvider):
             import ray
 
             return ray.get(self.service.stats.remote())
-        if self._backend is None:
+        if self._served or self._backend is None:
             return dict(self._stats)
         b = self._backend
         return {"target": str(b.target), "database": str(b.db.dir), **b.db.stats}

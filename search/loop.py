@@ -40,8 +40,10 @@ def run_loop(run, engine: Engine, progress: bool = True) -> dict:
             t_last = time.time()
     finally:
         bar.close()
-        run.finish_trials(engine)  # before the executor stops: it may own the latency service
-        ex.close()
+        try:
+            ex.close()
+        finally:  # the front's latency check on a quiet machine: workers and Ray stopped
+            run.finish_trials(engine)
     log.info(
         "%.1f s searching (%s, %d worker%s)",
         t_last - t0,

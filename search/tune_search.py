@@ -210,9 +210,11 @@ def run_tune(run, engine: Engine, progress: bool = True) -> dict:
         search_s = time.time() - t0
     finally:
         bar.close()
-        run.finish_trials(engine)  # while the latency service is up
-        ev.stop_workers()
-        if started:
-            ray.shutdown()
+        try:
+            ev.stop_workers()
+            if started:
+                ray.shutdown()
+        finally:  # the front's latency check on a quiet machine: workers and Ray stopped
+            run.finish_trials(engine)
     engine.raise_if_failed_out()
     return {"runner": "tune", "scheduler": cfg.tune.scheduler, "search_s": search_s}
