@@ -6,6 +6,7 @@ are trained, not only the full network's (Once-for-All's sandwich rule)."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gc
 import logging
@@ -226,6 +227,29 @@ def run_subnet(space: Space, sup: nn.Module, arch, x: torch.Tensor, idx) -> torc
     return functional_call(sub, state, (x,))
 
 
+def _held(items):
+    """`items`, each fetched (a batch decoded) and used by the caller's loop body while the
+    machine's cores are held shared, so that a latency measurement never runs beside an
+    evaluation: a Ray worker scores and recalibrates its candidate while the latency service
+    times it (`LatencyProvider.measure_later`). Only for loop bodies that compute: the lock must
+    not be held while control is elsewhere. Use under `contextlib.closing`."""
+    lock, it = core_lock(), iter(items)
+    while True:
+        with lock.shared():
+            try:
+                item = next(it)
+            except StopIteration:
+                return
+            yield item
+
+
+def _next_held(it, lock):
+    """The next item of `it` (the next batch, decoded) with the cores held shared; None at the
+    end."""
+    with lock.shared():
+        return next(it, None)
+
+
 @torch.no_grad()
 def recalibrate_bn(
     model: nn.Module, data, resolution: int, batches: int = 8, bs: int = 128
@@ -245,8 +269,10 @@ def recalibrate_bn(
         m.reset_running_stats()
         m.momentum = None  # cumulative average
     model.train()
-    for i in range(0, max(1, len(x) - bs + 1) if len(x) >= bs else 1, bs):
-        model(at_resolution(x[i : i + bs].to(device), resolution))
+    starts = range(0, max(1, len(x) - bs + 1) if len(x) >= bs else 1, bs)
+    with contextlib.closing(_held(starts)) as held:  # closed (lock released) also on an error
+        for i in held:
+            model(at_resolution(x[i : i + bs].to(device), resolution))
     for m, mo in zip(bns, saved):
         m.momentum = mo
     model.train(was)
@@ -259,13 +285,14 @@ def evaluate(model: nn.Module, split, resolution: int, bs: int = 256) -> tuple[f
     model.eval()
     batches = [split] if isinstance(split, tuple) else split.batches(bs)
     correct, loss, n = 0, 0.0, 0
-    for xb, yb in batches:
-        for i in range(0, len(xb), bs):
-            x, y = xb[i : i + bs].to(device), yb[i : i + bs].to(device)
-            logits = model(at_resolution(x, resolution)).float()
-            loss += float(F.cross_entropy(logits, y, reduction="sum"))
-            correct += int((logits.argmax(1) == y).sum())
-            n += len(y)
+    with contextlib.closing(_held(batches)) as held:  # closed (lock released) also on an error
+        for xb, yb in held:
+            for i in range(0, len(xb), bs):
+                x, y = xb[i : i + bs].to(device), yb[i : i + bs].to(device)
+                logits = model(at_resolution(x, resolution)).float()
+                loss += float(F.cross_entropy(logits, y, reduction="sum"))
+                correct += int((logits.argmax(1) == y).sum())
+                n += len(y)
     model.train(was)
     return correct / max(1, n), loss / max(1, n)
 
@@ -361,7 +388,9 @@ def fine_tune(
     model.train()
     last = float("nan")
     lock = core_lock()
-    for step, xb, yb in _steps(data.train, recipe, opt, gen):
+    steps = _steps(data.train, recipe, opt, gen)
+    while (item := _next_held(steps, lock)) is not None:  # decoding, too, never beside a timing
+        step, xb, yb = item
         with lock.shared():  # never around on_epoch, which may block (a Tune report)
             sets.before_forward(step, total)
             with _autocast(recipe):

@@ -104,6 +104,42 @@ def test_training_steps_hold_the_lock_but_epoch_callbacks_do_not(tmp_path, monke
     assert in_callbacks == [(1, True), (2, True)], "the epoch callback ran under the core lock"
 
 
+def _watch_decoding(monkeypatch, split, folder, log):
+    """Record, at each batch the split decodes, whether a measurement could take the cores."""
+    batches = split.batches
+
+    def watched(*a, **kw):
+        for b in batches(*a, **kw):
+            log.append(_cores_free(folder))
+            yield b
+
+    monkeypatch.setattr(split, "batches", watched)
+
+
+def test_evaluation_recalibration_and_decoding_hold_the_lock_batch_by_batch(tmp_path, monkeypatch):
+    """A Ray worker recalibrates and scores its candidate, and decodes its training batches,
+    while the latency service times another network: each batch, decoded and computed, holds
+    the lock shared (a measurement waits for it), and nothing holds it once they are done."""
+    import kernels.cores as kl
+    from evaluators.data import digits
+    from evaluators.train import TrainRecipe, evaluate, fine_tune, recalibrate_bn
+
+    monkeypatch.setattr(kl, "_LOCK", CoreLock(tmp_path))
+    data = digits(16, 0, 0.2, 0.2)
+    space = load_space(TINY).with_classes(data.num_classes)
+    model = space.build(space.full(), space.supernet(0))
+    forwards, decoded = [], []
+    model.register_forward_hook(lambda *_: forwards.append(_cores_free(tmp_path)))
+    _watch_decoding(monkeypatch, data.val, tmp_path, decoded)
+    _watch_decoding(monkeypatch, data.train, tmp_path, decoded)
+    recalibrate_bn(model, data.train.take(64, seed=0)[0], 16, batches=2, bs=32)
+    evaluate(model, data.val, 16, bs=64)
+    fine_tune(model, data, 16, TrainRecipe(epochs=1, batch_size=128, lr=0.02), seed=0)
+    assert len(forwards) > 4 and not any(forwards), "a forward pass ran without the core lock"
+    assert len(decoded) > 2 and not any(decoded), "a batch was decoded without the core lock"
+    assert _cores_free(tmp_path), "the lock is still held after the evaluation"
+
+
 # --- TVM -----------------------------------------------------------------------------------------
 def _tiny_model(seed: int):
     from kernels.tvm_latency import realistic
