@@ -78,18 +78,24 @@ def _cores_free(folder) -> bool:
         os.close(fd)
 
 
-def test_training_steps_hold_the_lock_but_epoch_callbacks_do_not(tmp_path, monkeypatch):
-    """A step's compute holds the lock shared; the epoch callback runs without it, because it may
-    block: a Tune report waits for the driver, forever once ASHA has stopped the trial, and a
-    measurement waiting on that step held every other worker back (a hung CI run)."""
+def _locked_tiny(tmp_path, monkeypatch):
+    """Digits and the tiny space's full network, with this process's core lock in `tmp_path`."""
     import kernels.cores as kl
     from evaluators.data import digits
-    from evaluators.train import TrainRecipe, fine_tune
 
     monkeypatch.setattr(kl, "_LOCK", CoreLock(tmp_path))
     data = digits(16, 0, 0.2, 0.2)
     space = load_space(TINY).with_classes(data.num_classes)
-    model = space.build(space.full(), space.supernet(0))
+    return data, space.build(space.full(), space.supernet(0))
+
+
+def test_training_steps_hold_the_lock_but_epoch_callbacks_do_not(tmp_path, monkeypatch):
+    """A step's compute holds the lock shared; the epoch callback runs without it, because it may
+    block: a Tune report waits for the driver, forever once ASHA has stopped the trial, and a
+    measurement waiting on that step held every other worker back (a hung CI run)."""
+    from evaluators.train import TrainRecipe, fine_tune
+
+    data, model = _locked_tiny(tmp_path, monkeypatch)
     in_steps, in_callbacks = [], []
     model.register_forward_hook(lambda *_: in_steps.append(_cores_free(tmp_path)))
     fine_tune(
@@ -120,14 +126,9 @@ def test_evaluation_recalibration_and_decoding_hold_the_lock_batch_by_batch(tmp_
     """A Ray worker recalibrates and scores its candidate, and decodes its training batches,
     while the latency service times another network: each batch, decoded and computed, holds
     the lock shared (a measurement waits for it), and nothing holds it once they are done."""
-    import kernels.cores as kl
-    from evaluators.data import digits
     from evaluators.train import TrainRecipe, evaluate, fine_tune, recalibrate_bn
 
-    monkeypatch.setattr(kl, "_LOCK", CoreLock(tmp_path))
-    data = digits(16, 0, 0.2, 0.2)
-    space = load_space(TINY).with_classes(data.num_classes)
-    model = space.build(space.full(), space.supernet(0))
+    data, model = _locked_tiny(tmp_path, monkeypatch)
     forwards, decoded = [], []
     model.register_forward_hook(lambda *_: forwards.append(_cores_free(tmp_path)))
     _watch_decoding(monkeypatch, data.val, tmp_path, decoded)
