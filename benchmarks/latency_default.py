@@ -216,8 +216,12 @@ def default_run(args, work: Path, name: str) -> dict:
     t0 = time.time()
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     wall = time.time() - t0
+    # the run's log beside its folder: where its front check and tuning passes spent their time
+    (work / f"run-{name}.log").write_text(r.stdout + r.stderr)
     if r.returncode != 0:
-        raise SystemExit(f"the {name} run failed:\n{r.stderr[-3000:]}")
+        raise SystemExit(
+            f"the {name} run failed (log: {work / f'run-{name}.log'}):\n{r.stderr[-3000:]}"
+        )
     timings = json.loads((out / "timings.json").read_text())[-1]
     lat = json.loads((out / "latency.json").read_text())
     tuning = lat.get("prepare_s", 0.0)  # the seed networks' kernels: extracted and tuned
