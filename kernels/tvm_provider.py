@@ -333,11 +333,22 @@ class TVMTransferLatency(TVMLatency):
         seed_networks: int = 3,
         check_front: int = 4,
         rounds: int = 3,
+        transfer_pick: str = "fastest",
+        transfer_tries: int = 3,
         **focus,
     ):
         super().__init__(folder, target, trials_per_task, strategy, repeats, check, **focus)
         self.seed_networks, self.check_front, self.rounds = seed_networks, check_front, rounds
+        self.transfer_options = dict(pick=transfer_pick, tries=transfer_tries)
         self._report: dict = {}
+
+    def backend(self):
+        b = super().backend()
+        if b.transfer is None:
+            from kernels.tvm_transfer import Transfer
+
+            b.transfer = Transfer(**self.transfer_options)
+        return b
 
     @classmethod
     def from_config(cls, cfg, cache_dir) -> LatencyProvider:
@@ -362,6 +373,8 @@ class TVMTransferLatency(TVMLatency):
             seed_networks=cfg.seed_networks,
             check_front=cfg.check_front,
             rounds=cfg.rounds,
+            transfer_pick=cfg.transfer_pick,
+            transfer_tries=cfg.transfer_tries,
         )
 
     def prepare_run(self, space, supernet, run_dir: Path, seed: int) -> None:

@@ -225,6 +225,14 @@ class LatencyCfg(_M):
         description="tvm-transfer: networks spread over the space (the full one first) whose "
         "kernels are tuned at the start; every other kernel gets the nearest one's schedule",
     )
+    transfer_pick: Literal["nearest", "fastest"] = Field(
+        "fastest",
+        description="tvm-transfer: a kernel's schedule replayed from the nearest tuned kernel, or "
+        "the fastest replay of the transfer_tries nearest (each compiled and timed alone)",
+    )
+    transfer_tries: int = Field(
+        3, ge=1, description="tvm-transfer: tuned kernels a kernel's schedule may come from"
+    )
     rounds: int = Field(
         5,
         ge=1,

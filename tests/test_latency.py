@@ -492,6 +492,51 @@ def test_transferred_tile_sizes_fit_the_new_loop_and_stay_near_the_old():
     assert nearest_tiling(24, [2, 3, 4], 16) == [2, 3, 4]  # a fitting tiling is kept
 
 
+def test_transfer_pick_fastest_keeps_the_replay_that_timed_fastest(backend, monkeypatch):
+    """`transfer_pick: fastest`: a kernel's replays from its nearest tuned kernels are each
+    compiled and timed alone (really), and the one that timed fastest is the kernel's schedule,
+    kept for the next network that has the kernel; `nearest` keeps the first replay untimed."""
+    import kernels.tvm_transfer as tt
+
+    backend.db.tune(backend.kernels_of(*_tiny_model(0)))
+    tr = tt.Transfer(tries=3, pick="fastest")
+    tr.refresh(backend.db)
+    timed = []
+
+    def recording(mod, target, repeats=10):
+        timed.append((real(mod, target, 3), str(mod)))
+        return timed[-1][0]
+
+    real = tt.time_kernel
+    monkeypatch.setattr(tt, "time_kernel", recording)
+    picked = None
+    for seed in range(1, 6):
+        for k in backend.db.missing(backend.kernels_of(*_tiny_model(seed))):
+            timed.clear()
+            sch, _ = tr.schedule(k.task.dispatched[0], backend.target)
+            if len({m for _, m in timed}) > 1:
+                picked = (k, sch)
+                break
+        if picked:
+            break
+    assert picked, "no kernel with two different replays"
+    k, sch = picked
+    assert str(sch.mod) == min(timed)[1]
+    assert all(t > 0 for t, _ in timed)
+    nearest = tt.Transfer(tries=3)
+    nearest.refresh(backend.db)
+    near, _ = nearest.schedule(k.task.dispatched[0], backend.target)
+    assert str(near.mod) == next(str(s.mod) for s, _ in tr.replays(k.task.dispatched[0]))
+    n0 = len(timed)
+    _, moved = tr.database(backend.db, [k], backend.target)
+    n1 = len(timed)
+    assert k.key in moved and n1 > n0  # timed on first use
+    tr.database(backend.db, [k], backend.target)
+    assert len(timed) == n1  # and kept
+    with pytest.raises(ValueError, match="nearest or fastest"):
+        tt.Transfer(pick="best")
+
+
 def test_tvm_transfer_falls_back_to_eager_loudly_where_tvm_cannot_load(
     monkeypatch, caplog, tmp_path
 ):
