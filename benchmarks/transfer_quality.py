@@ -1,0 +1,264 @@
+"""Where `tvm-transfer`'s search figures lose: the front of a `latency_default` run, timed in one
+quiet process with three sets of kernels, and its kernels one by one.
+
+`benchmarks/latency_default.py` compares the figures a search ranked its front by (transferred
+kernels, timed while Ray workers train) with the same networks fully tuned. This script splits
+that gap into its two causes by timing, in `--rounds` interleaved rounds with nothing else running:
+
+- transferred: each network compiled as the search compiled it, every kernel given the schedule
+  transferred from the seed networks' tuned kernels (a copy of the run's database cut back to the
+  records of its seed tuning, the first `seed_kernels_tuned` workloads);
+- checked: the run's database at its end (the front's own kernels tuned, `check_front`);
+- fully tuned: the benchmark's reference database (`full-db`, 32 trials per kernel).
+
+reported / transferred is what the load of the search cost its figures; transferred / fully tuned
+is what transfer costs; a fourth compilation picks each kernel's fastest replay of `--tries` sources
+(`latency.transfer_pick: fastest`). Then per kernel (each compiled alone with each schedule, timed
+`--kernel-repeats` times): the kernels' summed time by operator, so
+the operators where transfer loses most are named.
+
+    python benchmarks/transfer_quality.py --work runs/bench-latency-default-5 [--rounds 5]
+
+Writes benchmarks/results/transfer_quality.md and .json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import RESULTS, json_and_md  # noqa: E402
+
+SPACE = ROOT / "spaces" / "tinynet.yaml"
+# transferred schedules: the nearest source's replay (what the search used), the fastest replay
+TRANSFERS = {"transferred": "nearest", "fastest transferred": "fastest"}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--work", required=True, help="a latency_default.py work folder")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--kernel-repeats", type=int, default=20)
+    ap.add_argument("--front", type=int, default=3)
+    ap.add_argument("--tries", type=int, default=3, help="sources replayed per kernel")
+    ap.add_argument("--space", default=str(SPACE))
+    ap.add_argument("--out", default=str(RESULTS / "transfer_quality.md"))
+    ap.add_argument("--report-only", action="store_true", help="rebuild the md from the json")
+    json_and_md(ap.parse_args(), measure, report)
+
+
+def seed_only_db(database: Path, n: int, into: Path) -> Path:
+    """A copy of a tuning database holding only its first `n` workloads and their records (the
+    seed networks' tuning, which comes first in a `tvm-transfer` run); its folder's parent."""
+    dst = into / database.name
+    dst.mkdir(parents=True)
+    wl = (database / "database_workload.json").read_text().splitlines()
+    (dst / "database_workload.json").write_text("\n".join(wl[:n]) + "\n")
+    keep = [
+        line
+        for line in (database / "database_tuning_record.json").read_text().splitlines()
+        if line.strip() and json.loads(line)[0] < n
+    ]
+    (dst / "database_tuning_record.json").write_text("\n".join(keep) + "\n")
+    return into
+
+
+def measure(args) -> dict:
+    from kernels.tvm_latency import TVMBackend, realistic
+    from kernels.tvm_transfer import Transfer
+    from spaces import load_space
+
+    work = Path(args.work)
+    run_dir = work / "run-empty"
+    lat = json.loads((run_dir / "latency.json").read_text())
+    space = load_space(args.space)
+    sup = space.supernet(0)
+    pts = json.loads((run_dir / "pareto.json").read_text())["front"]
+    pts = [p for p in pts if p["metrics"].get("latency_ms") is not None][: args.front]
+    tmp = Path(tempfile.mkdtemp(prefix="transfer-quality-"))
+    try:
+        run_db = Path(lat["database"])
+        seed_db = seed_only_db(run_db, lat["seed_kernels_tuned"], tmp)
+        dbs = {}
+        for name, pick in TRANSFERS.items():
+            dbs[name] = TVMBackend(seed_db)
+            dbs[name].transfer = Transfer(tries=args.tries, pick=pick)
+        dbs["checked"] = TVMBackend(run_db.parent)
+        dbs["fully tuned"] = TVMBackend(work / "full-db")
+        nets = []
+        for p in pts:
+            g = space.from_json(p["genome"])
+            r = space.arch(g).resolution
+            nets.append((p, realistic(space.build(g, sup), r), r))
+        rows = networks(dbs, nets, args.rounds)
+        print(json.dumps(rows, indent=1), flush=True)
+        kernels = per_kernel(dbs, nets, args.kernel_repeats)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {
+        "command": "python " + " ".join(sys.argv),
+        "date": datetime.date.today().isoformat(),
+        "cpu": platform.machine(),
+        "seed_kernels": lat["seed_kernels_tuned"],
+        "tries": args.tries,
+        "transfer_stats": {n: dbs[n].transfer.stats for n in TRANSFERS},
+        "networks": rows,
+        "operators": kernels,
+    }
+
+
+def networks(dbs: dict, nets: list, rounds: int) -> list[dict]:
+    """Each network compiled with each database (transfer only where the first lacks a kernel)
+    and timed in interleaved rounds; the medians."""
+    compiled = []
+    for _, model, r in nets:
+        for name, b in dbs.items():
+            c = b.compile(model, r, tune=False, check=True, transfer=name in TRANSFERS)
+            compiled.append((name, c))
+    times = defaultdict(list)
+    for _ in range(rounds):
+        for i, (name, c) in enumerate(compiled):
+            time.sleep(0.2)
+            times[i].append(dbs[name].time(c)["latency_ms"])
+    rows = []
+    for j, (p, _, _) in enumerate(nets):
+        row = {
+            "trial": p["trial"],
+            "genome_id": p["genome_id"],
+            "reported_ms": p["metrics"]["latency_ms"],
+            "reported_source": p["metrics"]["latency_source"],
+        }
+        for i, name in enumerate(dbs):
+            name_, c = compiled[j * len(dbs) + i]
+            row[f"{name}_ms"] = statistics.median(times[j * len(dbs) + i])
+            row[f"{name}_source"] = c["info"]["latency_source"]
+            row[f"{name}_max_abs_diff"] = c["info"].get("latency_max_abs_diff")
+        rows.append(row)
+    return rows
+
+
+def kernel_seconds(kernel, database, target, repeats: int) -> float | None:
+    """The kernel compiled alone with the database's schedule for it, its median time (s)."""
+    from kernels.tvm_compile import load_tvm
+    from kernels.tvm_transfer import time_kernel
+
+    load_tvm()
+    from tvm.s_tir import meta_schedule as ms
+
+    mod = kernel.task.dispatched[0]
+    if database.query_tuning_record(mod, target, "main") is None:
+        return None
+    return time_kernel(ms.tir_integration.compile_tir(database, mod, target).mod, target, repeats)
+
+
+def per_kernel(dbs: dict, nets: list, repeats: int) -> list[dict]:
+    """The front's distinct kernels the seed tuning lacks, each timed alone with each transferred
+    schedule and the fully tuned one; per operator kind, the summed time (time x calls) of each
+    and the kernel the nearest source's replay slows most."""
+    full = dbs["fully tuned"]
+    kernels = {}
+    for _, model, r in nets:
+        for k in full.kernels_of(model, r):
+            kernels.setdefault(k.key, k)
+    todo = [k for k in kernels.values() if dbs["transferred"].db.record(k) is None]
+    unions = {n: dbs[n]._transferred(todo)[0] for n in TRANSFERS}
+    ops: dict[str, dict] = {}
+    for k in todo:
+        got = {n: kernel_seconds(k, u, full.target, repeats) for n, u in unions.items()}
+        tuned = kernel_seconds(k, full.db.database, full.target, repeats)
+        if tuned is None or None in got.values():
+            continue
+        kind = k.op.kind if k.op is not None else "other"
+        o = ops.setdefault(kind, {"op": kind, "kernels": 0, "tuned_us": 0.0})
+        o["kernels"] += 1
+        o["tuned_us"] += 1e6 * tuned * k.calls
+        for n, secs in got.items():
+            o[f"{n}_us"] = o.get(f"{n}_us", 0.0) + 1e6 * secs * k.calls
+        ratio = got["transferred"] / tuned
+        if ratio > o.get("worst_ratio", 0):
+            o["worst_ratio"], o["worst_kernel"] = ratio, f"{k.name} {k.shapes}"
+    return sorted(ops.values(), key=lambda o: o["tuned_us"] - o["transferred_us"])
+
+
+def _pct(a, b) -> float:
+    return 100 * (a - b) / b
+
+
+def report(d: dict) -> str:
+    rows, ops = d["networks"], d["operators"]
+    st = d["transfer_stats"]["fastest transferred"]
+    lines = [
+        "# Where `tvm-transfer`'s search figures lose",
+        "",
+        f"`{d['command']}` ({d['date']}, {d['cpu']}).",
+        "",
+        "The front of a `benchmarks/latency_default.py` run, each network compiled four ways and "
+        "timed in one quiet process in interleaved rounds (medians). transferred: every kernel "
+        f"the seed network's {d['seed_kernels']} tuned kernels lack given the schedule of the "
+        "nearest one that replays on it, as the search compiled it (`pick: nearest`); fastest: "
+        f"the fastest of the replays from the {d['tries']} nearest, each compiled and timed alone "
+        "(`pick: fastest`); checked: the run's database at its end (the front's own kernels "
+        "tuned, the run's check); fully tuned: 32 trials per kernel. reported: the figure the "
+        "search ranked the network by (transferred kernels, timed while Ray workers trained).",
+        "",
+        "| trial | reported ms | transferred ms | fastest ms | checked ms | fully tuned ms "
+        "| reported vs transferred | transferred vs fully tuned | fastest vs fully tuned |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['trial']} | {r['reported_ms']:.3f} | {r['transferred_ms']:.3f} "
+            f"| {r['fastest transferred_ms']:.3f} | {r['checked_ms']:.3f} "
+            f"| {r['fully tuned_ms']:.3f} "
+            f"| {_pct(r['reported_ms'], r['transferred_ms']):+.1f} % "
+            f"| {_pct(r['transferred_ms'], r['fully tuned_ms']):+.1f} % "
+            f"| {_pct(r['fastest transferred_ms'], r['fully tuned_ms']):+.1f} % |"
+        )
+
+    def mean(a, b):
+        return statistics.mean(_pct(r[a], r[b]) for r in rows)
+
+    lines += [
+        "",
+        "- Timing during the search against the same compiled network timed quietly: "
+        f"{mean('reported_ms', 'transferred_ms'):+.1f} % on average.",
+        "- Transferred kernels (nearest source) against fully tuned ones, both timed quietly: "
+        f"{mean('transferred_ms', 'fully tuned_ms'):+.1f} % on average; the fastest of "
+        f"{d['tries']} replays: {mean('fastest transferred_ms', 'fully tuned_ms'):+.1f} %.",
+        f"- Picking the fastest replay timed {st['kernels_transferred']} kernels' replays in "
+        f"{st['transfer_timing_s']:.0f} s (compiling each alone is most of it).",
+        "",
+        "## By operator",
+        "",
+        "The front's distinct kernels that the seed tuning lacks, each compiled alone with each "
+        "schedule and timed alone (median); summed as time x calls per network instance (a kernel "
+        "counted once however many front networks share it). Most time lost first; worst: the "
+        "kernel the nearest source's replay slows most against fully tuned.",
+        "",
+        "| operator | kernels | transferred µs | fastest µs | fully tuned µs | worst ratio | "
+        "worst kernel |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for o in ops:
+        lines.append(
+            f"| {o['op']} | {o['kernels']} | {o['transferred_us']:.1f} "
+            f"| {o['fastest transferred_us']:.1f} | {o['tuned_us']:.1f} "
+            f"| {o.get('worst_ratio', 0):.2f} | `{o.get('worst_kernel', '')}` |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
