@@ -452,7 +452,9 @@ class TVMTransferLatency(TVMLatency):
 
     def stats(self) -> dict:
         out = super().stats()
-        if self._backend is not None and self._backend.transfer is not None:
+        # served: the service's figures (its transfers), not this process's backend, which
+        # only tuned the seeds and checked the front
+        if not self._served and self._backend is not None and self._backend.transfer is not None:
             out.update(self._backend.transfer.stats)
         return out
 

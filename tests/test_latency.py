@@ -621,8 +621,14 @@ def test_tvm_transfer_run_replays_tuned_schedules_and_checks_the_front(tmp_path,
 
 
 @pytest.mark.slow
-def test_tvm_latency_on_ray_workers_goes_through_one_service(tmp_path, cache_dir, ray_session):
+@pytest.mark.parametrize("provider", ["tvm", "tvm-transfer"])
+def test_tvm_latency_on_ray_workers_goes_through_one_service(
+    tmp_path, cache_dir, ray_session, provider
+):
+    """Ray workers' candidates are timed by one latency service on the driver's node; its
+    figures (kernels tuned there, or transferred there) reach latency.json."""
     out = tmp_path / "run"
+    transfer = ["latency.seed_networks=1", "latency.check_front=1", "latency.rounds=1"]
     r = run_cli(
         "run",
         TINY,
@@ -638,21 +644,29 @@ def test_tvm_latency_on_ray_workers_goes_through_one_service(tmp_path, cache_dir
         "--set",
         f"cache={cache_dir}",
         "--set",
-        "latency=tvm",
+        f"latency={provider}",
         "--set",
         f"latency.database={tmp_path / 'tvm'}",
         "--set",
         "latency.trials_per_task=1",
         "--set",
         "latency.repeats=5",
+        *[a for s in (transfer if provider == "tvm-transfer" else []) for a in ("--set", s)],
     )
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "latency service (tvm) started" in r.stderr
+    assert f"latency service ({provider}) started" in r.stderr
     trials = _trials(out)
     assert len(trials) == 2
-    assert all(t.user_attrs["metrics"]["latency_source"] == "tvm" for t in trials)
+    sources = [t.user_attrs["metrics"]["latency_source"] for t in trials]
     stats = json.loads((out / "latency.json").read_text())
-    assert stats["provider"] == "tvm" and stats["tasks_seen"] >= stats["tasks_tuned"] > 0
+    assert stats["provider"] == provider
+    if provider == "tvm":
+        assert sources == ["tvm", "tvm"]
+        assert stats["tasks_seen"] >= stats["tasks_tuned"] > 0
+    else:  # the service transferred; the driver only tuned the seed and checked the front
+        moved = sum(t.user_attrs["metrics"]["latency_kernels_transferred"] for t in trials)
+        assert moved > 0 and stats["kernels_transferred"] > 0
+        assert all(s.startswith("tvm") for s in sources) and stats["seed_kernels_tuned"] > 0
 
 
 def test_bad_latency_settings_are_exit_2_naming_the_field(tmp_path):
