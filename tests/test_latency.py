@@ -593,6 +593,8 @@ def test_tvm_transfer_run_replays_tuned_schedules_and_checks_the_front(tmp_path,
     moved = [m for m in metrics if m["latency_kernels_transferred"] > 0]
     assert moved, "no candidate got a transferred kernel"
     assert all("transferred" in m["latency_source"] for m in moved)
+    # a compiled candidate's replays were picked (compiled and timed) and that time is its own
+    assert all(m["latency_transfer_s"] > 0 for m in moved if "latency_measured_at" not in m)
     compiled = [m for m in metrics if "latency_measured_at" not in m]  # not a network seen before
     assert compiled and all(m["latency_max_abs_diff"] < 1e-4 for m in compiled)
     rep = json.loads((out / "latency.json").read_text())
