@@ -324,7 +324,8 @@ class TVMBackend:
         t_tune = time.time() - t1
         self.db.reload()
         tuned = [k for k in kernels if self.db.record(k) is not None]
-        database, moved, t_move = self.db.database if tuned else None, set(), time.time()
+        database, moved = self.db.database if tuned else None, set()
+        t_move = time.time()
         if transfer and len(tuned) < len(kernels):  # with pick: fastest, replays timed here
             database, moved = self._transferred(kernels)
         t2 = time.time()

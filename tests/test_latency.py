@@ -630,7 +630,9 @@ def test_tvm_latency_on_ray_workers_goes_through_one_service(
     """Ray workers' candidates are timed by one latency service on the driver's node; its
     figures (kernels tuned there, or transferred there) reach latency.json."""
     out = tmp_path / "run"
-    transfer = ["latency.seed_networks=1", "latency.check_front=1", "latency.rounds=1"]
+    transfer = (
+        ["seed_networks=1", "check_front=1", "rounds=1"] if provider == "tvm-transfer" else []
+    )
     r = run_cli(
         "run",
         TINY,
@@ -653,7 +655,7 @@ def test_tvm_latency_on_ray_workers_goes_through_one_service(
         "latency.trials_per_task=1",
         "--set",
         "latency.repeats=5",
-        *[a for s in (transfer if provider == "tvm-transfer" else []) for a in ("--set", s)],
+        *[a for s in transfer for a in ("--set", f"latency.{s}")],
     )
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"latency service ({provider}) started" in r.stderr
