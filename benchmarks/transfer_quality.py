@@ -56,7 +56,19 @@ def main() -> None:
     ap.add_argument("--space", default=str(SPACE))
     ap.add_argument("--out", default=str(RESULTS / "transfer_quality.md"))
     ap.add_argument("--report-only", action="store_true", help="rebuild the md from the json")
-    json_and_md(ap.parse_args(), measure, report)
+    args = ap.parse_args()
+    if args.report_only:  # results written before the run's pick was: add it if the run is here
+        _fill_run_pick(args)
+    json_and_md(args, measure, report)
+
+
+def _fill_run_pick(args) -> None:
+    path = Path(args.out).with_suffix(".json")
+    d = json.loads(path.read_text())
+    run_dir = Path(args.work) / "run-empty"
+    if "run_pick" not in d and (run_dir / "config.yaml").exists():
+        d["run_pick"] = run_pick(run_dir)
+        path.write_text(json.dumps(d, indent=1) + "\n")
 
 
 def seed_only_db(database: Path, n: int, into: Path) -> Path:
@@ -129,15 +141,6 @@ def run_pick(run_dir: Path) -> str:
     return (cfg.get("latency") or {}).get("transfer_pick", "nearest")
 
 
-def _as_run(d: dict) -> str:
-    """The compilation the search's own matches: the one with the run's pick."""
-    pick = d.get("run_pick")
-    if pick is None:  # a json written before run_pick was recorded: read it from the run
-        cmd = d["command"].split()
-        pick = run_pick(Path(cmd[cmd.index("--work") + 1]) / "run-empty")
-    return "fastest transferred" if pick == "fastest" else "transferred"
-
-
 def networks(dbs: dict, nets: list, rounds: int) -> list[dict]:
     """Each network compiled with each database (transfer only where the first lacks a kernel)
     and timed in interleaved rounds; the medians."""
@@ -159,9 +162,9 @@ def networks(dbs: dict, nets: list, rounds: int) -> list[dict]:
             "reported_ms": p["metrics"]["latency_ms"],
             "reported_source": p["metrics"]["latency_source"],
         }
-        for i, name in enumerate(dbs):
-            name_, c = compiled[j * len(dbs) + i]
-            row[f"{name}_ms"] = statistics.median(times[j * len(dbs) + i])
+        for i in range(j * len(dbs), (j + 1) * len(dbs)):
+            name, c = compiled[i]
+            row[f"{name}_ms"] = statistics.median(times[i])
             row[f"{name}_source"] = c["info"]["latency_source"]
             row[f"{name}_max_abs_diff"] = c["info"].get("latency_max_abs_diff")
         rows.append(row)
@@ -218,8 +221,9 @@ def _pct(a, b) -> float:
 def report(d: dict) -> str:
     rows, ops = d["networks"], d["operators"]
     st = d["transfer_stats"]["fastest transferred"]
-    as_run = _as_run(d)
-    pick = "fastest" if as_run != "transferred" else "nearest"
+    pick = d["run_pick"]
+    # the compilation that matches the search's own: the one with the run's pick
+    as_run = {p: name for name, p in TRANSFERS.items()}[pick]
     lines = [
         "# Where `tvm-transfer`'s search figures lose",
         "",
