@@ -136,31 +136,74 @@ class Source:
     run_secs: list[float]
 
 
-def time_kernel(mod, target, repeats: int = 10) -> float:
-    """One kernel (a scheduled TIR module) compiled alone and timed on random inputs, with the
-    machine's cores held: its median time in seconds."""
-    import numpy as np
+# a replay's timing for the pick: replays of one kernel differ by tens of percent when they differ
+# at all, so a short timing tells them apart; benchmarks/results/transfer_pick.md measures what
+# it saves and what it changes in the picks against time_kernel's longer timing
+PICK_TIMING = {"number": 3, "repeat": 5, "min_repeat_ms": 1}
 
-    from kernels.cores import core_lock
+
+@dataclass
+class Built:
+    """One kernel compiled alone, ready to time: its module, library and random inputs."""
+
+    mod: object
+    lib: object
+    args: list
+
+
+def build_kernel(mod, target) -> Built:
+    """One kernel (a scheduled TIR module) compiled alone, its machine code generated (LLVM emits
+    it on the first lookup of the function, so that is done here too, where it can run on another
+    thread) and random inputs made for it."""
+    import numpy as np
 
     tvm = load_tvm()
     lib = tvm.compile(mod, target=target)
+    lib.mod["main"]  # noqa: B018 - the lookup generates the code
     rng = np.random.default_rng(0)
     args = [
         tvm.runtime.tensor(rng.standard_normal([int(d) for d in p.shape]).astype(str(p.dtype)))
         for p in mod["main"].params
     ]
-    ev = lib.mod.time_evaluator("main", tvm.cpu(), number=3, repeat=repeats, min_repeat_ms=5)
+    return Built(mod, lib, args)
+
+
+def time_built(built: Built, number: int = 3, repeat: int = 10, min_repeat_ms: int = 5) -> float:
+    """The median time (s) of a built kernel; the caller holds the machine's cores."""
+    import numpy as np
+
+    tvm = load_tvm()
+    ev = built.lib.mod.time_evaluator(
+        "main", tvm.cpu(), number=number, repeat=repeat, min_repeat_ms=min_repeat_ms
+    )
+    return float(np.median(ev(*built.args).results))
+
+
+def time_kernel(mod, target, repeats: int = 10) -> float:
+    """One kernel (a scheduled TIR module) compiled alone and timed on random inputs, with the
+    machine's cores held: its median time in seconds."""
+    from kernels.cores import core_lock
+
+    built = build_kernel(mod, target)
     with core_lock().exclusive("measurement"):
-        return float(np.median(ev(*args).results))
+        return time_built(built, repeat=repeats)
+
+
+def _built_or_none(mod, target) -> Built | None:
+    try:
+        return build_kernel(mod, target)
+    except Exception as e:  # noqa: BLE001 - a replay that does not build: not a pick
+        log.debug("transferred schedule did not build: %s", str(e).splitlines()[0][:200])
+        return None
 
 
 class Transfer:
     """Replays the tuning database's schedules on kernels it lacks.
 
     `pick`: `nearest` replays the nearest source that replays; `fastest` replays up to `tries`
-    sources, compiles and times each replay alone (`time_kernel`) and keeps the fastest (a
-    kernel's pick is kept for the process, until the database grows). benchmarks/results/
+    sources, compiles each replay alone (a network's replays on as many threads as the host has
+    cores), times each alone with a short timing (`PICK_TIMING`) and keeps the fastest (a kernel's
+    pick is kept for the process, until the database grows). benchmarks/results/
     transfer_quality.md measures both against fully tuned kernels: the front's convolutions ran
     1.8x their fully tuned time with the nearest source's replay, 1.2x with the fastest."""
 
@@ -239,17 +282,34 @@ class Transfer:
         kernel's measured times, or (None, None) when none replays."""
         if self.pick == "nearest":
             return next(((sch, src.run_secs) for sch, src in self.replays(mod)), (None, None))
-        t0, timed = time.time(), []
-        for sch, src in self.replays(mod):
-            try:
-                timed.append((time_kernel(sch.mod, target), sch, src))
-            except Exception as e:  # noqa: BLE001 - a replay that does not build: not a pick
-                log.debug("transferred schedule did not build: %s", str(e).splitlines()[0][:200])
+        return self.fastest([mod], target)[0]
+
+    def fastest(self, mods: list, target) -> list[tuple]:
+        """`schedule` with `pick: fastest` for several kernels at once: every replay of every
+        kernel compiled first, on as many threads as the host has cores (LLVM is most of a
+        pick's cost), then all timed one after another with the cores held once."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from kernels.cores import core_lock
+        from kernels.tvm_compile import host_cores
+
+        if not mods:
+            return []
+        t0 = time.time()
+        flat = [(i, sch, src) for i, mod in enumerate(mods) for sch, src in self.replays(mod)]
+        with ThreadPoolExecutor(max(1, host_cores())) as pool:
+            built = list(pool.map(lambda r: _built_or_none(r[1].mod, target), flat))
+        best: dict[int, tuple] = {}
+        with core_lock().exclusive("measurement"):
+            for (i, sch, src), b in zip(flat, built):
+                secs = time_built(b, **PICK_TIMING) if b is not None else math.inf
+                if secs < best.get(i, (math.inf,))[0]:
+                    best[i] = (secs, sch, src)
         self.stats["transfer_timing_s"] += time.time() - t0
-        if not timed:
-            return None, None
-        _, sch, src = min(timed, key=lambda t: t[0])
-        return sch, src.run_secs
+        return [
+            (best[i][1], best[i][2].run_secs) if i in best else (None, None)
+            for i in range(len(mods))
+        ]
 
     def database(self, db, kernels, target):
         """An in-memory database with a transferred schedule for each of `kernels` that `db`
@@ -259,14 +319,16 @@ class Transfer:
 
         self.refresh(db)
         mem = ms.database.MemoryDatabase(module_equality="structural")
-        seen, done = set(), set()
-        for k in kernels:
-            if k.key in seen or db.record(k) is not None:
-                continue
-            seen.add(k.key)
+        todo = list({k.key: k for k in kernels if db.record(k) is None}.values())
+        new = [k for k in todo if k.key not in self._picked]
+        if self.pick == "fastest":
+            picks = self.fastest([k.task.dispatched[0] for k in new], target)
+        else:
+            picks = [self.schedule(k.task.dispatched[0], target) for k in new]
+        self._picked.update(zip([k.key for k in new], picks))
+        done = set()
+        for k in todo:
             mod = k.task.dispatched[0]
-            if k.key not in self._picked:
-                self._picked[k.key] = self.schedule(mod, target)
             sch, secs = self._picked[k.key]
             if sch is None:
                 self.stats["kernels_not_transferred"] += 1

@@ -503,12 +503,12 @@ def test_transfer_pick_fastest_keeps_the_replay_that_timed_fastest(backend, monk
     tr.refresh(backend.db)
     timed = []
 
-    def recording(mod, target, repeats=10):
-        timed.append((real(mod, target, 3), str(mod)))
+    def recording(built, **timing):
+        timed.append((real(built, **timing), str(built.mod)))
         return timed[-1][0]
 
-    real = tt.time_kernel
-    monkeypatch.setattr(tt, "time_kernel", recording)
+    real = tt.time_built
+    monkeypatch.setattr(tt, "time_built", recording)
     picked = None
     for seed in range(1, 6):
         for k in backend.db.missing(backend.kernels_of(*_tiny_model(seed))):
