@@ -205,7 +205,7 @@ class Transfer:
     cores), times each alone with a short timing (`PICK_TIMING`) and keeps the fastest (a kernel's
     pick is kept for the process, until the database grows). benchmarks/results/
     transfer_quality.md measures both against fully tuned kernels: the front's convolutions ran
-    1.8x their fully tuned time with the nearest source's replay, 1.2x with the fastest."""
+    2.0x their fully tuned time with the nearest source's replay, 1.3x with the fastest."""
 
     def __init__(self, tries: int = 3, pick: str = "nearest"):
         if pick not in ("nearest", "fastest"):
