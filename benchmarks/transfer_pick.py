@@ -7,7 +7,7 @@ it, and keeps the fastest. This script takes the front of a `benchmarks/latency_
 `transfer_quality.py` does), gathers the front's kernels that the seeds lack, and measures:
 
 - build: every replay compiled one after another, then again on as many threads as the host has
-  cores (as `Transfer.fastest` does);
+  cores (`build_kernels`, as `Transfer.fastest` does);
 - timing: every replay timed, in `--rounds` interleaved rounds, with `time_kernel`'s timing (3
   runs a repeat, 10 repeats of at least 5 ms) and with `PICK_TIMING` (the product's); each
   round's picks are judged by a third, long timing of every replay (20 repeats of at least 10
@@ -83,23 +83,20 @@ def kernels_and_replays(args, tmp: Path):
 
 
 def build_all(mods: list, target, threads: int) -> tuple[list, float]:
-    from concurrent.futures import ThreadPoolExecutor
-
-    from kernels.tvm_transfer import build_kernel
+    from kernels.tvm_transfer import build_kernels
 
     t0 = time.perf_counter()
-    with ThreadPoolExecutor(threads) as pool:
-        built = list(pool.map(lambda m: build_kernel(m, target), mods))
+    built = build_kernels(mods, target, threads)
+    if None in built:
+        raise RuntimeError(f"{built.count(None)} of {len(mods)} replays did not build")
     return built, time.perf_counter() - t0
 
 
 def time_all(built: list, timing: dict) -> tuple[list[float], float]:
-    from kernels.cores import core_lock
-    from kernels.tvm_transfer import time_built
+    from kernels.tvm_transfer import time_kernels
 
     t0 = time.perf_counter()
-    with core_lock().exclusive("measurement"):
-        secs = [time_built(b, **timing) for b in built]
+    secs = time_kernels(built, timing)
     return secs, time.perf_counter() - t0
 
 
@@ -149,7 +146,7 @@ def measure(args) -> dict:
         "replays": len(mods),
         "build_serial_s": serial_s,
         "build_threaded_s": threaded_s,
-        "timings": {n: timings[n] for n in timings},
+        "timings": timings,
         "rounds": rounds,
     }
 

@@ -197,6 +197,26 @@ def _built_or_none(mod, target) -> Built | None:
         return None
 
 
+def build_kernels(mods: list, target, threads: int | None = None) -> list[Built | None]:
+    """`build_kernel` of each of `mods`, on `threads` threads (default: as many as the host has
+    cores; LLVM releases the interpreter); None for one that does not build."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from kernels.tvm_compile import host_cores
+
+    with ThreadPoolExecutor(threads or max(1, host_cores())) as pool:
+        return list(pool.map(lambda m: _built_or_none(m, target), mods))
+
+
+def time_kernels(built: list[Built | None], timing: dict) -> list[float]:
+    """`time_built` of each built kernel, one after another with the machine's cores held once;
+    infinity for one that did not build."""
+    from kernels.cores import core_lock
+
+    with core_lock().exclusive("measurement"):
+        return [math.inf if b is None else time_built(b, **timing) for b in built]
+
+
 class Transfer:
     """Replays the tuning database's schedules on kernels it lacks.
 
@@ -288,23 +308,15 @@ class Transfer:
         """`schedule` with `pick: fastest` for several kernels at once: every replay of every
         kernel compiled first, on as many threads as the host has cores (LLVM is most of a
         pick's cost), then all timed one after another with the cores held once."""
-        from concurrent.futures import ThreadPoolExecutor
-
-        from kernels.cores import core_lock
-        from kernels.tvm_compile import host_cores
-
         if not mods:
             return []
         t0 = time.time()
         flat = [(i, sch, src) for i, mod in enumerate(mods) for sch, src in self.replays(mod)]
-        with ThreadPoolExecutor(max(1, host_cores())) as pool:
-            built = list(pool.map(lambda r: _built_or_none(r[1].mod, target), flat))
+        secs = time_kernels(build_kernels([sch.mod for _, sch, _ in flat], target), PICK_TIMING)
         best: dict[int, tuple] = {}
-        with core_lock().exclusive("measurement"):
-            for (i, sch, src), b in zip(flat, built):
-                secs = time_built(b, **PICK_TIMING) if b is not None else math.inf
-                if secs < best.get(i, (math.inf,))[0]:
-                    best[i] = (secs, sch, src)
+        for (i, sch, src), t in zip(flat, secs):
+            if t < best.get(i, (math.inf,))[0]:
+                best[i] = (t, sch, src)
         self.stats["transfer_timing_s"] += time.time() - t0
         return [
             (best[i][1], best[i][2].run_secs) if i in best else (None, None)
