@@ -227,13 +227,15 @@ class Transfer:
     transfer_quality.md measures both against fully tuned kernels: the front's convolutions ran
     2.0x their fully tuned time with the nearest source's replay, 1.3x with the fastest."""
 
-    def __init__(self, tries: int = 3, pick: str = "nearest"):
+    def __init__(self, tries: int = 3, pick: str = "nearest", timed: bool = False):
         if pick not in ("nearest", "fastest"):
             raise ValueError(f"transfer pick must be nearest or fastest, not {pick!r}")
-        self.tries, self.pick = tries, pick
+        # timed: each pick's own time kept in `seconds` (always so with pick: fastest)
+        self.tries, self.pick, self.timed_picks = tries, pick, timed or pick == "fastest"
         self._sources: list[Source] = []
         self._db_size = -1
         self._picked: dict[str, tuple] = {}  # kernel key: (schedule, source times)
+        self.seconds: dict[str, float] = {}  # kernel key: its pick's own time, where timed
         self.stats = {
             "kernels_transferred": 0,
             "kernels_not_transferred": 0,
@@ -260,6 +262,7 @@ class Transfer:
         self._sources = [self._source(r) for _, r in best.values()]
         self._db_size = size
         self._picked.clear()  # new sources: a kernel may now have a better one
+        self.seconds.clear()
 
     @staticmethod
     def _source(rec) -> Source:
@@ -305,27 +308,36 @@ class Transfer:
         return self.fastest([mod], target)[0]
 
     def fastest(self, mods: list, target) -> list[tuple]:
-        """`schedule` with `pick: fastest` for several kernels at once: every replay of every
-        kernel compiled first, on as many threads as the host has cores (LLVM is most of a
-        pick's cost), then all timed one after another with the cores held once."""
+        """`schedule` with `pick: fastest` for several kernels at once."""
+        return [(p[1], p[2].run_secs) if p else (None, None) for p in self.timed(mods, target)]
+
+    def timed(self, mods: list, target, first: bool = False) -> list[tuple | None]:
+        """(seconds, schedule, source) of each of `mods`: its fastest replay on `target` (of its
+        first replay only, with `first`: the `nearest` pick, timed), or None when none replays.
+        Every replay of every kernel is compiled first, on as many threads as the host has cores
+        (LLVM is most of a pick's cost), then all are timed one after another with the cores
+        held once."""
         if not mods:
             return []
         t0 = time.time()
-        flat = [(i, sch, src) for i, mod in enumerate(mods) for sch, src in self.replays(mod)]
+        flat = []
+        for i, mod in enumerate(mods):
+            for sch, src in self.replays(mod):
+                flat.append((i, sch, src))
+                if first:
+                    break
         secs = time_kernels(build_kernels([sch.mod for _, sch, _ in flat], target), PICK_TIMING)
         best: dict[int, tuple] = {}
         for (i, sch, src), t in zip(flat, secs):
             if t < best.get(i, (math.inf,))[0]:
                 best[i] = (t, sch, src)
         self.stats["transfer_timing_s"] += time.time() - t0
-        return [
-            (best[i][1], best[i][2].run_secs) if i in best else (None, None)
-            for i in range(len(mods))
-        ]
+        return [best.get(i) for i in range(len(mods))]
 
     def database(self, db, kernels, target):
         """An in-memory database with a transferred schedule for each of `kernels` that `db`
-        lacks, and the keys of those that got one."""
+        lacks, and the keys of those that got one; each pick's own time in `seconds` (kernel key:
+        seconds) when picks are timed."""
         load_tvm()
         from tvm.s_tir import meta_schedule as ms
 
@@ -333,8 +345,10 @@ class Transfer:
         mem = ms.database.MemoryDatabase(module_equality="structural")
         todo = list({k.key: k for k in kernels if db.record(k) is None}.values())
         new = [k for k in todo if k.key not in self._picked]
-        if self.pick == "fastest":
-            picks = self.fastest([k.task.dispatched[0] for k in new], target)
+        if self.timed_picks:
+            got = self.timed([k.task.dispatched[0] for k in new], target, self.pick == "nearest")
+            picks = [(p[1], p[2].run_secs) if p else (None, None) for p in got]
+            self.seconds.update({k.key: p[0] for k, p in zip(new, got) if p})
         else:
             picks = [self.schedule(k.task.dispatched[0], target) for k in new]
         self._picked.update(zip([k.key for k in new], picks))
