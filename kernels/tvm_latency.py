@@ -14,7 +14,6 @@ import json
 import logging
 import random
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -107,44 +106,6 @@ def network_key(ops: list[Op], resolution: int) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-@dataclass
-class SumCalibration:
-    """A network's time from its kernels' summed times (`TVMBackend.kernel_sum`): a * sum + c
-    (ms), fitted on networks timed whole; a ratio alone (c = 0) from fewer than 3 networks. On 7
-    networks of the tinynet space the ratio alone was 1.29-1.65 and fitted them within 4.8 %
-    (mean), a and c within 2.8 %: the time between kernels grows with the network."""
-
-    a: float = 1.0
-    c: float = 0.0
-    points: list = field(default_factory=list)  # (summed ms, whole ms) of each network fitted on
-
-    @classmethod
-    def fit(cls, points: list[tuple[float, float]]) -> SumCalibration:
-        pts = [(float(s), float(y)) for s, y in points if s > 0 and y > 0]
-        if not pts:
-            return cls()
-        s, y = np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
-        w = 1.0 / y  # relative errors matter
-        if len(pts) >= 3:
-            A = np.stack([s, np.ones_like(s)], 1) * w[:, None]
-            (a, c), *_ = np.linalg.lstsq(A, y * w, rcond=None)
-            if a > 0 and c >= 0:
-                return cls(float(a), float(c), pts)
-        return cls(float(np.sum(w * w * s * y) / np.sum(w * w * s * s)), 0.0, pts)
-
-    def ms(self, summed_ms: float) -> float:
-        return self.a * summed_ms + self.c
-
-    def describe(self) -> dict:
-        errs = [100 * abs(self.ms(s) - y) / y for s, y in self.points]
-        return {
-            "a": self.a,
-            "c_ms": self.c,
-            "networks": [{"summed_ms": s, "whole_ms": y} for s, y in self.points],
-            "fit_mape": float(np.mean(errs)) if errs else None,
-        }
-
-
 class TVMBackend:
     """Compile, tune (missing kernels only), time and check networks on one target."""
 
@@ -190,12 +151,11 @@ class TVMBackend:
         out: dict,
         rounds_ms: list[float] | None = None,
         priced: bool = False,
-        whole: bool = True,
     ) -> None:
-        """A network's kernels and time: in networks.jsonl when it was timed whole (`whole`) with
-        every kernel tuned; in priced.jsonl too, with its source, when a search priced it
-        (`priced`) and no search had priced it before."""
-        full = whole and out["latency_tuned_fraction"] == 1.0
+        """A network's kernels and whole-network time: in networks.jsonl when every kernel was
+        tuned; in priced.jsonl too, with its source, when a search priced it (`priced`) and no
+        search had priced it before."""
+        full = out["latency_tuned_fraction"] == 1.0
         key = network_key(compiled["ops"], resolution)
         row = {
             "key": key,
@@ -271,53 +231,6 @@ class TVMBackend:
         out = {**self.time(c), **c["info"]}
         if remember:
             self._remember(c, resolution, out, priced=transfer)
-        return out
-
-    def price(
-        self, model: nn.Module, resolution: int, calibration: SumCalibration, remember: bool = True
-    ) -> dict:
-        """A network's figure without compiling it whole: each kernel's own time (tuned: as the
-        tuning measured it; else its transferred pick, compiled and timed alone) times its calls,
-        summed, through `calibration` (fitted on networks timed whole: what lies between the
-        kernels). The whole-network build it skips takes 10-33 s here. A network measured before
-        keeps its figure (`known`, as `measure` with `transfer`); one with a kernel that has no
-        time of its own (no schedule replays on it) is compiled and timed whole instead."""
-        if remember:
-            seen = self.known(model, resolution, search=True)
-            if seen is not None:
-                return seen
-        t0 = time.time()
-        model = model.eval()
-        ops = torch_ops(model, resolution)
-        kernels = self.kernels_of(model, resolution)
-        t_prep = time.time() - t0
-        self.db.note_seen(kernels)
-        self.db.reload()
-        tuned = [k for k in kernels if self.db.record(k) is not None]
-        t1, moved = time.time(), set()
-        if len(tuned) < len(kernels):
-            moved = self._transferred(kernels)[1]
-        t_move = time.time() - t1
-        summed = self.kernel_sum(kernels)
-        if summed is None:
-            return self.measure(model, resolution, tune=False, transfer=True, remember=remember)
-        n_moved = sum(1 for k in kernels if k.key in moved)
-        out = {
-            "latency_ms": calibration.ms(summed),
-            "latency_spread_ms": None,  # a sum of kernels timed apart: no spread of its own
-            "latency_source": "tvm-summed" + source_label(len(kernels), len(tuned), n_moved)[3:],
-            "latency_summed_ms": summed,
-            "latency_tuned_fraction": len(tuned) / max(1, len(kernels)),
-            "latency_kernels_transferred": n_moved,
-            "latency_kernels": len(kernels),
-            "latency_kernels_tuned_now": 0,
-            "latency_tuning_s": 0.0,
-            "latency_compile_s": t_prep,
-            "latency_transfer_s": t_move,
-        }
-        if remember:
-            c = {"ops": ops, "kernels": kernels}
-            self._remember(c, resolution, out, priced=True, whole=False)
         return out
 
     def kernel_sum(self, kernels) -> float | None:

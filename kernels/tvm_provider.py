@@ -335,17 +335,11 @@ class TVMTransferLatency(TVMLatency):
         rounds: int = 3,
         transfer_pick: str = "fastest",
         transfer_tries: int = 3,
-        price: str = "kernels",
-        calibration_networks: int = 3,
         **focus,
     ):
         super().__init__(folder, target, trials_per_task, strategy, repeats, check, **focus)
         self.seed_networks, self.check_front, self.rounds = seed_networks, check_front, rounds
-        self.price, self.calibration_networks = price, calibration_networks
-        self.transfer_options = dict(
-            pick=transfer_pick, tries=transfer_tries, timed=price == "kernels"
-        )
-        self.calibration = None  # SumCalibration, fitted by prepare_run (price: kernels)
+        self.transfer_options = dict(pick=transfer_pick, tries=transfer_tries)
         self._report: dict = {}
 
     def backend(self):
@@ -355,13 +349,6 @@ class TVMTransferLatency(TVMLatency):
 
             b.transfer = Transfer(**self.transfer_options)
         return b
-
-    def measure(self, model: nn.Module, resolution: int) -> dict:
-        """With `price: kernels` (once `prepare_run` fitted its calibration), the candidate is
-        priced by its kernels' summed times (`TVMBackend.price`), not compiled whole."""
-        if self.service is not None or self.price != "kernels" or self.calibration is None:
-            return super().measure(model, resolution)
-        return self.backend().price(model, resolution, self.calibration)
 
     @classmethod
     def from_config(cls, cfg, cache_dir) -> LatencyProvider:
@@ -388,8 +375,6 @@ class TVMTransferLatency(TVMLatency):
             rounds=cfg.rounds,
             transfer_pick=cfg.transfer_pick,
             transfer_tries=cfg.transfer_tries,
-            price=cfg.price,
-            calibration_networks=cfg.calibration_networks,
         )
 
     def prepare_run(self, space, supernet, run_dir: Path, seed: int) -> None:
@@ -420,56 +405,9 @@ class TVMTransferLatency(TVMLatency):
             "seed_kernels_tuned": todo,
             "seed_tuning_s": b.db.stats["tuning_s"] - tuned_before,
             "trials_per_task": self.trials_per_task,
-            "price": self.price,
+            "prepare_s": time.time() - t0,
         }
-        if self.price == "kernels":
-            t1 = time.time()
-            self.calibration = self._calibrate(space, supernet, genomes, seed)
-            self._report["calibration"] = self.calibration.describe()
-            self._report["calibration_s"] = time.time() - t1
-        self._report["prepare_s"] = time.time() - t0
         self._write(run_dir)
-
-    def _calibrate(self, space, supernet, seeds: list, seed: int):
-        """The calibration from kernel sums to whole-network times (`price: kernels`), fitted on
-        `calibration_networks` networks timed whole in `rounds` rounds: the seed networks, then
-        the smallest and largest of a spread sample, compiled with transferred kernels. Kept in
-        calibration.jsonl beside the database by those networks, so a warm run fits nothing and
-        prices new networks as the first run did."""
-        from kernels.tvm_latency import SumCalibration, jsonl_rows, network_key, torch_ops
-
-        b, n = self.backend(), self.calibration_networks
-        extra = spread_genomes_excluding(space, n - len(seeds), seed, seeds)
-        items = [(space.build(g, supernet), space.arch(g).resolution) for g in [*seeds, *extra]]
-        items = items[:n]
-        nets = [network_key(torch_ops(m.eval(), r), r) for m, r in items]
-        opts = self.transfer_options
-        key = f"{'-'.join(nets)}:{opts['pick']}:{opts['tries']}:{self.trials_per_task}"
-        path = b.db.dir / "calibration.jsonl"
-        row = jsonl_rows(path, first=True).get(key)
-        if row is not None:
-            return SumCalibration(row["a"], row["c"], [tuple(p) for p in row["points"]])
-        log.info("latency: timing %d networks whole to calibrate kernel sums", len(items))
-        measured = b.measure_rounds(items, self.rounds, tune=False, reuse=True, transfer=True)
-        points = []
-        for (m, r), res in zip(items, measured):
-            summed = res.get("latency_summed_ms")
-            if summed is None:  # measured before (reuse): its kernels' times summed now
-                summed = b.kernel_sum(b.kernels_of(m, r))
-            if summed is not None:
-                points.append((summed, res["latency_ms"]))
-        cal = SumCalibration.fit(points)
-        with open(path, "a") as fh:
-            fh.write(json.dumps({"key": key, "a": cal.a, "c": cal.c, "points": cal.points}) + "\n")
-        log.info(
-            "latency: a network's figure is %.3f x its kernels' sum + %.4f ms (%d networks, "
-            "%.1f %% mean error on them)",
-            cal.a,
-            cal.c,
-            len(cal.points),
-            cal.describe()["fit_mape"] or 0.0,
-        )
-        return cal
 
     def _write(self, run_dir: Path) -> None:
         report = {**self._report, **self.stats()}
@@ -537,17 +475,6 @@ def measure_front(
             backend.measure_rounds(items, rounds, tune=True, one_session=one_session, reuse=reuse),
         )
     )
-
-
-def spread_genomes_excluding(space, n: int, seed: int, taken: list) -> list:
-    """Up to `n` genomes other than `taken`: the smallest and largest FLOPs of a seeded sample
-    first (`spread_genomes` without its full network)."""
-    from kernels.tvm_latency import spread_genomes
-
-    if n <= 0:
-        return []
-    ids = {space.genome_id(g) for g in taken}
-    return spread_genomes(space, n + 1, seed, exclude=ids)[1:][:n]
 
 
 def database_folder(cfg, cache_dir) -> Path:

@@ -227,15 +227,14 @@ class Transfer:
     transfer_quality.md measures both against fully tuned kernels: the front's convolutions ran
     2.0x their fully tuned time with the nearest source's replay, 1.3x with the fastest."""
 
-    def __init__(self, tries: int = 3, pick: str = "nearest", timed: bool = False):
+    def __init__(self, tries: int = 3, pick: str = "nearest"):
         if pick not in ("nearest", "fastest"):
             raise ValueError(f"transfer pick must be nearest or fastest, not {pick!r}")
-        # timed: each pick's own time kept in `seconds` (always so with pick: fastest)
-        self.tries, self.pick, self.timed_picks = tries, pick, timed or pick == "fastest"
+        self.tries, self.pick = tries, pick
         self._sources: list[Source] = []
         self._db_size = -1
         self._picked: dict[str, tuple] = {}  # kernel key: (schedule, source times)
-        self.seconds: dict[str, float] = {}  # kernel key: its pick's own time, where timed
+        self.seconds: dict[str, float] = {}  # kernel key: its pick's own time (pick: fastest)
         self.stats = {
             "kernels_transferred": 0,
             "kernels_not_transferred": 0,
@@ -311,21 +310,15 @@ class Transfer:
         """`schedule` with `pick: fastest` for several kernels at once."""
         return [(p[1], p[2].run_secs) if p else (None, None) for p in self.timed(mods, target)]
 
-    def timed(self, mods: list, target, first: bool = False) -> list[tuple | None]:
-        """(seconds, schedule, source) of each of `mods`: its fastest replay on `target` (of its
-        first replay only, with `first`: the `nearest` pick, timed), or None when none replays.
-        Every replay of every kernel is compiled first, on as many threads as the host has cores
-        (LLVM is most of a pick's cost), then all are timed one after another with the cores
-        held once."""
+    def timed(self, mods: list, target) -> list[tuple | None]:
+        """(seconds, schedule, source) of each of `mods`: its fastest replay on `target`, or None
+        when none replays. Every replay of every kernel is compiled first, on as many threads as
+        the host has cores (LLVM is most of a pick's cost), then all are timed one after another
+        with the cores held once."""
         if not mods:
             return []
         t0 = time.time()
-        flat = []
-        for i, mod in enumerate(mods):
-            for sch, src in self.replays(mod):
-                flat.append((i, sch, src))
-                if first:
-                    break
+        flat = [(i, sch, src) for i, mod in enumerate(mods) for sch, src in self.replays(mod)]
         secs = time_kernels(build_kernels([sch.mod for _, sch, _ in flat], target), PICK_TIMING)
         best: dict[int, tuple] = {}
         for (i, sch, src), t in zip(flat, secs):
@@ -336,8 +329,8 @@ class Transfer:
 
     def database(self, db, kernels, target):
         """An in-memory database with a transferred schedule for each of `kernels` that `db`
-        lacks, and the keys of those that got one; each pick's own time in `seconds` (kernel key:
-        seconds) when picks are timed."""
+        lacks, and the keys of those that got one; with `pick: fastest`, each pick's own time in
+        `seconds` (kernel key: seconds)."""
         load_tvm()
         from tvm.s_tir import meta_schedule as ms
 
@@ -345,8 +338,8 @@ class Transfer:
         mem = ms.database.MemoryDatabase(module_equality="structural")
         todo = list({k.key: k for k in kernels if db.record(k) is None}.values())
         new = [k for k in todo if k.key not in self._picked]
-        if self.timed_picks:
-            got = self.timed([k.task.dispatched[0] for k in new], target, self.pick == "nearest")
+        if self.pick == "fastest":
+            got = self.timed([k.task.dispatched[0] for k in new], target)
             picks = [(p[1], p[2].run_secs) if p else (None, None) for p in got]
             self.seconds.update({k.key: p[0] for k, p in zip(new, got) if p})
         else:

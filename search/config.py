@@ -233,18 +233,6 @@ class LatencyCfg(_M):
     transfer_tries: int = Field(
         3, ge=1, description="tvm-transfer: tuned kernels a kernel's schedule may come from"
     )
-    price: Literal["kernels", "network"] = Field(
-        "kernels",
-        description="tvm-transfer: a candidate's figure: its kernels' own times summed (tuned, or "
-        "its transferred picks timed alone) through a calibration fitted on calibration_networks "
-        "networks timed whole (kernels), or the candidate compiled and timed whole (network)",
-    )
-    calibration_networks: int = Field(
-        3,
-        ge=1,
-        description="tvm-transfer with price: kernels: networks timed whole at the start to fit "
-        "the calibration (the seed networks, then the smallest and largest of a sample)",
-    )
     rounds: int = Field(
         5,
         ge=1,
