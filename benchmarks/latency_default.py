@@ -44,9 +44,16 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.common import RESULTS, json_and_md  # noqa: E402
 
 SPACE = ROOT / "spaces" / "tinynet.yaml"
-RUNNERS = {
-    "3 x 3 runs, >= 20 ms (the default)": dict(number=3, repeat=3, min_repeat_ms=20),
-    "1 x 3 runs, no minimum": dict(number=1, repeat=3, min_repeat_ms=0),
+RUNNERS = {  # the first is the product's (kernels.tvm_tuning.RUNNER)
+    "3 x 3 runs, >= 20 ms, in this process (the default)": dict(
+        number=3, repeat=3, min_repeat_ms=20, in_process=True
+    ),
+    "3 x 3 runs, >= 20 ms, runner process": dict(
+        number=3, repeat=3, min_repeat_ms=20, in_process=False
+    ),
+    "1 x 3 runs, no minimum, runner process": dict(
+        number=1, repeat=3, min_repeat_ms=0, in_process=False
+    ),
 }
 
 
@@ -67,6 +74,11 @@ def main() -> None:
         action="store_true",
         help="part 1 taken from the results file already at --out (its command is kept beside "
         "the new one), parts 2 and 3 run again",
+    )
+    ap.add_argument(
+        "--split-only",
+        action="store_true",
+        help="only part 1, written into the results file already at --out (its parts 2 and 3 kept)",
     )
     ap.add_argument("--work", default=str(ROOT / "runs" / "bench-latency-default"))
     ap.add_argument("--out", default=str(RESULTS / "latency_default.md"))
@@ -98,6 +110,12 @@ def run(args) -> dict:
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
+    if args.split_only:
+        d = json.loads(Path(args.out).with_suffix(".json").read_text())
+        d["split"] = split(args, work)
+        cmd = "python benchmarks/latency_default.py " + " ".join(sys.argv[1:])
+        d["split_from"] = f"{cmd} ({time.strftime('%Y-%m-%d')})"
+        return d
     kept = json.loads(Path(args.out).with_suffix(".json").read_text()) if args.keep_split else {}
     d = {
         "command": "python benchmarks/latency_default.py " + " ".join(sys.argv[1:]),
@@ -224,16 +242,13 @@ def default_run(args, work: Path, name: str) -> dict:
         )
     timings = json.loads((out / "timings.json").read_text())[-1]
     lat = json.loads((out / "latency.json").read_text())
-    calibration = lat.get("calibration_s", 0.0)  # price: kernels: networks timed whole
-    tuning = lat.get("prepare_s", 0.0) - calibration  # the seed networks' kernels
+    tuning = lat.get("prepare_s", 0.0)  # the seed networks' kernels: extracted and tuned
     front_s = lat.get("front_s", 0.0)
     row = {
         "run": name,
         "wall_s": wall,
-        "setup_s": timings["setup_s"] - tuning - calibration,
+        "setup_s": timings["setup_s"] - tuning,
         "tuning_s": tuning,
-        "calibration_s": calibration,
-        "calibration": lat.get("calibration"),
         "search_s": timings["search_s"],  # the trials, up to the last one's result
         "front_s": front_s,  # after the last trial
         # process and Ray start-up, the outputs and the report
@@ -321,13 +336,15 @@ def report(d: dict) -> str:
         "## 1. Where a tuning trial's time goes",
         "",
         *(
-            [f"Measured by an earlier run of the script: `{d['split_from']}`.", ""]
+            [f"Measured by a separate run of the script: `{d['split_from']}`.", ""]
             if d.get("split_from")
             else []
         ),
         "The tinynet base's first kernels, tuned from an empty database (replay-trace), under "
         "MetaSchedule's profiler. build: compiling each candidate schedule (in-process, LLVM); run: "
-        "the runner process loading and timing it; rest: sampling, postprocessing, database and "
+        "timing it, in this process (`in_process`, the module kept from its build) or in "
+        "MetaSchedule's runner process (which links the exported candidate and loads it first); "
+        "rest: sampling, postprocessing, database and "
         "the session's set-up (tuning contexts, the runner's worker process: the profiler covers "
         "the whole tuning call, so it falls here). Candidates are built on as many threads as the "
         "host has cores, and a batch's timing ends before the next batch is built. best: the sum "
@@ -373,28 +390,18 @@ def _runs_section(d: dict) -> list[str]:
         "",
         "## 2. The default run, empty cache then warm",
         "",
-        "| cache | wall s | set-up without tuning s | tuning s | calibration s | search s "
-        "| front s | other s | kernels tuned | kernels transferred |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| cache | wall s | set-up without tuning s | tuning s | search s | front s | other s "
+        "| kernels tuned | kernels transferred |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in d["runs"]:
         lines.append(
             f"| {r['run']} | {r['wall_s']:.0f} | {r['setup_s']:.0f} | {r['tuning_s']:.0f} | "
-            f"{r.get('calibration_s', 0):.0f} | "
             f"{r['search_s']:.0f} | {r['front_s']:.0f} | {r['other_s']:.0f} | "
             f"{r['kernels_tuned']} | "
             f"{r['kernels_transferred'] or 0} |"
         )
     runs = d["runs"]
-    cal = runs[0].get("calibration")
-    if cal:
-        lines += [
-            "",
-            f"`price: kernels`: a candidate's figure is a x the sum of its kernels' own times "
-            f"+ c, with a = {cal['a']:.3f} and c = {cal['c_ms']:.4f} ms fitted on "
-            f"{len(cal['networks'])} networks timed whole at the start (calibration s; "
-            f"{cal['fit_mape']:.1f} % mean error on them); the warm run reuses the fit.",
-        ]
     if all("front" in r for r in runs):
         same = runs[0]["front"] == runs[1]["front"]
         lines += [

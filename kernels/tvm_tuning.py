@@ -105,11 +105,13 @@ def _close_ms_handlers(foreign: list[logging.Handler]) -> None:
         logging.getLogger(_MS_LOGGER).addHandler(h)
 
 
-def _in_process_builder(workers: int = 1):
+def _in_process_builder(workers: int = 1, keep: dict | None = None):
     """A MetaSchedule builder that compiles candidates in this process, on `workers` threads (TVM
     compiles outside Python's lock: 2 threads build 40 candidates in half the time of one): the
     default one starts a fresh pool of worker processes for every batch, each importing TVM
-    again (seconds each)."""
+    again (seconds each). With `keep` (for `_in_process_runner`), each built module stays in
+    `keep`, its machine code generated on the builder's thread, under a key that stands for its
+    artifact path; else it is exported to a file for MetaSchedule's runner process."""
     load_tvm()
     from concurrent.futures import ThreadPoolExecutor
 
@@ -119,7 +121,14 @@ def _in_process_builder(workers: int = 1):
 
     def one(bi):
         try:
-            return BuilderResult(default_export(default_build(bi.mod, bi.target, None)), None)
+            mod = default_build(bi.mod, bi.target, None)
+            if keep is None:
+                return BuilderResult(default_export(mod), None)
+            mod[mod.entry_name]  # noqa: B018 - LLVM emits the code on the first lookup
+            # MetaSchedule removes an artifact's folder once it is timed: an empty one stands in
+            key = os.path.join(tempfile.mkdtemp(prefix="archsearch-built-"), "module")
+            keep[key] = mod
+            return BuilderResult(key, None)
         except Exception as e:  # noqa: BLE001 - a failed candidate, not a failed tuning
             return BuilderResult(None, f"build failed: {e}")
 
@@ -132,6 +141,43 @@ def _in_process_builder(workers: int = 1):
                 return list(pool.map(one, build_inputs))
 
     return InProcessBuilder()
+
+
+def _in_process_runner(config: dict, built: dict):
+    """A MetaSchedule runner that times each candidate in this process, the module
+    `_in_process_builder` kept in `built`, with MetaSchedule's own argument allocation and
+    evaluator (`config`: its EvaluatorConfig): MetaSchedule's LocalRunner instead exports each
+    candidate to a file that its runner process links and loads (and that process is started
+    anew, TVM imported, for every tuning session). Timing is synchronous, so a batch's timing
+    ends before the next batch is built."""
+    tvm = load_tvm()
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.runner import EvaluatorConfig, PyRunner
+    from tvm.s_tir.meta_schedule.runner.local_runner import (
+        LocalRunnerFuture,
+        default_alloc_argument,
+    )
+    from tvm.s_tir.meta_schedule.runner.utils import run_evaluator_common
+
+    evaluator = EvaluatorConfig(**config, enable_cpu_cache_flush=False)
+
+    def one(ri):
+        mod = built.pop(str(ri.artifact_path), None)
+        try:
+            if mod is None:
+                raise RuntimeError(f"no built module for {ri.artifact_path}")
+            dev = tvm.runtime.device(str(ri.device_type), 0)
+            args = default_alloc_argument(dev, [a.as_json() for a in ri.args_info], 1)
+            return LocalRunnerFuture(res=run_evaluator_common(mod, dev, evaluator, args))
+        except Exception as e:  # noqa: BLE001 - a candidate that fails to run: its error
+            return LocalRunnerFuture(error_message=f"in-process runner: {e}")
+
+    @derived_object
+    class InProcessRunner(PyRunner):
+        def run(self, runner_inputs):
+            return [one(ri) for ri in runner_inputs]
+
+    return InProcessRunner()
 
 
 def _waiting_runner(inner):
@@ -155,8 +201,9 @@ def _waiting_runner(inner):
 
 # a trial's kernel timed `repeat` times, each the mean of `number` runs, at least `min_repeat_ms`
 # (one run each is 0.09 s a trial sooner, but a kernel of a few microseconds timed once ranks its
-# schedules on overhead: benchmarks/results/latency_default.md)
-RUNNER = dict(number=3, repeat=3, min_repeat_ms=20)
+# schedules on overhead: benchmarks/results/latency_default.md); `in_process`: timed in this
+# process (`_in_process_runner`), else in MetaSchedule's runner process
+RUNNER = dict(number=3, repeat=3, min_repeat_ms=20, in_process=True)
 # candidates measured per MetaSchedule iteration, the same for every trial budget: replay-trace
 # draws a batch's samples together, so a kernel's first 8 samples are the same with 8 trials as
 # with 32
@@ -347,13 +394,18 @@ class TuningDB:
         foreign = _detach_foreign_handlers()
         try:
             ctxs = self._contexts(todo, logs, self.seed if seed is None else seed)
-            runner = _waiting_runner(
-                ms.runner.LocalRunner(
-                    evaluator_config=ms.runner.EvaluatorConfig(
-                        **self.runner, enable_cpu_cache_flush=False
+            timing = {k: v for k, v in self.runner.items() if k != "in_process"}
+            built: dict | None = {} if self.runner.get("in_process") else None
+            if built is not None:
+                runner = _in_process_runner(timing, built)
+            else:
+                runner = _waiting_runner(
+                    ms.runner.LocalRunner(
+                        evaluator_config=ms.runner.EvaluatorConfig(
+                            **timing, enable_cpu_cache_flush=False
+                        )
                     )
                 )
-            )
             n = len(todo)
             log.info("tuning %d new kernel%s (%d trials each)", n, "" if n == 1 else "s", trials)
             ms.tune_tasks(
@@ -363,7 +415,7 @@ class TuningDB:
                 max_trials_global=trials * len(ctxs),
                 max_trials_per_task=trials,
                 num_trials_per_iter=TRIALS_PER_BATCH,
-                builder=_in_process_builder(host_cores()),
+                builder=_in_process_builder(host_cores(), built),
                 runner=runner,
                 database=self._db,
                 cost_model="random" if self.strategy != "evolutionary" else "xgb",
