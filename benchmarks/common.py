@@ -218,3 +218,16 @@ def json_and_md(args, run, report) -> None:
         out.with_suffix(".json").write_text(json.dumps(data, indent=1) + "\n")
         out.write_text(report(data))
     print(out.read_text())
+
+
+def provenance() -> dict:
+    """Where a benchmark's figures came from: its command line, the date and the CPU."""
+    import datetime
+    import platform
+    import sys
+
+    return {
+        "command": "python " + " ".join(sys.argv),
+        "date": datetime.date.today().isoformat(),
+        "cpu": platform.machine(),
+    }

@@ -23,8 +23,6 @@ Writes benchmarks/results/kernel_sum.md and .json.
 from __future__ import annotations
 
 import argparse
-import datetime
-import platform
 import shutil
 import statistics
 import sys
@@ -35,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import RESULTS, json_and_md  # noqa: E402
+from benchmarks.common import RESULTS, json_and_md, provenance  # noqa: E402
 
 SPACE = ROOT / "spaces" / "tinynet.yaml"
 
@@ -101,9 +99,7 @@ def measure(args) -> dict:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return {
-        "command": "python " + " ".join(sys.argv),
-        "date": datetime.date.today().isoformat(),
-        "cpu": platform.machine(),
+        **provenance(),
         "trials": args.trials,
         "rounds": args.rounds,
         "seed_tuning_s": tuning_s,

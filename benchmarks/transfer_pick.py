@@ -21,9 +21,7 @@ Writes benchmarks/results/transfer_pick.md and .json.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import platform
 import shutil
 import statistics
 import sys
@@ -34,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import RESULTS, json_and_md  # noqa: E402
+from benchmarks.common import RESULTS, json_and_md, provenance  # noqa: E402
 from benchmarks.transfer_quality import SPACE, seed_only_db  # noqa: E402
 
 LONG = {"number": 3, "repeat": 10, "min_repeat_ms": 5}  # time_kernel's
@@ -137,9 +135,7 @@ def measure(args) -> dict:
     for a, b in zip(rounds["time_kernel"], rounds["pick"]):
         b["same_as_time_kernel"] = sum(x == y for x, y in zip(a["picks"], b["picks"]))
     return {
-        "command": "python " + " ".join(sys.argv),
-        "date": datetime.date.today().isoformat(),
-        "cpu": platform.machine(),
+        **provenance(),
         "threads": max(1, host_cores()),
         "front": n_front,
         "kernels": len(groups),

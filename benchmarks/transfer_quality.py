@@ -25,9 +25,7 @@ Writes benchmarks/results/transfer_quality.md and .json.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import platform
 import shutil
 import statistics
 import sys
@@ -39,7 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import RESULTS, json_and_md  # noqa: E402
+from benchmarks.common import RESULTS, json_and_md, provenance  # noqa: E402
 
 SPACE = ROOT / "spaces" / "tinynet.yaml"
 # transferred schedules: the nearest source's replay (what the search used), the fastest replay
@@ -120,9 +118,7 @@ def measure(args) -> dict:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return {
-        "command": "python " + " ".join(sys.argv),
-        "date": datetime.date.today().isoformat(),
-        "cpu": platform.machine(),
+        **provenance(),
         "seed_kernels": lat["seed_kernels_tuned"],
         "tries": args.tries,
         "run_pick": run_pick(run_dir),
