@@ -41,7 +41,9 @@ SPACE = ROOT / "spaces" / "tinynet.yaml"
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--networks", type=int, default=10, help="networks priced and timed whole")
-    ap.add_argument("--calibration", type=int, default=3, help="calibration_networks")
+    ap.add_argument(
+        "--calibration", type=int, default=3, help="networks a calibration is fitted on"
+    )
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--trials", type=int, default=8, help="trials per seed kernel")
     ap.add_argument("--seed", type=int, default=0)

@@ -110,15 +110,15 @@ def run(args) -> dict:
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
+    cmd = "python benchmarks/latency_default.py " + " ".join(sys.argv[1:])
     if args.split_only:
         d = json.loads(Path(args.out).with_suffix(".json").read_text())
         d["split"] = split(args, work)
-        cmd = "python benchmarks/latency_default.py " + " ".join(sys.argv[1:])
         d["split_from"] = f"{cmd} ({time.strftime('%Y-%m-%d')})"
         return d
     kept = json.loads(Path(args.out).with_suffix(".json").read_text()) if args.keep_split else {}
     d = {
-        "command": "python benchmarks/latency_default.py " + " ".join(sys.argv[1:]),
+        "command": cmd,
         "date": time.strftime("%Y-%m-%d"),
         "cpus": os.cpu_count(),
         "cpu": platform.processor() or platform.machine(),

@@ -217,6 +217,12 @@ def time_kernels(built: list[Built | None], timing: dict) -> list[float]:
         return [math.inf if b is None else time_built(b, **timing) for b in built]
 
 
+def _schedule_and_times(timed: tuple | None) -> tuple:
+    """What `Transfer.schedule` gives, from one of `Transfer.timed`'s results: the schedule and
+    its source's measured times, or (None, None)."""
+    return (timed[1], timed[2].run_secs) if timed else (None, None)
+
+
 class Transfer:
     """Replays the tuning database's schedules on kernels it lacks.
 
@@ -308,7 +314,7 @@ class Transfer:
 
     def fastest(self, mods: list, target) -> list[tuple]:
         """`schedule` with `pick: fastest` for several kernels at once."""
-        return [(p[1], p[2].run_secs) if p else (None, None) for p in self.timed(mods, target)]
+        return [_schedule_and_times(p) for p in self.timed(mods, target)]
 
     def timed(self, mods: list, target) -> list[tuple | None]:
         """(seconds, schedule, source) of each of `mods`: its fastest replay on `target`, or None
@@ -340,7 +346,7 @@ class Transfer:
         new = [k for k in todo if k.key not in self._picked]
         if self.pick == "fastest":
             got = self.timed([k.task.dispatched[0] for k in new], target)
-            picks = [(p[1], p[2].run_secs) if p else (None, None) for p in got]
+            picks = [_schedule_and_times(p) for p in got]
             self.seconds.update({k.key: p[0] for k, p in zip(new, got) if p})
         else:
             picks = [self.schedule(k.task.dispatched[0], target) for k in new]
