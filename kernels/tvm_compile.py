@@ -293,13 +293,19 @@ def build(prepared, target, database=None):
     """Compile a prepared module; with a MetaSchedule database, its tuned kernels replace the
     defaults (tasks it does not hold keep the default schedule)."""
     tvm = load_tvm()
+    return tvm.compile(with_database(prepared, target, database), target=target)
+
+
+def with_database(prepared, target, database=None):
+    """A prepared module with the schedules `database` (a MetaSchedule database, or None) holds
+    applied to its kernels."""
+    load_tvm()
     from tvm import relax
 
-    mod = prepared
-    if database is not None:
-        with target, database:
-            mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
-    return tvm.compile(mod, target=target)
+    if database is None:
+        return prepared
+    with target, database:
+        return relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(prepared)
 
 
 def first_output(out) -> np.ndarray:

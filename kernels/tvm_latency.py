@@ -24,14 +24,15 @@ from kernels.cores import core_lock
 from kernels.latency_model import LatencyModel, Op, op_of_kernel, torch_ops
 from kernels.provider import summary
 from kernels.tvm_compile import (
-    build,
     first_output,
     host_cores,
     host_target,
     load_tvm,
     prepared_module,
     runtime_threads,
+    with_database,
 )
+from kernels.tvm_library import KernelLibrary
 from kernels.tvm_tuning import TuningDB, extract_kernels, jsonl_rows
 from spaces.layers import GConv2d, input_channels
 
@@ -130,6 +131,7 @@ class TVMBackend:
         )
         self.repeats = repeats
         self.transfer = None  # kernels.tvm_transfer.Transfer, made on first use
+        self.library = KernelLibrary(self.target)  # each kernel compiled once in this process
         self.networks_file = self.db.dir / "networks.jsonl"
         self.priced_file = self.db.dir / "priced.jsonl"
 
@@ -347,7 +349,7 @@ class TVMBackend:
         if transfer and len(tuned) < len(kernels):  # with pick: fastest, replays timed here
             database, moved = self._transferred(kernels)
         t2 = time.time()
-        ex = build(prepared, self.target, database)
+        ex = self.library.executable(with_database(prepared, self.target, database))
         vm = relax.VirtualMachine(ex, tvm.cpu())
         t_build = time.time() - t2
         g = torch.Generator().manual_seed(0)
@@ -392,6 +394,7 @@ class TVMBackend:
 
         if self.transfer is None:
             self.transfer = Transfer()
+        self.transfer.library = self.library
         mem, moved = self.transfer.database(self.db, kernels, self.target)
         return ms.database.UnionDatabase(self.db.database, mem), moved
 

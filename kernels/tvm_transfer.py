@@ -149,6 +149,7 @@ class Built:
     mod: object
     lib: object
     args: list
+    name: str  # its function: `tvm_library.kernel_name`, so that the kernel library can adopt it
 
 
 def build_kernel(mod, target) -> Built:
@@ -157,15 +158,18 @@ def build_kernel(mod, target) -> Built:
     thread) and random inputs made for it."""
     import numpy as np
 
+    from kernels.tvm_library import kernel_name, named
+
     tvm = load_tvm()
-    lib = tvm.compile(mod, target=target)
-    lib.mod["main"]  # noqa: B018 - the lookup generates the code
+    name = kernel_name(mod["main"], target)
+    lib = tvm.compile(named(mod["main"], name), target=target)
+    lib.mod[name]  # noqa: B018 - the lookup generates the code
     rng = np.random.default_rng(0)
     args = [
         tvm.runtime.tensor(rng.standard_normal([int(d) for d in p.shape]).astype(str(p.dtype)))
         for p in mod["main"].params
     ]
-    return Built(mod, lib, args)
+    return Built(mod, lib, args, name)
 
 
 def time_built(built: Built, number: int = 3, repeat: int = 10, min_repeat_ms: int = 5) -> float:
@@ -174,7 +178,7 @@ def time_built(built: Built, number: int = 3, repeat: int = 10, min_repeat_ms: i
 
     tvm = load_tvm()
     ev = built.lib.mod.time_evaluator(
-        "main", tvm.cpu(), number=number, repeat=repeat, min_repeat_ms=min_repeat_ms
+        built.name, tvm.cpu(), number=number, repeat=repeat, min_repeat_ms=min_repeat_ms
     )
     return float(np.median(ev(*built.args).results))
 
@@ -241,6 +245,7 @@ class Transfer:
         self._db_size = -1
         self._picked: dict[str, tuple] = {}  # kernel key: (schedule, source times)
         self.seconds: dict[str, float] = {}  # kernel key: its pick's own time (pick: fastest)
+        self.library = None  # a tvm_library.KernelLibrary that keeps the compiled picks
         self.stats = {
             "kernels_transferred": 0,
             "kernels_not_transferred": 0,
@@ -325,13 +330,16 @@ class Transfer:
             return []
         t0 = time.time()
         flat = [(i, sch, src) for i, mod in enumerate(mods) for sch, src in self.replays(mod)]
-        secs = time_kernels(build_kernels([sch.mod for _, sch, _ in flat], target), PICK_TIMING)
+        built = build_kernels([sch.mod for _, sch, _ in flat], target)
         best: dict[int, tuple] = {}
-        for (i, sch, src), t in zip(flat, secs):
+        for (i, sch, src), b, t in zip(flat, built, time_kernels(built, PICK_TIMING)):
             if t < best.get(i, (math.inf,))[0]:
-                best[i] = (t, sch, src)
+                best[i] = (t, sch, src, b)
+        if self.library is not None:  # the network's compile links the picks as compiled here
+            for _, _, _, b in best.values():
+                self.library.adopt(b.name, b.lib.mod)
         self.stats["transfer_timing_s"] += time.time() - t0
-        return [best.get(i) for i in range(len(mods))]
+        return [best[i][:3] if i in best else None for i in range(len(mods))]
 
     def database(self, db, kernels, target):
         """An in-memory database with a transferred schedule for each of `kernels` that `db`

@@ -562,6 +562,55 @@ def test_a_compiled_network_reports_its_kernels_own_times_summed(backend, tvm_db
     assert c["info"]["latency_summed_ms"] is None
 
 
+@pytest.mark.slow
+def test_networks_are_linked_from_kernels_compiled_once(backend, tvm_db):
+    """A network is linked from compiled kernels (`kernels/tvm_library.py`): a transferred
+    kernel as its pick compiled it, every kernel through LLVM once per process; the linked network
+    computes what the whole-network build computes. Past `keep` kernels the least recently linked
+    go; a network linked before keeps running, and linking it again compiles what went."""
+    import numpy as np
+
+    from kernels.tvm_compile import build, first_output, load_tvm, with_database
+    from kernels.tvm_latency import TVMBackend
+    from kernels.tvm_transfer import Transfer
+
+    tvm = load_tvm()
+    from tvm import relax
+
+    backend.db.tune(backend.kernels_of(*_tiny_model(0)))
+    b = TVMBackend(tvm_db, trials_per_task=2, repeats=10)
+    b.transfer = Transfer(tries=2, pick="fastest")
+    model, r = _tiny_model(7)
+    c = b.compile(model, r, tune=False, transfer=True)
+    st = dict(b.library.stats)
+    assert c["info"]["latency_kernels_transferred"] > 0 and st["kernels_adopted"] > 0
+    assert c["info"]["latency_max_abs_diff"] < 1e-4  # against PyTorch
+    again = b.compile(model, r, tune=False, check=False, transfer=True)
+    assert b.library.stats["kernels_compiled"] == st["kernels_compiled"]
+    assert b.library.stats["kernels_adopted"] == st["kernels_adopted"]
+    assert b.library.stats["kernels_reused"] > st["kernels_reused"]
+    prepared = b._lowered(model, r)[0]
+    database, _ = b._transferred(c["kernels"])
+    whole = relax.VirtualMachine(build(prepared, b.target, database), tvm.cpu())
+    out = first_output(again["vm"]["main"](again["input"]))
+    assert np.allclose(first_output(whole["main"](again["input"])), out, atol=1e-5)
+    # a library smaller than two networks: linking another evicts the first's oldest kernels
+    lib = type(b.library)(b.target, keep=len(c["kernels"]) + 2)
+    first = relax.VirtualMachine(
+        lib.executable(with_database(prepared, b.target, database)), tvm.cpu()
+    )
+    other, r2 = _tiny_model(3)
+    p2 = b._lowered(other, r2)[0]
+    second = lib.executable(with_database(p2, b.target, b._transferred(b.kernels_of(other, r2))[0]))
+    relax.VirtualMachine(second, tvm.cpu())  # all its kernels there, whatever went
+    assert np.allclose(first_output(first["main"](again["input"])), out, atol=1e-5)
+    n = lib.stats["kernels_compiled"]
+    relinked = lib.executable(with_database(prepared, b.target, database))
+    assert lib.stats["kernels_compiled"] > n
+    vm = relax.VirtualMachine(relinked, tvm.cpu())
+    assert np.allclose(first_output(vm["main"](again["input"])), out, atol=1e-5)
+
+
 def test_tvm_transfer_falls_back_to_eager_loudly_where_tvm_cannot_load(
     monkeypatch, caplog, tmp_path
 ):
