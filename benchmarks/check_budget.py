@@ -1,0 +1,216 @@
+"""What the front check of a `tvm-transfer` run buys with its trials.
+
+At its end a run measures its front (up to `check_front` networks) with their own kernels tuned:
+in the default run's settings, 8 replay-trace trials for each new kernel, then 32 in all for the
+kernels that make up 80 % of the time (`focus_trials`). In `benchmarks/latency_default.py` that
+check took longer than the whole search. This script asks what smaller checks would have said.
+
+It reads the work folder of a `benchmarks/latency_default.py` run: the empty-cache run's front and
+the benchmark's fully tuned database (`full-db`: 32 trials for every kernel of the front's first
+networks, its first trials drawn as the run's check drew them, `kernels.tvm_tuning.kernel_seed`).
+Each kernel's best schedule among its first N trials there is what a check with N trials a kernel
+would have found. The front's networks are compiled with each such database, and with the run's
+own database (its seed tuning and its check, focus included), and all are timed in `--rounds`
+interleaved rounds in this one quiet process; each is compared with the same networks at 32 trials.
+Cost: the trials a check tunes that gives every kernel of the front's networks N trials (all
+networks, or the first alone, as `check_front: 1` would); the run's own check tuned only the
+kernels its seed tuning lacked, its trials and seconds are in its log and latency.json.
+
+    python benchmarks/check_budget.py --work runs/bench-latency-default-9 [--trials 8 16 32]
+
+Writes benchmarks/results/check_budget.md and .json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import RESULTS, json_and_md, provenance  # noqa: E402
+
+SPACE = ROOT / "spaces" / "tinynet.yaml"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--work", required=True, help="a benchmarks/latency_default.py work folder")
+    ap.add_argument("--trials", type=int, nargs="+", default=[8, 16, 32])
+    ap.add_argument("--front", type=int, default=3, help="the front's first networks")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--space", default=str(SPACE))
+    ap.add_argument("--out", default=str(RESULTS / "check_budget.md"))
+    ap.add_argument("--report-only", action="store_true", help="rebuild the md from the json")
+    json_and_md(ap.parse_args(), measure, report)
+
+
+def first_trials(folder: Path, n: int):
+    """An in-memory database with each workload's best record among its first `n` in the JSON
+    database in `folder` (records in the order they were committed), and the trials that took."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from kernels.tvm_compile import load_tvm
+
+    load_tvm()
+    wls = [
+        ms.database.Workload.from_json(json.loads(line))
+        for line in (folder / "database_workload.json").read_text().splitlines()
+    ]
+    best: dict[int, tuple[float, object]] = {}
+    seen: dict[int, int] = {}
+    for line in (folder / "database_tuning_record.json").read_text().splitlines():
+        i, rec = json.loads(line)
+        seen[i] = seen.get(i, 0) + 1
+        if seen[i] > n:
+            continue
+        r = ms.database.TuningRecord.from_json(rec, wls[i])
+        secs = [float(x) for x in r.run_secs or []]
+        t = sum(secs) / len(secs) if secs else 1e10
+        if t < 1e9 and t < best.get(i, (1e10,))[0]:
+            best[i] = (t, r)
+    mem = ms.database.MemoryDatabase(module_equality="structural")
+    for _, r in best.values():
+        mem.commit_tuning_record(
+            ms.database.TuningRecord(
+                r.trace, mem.commit_workload(r.workload.mod), r.run_secs, r.target, r.args_info
+            )
+        )
+    return mem, {i: min(c, n) for i, c in seen.items()}
+
+
+def measure(args) -> dict:
+    from kernels.tvm_latency import TVMBackend, realistic
+    from kernels.tvm_tuning import TuningDB
+    from spaces import load_space
+
+    work = Path(args.work)
+    full = next((work / "full-db").iterdir())
+    own = next(p for p in (work / "cache" / "tvm").iterdir() if p.is_dir())
+    space = load_space(args.space)
+    sup = space.supernet(0)
+    pts = json.loads((work / "run-empty" / "pareto.json").read_text())["front"]
+    pts = [p for p in pts if p["metrics"].get("latency_ms") is not None][: args.front]
+    b = TVMBackend(tempfile.mkdtemp(prefix="check-budget-"), repeats=20)
+    variants = {f"{n} trials": first_trials(full, n) for n in args.trials}
+    run_db = TuningDB(own.parent, b.target).database
+    nets, compiled = [], {}
+    for p in pts:
+        g = space.from_json(p["genome"])
+        r = space.arch(g).resolution
+        prepared, shape, kernels = b._lowered(realistic(space.build(g, sup), r), r)
+        nets.append({"trial": p["trial"], "genome_id": p["genome_id"], "kernels": kernels})
+        for name, db in [*((k, v[0]) for k, v in variants.items()), ("the run's check", run_db)]:
+            compiled[(p["genome_id"], name)] = _compiled(b, prepared, shape, db)
+    times = _rounds(b, compiled, args.rounds)
+    return {
+        **provenance(),
+        "work": str(work),
+        "rounds": args.rounds,
+        "run_check": _run_check(work),
+        "variants": [
+            {
+                "name": name,
+                "trials_all": _trials(b, nets, counts[1] if counts else None, full),
+                "trials_first": _trials(b, nets[:1], counts[1] if counts else None, full),
+                "ms": {n["genome_id"]: times[(n["genome_id"], name)] for n in nets},
+            }
+            for name, counts in [*variants.items(), ("the run's check", None)]
+        ],
+        "networks": [{k: v for k, v in n.items() if k != "kernels"} for n in nets],
+    }
+
+
+def _compiled(b, prepared, shape, db) -> dict:
+    import torch
+
+    from kernels.tvm_compile import load_tvm, with_database
+
+    tvm = load_tvm()
+    from tvm import relax
+
+    vm = relax.VirtualMachine(
+        b.library.executable(with_database(prepared, b.target, db)), tvm.cpu()
+    )
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    return {"vm": vm, "input": tvm.runtime.tensor(x.numpy())}
+
+
+def _rounds(b, compiled: dict, rounds: int) -> dict:
+    """Each compiled network's median over `rounds` interleaved rounds (ms)."""
+    got: dict = {k: [] for k in compiled}
+    for _ in range(rounds):
+        for k, c in compiled.items():
+            got[k].append(b.time(c)["latency_ms"])
+    return {k: statistics.median(v) for k, v in got.items()}
+
+
+def _trials(b, nets: list[dict], counts: dict | None, full: Path) -> int | None:
+    """Trials a check of `nets` tunes: each distinct kernel's count in `counts` (by workload
+    index of the database in `full`); None for the run's own check (in its log)."""
+    if counts is None:
+        return None
+    from tvm_ffi import structural_hash
+
+    from kernels.tvm_compile import load_tvm
+
+    load_tvm()
+    from tvm.s_tir import meta_schedule as ms
+
+    index = {}
+    for i, line in enumerate((full / "database_workload.json").read_text().splitlines()):
+        index[structural_hash(ms.database.Workload.from_json(json.loads(line)).mod)] = i
+    keys = {structural_hash(k.task.dispatched[0]) for n in nets for k in n["kernels"]}
+    return sum(counts.get(index.get(h, -1), 0) for h in keys)
+
+
+def _run_check(work: Path) -> dict:
+    lat = json.loads((work / "run-empty" / "latency.json").read_text())
+    return {"front_s": lat.get("front_s"), "kernels_tuned": lat.get("front_kernels_tuned")}
+
+
+def report(d: dict) -> str:
+    nets = d["networks"]
+    ref = next(v for v in d["variants"] if v["name"] == "32 trials")["ms"]
+    out = [
+        "# What the front check's trials buy",
+        "",
+        f"`{d['command']}` ({d['date']}, {d['cpu']}).",
+        "",
+        __doc__.split("\n\n")[1].replace("\n", " "),
+        "",
+        __doc__.split("\n\n")[2].replace("\n", " "),
+        "",
+        f"The run's own check took {d['run_check']['front_s']:.0f} s and tuned "
+        f"{d['run_check']['kernels_tuned']} kernels. Each network timed in {d['rounds']} "
+        "interleaved rounds (the median, ms); error: against the same network at 32 trials.",
+        "",
+        "| check | trials (front) | trials (first network) | "
+        + " | ".join(f"trial {n['trial']} ms" for n in nets)
+        + " | MAPE % |",
+        "|---|---:|---:|" + "---:|" * len(nets) + "---:|",
+    ]
+    for v in d["variants"]:
+        errs = [
+            100 * abs(v["ms"][n["genome_id"]] - ref[n["genome_id"]]) / ref[n["genome_id"]]
+            for n in nets
+        ]
+        out.append(
+            f"| {v['name']} | {_n(v['trials_all'])} | {_n(v['trials_first'])} | "
+            + " | ".join(f"{v['ms'][n['genome_id']]:.3f}" for n in nets)
+            + f" | {statistics.mean(errs):.1f} |"
+        )
+    return "\n".join(out) + "\n"
+
+
+def _n(x) -> str:
+    return "(its log)" if x is None else str(x)
+
+
+if __name__ == "__main__":
+    main()
