@@ -11,7 +11,7 @@ networks, its first trials drawn as the run's check drew them, `kernels.tvm_tuni
 Each kernel's best schedule among its first N trials there is what a check with N trials a kernel
 would have found. The front's networks are compiled with each such database, and with the run's
 own database (its seed tuning and its check, focus included), and all are timed in `--rounds`
-interleaved rounds in this one quiet process; each is compared with the same networks at 32 trials.
+interleaved rounds in this one quiet process (`TVMBackend.time_rounds`); each is compared with the same networks at 32 trials.
 Cost: the trials a check tunes that gives every kernel of the front's networks N trials (all
 networks, or the first alone, as `check_front: 1` would); the run's own check tuned only the
 kernels its seed tuning lacked, its trials and seconds are in its log and latency.json.
@@ -50,9 +50,9 @@ def main() -> None:
     json_and_md(ap.parse_args(), measure, report)
 
 
-def first_trials(folder: Path, n: int):
-    """An in-memory database with each workload's best record among its first `n` in the JSON
-    database in `folder` (records in the order they were committed), and the trials that took."""
+def read_database(folder: Path) -> tuple[list, list]:
+    """The workloads of the JSON database in `folder` and its records as (workload index, record
+    json), in the order they were committed."""
     from tvm.s_tir import meta_schedule as ms
 
     from kernels.tvm_compile import load_tvm
@@ -62,10 +62,21 @@ def first_trials(folder: Path, n: int):
         ms.database.Workload.from_json(json.loads(line))
         for line in (folder / "database_workload.json").read_text().splitlines()
     ]
+    recs = [
+        json.loads(line)
+        for line in (folder / "database_tuning_record.json").read_text().splitlines()
+    ]
+    return wls, recs
+
+
+def first_trials(wls: list, recs: list, n: int):
+    """An in-memory database with each workload's best record among its first `n` (`wls`, `recs`:
+    `read_database`'s), and the trials that took by workload index."""
+    from tvm.s_tir import meta_schedule as ms
+
     best: dict[int, tuple[float, object]] = {}
     seen: dict[int, int] = {}
-    for line in (folder / "database_tuning_record.json").read_text().splitlines():
-        i, rec = json.loads(line)
+    for i, rec in recs:
         seen[i] = seen.get(i, 0) + 1
         if seen[i] > n:
             continue
@@ -85,29 +96,34 @@ def first_trials(folder: Path, n: int):
 
 
 def measure(args) -> dict:
+    from tvm_ffi import structural_hash
+
     from kernels.tvm_latency import TVMBackend, realistic
     from kernels.tvm_tuning import TuningDB
     from spaces import load_space
 
     work = Path(args.work)
-    full = next((work / "full-db").iterdir())
+    wls, recs = read_database(next((work / "full-db").iterdir()))
     own = next(p for p in (work / "cache" / "tvm").iterdir() if p.is_dir())
     space = load_space(args.space)
     sup = space.supernet(0)
     pts = json.loads((work / "run-empty" / "pareto.json").read_text())["front"]
     pts = [p for p in pts if p["metrics"].get("latency_ms") is not None][: args.front]
     b = TVMBackend(tempfile.mkdtemp(prefix="check-budget-"), repeats=20)
-    variants = {f"{n} trials": first_trials(full, n) for n in args.trials}
-    run_db = TuningDB(own.parent, b.target).database
-    nets, compiled = [], {}
+    variants = {f"{n} trials": first_trials(wls, recs, n) for n in args.trials}
+    variants["the run's check"] = (TuningDB(own.parent, b.target).database, None)
+    index = {structural_hash(w.mod): i for i, w in enumerate(wls)}
+    nets, compiled = [], []
     for p in pts:
         g = space.from_json(p["genome"])
         r = space.arch(g).resolution
         prepared, shape, kernels = b._lowered(realistic(space.build(g, sup), r), r)
-        nets.append({"trial": p["trial"], "genome_id": p["genome_id"], "kernels": kernels})
-        for name, db in [*((k, v[0]) for k, v in variants.items()), ("the run's check", run_db)]:
-            compiled[(p["genome_id"], name)] = _compiled(b, prepared, shape, db)
-    times = _rounds(b, compiled, args.rounds)
+        # the workload index in the fully tuned database of each of its distinct kernels
+        found = {index.get(structural_hash(k.task.dispatched[0]), -1) for k in kernels}
+        nets.append({"trial": p["trial"], "genome_id": p["genome_id"], "workloads": found})
+        compiled += [_compiled(b, prepared, shape, db) for db, _ in variants.values()]
+    times = iter(statistics.median(t) for t in b.time_rounds(compiled, args.rounds, 0.0))
+    medians = {(n["genome_id"], name): next(times) for n in nets for name in variants}
     return {
         **provenance(),
         "work": str(work),
@@ -116,13 +132,13 @@ def measure(args) -> dict:
         "variants": [
             {
                 "name": name,
-                "trials_all": _trials(b, nets, counts[1] if counts else None, full),
-                "trials_first": _trials(b, nets[:1], counts[1] if counts else None, full),
-                "ms": {n["genome_id"]: times[(n["genome_id"], name)] for n in nets},
+                "trials_all": _trials(nets, counts),
+                "trials_first": _trials(nets[:1], counts),
+                "ms": {n["genome_id"]: medians[(n["genome_id"], name)] for n in nets},
             }
-            for name, counts in [*variants.items(), ("the run's check", None)]
+            for name, (_, counts) in variants.items()
         ],
-        "networks": [{k: v for k, v in n.items() if k != "kernels"} for n in nets],
+        "networks": [{k: v for k, v in n.items() if k != "workloads"} for n in nets],
     }
 
 
@@ -141,32 +157,12 @@ def _compiled(b, prepared, shape, db) -> dict:
     return {"vm": vm, "input": tvm.runtime.tensor(x.numpy())}
 
 
-def _rounds(b, compiled: dict, rounds: int) -> dict:
-    """Each compiled network's median over `rounds` interleaved rounds (ms)."""
-    got: dict = {k: [] for k in compiled}
-    for _ in range(rounds):
-        for k, c in compiled.items():
-            got[k].append(b.time(c)["latency_ms"])
-    return {k: statistics.median(v) for k, v in got.items()}
-
-
-def _trials(b, nets: list[dict], counts: dict | None, full: Path) -> int | None:
+def _trials(nets: list[dict], counts: dict | None) -> int | None:
     """Trials a check of `nets` tunes: each distinct kernel's count in `counts` (by workload
-    index of the database in `full`); None for the run's own check (in its log)."""
+    index); None for the run's own check (in its log)."""
     if counts is None:
         return None
-    from tvm_ffi import structural_hash
-
-    from kernels.tvm_compile import load_tvm
-
-    load_tvm()
-    from tvm.s_tir import meta_schedule as ms
-
-    index = {}
-    for i, line in enumerate((full / "database_workload.json").read_text().splitlines()):
-        index[structural_hash(ms.database.Workload.from_json(json.loads(line)).mod)] = i
-    keys = {structural_hash(k.task.dispatched[0]) for n in nets for k in n["kernels"]}
-    return sum(counts.get(index.get(h, -1), 0) for h in keys)
+    return sum(counts.get(i, 0) for i in set().union(*(n["workloads"] for n in nets)))
 
 
 def _run_check(work: Path) -> dict:

@@ -299,6 +299,19 @@ class TVMBackend:
             )
             if progress:
                 progress(i + 1, len(items))
+        times = self.time_rounds(compiled, rounds, min_round_s)
+        out = []
+        for (_, r), c, t in zip(items, compiled, times):
+            res = {**summary(t), "latency_rounds_ms": t, **c["info"]}
+            self._remember(c, r, res, rounds_ms=t)
+            out.append(res)
+        return out
+
+    def time_rounds(
+        self, compiled: list[dict], rounds: int, min_round_s: float = 3.0
+    ) -> list[list[float]]:
+        """Each compiled network's times (ms) over `rounds` interleaved rounds (`measure_rounds`
+        says why)."""
         times: list[list[float]] = [[] for _ in compiled]
         for k in range(max(1, rounds)):
             t0 = time.perf_counter()
@@ -307,12 +320,7 @@ class TVMBackend:
                 t.append(self.time(c)["latency_ms"])
             if k + 1 < rounds:
                 time.sleep(max(0.0, min_round_s - (time.perf_counter() - t0)))
-        out = []
-        for (_, r), c, t in zip(items, compiled, times):
-            res = {**summary(t), "latency_rounds_ms": t, **c["info"]}
-            self._remember(c, r, res, rounds_ms=t)
-            out.append(res)
-        return out
+        return times
 
     def compile(
         self,

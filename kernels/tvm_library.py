@@ -26,8 +26,10 @@ from kernels.tvm_compile import host_cores, load_tvm
 _NOTES = ("global_symbol", "op_pattern", "tirx.is_scheduled")
 
 
-def _key(func, target) -> str:
-    """A kernel's name: its structural hash (without `_NOTES`) and the target's."""
+def kernel_name(func, target) -> str:
+    """The name `KernelLibrary` gives a scheduled kernel (a TIR PrimFunc) compiled for `target`:
+    its structural hash (without `_NOTES`) and the target's; compile it under this name (`named`)
+    for `adopt`."""
     import zlib
 
     from tvm_ffi import structural_hash
@@ -36,12 +38,6 @@ def _key(func, target) -> str:
         func = func.without_attr(a)
     h = structural_hash(func)
     return f"archsearch_k{h & 0xFFFFFFFFFFFF:012x}_{zlib.crc32(str(target).encode()):08x}"
-
-
-def kernel_name(func, target) -> str:
-    """The name `KernelLibrary` gives a scheduled kernel (a TIR PrimFunc) compiled for
-    `target`; compile it under this name (`named`) for `adopt`."""
-    return _key(func, target)
 
 
 def named(func, name: str):
