@@ -54,6 +54,8 @@ def run(space: str, out: Path, workers: int, budget: int, epochs: float, seed: i
         f"evaluator.finetune.epochs={epochs}",
         "--set",
         "ray.cpus_per_worker=1",
+        "--set",
+        "latency=torch",  # framework overhead with eager latency (no TVM tuning)
     ]
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)  # embedded local Ray, always
@@ -122,6 +124,8 @@ def main() -> int:
             "--no-progress",
             "--seed",
             str(args.seed),
+            "--set",
+            "latency=torch",
         ],
         cwd=ROOT,
         check=True,

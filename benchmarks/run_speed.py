@@ -1,6 +1,6 @@
 """Wall time of the two reference runs of the run issue, written to benchmarks/results/run.md.
 
-1. `search run spaces/tinynet.yaml --optimizer random --budget 8` with an empty supernet cache
+1. `search run spaces/tinynet.yaml --optimizer random --budget 8 --set latency=torch` with an empty supernet cache
    (pre-training included); target: under 5 minutes, best candidate's digits test accuracy >= 95 %.
 2. `search run spaces/nb201.yaml --optimizer random --budget 2000 --set evaluator=table`;
    target: under a minute.
@@ -54,6 +54,8 @@ def main() -> None:
                 "random",
                 "--budget",
                 "8",
+                "--set",
+                "latency=torch",  # the pipeline's speed, eager latency (no TVM tuning)
                 "--out",
                 str(run1),
                 "--no-progress",
