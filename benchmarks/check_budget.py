@@ -46,6 +46,12 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--space", default=str(SPACE))
     ap.add_argument("--out", default=str(RESULTS / "check_budget.md"))
+    ap.add_argument(
+        "--transfer-trials",
+        type=int,
+        default=8,
+        help="trials of the check that also times transferred schedules (0: no such check)",
+    )
     ap.add_argument("--report-only", action="store_true", help="rebuild the md from the json")
     json_and_md(ap.parse_args(), measure, report)
 
@@ -113,15 +119,23 @@ def measure(args) -> dict:
     variants = {f"{n} trials": first_trials(wls, recs, n) for n in args.trials}
     variants["the run's check"] = (TuningDB(own.parent, b.target).database, None)
     index = {structural_hash(w.mod): i for i, w in enumerate(wls)}
-    nets, compiled = [], []
+    nets, lowered = [], []
     for p in pts:
         g = space.from_json(p["genome"])
         r = space.arch(g).resolution
-        prepared, shape, kernels = b._lowered(realistic(space.build(g, sup), r), r)
+        lowered.append(b._lowered(realistic(space.build(g, sup), r), r))
         # the workload index in the fully tuned database of each of its distinct kernels
-        found = {index.get(structural_hash(k.task.dispatched[0]), -1) for k in kernels}
+        found = {index.get(structural_hash(k.task.dispatched[0]), -1) for k in lowered[-1][2]}
         nets.append({"trial": p["trial"], "genome_id": p["genome_id"], "workloads": found})
-        compiled += [_compiled(b, prepared, shape, db) for db, _ in variants.values()]
+    transfer_check = None
+    if args.transfer_trials:
+        db, transfer_check = check_with_transfer(work, lowered, args.transfer_trials)
+        variants[f"{args.transfer_trials} trials + transferred schedules"] = (db, None)
+    compiled = [
+        _compiled(b, prepared, shape, db)
+        for prepared, shape, _ in lowered
+        for db, _ in variants.values()
+    ]
     times = iter(statistics.median(t) for t in b.time_rounds(compiled, args.rounds, 0.0))
     medians = {(n["genome_id"], name): next(times) for n in nets for name in variants}
     return {
@@ -129,6 +143,7 @@ def measure(args) -> dict:
         "work": str(work),
         "rounds": args.rounds,
         "run_check": _run_check(work),
+        "transfer_check": transfer_check,
         "variants": [
             {
                 "name": name,
@@ -140,6 +155,36 @@ def measure(args) -> dict:
         ],
         "networks": [{k: v for k, v in n.items() if k != "workloads"} for n in nets],
     }
+
+
+def check_with_transfer(work: Path, lowered: list, trials: int) -> tuple:
+    """The front check as `latency.check_transfer` makes it, run here: on a copy of the run's
+    database cut back to its seed tuning, each kernel of the front's networks that it lacks tuned
+    with `trials` trials and its transferred schedules timed beside them
+    (`TuningDB.tune(seeds=...)`), no second pass. Its database and what it cost."""
+    import shutil
+    import time
+
+    from benchmarks.transfer_quality import seed_only_db
+    from kernels.tvm_latency import TVMBackend
+    from kernels.tvm_transfer import Transfer
+
+    lat = json.loads((work / "run-empty" / "latency.json").read_text())
+    tmp = Path(tempfile.mkdtemp(prefix="check-transfer-"))
+    tb = TVMBackend(seed_only_db(Path(lat["database"]), lat["seed_kernels_tuned"], tmp / "db"))
+    tb.db.trials_per_task = trials
+    kernels = [k for _, _, ks in lowered for k in ks]
+    t0 = time.time()
+    tuned = tb.db.tune(kernels, focus=False, seeds=Transfer(tries=3, pick="fastest"))
+    cost = {
+        "trials": trials,
+        "kernels_tuned": tuned,
+        "transferred_candidates": tb.db.stats["transferred_candidates"],
+        "seconds": time.time() - t0,
+    }
+    db = tb.db.database
+    shutil.rmtree(tmp, ignore_errors=True)  # the database is in memory now
+    return db, cost
 
 
 def _compiled(b, prepared, shape, db) -> dict:
@@ -186,6 +231,7 @@ def report(d: dict) -> str:
         f"{d['run_check']['kernels_tuned']} kernels. Each network timed in {d['rounds']} "
         "interleaved rounds (the median, ms); error: against the same network at 32 trials.",
         "",
+        *_transfer_check_line(d.get("transfer_check")),
         "| check | trials (front) | trials (first network) | "
         + " | ".join(f"trial {n['trial']} ms" for n in nets)
         + " | MAPE % |",
@@ -202,6 +248,18 @@ def report(d: dict) -> str:
             + f" | {statistics.mean(errs):.1f} |"
         )
     return "\n".join(out) + "\n"
+
+
+def _transfer_check_line(c: dict | None) -> list[str]:
+    if not c:
+        return []
+    return [
+        f"The check with transferred schedules (`latency.check_transfer`), run by this script on "
+        f"the run's seed tuning: {c['kernels_tuned']} kernels tuned with {c['trials']} trials "
+        f"each and {c['transferred_candidates']} transferred schedules timed beside them, in "
+        f"{c['seconds']:.0f} s.",
+        "",
+    ]
 
 
 def _n(x) -> str:

@@ -45,6 +45,9 @@ _DEFAULTS = dict(
     check_front=8,
     rounds=5,
     seed_networks=3,
+    transfer_pick="fastest",
+    transfer_tries=3,
+    check_transfer=True,
 )
 
 

@@ -257,6 +257,7 @@ class TVMBackend:
         one_session: bool = False,
         reuse: bool = False,
         transfer: bool = False,
+        seeds=None,
     ) -> list[dict]:
         """Measure several networks in `rounds` interleaved rounds (each network timed once per
         round, in turn), each one's latency the median over rounds; remembered with its rounds.
@@ -272,25 +273,35 @@ class TVMBackend:
 
         `reuse`: a network measured before with every kernel tuned, in at least `rounds` rounds,
         is not measured again. `transfer` (without `tune`): kernels the database lacks get
-        transferred schedules, as `compile` gives them."""
+        transferred schedules, as `compile` gives them. `seeds` (with `one_session`): the
+        kernels' tuning also times their transferred schedules (`TuningDB.tune`)."""
         prior = [self.known(m, r, rounds) if reuse else None for m, r in items]
         prior = [p if p and p["latency_source"] == "tvm" else None for p in prior]
         todo = [i for i, p in enumerate(prior) if p is None]
         if todo:
             done = self._rounds(
-                [items[i] for i in todo], rounds, tune, progress, min_round_s, one_session, transfer
+                [items[i] for i in todo],
+                rounds,
+                tune,
+                progress,
+                min_round_s,
+                one_session,
+                transfer,
+                seeds,
             )
             for i, res in zip(todo, done):
                 prior[i] = res
         return prior
 
     def _rounds(
-        self, items, rounds, tune, progress, min_round_s, one_session, transfer=False
+        self, items, rounds, tune, progress, min_round_s, one_session, transfer=False, seeds=None
     ) -> list[dict]:
         lowered = [self._lowered(m, r) for m, r in items] if one_session else [None] * len(items)
         if one_session and tune:
             self.db.tune(
-                [k for low in lowered for k in low[2]], networks=[low[2] for low in lowered]
+                [k for low in lowered for k in low[2]],
+                networks=[low[2] for low in lowered],
+                seeds=seeds,
             )
         compiled = []
         for i, ((model, r), low) in enumerate(zip(items, lowered)):

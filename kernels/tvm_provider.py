@@ -335,11 +335,13 @@ class TVMTransferLatency(TVMLatency):
         rounds: int = 3,
         transfer_pick: str = "fastest",
         transfer_tries: int = 3,
+        check_transfer: bool = True,
         **focus,
     ):
         super().__init__(folder, target, trials_per_task, strategy, repeats, check, **focus)
         self.seed_networks, self.check_front, self.rounds = seed_networks, check_front, rounds
         self.transfer_options = dict(pick=transfer_pick, tries=transfer_tries)
+        self.check_transfer = check_transfer
         self._report: dict = {}
 
     def backend(self):
@@ -375,6 +377,7 @@ class TVMTransferLatency(TVMLatency):
             rounds=cfg.rounds,
             transfer_pick=cfg.transfer_pick,
             transfer_tries=cfg.transfer_tries,
+            check_transfer=cfg.check_transfer,
         )
 
     def prepare_run(self, space, supernet, run_dir: Path, seed: int) -> None:
@@ -415,13 +418,27 @@ class TVMTransferLatency(TVMLatency):
 
     def finish_run(self, space, supernet, run_dir: Path, front: list) -> None:
         """Measure the front's networks (up to `check_front`) with their own kernels tuned, in
-        `rounds` interleaved rounds; the transferred figures' error on them into latency.json."""
+        `rounds` interleaved rounds; the transferred figures' error on them into latency.json.
+        With `check_transfer`, each new kernel's tuning also times its transferred schedules (the
+        ones the search could pick from) and keeps the fastest of those and its trials."""
         b, t0 = self.backend(), time.time()
         tuned_before = b.db.stats["tasks_tuned"]
+        moved_before = b.db.stats["transferred_candidates"]
         measured = measure_front(
-            b, space, supernet, front, self.check_front, self.rounds, one_session=True, reuse=True
+            b,
+            space,
+            supernet,
+            front,
+            self.check_front,
+            self.rounds,
+            one_session=True,
+            reuse=True,
+            seeds=b.transfer if self.check_transfer else None,
         )
         self._report["front_kernels_tuned"] = b.db.stats["tasks_tuned"] - tuned_before
+        self._report["front_transferred_candidates"] = (
+            b.db.stats["transferred_candidates"] - moved_before
+        )
         checks = []
         for rec, m in measured:
             got = rec.metrics["latency_ms"]
@@ -460,19 +477,29 @@ class TVMTransferLatency(TVMLatency):
 
 
 def measure_front(
-    backend, space, supernet, front, n: int, rounds: int, one_session=False, reuse=False
+    backend, space, supernet, front, n: int, rounds: int, one_session=False, reuse=False, seeds=None
 ):
     """(record, measurement) of the first `n` front records with a latency, each network measured
     with its own kernels tuned, in `rounds` interleaved rounds (`TVMBackend.measure_rounds`;
-    `reuse`: a network measured so before is not measured again)."""
+    `reuse`: a network measured so before is not measured again; `seeds`: transferred schedules
+    as tuning candidates)."""
     recs = [r for r in front[:n] if r.metrics.get("latency_ms") is not None]
     items = [(space.build(r.genome, supernet), space.arch(r.genome).resolution) for r in recs]
     if not items:
         return []
+    log.info(
+        "latency: measuring the front's first %d network%s with their own kernels tuned "
+        "(%d interleaved rounds)",
+        len(items),
+        "" if len(items) == 1 else "s",
+        rounds,
+    )
     return list(
         zip(
             recs,
-            backend.measure_rounds(items, rounds, tune=True, one_session=one_session, reuse=reuse),
+            backend.measure_rounds(
+                items, rounds, tune=True, one_session=one_session, reuse=reuse, seeds=seeds
+            ),
         )
     )
 

@@ -81,8 +81,11 @@ def _detach_foreign_handlers() -> list[logging.Handler]:
     """MetaSchedule configures its loggers with logging.config.dictConfig, naming every handler
     already on its logger; a handler it did not create (a test's log capture, an application's
     handler: unnamed) makes that fail. Take them off for the tuning; `_close_ms_handlers` puts
-    them back."""
+    them back. Its console handler takes its logger's level: warnings only, unless this module
+    logs at DEBUG (its INFO is a table of every kernel after every batch, ~30,000 lines for a
+    default run's tuning); `_Progress` says how far tuning is instead."""
     logger = logging.getLogger(_MS_LOGGER)
+    logger.setLevel(logging.DEBUG if log.isEnabledFor(logging.DEBUG) else logging.WARNING)
     foreign = [h for h in logger.handlers if not (h.get_name() or "").startswith(_MS_LOGGER)]
     for h in foreign:
         logger.removeHandler(h)
@@ -103,6 +106,26 @@ def _close_ms_handlers(foreign: list[logging.Handler]) -> None:
                 h.close()
     for h in foreign:
         logging.getLogger(_MS_LOGGER).addHandler(h)
+
+
+PROGRESS_EVERY_S = 30.0  # a tuning session's progress line at most this often
+
+
+class _Progress:
+    """A log line at most every `every` seconds while a tuning session times its candidates:
+    trials done of `total`, and the time left at the rate so far."""
+
+    def __init__(self, total: int, every: float):
+        self.total, self.every, self.done = total, every, 0
+        self.t0 = self.last = time.time()
+
+    def __call__(self, n: int) -> None:
+        self.done += n
+        now = time.time()
+        if now - self.last >= self.every and 0 < self.done < self.total:
+            self.last = now
+            left = (now - self.t0) / self.done * (self.total - self.done)
+            log.info("tuning: %d/%d trials, ~%.0f s left", self.done, self.total, left)
 
 
 def _in_process_builder(workers: int = 1, keep: dict | None = None):
@@ -143,7 +166,7 @@ def _in_process_builder(workers: int = 1, keep: dict | None = None):
     return InProcessBuilder()
 
 
-def _in_process_runner(config: dict, built: dict):
+def _in_process_runner(config: dict, built: dict, progress=None):
     """A MetaSchedule runner that times each candidate in this process, the module
     `_in_process_builder` kept in `built`, with MetaSchedule's own argument allocation and
     evaluator (`config`: its EvaluatorConfig): MetaSchedule's LocalRunner instead exports each
@@ -175,12 +198,15 @@ def _in_process_runner(config: dict, built: dict):
     @derived_object
     class InProcessRunner(PyRunner):
         def run(self, runner_inputs):
-            return [one(ri) for ri in runner_inputs]
+            out = [one(ri) for ri in runner_inputs]
+            if progress is not None:
+                progress(len(out))
+            return out
 
     return InProcessRunner()
 
 
-def _waiting_runner(inner):
+def _waiting_runner(inner, progress=None):
     """`inner` (MetaSchedule's LocalRunner) made to finish a batch's timing before the next batch
     is built: its runs are otherwise left going while the next task's candidates compile, on the
     same cores, and a kernel timed beside a compilation ranks its schedules on noise."""
@@ -194,6 +220,8 @@ def _waiting_runner(inner):
             futures = inner.run(runner_inputs)
             for f in futures:
                 f.result()
+            if progress is not None:
+                progress(len(futures))
             return futures
 
     return WaitingRunner()
@@ -245,8 +273,15 @@ class TuningDB:
         self._db = None
         self._loaded_size = -1
         self.table: dict[str, dict] = {}
-        self.stats = {"tasks_seen": 0, "tasks_tuned": 0, "tasks_focused": 0, "tuning_s": 0.0}
+        self.stats = {
+            "tasks_seen": 0,
+            "tasks_tuned": 0,
+            "tasks_focused": 0,
+            "transferred_candidates": 0,
+            "tuning_s": 0.0,
+        }
         self._seen: set[str] = set()
+        self._seeded: dict[str, int] = {}  # kernel key: transferred candidates `_seed` committed
         self.reload()
 
     # --- the database ----------------------------------------------------------------------
@@ -302,11 +337,14 @@ class TuningDB:
         trials_per_task: int | None = None,
         focus: bool = True,
         networks: list[list[Kernel]] | None = None,
+        seeds=None,
     ) -> int:
         """Tune the kernels the database lacks (under the core lock: tuning measures); with
         `focus`, then give the slowest kernels of each network (`networks`: the kernels' networks,
         default all one) the rest of `focus_trials` (`_focus`), also those tuned before with
-        fewer. Returns how many kernels were new; writes their rows to the latency table."""
+        fewer. `seeds` (a `kernels.tvm_transfer.Transfer`): each new kernel's tuning also gets
+        its transferred schedules as candidates (`_seed`). Returns how many kernels were new;
+        writes their rows to the latency table."""
         trials = trials_per_task or self.trials_per_task
         self.note_seen(kernels)
         with core_lock().exclusive("tuning"):
@@ -317,6 +355,8 @@ class TuningDB:
                 return 0
             t0 = time.time()
             if todo:
+                if seeds is not None:
+                    self._seed(todo, seeds)
                 self._run_metaschedule(todo, trials)
                 self._table_rows(todo)  # their first-pass times rank them for `_focus`
             heavy = {}
@@ -364,7 +404,52 @@ class TuningDB:
                 break
             out.append(k)
             acc += t
-        return [k for k in out if self._trials_done(k) <= trials]
+        return [k for k in out if self._trials_done(k) - self._seeded.get(k.key, 0) <= trials]
+
+    def _seed(self, todo: list[Kernel], transfer) -> int:
+        """Commit each of `todo`'s transferred schedules (`Transfer.replays`: replayed from the
+        `tries` nearest tuned kernels of the same operator) as a candidate of its tuning, built
+        and timed as MetaSchedule's trials are (`_in_process_builder`, `_in_process_runner`):
+        the kernel's tuning then keeps the fastest of its trials and the schedules transfer
+        gives it. The front check (`tvm-transfer`) starts from the schedules the search priced
+        its networks with. Returns the candidates committed."""
+        load_tvm()
+        from tvm.s_tir import meta_schedule as ms
+
+        t0 = time.time()
+        transfer.refresh(self)
+        cands = [(k, sch) for k in todo for sch, _ in transfer.replays(k.task.dispatched[0])]
+        built: dict = {}
+        results = _in_process_builder(host_cores(), built).build(
+            [ms.builder.BuilderInput(sch.mod, self.target) for _, sch in cands]
+        )
+        inputs, kept = [], []
+        for (k, sch), res in zip(cands, results):
+            if res.error_msg is None:
+                info = ms.arg_info.ArgInfo.from_entry_func(sch.mod, remove_preproc=True)
+                inputs.append(ms.runner.RunnerInput(res.artifact_path, "cpu", info))
+                kept.append((k, sch, info))
+        timing = {key: v for key, v in self.runner.items() if key != "in_process"}
+        done = 0
+        for (k, sch, info), fut, ri in zip(
+            kept, _in_process_runner(timing, built).run(inputs), inputs
+        ):
+            shutil.rmtree(os.path.dirname(str(ri.artifact_path)), ignore_errors=True)
+            res = fut.result()
+            if res.error_msg is None and res.run_secs:
+                wl = self._db.commit_workload(k.task.dispatched[0])
+                rec = ms.database.TuningRecord(sch.trace, wl, res.run_secs, self.target, info)
+                self._db.commit_tuning_record(rec)
+                self._seeded[k.key] = self._seeded.get(k.key, 0) + 1
+                done += 1
+        self.stats["transferred_candidates"] += done
+        log.info(
+            "tuning: %d transferred schedules timed for %d kernels in %.0f s",
+            done,
+            len(todo),
+            time.time() - t0,
+        )
+        return done
 
     def _first_seconds(self, k: Kernel) -> float | None:
         """The kernel's time after its first pass (what `_focus` ranks by, so that its choice
@@ -396,17 +481,18 @@ class TuningDB:
             ctxs = self._contexts(todo, logs, self.seed if seed is None else seed)
             timing = {k: v for k, v in self.runner.items() if k != "in_process"}
             built: dict | None = {} if self.runner.get("in_process") else None
+            n, progress = len(todo), _Progress(trials * len(todo), PROGRESS_EVERY_S)
             if built is not None:
-                runner = _in_process_runner(timing, built)
+                runner = _in_process_runner(timing, built, progress)
             else:
                 runner = _waiting_runner(
                     ms.runner.LocalRunner(
                         evaluator_config=ms.runner.EvaluatorConfig(
                             **timing, enable_cpu_cache_flush=False
                         )
-                    )
+                    ),
+                    progress,
                 )
-            n = len(todo)
             log.info("tuning %d new kernel%s (%d trials each)", n, "" if n == 1 else "s", trials)
             ms.tune_tasks(
                 tasks=ctxs,

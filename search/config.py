@@ -233,6 +233,11 @@ class LatencyCfg(_M):
     transfer_tries: int = Field(
         3, ge=1, description="tvm-transfer: tuned kernels a kernel's schedule may come from"
     )
+    check_transfer: bool = Field(
+        True,
+        description="tvm-transfer: the front check also times each new kernel's transferred "
+        "schedules (from the transfer_tries nearest tuned kernels) as candidates of its tuning",
+    )
     rounds: int = Field(
         5,
         ge=1,

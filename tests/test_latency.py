@@ -4,8 +4,10 @@ and runs with `latency: tvm-model` and `latency: tvm-transfer` (in-process) and 
 (Ray workers calling the latency service)."""
 
 import json
+import logging
 import multiprocessing as mp
 import random
+import re
 import time
 
 import optuna
@@ -287,7 +289,6 @@ def test_the_same_kernel_has_the_same_block_names_in_every_network():
     schedule by block name: a mean's block is named after the Relax variable it reads unless
     `named_mean_pass` names it, and then a schedule tuned in one network fails on the same mean
     in another (and tuning it twice made the database unreadable)."""
-    import re
 
     from kernels.tvm_compile import host_target, prepared_module
     from kernels.tvm_latency import fold_batch_norm
@@ -328,6 +329,55 @@ def test_focus_tops_up_the_slowest_kernels_once_also_those_tuned_before(tmp_path
     assert table[slowest.key]["seconds"] == b.db._best(slowest) <= first[slowest.key]
     b.db.tune(ks)
     assert b.db.stats["tasks_focused"] == n  # topped up once
+
+
+@pytest.mark.slow
+def test_tuning_says_how_far_it_is_and_keeps_metaschedule_tables_off_the_console(
+    tmp_path, monkeypatch, caplog, capfd
+):
+    """A default run tunes ~130 kernels: MetaSchedule's INFO (a table of every kernel after every
+    batch, ~30,000 lines) stays in its log files; our own lines say trials done and time left."""
+    import kernels.tvm_tuning as tt
+    from kernels.tvm_latency import TVMBackend
+
+    monkeypatch.setattr(tt, "PROGRESS_EVERY_S", 0.0)
+    caplog.set_level(logging.INFO, logger="kernels.tvm_tuning")
+    model, r = _tiny_model(0)
+    b = TVMBackend(tmp_path, trials_per_task=2, repeats=3)
+    ks = b.kernels_of(model, r)[:4]
+    assert b.db.tune(ks) == len({k.key for k in ks})
+    lines = [m for m in caplog.messages if m.startswith("tuning: ")]
+    assert lines and all(re.match(r"tuning: \d+/\d+ trials, ~\d+ s left", m) for m in lines)
+    out, err = capfd.readouterr()
+    assert "Initializing Task" not in out + err and "Total trials" not in out + err
+
+
+@pytest.mark.slow
+def test_tuning_can_start_from_the_schedules_transfer_gives(tmp_path):
+    """The front check's tuning (`seeds`): each new kernel's transferred schedules are built and
+    timed as its trials are and kept in the tuning database beside them, so its best is the
+    fastest of both; they do not count as trials when the slowest kernels are topped up; the
+    network compiled from them computes what PyTorch does."""
+    from kernels.tvm_latency import TVMBackend
+    from kernels.tvm_transfer import Transfer
+
+    b = TVMBackend(tmp_path, trials_per_task=1, repeats=3, focus_trials=3, focus_share=1.0)
+    src, r0 = _tiny_model(0)
+    b.db.tune(b.kernels_of(src, r0), focus=False)  # the sources
+    model, r = _tiny_model(3)
+    ks = b.kernels_of(model, r)
+    new = b.db.missing(ks)
+    assert new
+    b.db.tune(ks, seeds=Transfer(tries=2, pick="fastest"))
+    seeded = dict(b.db._seeded)
+    assert seeded and set(seeded) <= {k.key for k in new}
+    assert b.db.stats["transferred_candidates"] == sum(seeded.values())
+    again = TVMBackend(tmp_path, trials_per_task=1, repeats=3)  # what the database file holds
+    for k in new:
+        if k.key in seeded:  # its transferred candidates, its first trial and its second pass
+            assert again.db._trials_done(k) >= seeded[k.key] + 2
+    out = again.measure(model, r, tune=False)
+    assert out["latency_source"] == "tvm" and out["latency_max_abs_diff"] < 1e-4
 
 
 @pytest.mark.slow
@@ -676,6 +726,8 @@ def test_tvm_transfer_run_replays_tuned_schedules_and_checks_the_front(tmp_path,
     assert rep["seed_kernels_tuned"] == rep["seed_kernels"] > 0  # an empty database at first
     assert rep["kernels_transferred"] > 0
     assert len(rep["front"]) == 1 and rep["front"][0]["tuned_source"] == "tvm"
+    # the check's new kernels were tuned from their transferred schedules too (check_transfer)
+    assert rep["front_kernels_tuned"] == 0 or rep["front_transferred_candidates"] > 0
     assert rep["front_mape"] >= 0
     # pareto.json gives the checked network its tuned figure beside the one the search used
     front = json.loads((out / "pareto.json").read_text())["front"]
