@@ -1,9 +1,11 @@
 """What the front check of a `tvm-transfer` run buys with its trials.
 
-At its end a run measures its front (up to `check_front` networks) with their own kernels tuned:
-in the default run's settings, 8 replay-trace trials for each new kernel, then 32 in all for the
-kernels that make up 80 % of the time (`focus_trials`). In `benchmarks/latency_default.py` that
-check took longer than the whole search. This script asks what smaller checks would have said.
+At its end a run measures its front (up to `check_front` networks) with their own kernels tuned.
+Up to bench-9 the default run's check gave each new kernel 8 replay-trace trials, then 32 in all
+for the kernels that make up 80 % of the time (`focus_trials`); in `benchmarks/latency_default.py`
+that check took longer than the whole search. This script asks what smaller checks would have
+said, and runs the check the default run now makes (`latency.check_transfer`: 8 trials, each new
+kernel's transferred schedules timed beside them, no second pass) on the run's seed tuning.
 
 It reads the work folder of a `benchmarks/latency_default.py` run: the empty-cache run's front and
 the benchmark's fully tuned database (`full-db`: 32 trials for every kernel of the front's first
@@ -17,6 +19,7 @@ networks, or the first alone, as `check_front: 1` would); the run's own check tu
 kernels its seed tuning lacked, its trials and seconds are in its log and latency.json.
 
     python benchmarks/check_budget.py --work runs/bench-latency-default-9 [--trials 8 16 32]
+        [--transfer-trials 8]
 
 Writes benchmarks/results/check_budget.md and .json.
 """

@@ -15,7 +15,10 @@ Kernels match when their block structures are the same (names without numbering)
 buffers have the same ranks; among those, the nearest in log buffer shape is tried first, then the
 next ones, up to `tries`. A replay that fails leaves the kernel to the next source, or untuned.
 Transferred schedules go into an in-memory database beside the tuning database, never into it: a
-kernel counts as tuned only when MetaSchedule tuned it."""
+kernel counts as tuned only when MetaSchedule tuned it. The one exception is tuning itself: the
+front check of `tvm-transfer` (`latency.check_transfer`) times a new kernel's transferred
+schedules as candidates of its tuning, beside its MetaSchedule trials (`TuningDB._seed`), and
+those records are the tuning database's like any trial's."""
 
 from __future__ import annotations
 
