@@ -164,21 +164,26 @@ def check_with_transfer(work: Path, lowered: list, trials: int) -> tuple:
     """The front check as `latency.check_transfer` makes it, run here: on a copy of the run's
     database cut back to its seed tuning, each kernel of the front's networks that it lacks tuned
     with `trials` trials and its transferred schedules timed beside them
-    (`TuningDB.tune(seeds=...)`), no second pass. Its database and what it cost."""
+    (`TuningDB.tune(seeds=...)`, from the run's `transfer_tries` nearest tuned kernels), no second
+    pass. Its database and what it cost."""
     import shutil
     import time
+
+    import yaml
 
     from benchmarks.transfer_quality import seed_only_db
     from kernels.tvm_latency import TVMBackend
     from kernels.tvm_transfer import Transfer
 
-    lat = json.loads((work / "run-empty" / "latency.json").read_text())
+    run = work / "run-empty"
+    lat = json.loads((run / "latency.json").read_text())
+    tries = yaml.safe_load((run / "config.yaml").read_text())["latency"]["transfer_tries"]
     tmp = Path(tempfile.mkdtemp(prefix="check-transfer-"))
-    tb = TVMBackend(seed_only_db(Path(lat["database"]), lat["seed_kernels_tuned"], tmp / "db"))
-    tb.db.trials_per_task = trials
+    seed_db = seed_only_db(Path(lat["database"]), lat["seed_kernels_tuned"], tmp / "db")
+    tb = TVMBackend(seed_db, trials_per_task=trials)
     kernels = [k for _, _, ks in lowered for k in ks]
     t0 = time.time()
-    tuned = tb.db.tune(kernels, focus=False, seeds=Transfer(tries=3, pick="fastest"))
+    tuned = tb.db.tune(kernels, focus=False, seeds=Transfer(tries=tries, pick="fastest"))
     cost = {
         "trials": trials,
         "kernels_tuned": tuned,

@@ -488,8 +488,8 @@ def measure_front(
     if not items:
         return []
     log.info(
-        "latency: measuring the front's first %d network%s with their own kernels tuned "
-        "(%d interleaved rounds)",
+        "latency: the front's first %d network%s, measured with their own kernels tuned "
+        "(%d interleaved rounds; a network measured so before is not measured again)",
         len(items),
         "" if len(items) == 1 else "s",
         rounds,

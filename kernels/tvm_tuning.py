@@ -429,10 +429,9 @@ class TuningDB:
                 info = ms.arg_info.ArgInfo.from_entry_func(sch.mod, remove_preproc=True)
                 inputs.append(ms.runner.RunnerInput(res.artifact_path, "cpu", info))
                 kept.append((k, sch, info))
-        timing = {key: v for key, v in self.runner.items() if key != "in_process"}
         done = 0
         for (k, sch, info), fut, ri in zip(
-            kept, _in_process_runner(timing, built).run(inputs), inputs
+            kept, _in_process_runner(self._timing(), built).run(inputs), inputs
         ):
             shutil.rmtree(os.path.dirname(str(ri.artifact_path)), ignore_errors=True)
             res = fut.result()
@@ -450,6 +449,10 @@ class TuningDB:
             time.time() - t0,
         )
         return done
+
+    def _timing(self) -> dict:
+        """How a candidate is timed: MetaSchedule's EvaluatorConfig fields of `runner`."""
+        return {k: v for k, v in self.runner.items() if k != "in_process"}
 
     def _first_seconds(self, k: Kernel) -> float | None:
         """The kernel's time after its first pass (what `_focus` ranks by, so that its choice
@@ -479,7 +482,7 @@ class TuningDB:
         foreign = _detach_foreign_handlers()
         try:
             ctxs = self._contexts(todo, logs, self.seed if seed is None else seed)
-            timing = {k: v for k, v in self.runner.items() if k != "in_process"}
+            timing = self._timing()
             built: dict | None = {} if self.runner.get("in_process") else None
             n, progress = len(todo), _Progress(trials * len(todo), PROGRESS_EVERY_S)
             if built is not None:
