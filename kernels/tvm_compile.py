@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 import types
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -124,7 +125,9 @@ def import_module(model: nn.Module, shape: tuple[int, ...]):
     model = model.eval()
     with torch.no_grad():
         ep = torch.export.export(model, (torch.randn(*shape),))
-    return from_exported_program(ep, keep_params_as_input=False)
+    with warnings.catch_warnings():  # torch's own deprecation, raised in its decompositions
+        warnings.filterwarnings("ignore", message=r".*treespec, LeafSpec", category=FutureWarning)
+        return from_exported_program(ep, keep_params_as_input=False)
 
 
 def call_rewrite_pass(name: str, rewrite):

@@ -422,7 +422,7 @@ class TVMTransferLatency(TVMLatency):
         With `check_transfer`, each new kernel's tuning also times its transferred schedules (the
         ones the search could pick from) and keeps the fastest of those and its trials."""
         b, t0 = self.backend(), time.time()
-        tuned_before = b.db.stats["tasks_tuned"]
+        tuned_before, focused_before = b.db.stats["tasks_tuned"], b.db.stats["tasks_focused"]
         moved_before = b.db.stats["transferred_candidates"]
         measured = measure_front(
             b,
@@ -436,6 +436,7 @@ class TVMTransferLatency(TVMLatency):
             seeds=b.transfer if self.check_transfer else None,
         )
         self._report["front_kernels_tuned"] = b.db.stats["tasks_tuned"] - tuned_before
+        self._report["front_kernels_focused"] = b.db.stats["tasks_focused"] - focused_before
         self._report["front_transferred_candidates"] = (
             b.db.stats["transferred_candidates"] - moved_before
         )
