@@ -4,8 +4,10 @@ At its end a run measures its front (up to `check_front` networks) with their ow
 Up to bench-9 the default run's check gave each new kernel 8 replay-trace trials, then 32 in all
 for the kernels that make up 80 % of the time (`focus_trials`); in `benchmarks/latency_default.py`
 that check took longer than the whole search. This script asks what smaller checks would have
-said, and runs the check the default run now makes (`latency.check_transfer`: 8 trials, each new
-kernel's transferred schedules timed beside them, no second pass) on the run's seed tuning.
+said (8 or 16 trials for every kernel; 8, then `--focus-trials` for the slowest kernels making up
+`--focus-share` of each network's time), and runs the check the run made (`latency.check_transfer`:
+8 trials, each new kernel's transferred schedules timed beside them, and the run's own
+`focus_trials` second pass if it had one) again on the run's seed tuning.
 
 It reads the work folder of a `benchmarks/latency_default.py` run: the empty-cache run's front and
 the benchmark's fully tuned database (`full-db`: 32 trials for every kernel of the front's first
@@ -19,7 +21,7 @@ networks, or the first alone, as `check_front: 1` would); the run's own check tu
 kernels its seed tuning lacked, its trials and seconds are in its log and latency.json.
 
     python benchmarks/check_budget.py --work runs/bench-latency-default-9 [--trials 8 16 32]
-        [--transfer-trials 8]
+        [--transfer-trials 8] [--focus-trials 16] [--focus-share 0.8]
 
 Writes benchmarks/results/check_budget.md and .json.
 """
@@ -55,6 +57,13 @@ def main() -> None:
         default=8,
         help="trials of the check that also times transferred schedules (0: no such check)",
     )
+    ap.add_argument(
+        "--focus-trials",
+        type=int,
+        default=16,
+        help="a check giving the slowest kernels this many trials in all (0: none)",
+    )
+    ap.add_argument("--focus-share", type=float, default=0.8)
     ap.add_argument("--report-only", action="store_true", help="rebuild the md from the json")
     json_and_md(ap.parse_args(), measure, report)
 
@@ -78,20 +87,21 @@ def read_database(folder: Path) -> tuple[list, list]:
     return wls, recs
 
 
-def first_trials(wls: list, recs: list, n: int):
-    """An in-memory database with each workload's best record among its first `n` (`wls`, `recs`:
-    `read_database`'s), and the trials that took by workload index."""
+def first_trials(wls: list, recs: list, n: int, more: dict | None = None):
+    """An in-memory database with each workload's best record among its first `n` (`more`: a
+    count by workload index for some; `wls`, `recs`: `read_database`'s), and the trials that took
+    by workload index."""
     from tvm.s_tir import meta_schedule as ms
 
     best: dict[int, tuple[float, object]] = {}
     seen: dict[int, int] = {}
+    more = more or {}
     for i, rec in recs:
         seen[i] = seen.get(i, 0) + 1
-        if seen[i] > n:
+        if seen[i] > more.get(i, n):
             continue
         r = ms.database.TuningRecord.from_json(rec, wls[i])
-        secs = [float(x) for x in r.run_secs or []]
-        t = sum(secs) / len(secs) if secs else 1e10
+        t = _mean(r.run_secs)
         if t < 1e9 and t < best.get(i, (1e10,))[0]:
             best[i] = (t, r)
     mem = ms.database.MemoryDatabase(module_equality="structural")
@@ -101,7 +111,38 @@ def first_trials(wls: list, recs: list, n: int):
                 r.trace, mem.commit_workload(r.workload.mod), r.run_secs, r.target, r.args_info
             )
         )
-    return mem, {i: min(c, n) for i, c in seen.items()}
+    return mem, {i: min(c, more.get(i, n)) for i, c in seen.items()}
+
+
+def _mean(run_secs) -> float:
+    secs = [float(x) for x in run_secs or []]
+    return sum(secs) / len(secs) if secs else 1e10
+
+
+def focus_counts(wls: list, recs: list, nets: list[list[tuple[int, int]]], n: int, share: float):
+    """The kernels a check's second pass (`focus_trials`) would tune further, as
+    `TuningDB._focus` chooses them: in each network (its kernels as (workload index, calls)), the
+    slowest by their best of their first `n` trials times their calls, making up `share` of the
+    network's summed time. Their workload indices."""
+    from tvm.s_tir import meta_schedule as ms
+
+    first: dict[int, float] = {}
+    seen: dict[int, int] = {}
+    for i, rec in recs:
+        seen[i] = seen.get(i, 0) + 1
+        if seen[i] <= n:
+            t = _mean(ms.database.TuningRecord.from_json(rec, wls[i]).run_secs)
+            first[i] = min(t, first.get(i, 1e10))
+    out: set[int] = set()
+    for ks in nets:
+        timed = sorted(((first[i] * c, i) for i, c in ks if first.get(i, 1e10) < 1e9), reverse=True)
+        total, acc = sum(t for t, _ in timed), 0.0
+        for t, i in timed:
+            if acc >= share * total:
+                break
+            out.add(i)
+            acc += t
+    return out
 
 
 def measure(args) -> dict:
@@ -122,7 +163,7 @@ def measure(args) -> dict:
     variants = {f"{n} trials": first_trials(wls, recs, n) for n in args.trials}
     variants["the run's check"] = (TuningDB(own.parent, b.target).database, None)
     index = {structural_hash(w.mod): i for i, w in enumerate(wls)}
-    nets, lowered = [], []
+    nets, lowered, calls = [], [], []
     for p in pts:
         g = space.from_json(p["genome"])
         r = space.arch(g).resolution
@@ -130,10 +171,24 @@ def measure(args) -> dict:
         # the workload index in the fully tuned database of each of its distinct kernels
         found = {index.get(structural_hash(k.task.dispatched[0]), -1) for k in lowered[-1][2]}
         nets.append({"trial": p["trial"], "genome_id": p["genome_id"], "workloads": found})
+        calls.append(
+            [
+                (index.get(structural_hash(k.task.dispatched[0]), -1), k.calls)
+                for k in lowered[-1][2]
+            ]
+        )
+    if args.focus_trials:
+        n = min(args.trials)
+        heavy = focus_counts(wls, recs, calls, n, args.focus_share)
+        name = f"{n} trials, {args.focus_trials} for the slowest {100 * args.focus_share:.0f} %"
+        variants[name] = first_trials(wls, recs, n, {i: args.focus_trials for i in heavy})
     transfer_check = None
     if args.transfer_trials:
         db, transfer_check = check_with_transfer(work, lowered, args.transfer_trials)
-        variants[f"{args.transfer_trials} trials + transferred schedules"] = (db, None)
+        name = f"{args.transfer_trials} trials + transferred schedules"
+        if transfer_check["kernels_focused"]:
+            name += f", {transfer_check['focus_trials']} for the slowest"
+        variants[name] = (db, None)
     compiled = [
         _compiled(b, prepared, shape, db)
         for prepared, shape, _ in lowered
@@ -177,16 +232,23 @@ def check_with_transfer(work: Path, lowered: list, trials: int) -> tuple:
 
     run = work / "run-empty"
     lat = json.loads((run / "latency.json").read_text())
-    tries = yaml.safe_load((run / "config.yaml").read_text())["latency"]["transfer_tries"]
+    cfg = yaml.safe_load((run / "config.yaml").read_text())["latency"]
+    focus = {k: cfg[k] for k in ("focus_trials", "focus_share") if cfg.get(k) is not None}
     tmp = Path(tempfile.mkdtemp(prefix="check-transfer-"))
     seed_db = seed_only_db(Path(lat["database"]), lat["seed_kernels_tuned"], tmp / "db")
-    tb = TVMBackend(seed_db, trials_per_task=trials)
-    kernels = [k for _, _, ks in lowered for k in ks]
+    tb = TVMBackend(seed_db, trials_per_task=trials, **focus)
+    nets = [ks for _, _, ks in lowered]
     t0 = time.time()
-    tuned = tb.db.tune(kernels, focus=False, seeds=Transfer(tries=tries, pick="fastest"))
+    tuned = tb.db.tune(
+        [k for ks in nets for k in ks],
+        networks=nets,
+        seeds=Transfer(tries=cfg["transfer_tries"], pick="fastest"),
+    )
     cost = {
         "trials": trials,
         "kernels_tuned": tuned,
+        "kernels_focused": tb.db.stats["tasks_focused"],
+        "focus_trials": tb.db.focus_trials,
         "transferred_candidates": tb.db.stats["transferred_candidates"],
         "seconds": time.time() - t0,
     }
@@ -264,8 +326,13 @@ def _transfer_check_line(c: dict | None) -> list[str]:
     return [
         f"The check with transferred schedules (`latency.check_transfer`), run by this script on "
         f"the run's seed tuning: {c['kernels_tuned']} kernels tuned with {c['trials']} trials "
-        f"each and {c['transferred_candidates']} transferred schedules timed beside them, in "
-        f"{c['seconds']:.0f} s.",
+        f"each and {c['transferred_candidates']} transferred schedules timed beside them"
+        + (
+            f", then {c['kernels_focused']} of the slowest given {c['focus_trials']} trials in all"
+            if c.get("kernels_focused")
+            else ""
+        )
+        + f", in {c['seconds']:.0f} s.",
         "",
     ]
 
