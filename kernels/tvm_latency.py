@@ -400,6 +400,15 @@ class TVMBackend:
         prepared = prepared_module(fold_batch_norm(model.eval()), shape, self.target)
         return prepared, shape, extract_kernels(prepared, self.target)
 
+    def tuned_before(self, model: nn.Module, resolution: int) -> set[str] | None:
+        """The kernel keys of a network measured before with every kernel tuned (networks.jsonl),
+        when the database still has them all: nothing to tune, and nothing lowered to say so.
+        None otherwise."""
+        row = self.networks().get(network_key(torch_ops(model.eval(), resolution), resolution))
+        if row is None or not all(k in self.db.table for k in row["kernels"]):
+            return None
+        return set(row["kernels"])
+
     def kernels_of(self, model: nn.Module, resolution: int) -> list:
         """The kernels MetaSchedule would tune for a network (nothing compiled)."""
         return self._lowered(model, resolution)[2]

@@ -387,14 +387,20 @@ class TVMTransferLatency(TVMLatency):
 
         b, t0 = self.backend(), time.time()
         genomes = spread_genomes(space, self.seed_networks, seed)
-        kernels = []
+        kernels, known, before = [], set(), 0  # known: kernels of seed networks tuned before
         for g in genomes:
-            kernels += b.kernels_of(space.build(g, supernet), space.arch(g).resolution)
+            model, r = space.build(g, supernet), space.arch(g).resolution
+            keys = b.tuned_before(model, r)
+            if keys is None:
+                kernels += b.kernels_of(model, r)
+            else:
+                known, before = known | keys, before + 1
         todo, tuned_before = len(b.db.missing(kernels)), b.db.stats["tuning_s"]
+        distinct = len({k.key for k in kernels} | known)
         log.info(
             "latency: %d seed networks, %d distinct kernels, %d to tune (%d trials each)",
             len(genomes),
-            len({k.key for k in kernels}),
+            distinct,
             todo,
             self.trials_per_task,
         )
@@ -404,7 +410,8 @@ class TVMTransferLatency(TVMLatency):
             "target": str(b.target),
             "database": str(b.db.dir),
             "seed_networks": [space.genome_id(g) for g in genomes],
-            "seed_kernels": len({k.key for k in kernels}),
+            "seed_kernels": distinct,
+            "seed_networks_tuned_before": before,
             "seed_kernels_tuned": todo,
             "seed_tuning_s": b.db.stats["tuning_s"] - tuned_before,
             "trials_per_task": self.trials_per_task,

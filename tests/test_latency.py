@@ -745,6 +745,8 @@ def test_tvm_transfer_run_replays_tuned_schedules_and_checks_the_front(tmp_path,
     assert all("latency_measured_at" in m for m in again)
     rep2 = json.loads((tmp_path / "again" / "latency.json").read_text())
     assert rep2["seed_kernels_tuned"] == 0 and rep2["front_kernels_tuned"] == 0
+    # the seed network (the base, measured tuned as the first run's reference) not even lowered
+    assert rep2["seed_networks_tuned_before"] == 1 and rep2["seed_kernels"] == rep["seed_kernels"]
     assert rep2["front"][0]["tuned_ms"] == rep["front"][0]["tuned_ms"]
 
 
