@@ -496,7 +496,14 @@ class TuningDB:
                     ),
                     progress,
                 )
-            log.info("tuning %d new kernel%s (%d trials each)", n, "" if n == 1 else "s", trials)
+            log.info(
+                "tuning %d %skernel%s (%d %strials each)",
+                n,
+                "new " if seed is None else "of the slowest ",
+                "" if n == 1 else "s",
+                trials,
+                "" if seed is None else "more ",
+            )
             ms.tune_tasks(
                 tasks=ctxs,
                 task_weights=[float(k.calls) for k in todo],
