@@ -93,6 +93,22 @@ def first_trials(wls: list, recs: list, n: int, more: dict | None = None):
     by workload index."""
     from tvm.s_tir import meta_schedule as ms
 
+    best, counts = _best_of_first(wls, recs, n, more)
+    mem = ms.database.MemoryDatabase(module_equality="structural")
+    for _, r in best.values():
+        mem.commit_tuning_record(
+            ms.database.TuningRecord(
+                r.trace, mem.commit_workload(r.workload.mod), r.run_secs, r.target, r.args_info
+            )
+        )
+    return mem, counts
+
+
+def _best_of_first(wls: list, recs: list, n: int, more: dict | None = None) -> tuple:
+    """Each workload's best (mean seconds, record) among its first `n` records (`more`: a count
+    by workload index for some), and how many records that took by workload index."""
+    from tvm.s_tir import meta_schedule as ms
+
     best: dict[int, tuple[float, object]] = {}
     seen: dict[int, int] = {}
     more = more or {}
@@ -101,47 +117,24 @@ def first_trials(wls: list, recs: list, n: int, more: dict | None = None):
         if seen[i] > more.get(i, n):
             continue
         r = ms.database.TuningRecord.from_json(rec, wls[i])
-        t = _mean(r.run_secs)
+        secs = [float(x) for x in r.run_secs or []]
+        t = sum(secs) / len(secs) if secs else 1e10
         if t < 1e9 and t < best.get(i, (1e10,))[0]:
             best[i] = (t, r)
-    mem = ms.database.MemoryDatabase(module_equality="structural")
-    for _, r in best.values():
-        mem.commit_tuning_record(
-            ms.database.TuningRecord(
-                r.trace, mem.commit_workload(r.workload.mod), r.run_secs, r.target, r.args_info
-            )
-        )
-    return mem, {i: min(c, more.get(i, n)) for i, c in seen.items()}
-
-
-def _mean(run_secs) -> float:
-    secs = [float(x) for x in run_secs or []]
-    return sum(secs) / len(secs) if secs else 1e10
+    return best, {i: min(c, more.get(i, n)) for i, c in seen.items()}
 
 
 def focus_counts(wls: list, recs: list, nets: list[list[tuple[int, int]]], n: int, share: float):
     """The kernels a check's second pass (`focus_trials`) would tune further, as
-    `TuningDB._focus` chooses them: in each network (its kernels as (workload index, calls)), the
-    slowest by their best of their first `n` trials times their calls, making up `share` of the
-    network's summed time. Their workload indices."""
-    from tvm.s_tir import meta_schedule as ms
+    `TuningDB._focus` chooses them (`slowest_share`): in each network (its kernels as (workload
+    index, calls)), the slowest by their best of their first `n` trials times their calls, making
+    up `share` of the network's summed time. Their workload indices."""
+    from kernels.tvm_tuning import slowest_share
 
-    first: dict[int, float] = {}
-    seen: dict[int, int] = {}
-    for i, rec in recs:
-        seen[i] = seen.get(i, 0) + 1
-        if seen[i] <= n:
-            t = _mean(ms.database.TuningRecord.from_json(rec, wls[i]).run_secs)
-            first[i] = min(t, first.get(i, 1e10))
+    best, _ = _best_of_first(wls, recs, n)
     out: set[int] = set()
     for ks in nets:
-        timed = sorted(((first[i] * c, i) for i, c in ks if first.get(i, 1e10) < 1e9), reverse=True)
-        total, acc = sum(t for t, _ in timed), 0.0
-        for t, i in timed:
-            if acc >= share * total:
-                break
-            out.add(i)
-            acc += t
+        out.update(slowest_share([(best[i][0] * c, i) for i, c in ks if i in best], share))
     return out
 
 
@@ -168,15 +161,15 @@ def measure(args) -> dict:
         g = space.from_json(p["genome"])
         r = space.arch(g).resolution
         lowered.append(b._lowered(realistic(space.build(g, sup), r), r))
-        # the workload index in the fully tuned database of each of its distinct kernels
-        found = {index.get(structural_hash(k.task.dispatched[0]), -1) for k in lowered[-1][2]}
-        nets.append({"trial": p["trial"], "genome_id": p["genome_id"], "workloads": found})
+        # each kernel's workload index in the fully tuned database, and its calls
         calls.append(
             [
                 (index.get(structural_hash(k.task.dispatched[0]), -1), k.calls)
                 for k in lowered[-1][2]
             ]
         )
+        found = {i for i, _ in calls[-1]}
+        nets.append({"trial": p["trial"], "genome_id": p["genome_id"], "workloads": found})
     if args.focus_trials:
         n = min(args.trials)
         heavy = focus_counts(wls, recs, calls, n, args.focus_share)

@@ -395,7 +395,7 @@ class TVMTransferLatency(TVMLatency):
                 kernels += b.kernels_of(model, r)
             else:
                 known, before = known | keys, before + 1
-        todo, tuned_before = len(b.db.missing(kernels)), b.db.stats["tuning_s"]
+        todo, tuning_s0 = len(b.db.missing(kernels)), b.db.stats["tuning_s"]
         distinct = len({k.key for k in kernels} | known)
         log.info(
             "latency: %d seed networks, %d distinct kernels, %d to tune (%d trials each)",
@@ -413,7 +413,7 @@ class TVMTransferLatency(TVMLatency):
             "seed_kernels": distinct,
             "seed_networks_tuned_before": before,
             "seed_kernels_tuned": todo,
-            "seed_tuning_s": b.db.stats["tuning_s"] - tuned_before,
+            "seed_tuning_s": b.db.stats["tuning_s"] - tuning_s0,
             "trials_per_task": self.trials_per_task,
             "prepare_s": time.time() - t0,
         }

@@ -245,6 +245,19 @@ def kernel_seed(seed: int, key: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:4], "big") >> 1
 
 
+def slowest_share(timed: list[tuple[float, object]], share: float) -> list:
+    """Of (time, item) pairs, the slowest items that make up `share` of their summed time, slowest
+    first (`TuningDB._focus`'s choice of the kernels where more trials pay)."""
+    timed = sorted(timed, key=lambda t: -t[0])
+    total, acc, out = sum(t for t, _ in timed), 0.0, []
+    for t, item in timed:
+        if acc >= share * total:
+            break
+        out.append(item)
+        acc += t
+    return out
+
+
 class TuningDB:
     """A target's tuning database: which kernels are tuned, their times, and tuning of the rest."""
 
@@ -364,7 +377,9 @@ class TuningDB:
                 heavy.update({k.key: k for k in self._focus(net, trials)})
             more = list(heavy.values())
             if more:  # a second pass with a fresh seed: replay-trace would replay the first
-                self._run_metaschedule(more, self.focus_trials - trials, seed=self.seed + 1)
+                self._run_metaschedule(
+                    more, self.focus_trials - trials, seed=self.seed + 1, again=True
+                )
             if not (todo or more):
                 self._table_rows(kernels)
                 return 0
@@ -397,13 +412,7 @@ class TuningDB:
         self.reload()
         uniq = list({k.key: k for k in kernels}.values())
         timed = [(self._first_seconds(k), k) for k in uniq]
-        timed = sorted(((s * k.calls, k) for s, k in timed if s), key=lambda t: -t[0])
-        total, acc, out = sum(t for t, _ in timed), 0.0, []
-        for t, k in timed:
-            if acc >= self.focus_share * total:
-                break
-            out.append(k)
-            acc += t
+        out = slowest_share([(s * k.calls, k) for s, k in timed if s], self.focus_share)
         return [k for k in out if self._trials_done(k) - self._seeded.get(k.key, 0) <= trials]
 
     def _seed(self, todo: list[Kernel], transfer) -> int:
@@ -472,9 +481,12 @@ class TuningDB:
             return 0
         return len(self._db.get_top_k(self._db.commit_workload(mod), max(64, self.focus_trials)))
 
-    def _run_metaschedule(self, todo: list[Kernel], trials: int, seed: int | None = None) -> None:
+    def _run_metaschedule(
+        self, todo: list[Kernel], trials: int, seed: int | None = None, again: bool = False
+    ) -> None:
         """MetaSchedule on `todo`, `trials` each, its records into the database (logs in a
-        temporary folder; other libraries' log handlers detached meanwhile)."""
+        temporary folder; other libraries' log handlers detached meanwhile); `again`: the focus
+        pass, on kernels tuned before."""
         load_tvm()
         from tvm.s_tir import meta_schedule as ms
 
@@ -499,10 +511,10 @@ class TuningDB:
             log.info(
                 "tuning %d %skernel%s (%d %strials each)",
                 n,
-                "new " if seed is None else "of the slowest ",
+                "of the slowest " if again else "new ",
                 "" if n == 1 else "s",
                 trials,
-                "" if seed is None else "more ",
+                "more " if again else "",
             )
             ms.tune_tasks(
                 tasks=ctxs,
