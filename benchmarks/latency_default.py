@@ -257,6 +257,9 @@ def default_run(args, work: Path, name: str) -> dict:
         "kernels_tuned": (lat.get("seed_kernels_tuned") or 0)
         + (lat.get("front_kernels_tuned") or 0),
         "kernels_transferred": lat.get("kernels_transferred"),
+        # the search's picks: replays compiled and timed, and the service's seconds on them
+        "replays_built": lat.get("transfer_replays_built"),
+        "pick_s": lat.get("transfer_timing_s"),
         "front_mape_own": lat.get("front_mape"),
         "front": [p["genome_id"] for p in json.loads((out / "pareto.json").read_text())["front"]],
         "genomes": _genomes(out),
@@ -385,21 +388,27 @@ def _picks_cells(s: dict, d: dict) -> str:
     return f"{'**' + cell + '**' if s['picks_us'] == low else cell} | {s['same_picks']}"
 
 
+def _maybe(v, fmt: str) -> str:
+    """`fmt` of `v`, or "-" where an older run's json lacks it."""
+    return "-" if v is None else fmt.format(v)
+
+
 def _runs_section(d: dict) -> list[str]:
     lines = [
         "",
         "## 2. The default run, empty cache then warm",
         "",
         "| cache | wall s | set-up without tuning s | tuning s | search s | front s | other s "
-        "| kernels tuned | kernels transferred |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| kernels tuned | kernels transferred | replays picked from | pick s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in d["runs"]:
         lines.append(
             f"| {r['run']} | {r['wall_s']:.0f} | {r['setup_s']:.0f} | {r['tuning_s']:.0f} | "
             f"{r['search_s']:.0f} | {r['front_s']:.0f} | {r['other_s']:.0f} | "
             f"{r['kernels_tuned']} | "
-            f"{r['kernels_transferred'] or 0} |"
+            f"{r['kernels_transferred'] or 0} | {_maybe(r.get('replays_built'), '{}')} | "
+            f"{_maybe(r.get('pick_s'), '{:.0f}')} |"
         )
     runs = d["runs"]
     if all("front" in r for r in runs):

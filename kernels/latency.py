@@ -47,6 +47,7 @@ _DEFAULTS = dict(
     seed_networks=3,
     transfer_pick="fastest",
     transfer_tries=3,
+    transfer_share=1.0,
     check_transfer=True,
 )
 

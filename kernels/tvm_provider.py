@@ -335,12 +335,13 @@ class TVMTransferLatency(TVMLatency):
         rounds: int = 3,
         transfer_pick: str = "fastest",
         transfer_tries: int = 3,
+        transfer_share: float = 1.0,
         check_transfer: bool = True,
         **focus,
     ):
         super().__init__(folder, target, trials_per_task, strategy, repeats, check, **focus)
         self.seed_networks, self.check_front, self.rounds = seed_networks, check_front, rounds
-        self.transfer_options = dict(pick=transfer_pick, tries=transfer_tries)
+        self.transfer_options = dict(pick=transfer_pick, tries=transfer_tries, share=transfer_share)
         self.check_transfer = check_transfer
         self._report: dict = {}
 
@@ -377,6 +378,7 @@ class TVMTransferLatency(TVMLatency):
             rounds=cfg.rounds,
             transfer_pick=cfg.transfer_pick,
             transfer_tries=cfg.transfer_tries,
+            transfer_share=cfg.transfer_share,
             check_transfer=cfg.check_transfer,
         )
 

@@ -54,6 +54,15 @@ def shapes_of(mod) -> list[list[int]]:
     return [[int(d) for d in p.shape] for p in mod["main"].params]
 
 
+def work(mod) -> float:
+    """A kernel's work, to compare kernels of one operator: its estimated floating-point
+    operations plus its buffers' elements (so that a kernel that only moves data counts too)."""
+    load_tvm()
+    from tvm.s_tir.analysis import estimate_tir_flops
+
+    return float(estimate_tir_flops(mod)) + sum(math.prod(s) for s in shapes_of(mod))
+
+
 def shape_distance(a: list[list[int]], b: list[list[int]]) -> float:
     """Sum of |log| differences of matching buffer dimensions."""
     return sum(
@@ -137,6 +146,7 @@ class Source:
     blocks: list[str]
     trace: object
     run_secs: list[float]
+    work: float = 0.0  # `work` of its kernel
 
 
 # a replay's timing for the pick: replays of one kernel differ by tens of percent when they differ
@@ -238,12 +248,19 @@ class Transfer:
     cores), times each alone with a short timing (`PICK_TIMING`) and keeps the fastest (a kernel's
     pick is kept for the process, until the database grows). benchmarks/results/
     transfer_quality.md measures both against fully tuned kernels: the front's convolutions ran
-    2.0x their fully tuned time with the nearest source's replay, 1.3x with the fastest."""
+    2.0x their fully tuned time with the nearest source's replay, 1.3x with the fastest.
 
-    def __init__(self, tries: int = 3, pick: str = "nearest"):
+    `share` (pick: fastest): of the kernels picked together (a network's new ones), only the
+    slowest that make up this share of their estimated time (`estimate`, times their calls) get
+    `tries` replays; the rest get the nearest source's replay alone, still compiled and timed. A
+    replay's compile is most of a pick's cost, and most of a network's time is in few kernels."""
+
+    def __init__(self, tries: int = 3, pick: str = "nearest", share: float = 1.0):
         if pick not in ("nearest", "fastest"):
             raise ValueError(f"transfer pick must be nearest or fastest, not {pick!r}")
-        self.tries, self.pick = tries, pick
+        if not 0 < share <= 1:
+            raise ValueError(f"transfer share must be in (0, 1], not {share!r}")
+        self.tries, self.pick, self.share = tries, pick, share
         self._sources: list[Source] = []
         self._db_size = -1
         self._picked: dict[str, tuple] = {}  # kernel key: (schedule, source times)
@@ -253,6 +270,7 @@ class Transfer:
             "kernels_transferred": 0,
             "kernels_not_transferred": 0,
             "transfer_timing_s": 0.0,
+            "transfer_replays_built": 0,  # replays compiled for picks
         }
 
     def refresh(self, db) -> None:
@@ -286,21 +304,37 @@ class Transfer:
             blocks,
             rec.trace,
             [float(x) for x in rec.run_secs],
+            work(mod),
         )
 
-    def replays(self, mod):
-        """(schedule, source) of `mod` replayed from each of the `tries` nearest tuned kernels of
-        the same structure, nearest first, as they come (a source that fails is skipped)."""
-        load_tvm()
-        from tvm.s_tir import Schedule
-
+    def _nearest(self, mod) -> tuple[list[str], list[Source]]:
+        """`mod`'s block names and the tuned kernels of its structure, nearest first."""
         blocks = block_names(mod)
         st, shapes = structure(mod, blocks), shapes_of(mod)
         near = sorted(
             (s for s in self._sources if s.structure == st),
             key=lambda s: shape_distance(s.shapes, shapes),
         )
-        for src in near[: self.tries]:
+        return blocks, near
+
+    def estimate(self, mod) -> float:
+        """`mod`'s time (s) guessed from its nearest tuned kernel's: that kernel's mean time
+        scaled by their `work`; 0 when no tuned kernel shares its structure."""
+        near = self._nearest(mod)[1]
+        if not near:
+            return 0.0
+        src = near[0]
+        return sum(src.run_secs) / len(src.run_secs) * work(mod) / max(src.work, 1.0)
+
+    def replays(self, mod, tries: int | None = None):
+        """(schedule, source) of `mod` replayed from each of the `tries` (default: the
+        transfer's) nearest tuned kernels of the same structure, nearest first, as they come (a
+        source that fails is skipped)."""
+        load_tvm()
+        from tvm.s_tir import Schedule
+
+        blocks, near = self._nearest(mod)
+        for src in near[: tries or self.tries]:
             sch = Schedule(mod)
             try:
                 trace = rename_blocks(src.trace, src.blocks, blocks)
@@ -324,16 +358,34 @@ class Transfer:
         """`schedule` with `pick: fastest` for several kernels at once."""
         return [_schedule_and_times(p) for p in self.timed(mods, target)]
 
-    def timed(self, mods: list, target) -> list[tuple | None]:
-        """(seconds, schedule, source) of each of `mods`: its fastest replay on `target`, or None
-        when none replays. Every replay of every kernel is compiled first, on as many threads as
-        the host has cores (LLVM is most of a pick's cost), then all are timed one after another
-        with the cores held once."""
+    def tries_each(self, mods: list, calls: list[int] | None = None) -> list[int]:
+        """How many replays each of `mods` gets in a pick: `tries`, or 1 for those outside the
+        `share` of their estimated time (times `calls`, their calls in a network; default 1)."""
+        if self.share >= 1 or len(mods) < 2:
+            return [self.tries] * len(mods)
+        from kernels.tvm_tuning import slowest_share
+
+        calls = calls or [1] * len(mods)
+        est = [(self.estimate(m) * c, i) for i, (m, c) in enumerate(zip(mods, calls))]
+        heavy = set(slowest_share(est, self.share))
+        return [self.tries if i in heavy else 1 for i in range(len(mods))]
+
+    def timed(self, mods: list, target, calls: list[int] | None = None) -> list[tuple | None]:
+        """(seconds, schedule, source) of each of `mods`: its fastest replay on `target` (of
+        `tries_each`'s count), or None when none replays. Every replay of every kernel is compiled
+        first, on as many threads as the host has cores (LLVM is most of a pick's cost), then all
+        are timed one after another with the cores held once."""
         if not mods:
             return []
         t0 = time.time()
-        flat = [(i, sch, src) for i, mod in enumerate(mods) for sch, src in self.replays(mod)]
+        tries = self.tries_each(mods, calls)
+        flat = [
+            (i, sch, src)
+            for i, (mod, n) in enumerate(zip(mods, tries))
+            for sch, src in self.replays(mod, n)
+        ]
         built = build_kernels([sch.mod for _, sch, _ in flat], target)
+        self.stats["transfer_replays_built"] += len(built)
         best: dict[int, tuple] = {}
         for (i, sch, src), b, t in zip(flat, built, time_kernels(built, PICK_TIMING)):
             if t < best.get(i, (math.inf,))[0]:
@@ -356,7 +408,7 @@ class Transfer:
         todo = list({k.key: k for k in kernels if db.record(k) is None}.values())
         new = [k for k in todo if k.key not in self._picked]
         if self.pick == "fastest":
-            got = self.timed([k.task.dispatched[0] for k in new], target)
+            got = self.timed([k.task.dispatched[0] for k in new], target, [k.calls for k in new])
             picks = [_schedule_and_times(p) for p in got]
             self.seconds.update({k.key: p[0] for k, p in zip(new, got) if p})
         else:

@@ -233,6 +233,13 @@ class LatencyCfg(_M):
     transfer_tries: int = Field(
         3, ge=1, description="tvm-transfer: tuned kernels a kernel's schedule may come from"
     )
+    transfer_share: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="tvm-transfer, transfer_pick fastest: only a network's new kernels that make "
+        "up this share of their estimated time get transfer_tries replays; the rest the nearest's",
+    )
     check_transfer: bool = Field(
         True,
         description="tvm-transfer: the front check also times each new kernel's transferred "

@@ -587,6 +587,42 @@ def test_transfer_pick_fastest_keeps_the_replay_that_timed_fastest(backend, monk
         tt.Transfer(pick="best")
 
 
+def test_transfer_share_gives_all_tries_only_to_the_kernels_that_make_up_the_time(backend):
+    """`transfer_share`: of a network's new kernels, those estimated (nearest tuned kernel's time
+    scaled by work, times calls) to make up the share get every try; the others one replay, the
+    nearest's, still compiled and timed; a tuned kernel is estimated at its own time."""
+    import kernels.tvm_transfer as tt
+
+    backend.db.tune(backend.kernels_of(*_tiny_model(0)))
+    full = tt.Transfer(tries=3, pick="fastest")
+    part = tt.Transfer(tries=3, pick="fastest", share=0.5)
+    for tr in (full, part):
+        tr.refresh(backend.db)
+    src = part._sources[0]
+    tuned = next(
+        k for k in backend.kernels_of(*_tiny_model(0)) if tt.work(k.task.dispatched[0]) == src.work
+    )
+    assert part.estimate(tuned.task.dispatched[0]) == pytest.approx(
+        sum(src.run_secs) / len(src.run_secs), rel=1e-6
+    )
+    new = backend.db.missing(backend.kernels_of(*_tiny_model(3)))
+    mods, calls = [k.task.dispatched[0] for k in new], [k.calls for k in new]
+    tries = part.tries_each(mods, calls)
+    assert full.tries_each(mods, calls) == [3] * len(mods) and 3 in tries and 1 in tries
+    est = [part.estimate(m) * c for m, c in zip(mods, calls)]
+    heavy = [e for e, n in zip(est, tries) if n == 3]
+    assert min(heavy) >= max(e for e, n in zip(est, tries) if n == 1)
+    assert sum(heavy) >= 0.5 * sum(est)
+    got_full, got_part = full.timed(mods, backend.target), part.timed(mods, backend.target, calls)
+    assert part.stats["transfer_replays_built"] < full.stats["transfer_replays_built"]
+    assert [g is None for g in got_part] == [g is None for g in got_full]
+    for g, n, m in zip(got_part, tries, mods):  # a kernel given one try keeps the nearest's
+        if g is not None and n == 1:
+            assert str(g[1].mod) == str(next(part.replays(m))[0].mod)
+    with pytest.raises(ValueError, match="share"):
+        tt.Transfer(pick="fastest", share=0)
+
+
 @pytest.mark.slow
 def test_a_compiled_network_reports_its_kernels_own_times_summed(backend, tvm_db):
     """`latency_summed_ms`: each kernel's own time (tuned: as tuned; transferred with
