@@ -13,7 +13,8 @@ that gap into its two causes by timing, in `--rounds` interleaved rounds with no
 
 reported / (the compilation with the run's pick) is what the load of the search cost its figures; transferred / fully tuned
 is what transfer costs; a fourth compilation picks each kernel's fastest replay of `--tries` sources
-(`latency.transfer_pick: fastest`). Then per kernel (each compiled alone with each schedule, timed
+(`latency.transfer_pick: fastest`), a fifth does so only for the kernels that make up `--share` of
+a network's new kernels' estimated time (`latency.transfer_share`). Then per kernel (each compiled alone with each schedule, timed
 `--kernel-repeats` times): the kernels' summed time by operator, so
 the operators where transfer loses most are named.
 
@@ -40,8 +41,13 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.common import RESULTS, json_and_md, provenance  # noqa: E402
 
 SPACE = ROOT / "spaces" / "tinynet.yaml"
-# transferred schedules: the nearest source's replay (what the search used), the fastest replay
-TRANSFERS = {"transferred": "nearest", "fastest transferred": "fastest"}
+# transferred schedules: the nearest source's replay, the fastest replay, the fastest replay for
+# the kernels that make up a share of the time (its share: --share): name, (pick, share)
+TRANSFERS = {
+    "transferred": ("nearest", 1.0),
+    "fastest transferred": ("fastest", 1.0),
+    "share transferred": ("fastest", None),
+}
 
 
 def main() -> None:
@@ -51,6 +57,9 @@ def main() -> None:
     ap.add_argument("--kernel-repeats", type=int, default=20)
     ap.add_argument("--front", type=int, default=3)
     ap.add_argument("--tries", type=int, default=3, help="sources replayed per kernel")
+    ap.add_argument(
+        "--share", type=float, default=0.9, help="the share of time whose kernels get --tries"
+    )
     ap.add_argument("--space", default=str(SPACE))
     ap.add_argument("--out", default=str(RESULTS / "transfer_quality.md"))
     ap.add_argument("--report-only", action="store_true", help="rebuild the md from the json")
@@ -102,9 +111,9 @@ def measure(args) -> dict:
         run_db = Path(lat["database"])
         seed_db = seed_only_db(run_db, lat["seed_kernels_tuned"], tmp)
         dbs = {}
-        for name, pick in TRANSFERS.items():
+        for name, (pick, share) in TRANSFERS.items():
             dbs[name] = TVMBackend(seed_db)
-            dbs[name].transfer = Transfer(tries=args.tries, pick=pick)
+            dbs[name].transfer = Transfer(tries=args.tries, pick=pick, share=share or args.share)
         dbs["checked"] = TVMBackend(run_db.parent)
         dbs["fully tuned"] = TVMBackend(work / "full-db")
         nets = []
@@ -121,6 +130,7 @@ def measure(args) -> dict:
         **provenance(),
         "seed_kernels": lat["seed_kernels_tuned"],
         "tries": args.tries,
+        "share": args.share,
         "run_pick": run_pick(run_dir),
         "transfer_stats": {n: dbs[n].transfer.stats for n in TRANSFERS},
         "networks": rows,
@@ -130,11 +140,12 @@ def measure(args) -> dict:
 
 def run_pick(run_dir: Path) -> str:
     """The `transfer_pick` the run's search compiled its candidates with (`nearest` before the
-    setting existed)."""
+    setting existed), `fastest-share` where its `transfer_share` was below 1."""
     import yaml
 
-    cfg = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())
-    return (cfg.get("latency") or {}).get("transfer_pick", "nearest")
+    lat = yaml.safe_load((Path(run_dir) / "config.yaml").read_text()).get("latency") or {}
+    pick = lat.get("transfer_pick", "nearest")
+    return "fastest-share" if pick == "fastest" and lat.get("transfer_share", 1) < 1 else pick
 
 
 def networks(dbs: dict, nets: list, rounds: int) -> list[dict]:
@@ -214,56 +225,101 @@ def _pct(a, b) -> float:
     return 100 * (a - b) / b
 
 
+# the compilations with transferred kernels a report shows: name, column label, the run's pick
+SHOWN = (
+    ("transferred", "transferred", "nearest"),
+    ("fastest transferred", "fastest", "fastest"),
+    ("share transferred", "fastest of the share", "fastest-share"),
+)
+
+
 def report(d: dict) -> str:
     rows, ops = d["networks"], d["operators"]
-    st = d["transfer_stats"]["fastest transferred"]
+    shown = [s for s in SHOWN if f"{s[0]}_ms" in rows[0]]  # older results lack the share
     pick = d["run_pick"]
     # the compilation that matches the search's own: the one with the run's pick
-    as_run = {p: name for name, p in TRANSFERS.items()}[pick]
+    as_run = {p: name for name, _, p in SHOWN}[pick]
+    share = "share transferred_ms" in rows[0]
     lines = [
         "# Where `tvm-transfer`'s search figures lose",
         "",
         f"`{d['command']}` ({d['date']}, {d['cpu']}).",
         "",
-        "The front of a `benchmarks/latency_default.py` run, each network compiled four ways and "
+        f"The front of a `benchmarks/latency_default.py` run, each network compiled "
+        f"{'five' if share else 'four'} ways and "
         "timed in one quiet process in interleaved rounds (medians). transferred: every kernel "
         f"the seed network's {d['seed_kernels']} tuned kernels lack given the schedule of the "
         "nearest one that replays on it, as the search compiled it (`pick: nearest`); fastest: "
         f"the fastest of the replays from the {d['tries']} nearest, each compiled and timed alone "
-        "(`pick: fastest`); checked: the run's database at its end (the front's own kernels "
+        "(`pick: fastest`); "
+        + (
+            f"fastest of the share: the fastest of those replays only for the kernels making up "
+            f"{d['share']:.0%} of each network's new kernels' estimated time, the nearest's for the "
+            f"rest (`transfer_share: {d['share']}`); "
+            if share
+            else ""
+        )
+        + "checked: the run's database at its end (the front's own kernels "
         "tuned, the run's check); fully tuned: 32 trials per kernel. reported: the figure the "
         "search ranked the network by (transferred kernels, timed while Ray workers trained), "
         f"compared with the compilation that matches the run's `transfer_pick: {pick}`.",
         "",
-        "| trial | reported ms | transferred ms | fastest ms | checked ms | fully tuned ms "
-        f"| reported vs {pick} | transferred vs fully tuned | fastest vs fully tuned "
-        "| checked vs fully tuned |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| trial | reported ms | "
+        + "".join(f"{label} ms | " for _, label, _ in shown)
+        + f"checked ms | fully tuned ms | reported vs {pick} | "
+        + "".join(f"{label} vs fully tuned | " for _, label, _ in shown)
+        + "checked vs fully tuned |",
+        "|---:|---:|" + "---:|" * (2 * len(shown) + 4),
     ]
     for r in rows:
+        compiled = [n for n, _, _ in shown] + ["checked"]
         lines.append(
-            f"| {r['trial']} | {r['reported_ms']:.3f} | {r['transferred_ms']:.3f} "
-            f"| {r['fastest transferred_ms']:.3f} | {r['checked_ms']:.3f} "
-            f"| {r['fully tuned_ms']:.3f} "
+            f"| {r['trial']} | {r['reported_ms']:.3f} "
+            + "".join(f"| {r[n + '_ms']:.3f} " for n in compiled)
+            + f"| {r['fully tuned_ms']:.3f} "
             f"| {_pct(r['reported_ms'], r[as_run + '_ms']):+.1f} % "
-            f"| {_pct(r['transferred_ms'], r['fully tuned_ms']):+.1f} % "
-            f"| {_pct(r['fastest transferred_ms'], r['fully tuned_ms']):+.1f} % "
-            f"| {_pct(r['checked_ms'], r['fully tuned_ms']):+.1f} % |"
+            + "".join(f"| {_pct(r[n + '_ms'], r['fully tuned_ms']):+.1f} % " for n in compiled)
+            + "|"
         )
+    return "\n".join(lines + _summary(d, shown, as_run) + _operators(ops, shown)) + "\n"
+
+
+def _summary(d: dict, shown: list, as_run: str) -> list[str]:
+    rows, stats = d["networks"], d["transfer_stats"]
 
     def mean(a, b):
         return statistics.mean(_pct(r[a], r[b]) for r in rows)
 
-    lines += [
+    st = stats["fastest transferred"]
+    out = [
         "",
         "- Timing during the search against the same compiled network timed quietly: "
         f"{mean('reported_ms', as_run + '_ms'):+.1f} % on average.",
         "- Transferred kernels (nearest source) against fully tuned ones, both timed quietly: "
         f"{mean('transferred_ms', 'fully tuned_ms'):+.1f} % on average; the fastest of "
-        f"{d['tries']} replays: {mean('fastest transferred_ms', 'fully tuned_ms'):+.1f} %; the "
-        f"run's check: {mean('checked_ms', 'fully tuned_ms'):+.1f} %.",
+        f"{d['tries']} replays: {mean('fastest transferred_ms', 'fully tuned_ms'):+.1f} %; "
+        + (
+            f"the fastest for the share: {mean('share transferred_ms', 'fully tuned_ms'):+.1f} %; "
+            if len(shown) > 2
+            else ""
+        )
+        + f"the run's check: {mean('checked_ms', 'fully tuned_ms'):+.1f} %.",
         f"- Picking the fastest replay timed {st['kernels_transferred']} kernels' replays in "
         f"{st['transfer_timing_s']:.0f} s (compiling each alone is most of it).",
+    ]
+    if len(shown) > 2:
+        sh = stats["share transferred"]
+        out[-1] = (
+            f"- Picking the fastest replay compiled and timed {st['transfer_replays_built']} "
+            f"replays for {st['kernels_transferred']} kernels in {st['transfer_timing_s']:.0f} s; "
+            f"for the share {sh['transfer_replays_built']} in {sh['transfer_timing_s']:.0f} s "
+            "(compiling each alone is most of it)."
+        )
+    return out
+
+
+def _operators(ops: list, shown: list) -> list[str]:
+    out = [
         "",
         "## By operator",
         "",
@@ -272,17 +328,19 @@ def report(d: dict) -> str:
         "counted once however many front networks share it). Most time lost first; worst: the "
         "kernel the nearest source's replay slows most against fully tuned.",
         "",
-        "| operator | kernels | transferred µs | fastest µs | fully tuned µs | worst ratio | "
-        "worst kernel |",
-        "|---|---:|---:|---:|---:|---:|---|",
+        "| operator | kernels | "
+        + "".join(f"{label} µs | " for _, label, _ in shown)
+        + "fully tuned µs | worst ratio | worst kernel |",
+        "|---|---:|" + "---:|" * (len(shown) + 2) + "---|",
     ]
     for o in ops:
-        lines.append(
-            f"| {o['op']} | {o['kernels']} | {o['transferred_us']:.1f} "
-            f"| {o['fastest transferred_us']:.1f} | {o['tuned_us']:.1f} "
+        out.append(
+            f"| {o['op']} | {o['kernels']} "
+            + "".join(f"| {o[n + '_us']:.1f} " for n, _, _ in shown)
+            + f"| {o['tuned_us']:.1f} "
             f"| {o.get('worst_ratio', 0):.2f} | `{o.get('worst_kernel', '')}` |"
         )
-    return "\n".join(lines) + "\n"
+    return out
 
 
 if __name__ == "__main__":
