@@ -21,7 +21,7 @@ networks, or the first alone, as `check_front: 1` would); the run's own check tu
 kernels its seed tuning lacked, its trials and seconds are in its log and latency.json.
 
     python benchmarks/check_budget.py --work runs/bench-latency-default-9 [--trials 8 16 32]
-        [--transfer-trials 8] [--focus-trials 16] [--focus-share 0.8]
+        [--transfer-trials 8 4] [--focus-trials 16] [--focus-share 0.8] [--focus-from 8 4]
 
 Writes benchmarks/results/check_budget.md and .json.
 """
@@ -54,8 +54,10 @@ def main() -> None:
     ap.add_argument(
         "--transfer-trials",
         type=int,
-        default=8,
-        help="trials of the check that also times transferred schedules (0: no such check)",
+        nargs="+",
+        default=[8],
+        help="trials of the check that also times transferred schedules, run by the script "
+        "once for each count (0: no such check)",
     )
     ap.add_argument(
         "--focus-trials",
@@ -64,6 +66,14 @@ def main() -> None:
         help="a check giving the slowest kernels this many trials in all (0: none)",
     )
     ap.add_argument("--focus-share", type=float, default=0.8)
+    ap.add_argument(
+        "--focus-from",
+        type=int,
+        nargs="+",
+        default=None,
+        help="first-pass trials of the focus check, one variant each (default: the least of "
+        "--trials)",
+    )
     ap.add_argument("--report-only", action="store_true", help="rebuild the md from the json")
     json_and_md(ap.parse_args(), measure, report)
 
@@ -170,17 +180,17 @@ def measure(args) -> dict:
         )
         found = {i for i, _ in calls[-1]}
         nets.append({"trial": p["trial"], "genome_id": p["genome_id"], "workloads": found})
-    if args.focus_trials:
-        n = min(args.trials)
+    for n in (args.focus_from or [min(args.trials)]) if args.focus_trials else []:
         heavy = focus_counts(wls, recs, calls, n, args.focus_share)
         name = f"{n} trials, {args.focus_trials} for the slowest {100 * args.focus_share:.0f} %"
         variants[name] = first_trials(wls, recs, n, {i: args.focus_trials for i in heavy})
-    transfer_check = None
-    if args.transfer_trials:
-        db, transfer_check = check_with_transfer(work, lowered, args.transfer_trials)
-        name = f"{args.transfer_trials} trials + transferred schedules"
-        if transfer_check["kernels_focused"]:
-            name += f", {transfer_check['focus_trials']} for the slowest"
+    transfer_checks = []
+    for n in (t for t in args.transfer_trials if t):
+        db, cost = check_with_transfer(work, lowered, n)
+        transfer_checks.append(cost)
+        name = f"{n} trials + transferred schedules"
+        if cost["kernels_focused"]:
+            name += f", {cost['focus_trials']} for the slowest"
         variants[name] = (db, None)
     compiled = [
         _compiled(b, prepared, shape, db)
@@ -194,7 +204,7 @@ def measure(args) -> dict:
         "work": str(work),
         "rounds": args.rounds,
         "run_check": _run_check(work),
-        "transfer_check": transfer_check,
+        "transfer_checks": transfer_checks,
         "variants": [
             {
                 "name": name,
@@ -294,7 +304,11 @@ def report(d: dict) -> str:
         f"{d['run_check']['kernels_tuned']} kernels. Each network timed in {d['rounds']} "
         "interleaved rounds (the median, ms); error: against the same network at 32 trials.",
         "",
-        *_transfer_check_line(d.get("transfer_check")),
+        *[
+            line
+            for c in d.get("transfer_checks", [d.get("transfer_check")])
+            for line in _transfer_check_line(c)
+        ],
         "| check | trials (front) | trials (first network) | "
         + " | ".join(f"trial {n['trial']} ms" for n in nets)
         + " | MAPE % |",
