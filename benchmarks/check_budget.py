@@ -222,8 +222,8 @@ def check_with_transfer(work: Path, lowered: list, trials: int) -> tuple:
     """The front check as `latency.check_transfer` makes it, run here: on a copy of the run's
     database cut back to its seed tuning, each kernel of the front's networks that it lacks tuned
     with `trials` trials and its transferred schedules timed beside them
-    (`TuningDB.tune(seeds=...)`, from the run's `transfer_tries` nearest tuned kernels), no second
-    pass. Its database and what it cost."""
+    (`TuningDB.tune(seeds=...)`, from the run's `transfer_tries` nearest tuned kernels, for the
+    kernels its `transfer_share` gives them), then the run's second pass if it had one. Its database and what it cost."""
     import shutil
     import time
 
@@ -245,7 +245,9 @@ def check_with_transfer(work: Path, lowered: list, trials: int) -> tuple:
     tuned = tb.db.tune(
         [k for ks in nets for k in ks],
         networks=nets,
-        seeds=Transfer(tries=cfg["transfer_tries"], pick="fastest"),
+        seeds=Transfer(
+            tries=cfg["transfer_tries"], pick="fastest", share=cfg.get("transfer_share", 1.0)
+        ),
     )
     cost = {
         "trials": trials,

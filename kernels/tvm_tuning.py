@@ -417,7 +417,8 @@ class TuningDB:
 
     def _seed(self, todo: list[Kernel], transfer) -> int:
         """Commit each of `todo`'s transferred schedules (`Transfer.replays`: replayed from the
-        `tries` nearest tuned kernels of the same operator) as a candidate of its tuning, built
+        `tries` nearest tuned kernels of the same operator, or the nearest alone for a kernel
+        outside the transfer's `share` of their estimated time) as a candidate of its tuning, built
         and timed as MetaSchedule's trials are (`_in_process_builder`, `_in_process_runner`):
         the kernel's tuning then keeps the fastest of its trials and the schedules transfer
         gives it. The front check (`tvm-transfer`) starts from the schedules the search priced
@@ -427,7 +428,11 @@ class TuningDB:
 
         t0 = time.time()
         transfer.refresh(self)
-        cands = [(k, sch) for k in todo for sch, _ in transfer.replays(k.task.dispatched[0])]
+        mods = [k.task.dispatched[0] for k in todo]
+        tries = transfer.tries_each(mods, [k.calls for k in todo])
+        cands = [
+            (k, sch) for k, m, n in zip(todo, mods, tries) for sch, _ in transfer.replays(m, n)
+        ]
         built: dict = {}
         results = _in_process_builder(host_cores(), built).build(
             [ms.builder.BuilderInput(sch.mod, self.target) for _, sch in cands]

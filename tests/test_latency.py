@@ -354,7 +354,8 @@ def test_tuning_says_how_far_it_is_and_keeps_metaschedule_tables_off_the_console
 
 @pytest.mark.slow
 def test_tuning_can_start_from_the_schedules_transfer_gives(tmp_path):
-    """The front check's tuning (`seeds`): each new kernel's transferred schedules are built and
+    """The front check's tuning (`seeds`): each new kernel's transferred schedules (the nearest's
+    alone outside the transfer's share) are built and
     timed as its trials are and kept in the tuning database beside them, so its best is the
     fastest of both; they do not count as trials when the slowest kernels are topped up; the
     network compiled from them computes what PyTorch does."""
@@ -368,9 +369,14 @@ def test_tuning_can_start_from_the_schedules_transfer_gives(tmp_path):
     ks = b.kernels_of(model, r)
     new = b.db.missing(ks)
     assert new
-    b.db.tune(ks, seeds=Transfer(tries=2, pick="fastest"))
+    tr = Transfer(tries=2, pick="fastest", share=0.6)
+    b.db.tune(ks, seeds=tr)
     seeded = dict(b.db._seeded)
     assert seeded and set(seeded) <= {k.key for k in new}
+    # outside the share of their estimated time, a kernel's one candidate is the nearest's
+    tries = tr.tries_each([k.task.dispatched[0] for k in new], [k.calls for k in new])
+    assert 1 in tries and 2 in tries
+    assert all(seeded.get(k.key, 0) <= n for k, n in zip(new, tries))
     assert b.db.stats["transferred_candidates"] == sum(seeded.values())
     again = TVMBackend(tmp_path, trials_per_task=1, repeats=3)  # what the database file holds
     for k in new:
