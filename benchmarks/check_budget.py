@@ -38,7 +38,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import RESULTS, json_and_md, provenance  # noqa: E402
+from benchmarks.common import RESULTS, json_and_md, provenance, timed_front  # noqa: E402
 
 SPACE = ROOT / "spaces" / "tinynet.yaml"
 
@@ -160,8 +160,7 @@ def measure(args) -> dict:
     own = next(p for p in (work / "cache" / "tvm").iterdir() if p.is_dir())
     space = load_space(args.space)
     sup = space.supernet(0)
-    pts = json.loads((work / "run-empty" / "pareto.json").read_text())["front"]
-    pts = [p for p in pts if p["metrics"].get("latency_ms") is not None][: args.front]
+    pts = timed_front(work / "run-empty", args.front)
     b = TVMBackend(tempfile.mkdtemp(prefix="check-budget-"), repeats=20)
     variants = {f"{n} trials": first_trials(wls, recs, n) for n in args.trials}
     variants["the run's check"] = (TuningDB(own.parent, b.target).database, None)

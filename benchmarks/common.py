@@ -231,3 +231,9 @@ def provenance() -> dict:
         "date": datetime.date.today().isoformat(),
         "cpu": platform.machine(),
     }
+
+
+def timed_front(run_dir: str | Path, n: int) -> list[dict]:
+    """The first `n` points of a run's Pareto front (pareto.json) that have a latency."""
+    pts = json.loads((Path(run_dir) / "pareto.json").read_text())["front"]
+    return [p for p in pts if p["metrics"].get("latency_ms") is not None][:n]

@@ -41,7 +41,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import RESULTS, json_and_md  # noqa: E402
+from benchmarks.common import RESULTS, json_and_md, timed_front  # noqa: E402
 
 SPACE = ROOT / "spaces" / "tinynet.yaml"
 RUNNERS = {  # the first is the product's (kernels.tvm_tuning.RUNNER)
@@ -283,8 +283,7 @@ def front(args, run_dir: Path) -> list[dict]:
 
     space = load_space(args.space)
     sup = space.supernet(0)
-    pts = json.loads((run_dir / "pareto.json").read_text())["front"]
-    pts = [p for p in pts if p["metrics"].get("latency_ms") is not None][: args.front]
+    pts = timed_front(run_dir, args.front)
     # 32 trials per kernel, drawn as the run draws them (`kernels.tvm_tuning.kernel_seed`): its
     # `trials_per_task` first, then the rest in a second pass, for every kernel
     run_trials = yaml.safe_load((run_dir / "config.yaml").read_text())["latency"]["trials_per_task"]

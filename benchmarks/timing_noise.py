@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import RESULTS, json_and_md, provenance  # noqa: E402
+from benchmarks.common import RESULTS, json_and_md, provenance, timed_front  # noqa: E402
 
 SPACE = ROOT / "spaces" / "tinynet.yaml"
 
@@ -55,8 +55,7 @@ def child(args) -> dict:
     work = Path(args.work)
     space = load_space(SPACE)
     sup = space.supernet(0)
-    pts = json.loads((work / "run-empty" / "pareto.json").read_text())["front"]
-    pts = [p for p in pts if p["metrics"].get("latency_ms") is not None][: args.front]
+    pts = timed_front(work / "run-empty", args.front)
     b = TVMBackend(work / "full-db", repeats=20)
     compiled = []
     for p in pts:

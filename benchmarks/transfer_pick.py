@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import RESULTS, json_and_md, provenance  # noqa: E402
+from benchmarks.common import RESULTS, json_and_md, provenance, timed_front  # noqa: E402
 from benchmarks.transfer_quality import SPACE, seed_only_db  # noqa: E402
 
 LONG = {"number": 3, "repeat": 10, "min_repeat_ms": 5}  # time_kernel's
@@ -61,8 +61,7 @@ def kernels_and_replays(args, tmp: Path):
     lat = json.loads((run_dir / "latency.json").read_text())
     space = load_space(args.space)
     sup = space.supernet(0)
-    pts = json.loads((run_dir / "pareto.json").read_text())["front"]
-    pts = [p for p in pts if p["metrics"].get("latency_ms") is not None][: args.front]
+    pts = timed_front(run_dir, args.front)
     backend = TVMBackend(seed_only_db(Path(lat["database"]), lat["seed_kernels_tuned"], tmp))
     kernels = {}
     for p in pts:

@@ -38,7 +38,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import RESULTS, json_and_md, provenance  # noqa: E402
+from benchmarks.common import RESULTS, json_and_md, provenance, timed_front  # noqa: E402
 
 SPACE = ROOT / "spaces" / "tinynet.yaml"
 # transferred schedules: the nearest source's replay, the fastest replay, the fastest replay for
@@ -104,8 +104,7 @@ def measure(args) -> dict:
     lat = json.loads((run_dir / "latency.json").read_text())
     space = load_space(args.space)
     sup = space.supernet(0)
-    pts = json.loads((run_dir / "pareto.json").read_text())["front"]
-    pts = [p for p in pts if p["metrics"].get("latency_ms") is not None][: args.front]
+    pts = timed_front(run_dir, args.front)
     tmp = Path(tempfile.mkdtemp(prefix="transfer-quality-"))
     try:
         run_db = Path(lat["database"])
