@@ -20,6 +20,15 @@ def summary(times_ms) -> dict[str, float]:
     return {"latency_ms": float(med), "latency_spread_ms": float(q3 - q1)}
 
 
+def rounds_summary(rounds_ms) -> dict[str, float]:
+    """A network timed in interleaved rounds (each round's figure the median of repeated runs):
+    its quietest round's figure, and the interquartile spread over the rounds. This machine's
+    slow spells last seconds and run 1.3-2x (benchmarks/results/timing_noise.md): the median
+    over a few rounds follows a spell that covers half of them, the least only one that covers
+    them all."""
+    return {**summary(rounds_ms), "latency_ms": float(min(rounds_ms))}
+
+
 class LatencyProvider:
     """Measures a candidate; every figure carries `latency_source`, so a run never passes one
     provider's figures off as another's."""

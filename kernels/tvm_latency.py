@@ -22,7 +22,7 @@ from torch import nn
 
 from kernels.cores import core_lock
 from kernels.latency_model import LatencyModel, Op, op_of_kernel, torch_ops
-from kernels.provider import summary
+from kernels.provider import rounds_summary, summary
 from kernels.tvm_compile import (
     first_output,
     host_cores,
@@ -105,6 +105,12 @@ def network_key(ops: list[Op], resolution: int) -> str:
     """A network, as far as latency goes: its operators in order and its input."""
     blob = json.dumps([resolution, LatencyModel.ops_to_json(ops)])
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def row_ms(row: dict) -> float:
+    """A networks.jsonl row's latency (ms): the least of its rounds where it has them
+    (`rounds_summary`; rows written before that rule hold the median in `ms`)."""
+    return float(min(row["rounds_ms"])) if row.get("rounds_ms") else float(row["ms"])
 
 
 class TVMBackend:
@@ -197,7 +203,7 @@ class TVMBackend:
             return None
         n = len(row["kernels"])
         return {
-            "latency_ms": row["ms"],
+            "latency_ms": row_ms(row),
             "latency_spread_ms": row["spread_ms"],
             "latency_source": row.get("source", "tvm"),
             "latency_tuned_fraction": row.get("tuned_fraction", 1.0),
@@ -260,11 +266,13 @@ class TVMBackend:
         seeds=None,
     ) -> list[dict]:
         """Measure several networks in `rounds` interleaved rounds (each network timed once per
-        round, in turn), each one's latency the median over rounds; remembered with its rounds.
+        round, in turn), each one's latency its quietest round's (`rounds_summary`); remembered
+        with its rounds.
 
         On a shared machine the slow spells last seconds, so one timing of a network can stray far
         from its median (benchmarks/results/latency.md measures how far). Rounds spread each
-        network's timings over the time the others take, so one spell costs one round, not all; a
+        network's timings over the time the others take, so a spell costs the rounds it covers, and
+        the least of them needs only one round outside it; a
         round shorter than `min_round_s` (few networks) waits out the rest, without the cores.
 
         `one_session`: the kernels all networks lack are tuned together first, in one
@@ -313,7 +321,7 @@ class TVMBackend:
         times = self.time_rounds(compiled, rounds, min_round_s)
         out = []
         for (_, r), c, t in zip(items, compiled, times):
-            res = {**summary(t), "latency_rounds_ms": t, **c["info"]}
+            res = {**rounds_summary(t), "latency_rounds_ms": t, **c["info"]}
             self._remember(c, r, res, rounds_ms=t)
             out.append(res)
         return out
@@ -452,7 +460,7 @@ class TVMBackend:
                 rows.append((op, row["seconds"]))
         m = LatencyModel()
         m.fit_ops(rows)
-        m.fit_networks([(LatencyModel.ops_from_json(n["ops"]), n["ms"]) for n in networks])
+        m.fit_networks([(LatencyModel.ops_from_json(n["ops"]), row_ms(n)) for n in networks])
         return m
 
 

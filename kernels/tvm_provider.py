@@ -193,7 +193,7 @@ class TVMModelLatency(TVMLatency):
         """Measure (or find measured) a spread sample of the space with tuned kernels, fit the
         model on all of it but the held-out networks, and report its error on those."""
         from kernels.latency_model import LatencyModel
-        from kernels.tvm_latency import spread_genomes
+        from kernels.tvm_latency import row_ms, spread_genomes
 
         b, t0 = self.backend(), time.time()
         genomes = spread_genomes(space, self.fit_networks + self.holdout, seed)
@@ -211,9 +211,9 @@ class TVMModelLatency(TVMLatency):
             errors.append(
                 {
                     "genome_id": gid,
-                    "measured_ms": n["ms"],
+                    "measured_ms": row_ms(n),
                     "predicted_ms": pred,
-                    "error_pct": 100 * abs(pred - n["ms"]) / n["ms"],
+                    "error_pct": 100 * abs(pred - row_ms(n)) / row_ms(n),
                 }
             )
         mape = float(np.mean([e["error_pct"] for e in errors])) if errors else None

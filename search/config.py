@@ -248,8 +248,8 @@ class LatencyCfg(_M):
     rounds: int = Field(
         5,
         ge=1,
-        description="tvm-model: interleaved timing rounds of the networks it fits on "
-        "and checks (each one's latency: the median over rounds)",
+        description="tvm-model, tvm-transfer: interleaved timing rounds of the networks "
+        "measured with tuned kernels (each one's latency: its quietest round's figure)",
     )
 
     @field_validator("provider")
