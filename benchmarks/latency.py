@@ -11,7 +11,8 @@ against whole-network measurement on candidates it was not fitted on.
 2. Search: `--candidates` random genomes of the space (what `--optimizer random` evaluates), each
    measured with tuned kernels (`latency: tvm`; `--search-trials` trials per new kernel, its own
    empty database), then all timed again in `--search-rounds` interleaved rounds (a candidate's
-   time: the median over rounds). The latency model (per-kind regressions on the tuned kernels of
+   time: the median over rounds until 2026-12-04, its quietest round's since,
+   `kernels.provider.rounds_summary`). The latency model (per-kind regressions on the tuned kernels of
    the first `--fit` networks, calibrated on their whole-network times: what `latency: tvm-model`
    does at a run's start) is then scored on the other candidates.
 
@@ -78,7 +79,7 @@ def main() -> None:
         "--search-rounds",
         type=int,
         default=5,
-        help="interleaved timing rounds of part 2's candidates (each one's time: the median over rounds)",
+        help="interleaved timing rounds of part 2's candidates (each one's time: its quietest round's)",
     )
     ap.add_argument("--work", default=str(ROOT / "runs" / "bench-latency"))
     ap.add_argument("--out", default=str(RESULTS / "latency.md"))
