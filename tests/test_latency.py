@@ -610,18 +610,23 @@ def test_transfer_share_gives_all_tries_only_to_the_kernels_that_make_up_the_tim
     part = tt.Transfer(tries=3, pick="fastest", share=0.5)
     for tr in (full, part):
         tr.refresh(backend.db)
-    src = part._sources[0]
-    tuned = next(
-        k for k in backend.kernels_of(*_tiny_model(0)) if tt.work(k.task.dispatched[0]) == src.work
+    tuned = backend.kernels_of(*_tiny_model(0))[0].task.dispatched[0]
+    src = part._nearest(tuned)[1][0]
+    assert src.shapes == tt.shapes_of(tuned)  # its own record: estimated at its own time
+    assert part.estimate(tuned) == pytest.approx(sum(src.run_secs) / len(src.run_secs), rel=1e-6)
+    new = next(  # a network with new kernels (other tests share this database)
+        ks
+        for ks in (backend.db.missing(backend.kernels_of(*_tiny_model(s))) for s in range(3, 40))
+        if len(ks) >= 4
     )
-    assert part.estimate(tuned.task.dispatched[0]) == pytest.approx(
-        sum(src.run_secs) / len(src.run_secs), rel=1e-6
-    )
-    new = backend.db.missing(backend.kernels_of(*_tiny_model(3)))
     mods, calls = [k.task.dispatched[0] for k in new], [k.calls for k in new]
     tries = part.tries_each(mods, calls)
     assert full.tries_each(mods, calls) == [3] * len(mods) and 3 in tries and 1 in tries
     est = [part.estimate(m) * c for m, c in zip(mods, calls)]
+    near = part._nearest(mods[0])[1][0]  # another kernel: its nearest's time scaled by work
+    assert est[0] / calls[0] == pytest.approx(
+        sum(near.run_secs) / len(near.run_secs) * tt.work(mods[0]) / near.work, rel=1e-6
+    )
     heavy = [e for e, n in zip(est, tries) if n == 3]
     assert min(heavy) >= max(e for e, n in zip(est, tries) if n == 1)
     assert sum(heavy) >= 0.5 * sum(est)
