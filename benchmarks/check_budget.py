@@ -65,6 +65,14 @@ def main() -> None:
         default=16,
         help="a check giving the slowest kernels this many trials in all (0: none)",
     )
+    ap.add_argument(
+        "--light-trials",
+        type=int,
+        nargs="+",
+        default=None,
+        help="trials of the check with transferred schedules for the kernels outside the run's "
+        "transfer_share (`latency.light_trials`), one check each (default: the run's setting)",
+    )
     ap.add_argument("--focus-share", type=float, default=0.8)
     ap.add_argument(
         "--focus-from",
@@ -184,10 +192,14 @@ def measure(args) -> dict:
         name = f"{n} trials, {args.focus_trials} for the slowest {100 * args.focus_share:.0f} %"
         variants[name] = first_trials(wls, recs, n, {i: args.focus_trials for i in heavy})
     transfer_checks = []
-    for n in (t for t in args.transfer_trials if t):
-        db, cost = check_with_transfer(work, lowered, n)
+    for n, light in (
+        (t, x) for t in args.transfer_trials if t for x in args.light_trials or [None]
+    ):
+        db, cost = check_with_transfer(work, lowered, n, light)
         transfer_checks.append(cost)
         name = f"{n} trials + transferred schedules"
+        if cost.get("kernels_light"):
+            name += f" ({cost['light_trials']} for the {cost['kernels_light']} light kernels)"
         if cost["kernels_focused"]:
             name += f", {cost['focus_trials']} for the slowest"
         variants[name] = (db, None)
@@ -217,12 +229,14 @@ def measure(args) -> dict:
     }
 
 
-def check_with_transfer(work: Path, lowered: list, trials: int) -> tuple:
+def check_with_transfer(work: Path, lowered: list, trials: int, light: int | None = None) -> tuple:
     """The front check as `latency.check_transfer` makes it, run here: on a copy of the run's
     database cut back to its seed tuning, each kernel of the front's networks that it lacks tuned
     with `trials` trials and its transferred schedules timed beside them
     (`TuningDB.tune(seeds=...)`, from the run's `transfer_tries` nearest tuned kernels, for the
-    kernels its `transfer_share` gives them), then the run's second pass if it had one. Its database and what it cost."""
+    kernels its `transfer_share` gives them; `light`, default the run's `light_trials`: the
+    trials of those outside that share), then the run's second pass if it had one. Its database
+    and what it cost."""
     import shutil
     import time
 
@@ -235,7 +249,10 @@ def check_with_transfer(work: Path, lowered: list, trials: int) -> tuple:
     run = work / "run-empty"
     lat = json.loads((run / "latency.json").read_text())
     cfg = yaml.safe_load((run / "config.yaml").read_text())["latency"]
-    focus = {k: cfg[k] for k in ("focus_trials", "focus_share") if cfg.get(k) is not None}
+    keys = ("focus_trials", "focus_share", "light_trials")
+    focus = {k: cfg[k] for k in keys if cfg.get(k) is not None}
+    if light is not None:
+        focus["light_trials"] = light
     tmp = Path(tempfile.mkdtemp(prefix="check-transfer-"))
     seed_db = seed_only_db(Path(lat["database"]), lat["seed_kernels_tuned"], tmp / "db")
     tb = TVMBackend(seed_db, trials_per_task=trials, **focus)
@@ -252,6 +269,8 @@ def check_with_transfer(work: Path, lowered: list, trials: int) -> tuple:
         "trials": trials,
         "kernels_tuned": tuned,
         "kernels_focused": tb.db.stats["tasks_focused"],
+        "kernels_light": tb.db.stats["tasks_light"],
+        "light_trials": tb.db.light_trials,
         "focus_trials": tb.db.focus_trials,
         "transferred_candidates": tb.db.stats["transferred_candidates"],
         "seconds": time.time() - t0,
@@ -334,7 +353,12 @@ def _transfer_check_line(c: dict | None) -> list[str]:
     return [
         f"The check with transferred schedules (`latency.check_transfer`), run by this script on "
         f"the run's seed tuning: {c['kernels_tuned']} kernels tuned with {c['trials']} trials "
-        f"each and {c['transferred_candidates']} transferred schedules timed beside them"
+        + (
+            f"({c['light_trials']} for the {c['kernels_light']} outside the transfer's share) "
+            if c.get("kernels_light")
+            else "each "
+        )
+        + f"and {c['transferred_candidates']} transferred schedules timed beside them"
         + (
             f", then {c['kernels_focused']} of the slowest given {c['focus_trials']} trials in all"
             if c.get("kernels_focused")

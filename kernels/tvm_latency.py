@@ -127,13 +127,22 @@ class TVMBackend:
         runner: dict | None = None,
         focus_trials: int = 0,
         focus_share: float = 0.8,
+        light_trials: int = 0,
     ):
         load_tvm()
         self.target = host_target(target)
         cores = self.target.attrs.get("num-cores") if hasattr(self.target, "attrs") else None
         self.threads = runtime_threads(min(int(cores), host_cores()) if cores else None)
         self.db = TuningDB(
-            folder, self.target, trials_per_task, strategy, seed, runner, focus_trials, focus_share
+            folder,
+            self.target,
+            trials_per_task,
+            strategy,
+            seed,
+            runner,
+            focus_trials,
+            focus_share,
+            light_trials,
         )
         self.repeats = repeats
         self.transfer = None  # kernels.tvm_transfer.Transfer, made on first use

@@ -46,9 +46,12 @@ class TVMLatency(LatencyProvider):
         check: bool = True,
         focus_trials: int = 0,
         focus_share: float = 0.8,
+        light_trials: int = 0,
     ):
         self.folder = Path(folder).expanduser()
-        self.focus = dict(focus_trials=focus_trials, focus_share=focus_share)
+        self.focus = dict(
+            focus_trials=focus_trials, focus_share=focus_share, light_trials=light_trials
+        )
         self.target, self.trials_per_task, self.strategy = target, trials_per_task, strategy
         self.repeats, self.check = repeats, check
         self.service = None  # the latency service's actor handle while workers run
@@ -432,6 +435,7 @@ class TVMTransferLatency(TVMLatency):
         ones the search could pick from) and keeps the fastest of those and its trials."""
         b, t0 = self.backend(), time.time()
         tuned_before, focused_before = b.db.stats["tasks_tuned"], b.db.stats["tasks_focused"]
+        light_before = b.db.stats["tasks_light"]
         moved_before = b.db.stats["transferred_candidates"]
         measured = measure_front(
             b,
@@ -446,6 +450,7 @@ class TVMTransferLatency(TVMLatency):
         )
         self._report["front_kernels_tuned"] = b.db.stats["tasks_tuned"] - tuned_before
         self._report["front_kernels_focused"] = b.db.stats["tasks_focused"] - focused_before
+        self._report["front_kernels_light"] = b.db.stats["tasks_light"] - light_before
         self._report["front_transferred_candidates"] = (
             b.db.stats["transferred_candidates"] - moved_before
         )
@@ -534,4 +539,5 @@ def tvm_settings(cfg) -> dict:
         repeats=cfg.repeats,
         focus_trials=cfg.focus_trials,
         focus_share=cfg.focus_share,
+        light_trials=cfg.light_trials,
     )

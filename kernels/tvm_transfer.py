@@ -360,15 +360,22 @@ class Transfer:
 
     def tries_each(self, mods: list, calls: list[int] | None = None) -> list[int]:
         """How many replays each of `mods` gets in a pick: `tries`, or 1 for those outside the
-        `share` of their estimated time (times `calls`, their calls in a network; default 1)."""
+        `share` of their estimated time (`light`)."""
+        light = self.light(mods, calls)
+        return [1 if i in light else self.tries for i in range(len(mods))]
+
+    def light(self, mods: list, calls: list[int] | None = None) -> set[int]:
+        """The indices of `mods` outside the slowest that make up `share` of their estimated time
+        (`estimate` times `calls`, their calls in a network; default 1): none when `share` is 1.
+        A kernel with no estimate (no tuned kernel of its structure) is never light."""
         if self.share >= 1 or len(mods) < 2:
-            return [self.tries] * len(mods)
+            return set()
         from kernels.tvm_tuning import slowest_share
 
         calls = calls or [1] * len(mods)
         est = [(self.estimate(m) * c, i) for i, (m, c) in enumerate(zip(mods, calls))]
         heavy = set(slowest_share(est, self.share))
-        return [self.tries if i in heavy else 1 for i in range(len(mods))]
+        return {i for t, i in est if t > 0 and i not in heavy}
 
     def timed(self, mods: list, target, calls: list[int] | None = None) -> list[tuple | None]:
         """(seconds, schedule, source) of each of `mods`: its fastest replay on `target` (of

@@ -271,11 +271,15 @@ class TuningDB:
         runner: dict | None = None,
         focus_trials: int = 0,
         focus_share: float = 0.8,
+        light_trials: int = 0,
     ):
         self.target = target
         # the new kernels that make up `focus_share` of their summed tuned time get `focus_trials`
         # trials in all (a second pass); the others keep `trials_per_task`
         self.focus_trials, self.focus_share = focus_trials, focus_share
+        # with transferred seeds: the trials of a new kernel outside the transfer's share of the
+        # estimated time (`_first_pass`); 0: `trials_per_task` like the rest
+        self.light_trials = light_trials
         # how MetaSchedule times each trial's kernel (its EvaluatorConfig)
         self.runner = {**RUNNER, **(runner or {})}
         load_tvm()
@@ -290,6 +294,7 @@ class TuningDB:
             "tasks_seen": 0,
             "tasks_tuned": 0,
             "tasks_focused": 0,
+            "tasks_light": 0,
             "transferred_candidates": 0,
             "tuning_s": 0.0,
         }
@@ -356,8 +361,9 @@ class TuningDB:
         `focus`, then give the slowest kernels of each network (`networks`: the kernels' networks,
         default all one) the rest of `focus_trials` (`_focus`), also those tuned before with
         fewer. `seeds` (a `kernels.tvm_transfer.Transfer`): each new kernel's tuning also gets
-        its transferred schedules as candidates (`_seed`). Returns how many kernels were new;
-        writes their rows to the latency table."""
+        its transferred schedules as candidates (`_seed`), and those outside the transfer's
+        share of the estimated time get `light_trials` (`_first_pass`). Returns how many kernels
+        were new; writes their rows to the latency table."""
         trials = trials_per_task or self.trials_per_task
         self.note_seen(kernels)
         with core_lock().exclusive("tuning"):
@@ -368,9 +374,8 @@ class TuningDB:
                 return 0
             t0 = time.time()
             if todo:
-                if seeds is not None:
-                    self._seed(todo, seeds)
-                self._run_metaschedule(todo, trials)
+                light = self._seed(todo, seeds) if seeds is not None else []
+                self._first_pass(todo, trials, light)
                 self._table_rows(todo)  # their first-pass times rank them for `_focus`
             heavy = {}
             for net in (networks or [kernels]) if focus else []:
@@ -415,21 +420,36 @@ class TuningDB:
         out = slowest_share([(s * k.calls, k) for s, k in timed if s], self.focus_share)
         return [k for k in out if self._trials_done(k) - self._seeded.get(k.key, 0) <= trials]
 
-    def _seed(self, todo: list[Kernel], transfer) -> int:
+    def _first_pass(self, todo: list[Kernel], trials: int, light: list[Kernel]) -> None:
+        """`trials` for each of `todo`, but `light_trials` (when fewer) for those in `light`:
+        kernels outside the transfer's share of the estimated time, each with its nearest tuned
+        kernel's transferred schedule already among its candidates (`_seed`). Each kernel's
+        trials are drawn from its own seed, so its first `light_trials` are the first of those
+        it would have had."""
+        few = {k.key for k in light} if 0 < self.light_trials < trials else set()
+        rest = [k for k in todo if k.key not in few]
+        if rest:
+            self._run_metaschedule(rest, trials)
+        if few:
+            self._run_metaschedule([k for k in todo if k.key in few], self.light_trials)
+            self.stats["tasks_light"] += len(few)
+
+    def _seed(self, todo: list[Kernel], transfer) -> list[Kernel]:
         """Commit each of `todo`'s transferred schedules (`Transfer.replays`: replayed from the
         `tries` nearest tuned kernels of the same operator, or the nearest alone for a kernel
         outside the transfer's `share` of their estimated time) as a candidate of its tuning, built
         and timed as MetaSchedule's trials are (`_in_process_builder`, `_in_process_runner`):
         the kernel's tuning then keeps the fastest of its trials and the schedules transfer
         gives it. The front check (`tvm-transfer`) starts from the schedules the search priced
-        its networks with. Returns the candidates committed."""
+        its networks with. Returns the kernels outside the share (`Transfer.light`)."""
         load_tvm()
         from tvm.s_tir import meta_schedule as ms
 
         t0 = time.time()
         transfer.refresh(self)
         mods = [k.task.dispatched[0] for k in todo]
-        tries = transfer.tries_each(mods, [k.calls for k in todo])
+        light = transfer.light(mods, [k.calls for k in todo])
+        tries = [1 if i in light else transfer.tries for i in range(len(todo))]
         cands = [
             (k, sch) for k, m, n in zip(todo, mods, tries) for sch, _ in transfer.replays(m, n)
         ]
@@ -462,7 +482,7 @@ class TuningDB:
             len(todo),
             time.time() - t0,
         )
-        return done
+        return [todo[i] for i in sorted(light)]
 
     def _timing(self) -> dict:
         """How a candidate is timed: MetaSchedule's EvaluatorConfig fields of `runner`."""

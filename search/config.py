@@ -205,6 +205,13 @@ class LatencyCfg(_M):
     focus_share: float = Field(
         0.8, gt=0, le=1, description="the share of tuned time whose kernels get focus_trials"
     )
+    light_trials: int = Field(
+        0,
+        ge=0,
+        description="tvm-transfer's front check with check_transfer: trials for a new kernel "
+        "outside transfer_share of the new kernels' estimated time (its transferred schedule "
+        "is among its candidates too); 0: trials_per_task like the rest",
+    )
     strategy: Literal["replay-trace", "evolutionary"] = "replay-trace"
     database: str | None = Field(
         None, description="folder of the tuning databases (one per target); default <cache>/tvm"

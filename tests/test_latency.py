@@ -387,6 +387,31 @@ def test_tuning_can_start_from_the_schedules_transfer_gives(tmp_path):
 
 
 @pytest.mark.slow
+def test_the_checks_light_kernels_get_light_trials_beside_their_transferred_schedule(tmp_path):
+    """`light_trials`: in a tuning seeded by transfer, the new kernels outside the transfer's
+    share of the estimated time get that many trials, the rest `trials_per_task`; a kernel no
+    tuned kernel shares its structure with (no estimate) is never light."""
+    from kernels.tvm_latency import TVMBackend
+    from kernels.tvm_transfer import Transfer
+
+    b = TVMBackend(tmp_path, trials_per_task=3, repeats=3, light_trials=1)
+    b.db.tune(b.kernels_of(*_tiny_model(0)), trials_per_task=1, focus=False)  # the sources
+    ks = b.kernels_of(*_tiny_model(3))
+    new = b.db.missing(ks)
+    tr = Transfer(tries=2, pick="fastest", share=0.6)
+    tr.refresh(b.db)
+    mods, calls = [k.task.dispatched[0] for k in new], [k.calls for k in new]
+    light = tr.light(mods, calls)
+    assert light and len(light) < len(new)
+    assert all(tr.estimate(m) > 0 for i, m in enumerate(mods) if i in light)
+    b.db.tune(ks, seeds=tr, focus=False)
+    assert b.db.stats["tasks_light"] == len(light)
+    done = [b.db._trials_done(k) - b.db._seeded.get(k.key, 0) for k in new]
+    assert all(d <= 1 for i, d in enumerate(done) if i in light)
+    assert max(d for i, d in enumerate(done) if i not in light) >= 2
+
+
+@pytest.mark.slow
 def test_a_kernel_is_tuned_on_the_same_samples_whatever_it_is_tuned_with(tmp_path):
     """Tuning seeds follow the kernel, not its place in the list: the same kernels tuned in
     reverse order, or with more trials, see the same first schedules (MetaSchedule's own
