@@ -21,7 +21,8 @@ networks, or the first alone, as `check_front: 1` would); the run's own check tu
 kernels its seed tuning lacked, its trials and seconds are in its log and latency.json.
 
     python benchmarks/check_budget.py --work runs/bench-latency-default-9 [--trials 8 16 32]
-        [--transfer-trials 8 4] [--focus-trials 16] [--focus-share 0.8] [--focus-from 8 4]
+        [--transfer-trials 8 4] [--light-trials 0 2] [--focus-trials 16] [--focus-share 0.8]
+        [--focus-from 8 4]
 
 Writes benchmarks/results/check_budget.md and .json.
 """
