@@ -251,12 +251,12 @@ def check_with_transfer(work: Path, lowered: list, trials: int, light: int | Non
     lat = json.loads((run / "latency.json").read_text())
     cfg = yaml.safe_load((run / "config.yaml").read_text())["latency"]
     keys = ("focus_trials", "focus_share", "light_trials")
-    focus = {k: cfg[k] for k in keys if cfg.get(k) is not None}
+    passes = {k: cfg[k] for k in keys if cfg.get(k) is not None}  # the run's tuning passes
     if light is not None:
-        focus["light_trials"] = light
+        passes["light_trials"] = light
     tmp = Path(tempfile.mkdtemp(prefix="check-transfer-"))
     seed_db = seed_only_db(Path(lat["database"]), lat["seed_kernels_tuned"], tmp / "db")
-    tb = TVMBackend(seed_db, trials_per_task=trials, **focus)
+    tb = TVMBackend(seed_db, trials_per_task=trials, **passes)
     nets = [ks for _, _, ks in lowered]
     t0 = time.time()
     tuned = tb.db.tune(

@@ -49,7 +49,8 @@ class TVMLatency(LatencyProvider):
         light_trials: int = 0,
     ):
         self.folder = Path(folder).expanduser()
-        self.focus = dict(
+        # the tuning passes' settings: focus (second pass) and light (first pass)
+        self.passes = dict(
             focus_trials=focus_trials, focus_share=focus_share, light_trials=light_trials
         )
         self.target, self.trials_per_task, self.strategy = target, trials_per_task, strategy
@@ -79,7 +80,7 @@ class TVMLatency(LatencyProvider):
                 self.trials_per_task,
                 self.strategy,
                 self.repeats,
-                **self.focus,
+                **self.passes,
             )
             log.info(
                 "TVM ready for %s in %.1f s (tuning database %s)",
