@@ -21,8 +21,8 @@ networks, or the first alone, as `check_front: 1` would); the run's own check tu
 kernels its seed tuning lacked, its trials and seconds are in its log and latency.json.
 
     python benchmarks/check_budget.py --work runs/bench-latency-default-9 [--trials 8 16 32]
-        [--transfer-trials 8 4] [--light-trials 0 2] [--focus-trials 16] [--focus-share 0.8]
-        [--focus-from 8 4]
+        [--transfer-trials 8 4] [--light-trials 0 2] [--transfer-focus 0 16] [--focus-trials 16]
+        [--focus-share 0.8] [--focus-from 8 4]
 
 Writes benchmarks/results/check_budget.md and .json.
 """
@@ -73,6 +73,14 @@ def main() -> None:
         default=None,
         help="trials of the check with transferred schedules for the kernels outside the run's "
         "transfer_share (`latency.light_trials`), one check each (default: the run's setting)",
+    )
+    ap.add_argument(
+        "--transfer-focus",
+        type=int,
+        nargs="+",
+        default=None,
+        help="`focus_trials` of the check with transferred schedules, one check each for every "
+        "--light-trials count (at most --transfer-trials: no second pass; default: the run's)",
     )
     ap.add_argument("--focus-share", type=float, default=0.8)
     ap.add_argument(
@@ -193,16 +201,22 @@ def measure(args) -> dict:
         name = f"{n} trials, {args.focus_trials} for the slowest {100 * args.focus_share:.0f} %"
         variants[name] = first_trials(wls, recs, n, {i: args.focus_trials for i in heavy})
     transfer_checks = []
-    for n, light in (
-        (t, x) for t in args.transfer_trials if t for x in args.light_trials or [None]
+    for n, light, focus in (
+        (t, x, f)
+        for t in args.transfer_trials
+        if t
+        for x in args.light_trials or [None]
+        for f in args.transfer_focus or [None]
     ):
-        db, cost = check_with_transfer(work, lowered, n, light)
+        db, cost = check_with_transfer(work, lowered, n, light, focus)
         transfer_checks.append(cost)
         name = f"{n} trials + transferred schedules"
         if cost.get("kernels_light"):
             name += f" ({cost['light_trials']} for the {cost['kernels_light']} light kernels)"
         if cost["kernels_focused"]:
             name += f", {cost['focus_trials']} for the slowest"
+        elif focus is not None:
+            name += ", no second pass"
         variants[name] = (db, None)
     compiled = [
         _compiled(b, prepared, shape, db)
@@ -230,14 +244,17 @@ def measure(args) -> dict:
     }
 
 
-def check_with_transfer(work: Path, lowered: list, trials: int, light: int | None = None) -> tuple:
+def check_with_transfer(
+    work: Path, lowered: list, trials: int, light: int | None = None, focus: int | None = None
+) -> tuple:
     """The front check as `latency.check_transfer` makes it, run here: on a copy of the run's
     database cut back to its seed tuning, each kernel of the front's networks that it lacks tuned
     with `trials` trials and its transferred schedules timed beside them
     (`TuningDB.tune(seeds=...)`, from the run's `transfer_tries` nearest tuned kernels, for the
     kernels its `transfer_share` gives them; `light`, default the run's `light_trials`: the
-    trials of those outside that share), then the run's second pass if it had one. Its database
-    and what it cost."""
+    trials of those outside that share), then the run's second pass if it had one (`focus`,
+    default the run's `focus_trials`: at most `trials` makes none). Its database and what it
+    cost."""
     import shutil
     import time
 
@@ -254,6 +271,8 @@ def check_with_transfer(work: Path, lowered: list, trials: int, light: int | Non
     passes = {k: cfg[k] for k in keys if cfg.get(k) is not None}  # the run's tuning passes
     if light is not None:
         passes["light_trials"] = light
+    if focus is not None:
+        passes["focus_trials"] = focus
     tmp = Path(tempfile.mkdtemp(prefix="check-transfer-"))
     seed_db = seed_only_db(Path(lat["database"]), lat["seed_kernels_tuned"], tmp / "db")
     tb = TVMBackend(seed_db, trials_per_task=trials, **passes)
