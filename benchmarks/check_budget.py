@@ -39,7 +39,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import RESULTS, json_and_md, provenance, timed_front  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    RESULTS,
+    compiled_with,
+    json_and_md,
+    provenance,
+    timed_front,
+)
 
 SPACE = ROOT / "spaces" / "tinynet.yaml"
 
@@ -219,7 +225,7 @@ def measure(args) -> dict:
             name += ", no second pass"
         variants[name] = (db, None)
     compiled = [
-        _compiled(b, prepared, shape, db)
+        compiled_with(b, prepared, shape, db)
         for prepared, shape, _ in lowered
         for db, _ in variants.values()
     ]
@@ -298,21 +304,6 @@ def check_with_transfer(
     db = tb.db.database
     shutil.rmtree(tmp, ignore_errors=True)  # the database is in memory now
     return db, cost
-
-
-def _compiled(b, prepared, shape, db) -> dict:
-    import torch
-
-    from kernels.tvm_compile import load_tvm, with_database
-
-    tvm = load_tvm()
-    from tvm import relax
-
-    vm = relax.VirtualMachine(
-        b.library.executable(with_database(prepared, b.target, db)), tvm.cpu()
-    )
-    x = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
-    return {"vm": vm, "input": tvm.runtime.tensor(x.numpy())}
 
 
 def _trials(nets: list[dict], counts: dict | None) -> int | None:

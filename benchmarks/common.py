@@ -237,3 +237,17 @@ def timed_front(run_dir: str | Path, n: int) -> list[dict]:
     """The first `n` points of a run's Pareto front (pareto.json) that have a latency."""
     pts = json.loads((Path(run_dir) / "pareto.json").read_text())["front"]
     return [p for p in pts if p["metrics"].get("latency_ms") is not None][:n]
+
+
+def compiled_with(backend, prepared, shape, db) -> dict:
+    """A network (`prepared`: a lowered Relax module, `TVMBackend._lowered`) compiled with the
+    schedules of `db` (a MetaSchedule database) into a VM, and a fixed input of `shape`, ready
+    for `TVMBackend.time_rounds`."""
+    from kernels.tvm_compile import load_tvm, with_database
+
+    tvm = load_tvm()
+    from tvm import relax
+
+    exe = backend.library.executable(with_database(prepared, backend.target, db))
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    return {"vm": relax.VirtualMachine(exe, tvm.cpu()), "input": tvm.runtime.tensor(x.numpy())}
