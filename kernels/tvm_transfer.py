@@ -250,10 +250,12 @@ class Transfer:
     transfer_quality.md measures both against fully tuned kernels: the front's convolutions ran
     2.0x their fully tuned time with the nearest source's replay, 1.3x with the fastest.
 
-    `share` (pick: fastest): of the kernels picked together (a network's new ones), only the
-    slowest that make up this share of their estimated time (`estimate`, times their calls) get
-    `tries` replays; the rest get the nearest source's replay alone, still compiled and timed. A
-    replay's compile is most of a pick's cost, and most of a network's time is in few kernels."""
+    `share` (pick: fastest): of the kernels picked together (a network's new ones), each first
+    gets its nearest source's replay, compiled and timed; then only the slowest that make up this
+    share of their time so measured (times their calls) get the other `tries - 1` replays. A
+    replay's compile is most of a pick's cost, and most of a network's time is in few kernels.
+    The front check's tuning (`TuningDB._seed`) sorts its kernels before compiling any, by
+    `estimate` (`light`)."""
 
     def __init__(self, tries: int = 3, pick: str = "nearest", share: float = 1.0):
         if pick not in ("nearest", "fastest"):
@@ -358,12 +360,6 @@ class Transfer:
         """`schedule` with `pick: fastest` for several kernels at once."""
         return [_schedule_and_times(p) for p in self.timed(mods, target)]
 
-    def tries_each(self, mods: list, calls: list[int] | None = None) -> list[int]:
-        """How many replays each of `mods` gets in a pick: `tries`, or 1 for those outside the
-        `share` of their estimated time (`light`)."""
-        light = self.light(mods, calls)
-        return [1 if i in light else self.tries for i in range(len(mods))]
-
     def light(self, mods: list, calls: list[int] | None = None) -> set[int]:
         """The indices of `mods` outside the slowest that make up `share` of their estimated time
         (`estimate` times `calls`, their calls in a network; default 1): none when `share` is 1.
@@ -378,30 +374,55 @@ class Transfer:
         return {i for t, i in est if t > 0 and i not in heavy}
 
     def timed(self, mods: list, target, calls: list[int] | None = None) -> list[tuple | None]:
-        """(seconds, schedule, source) of each of `mods`: its fastest replay on `target` (of
-        `tries_each`'s count), or None when none replays. Every replay of every kernel is compiled
-        first, on as many threads as the host has cores (LLVM is most of a pick's cost), then all
-        are timed one after another with the cores held once."""
+        """(seconds, schedule, source) of each of `mods`: its fastest replay on `target`, or None
+        when none replays. With `share` 1 every kernel's `tries` replays are compiled (on as many
+        threads as the host has cores: LLVM is most of a pick's cost), then timed one after
+        another with the cores held once. Below 1, first every kernel's nearest source's replay
+        alone, then the other replays only for the kernels whose nearest replay, times its calls
+        (`calls`, default 1), makes up `share` of their summed time (`heavy`): sorted by what was
+        measured, not by `estimate`, which cannot see that a replay runs several times its
+        kernel's tuned time (benchmarks/results/transfer_quality.md)."""
         if not mods:
             return []
         t0 = time.time()
-        tries = self.tries_each(mods, calls)
-        flat = [
-            (i, sch, src)
-            for i, (mod, n) in enumerate(zip(mods, tries))
-            for sch, src in self.replays(mod, n)
-        ]
-        built = build_kernels([sch.mod for _, sch, _ in flat], target)
-        self.stats["transfer_replays_built"] += len(built)
-        best: dict[int, tuple] = {}
-        for (i, sch, src), b, t in zip(flat, built, time_kernels(built, PICK_TIMING)):
-            if t < best.get(i, (math.inf,))[0]:
-                best[i] = (t, sch, src, b)
+        n, best = len(mods), {}
+        if self.share >= 1:
+            self._fastest(mods, [(i, 0, self.tries) for i in range(n)], target, best)
+        else:
+            self._fastest(mods, [(i, 0, 1) for i in range(n)], target, best)
+            more = self.heavy({i: b[0] for i, b in best.items()}, calls or [1] * n)
+            self._fastest(mods, [(i, 1, self.tries) for i in sorted(more)], target, best)
         if self.library is not None:  # the network's compile links the picks as compiled here
             for _, _, _, b in best.values():
                 self.library.adopt(b.name, b.lib.mod)
         self.stats["transfer_timing_s"] += time.time() - t0
-        return [best[i][:3] if i in best else None for i in range(len(mods))]
+        return [best[i][:3] if i in best else None for i in range(n)]
+
+    def heavy(self, seconds: dict[int, float], calls: list[int]) -> set[int]:
+        """Of kernels by index, each with its nearest replay's measured time in `seconds`, those
+        whose time times their calls make up `share` of the sum (slowest first)."""
+        from kernels.tvm_tuning import slowest_share
+
+        timed = [(t * calls[i], i) for i, t in seconds.items() if math.isfinite(t)]
+        return set(slowest_share(timed, self.share))
+
+    def _fastest(self, mods: list, spans: list[tuple], target, best: dict) -> None:
+        """For each (index, first, last) of `spans`, the replays of `mods[index]` from the first
+        `last` sources that replay on it, less its first `first` (picked before), compiled
+        together and timed; `best` (index: (seconds, schedule, source, built)) keeps each
+        kernel's fastest."""
+        flat = [
+            (i, sch, src)
+            for i, lo, hi in spans
+            for sch, src in list(self.replays(mods[i], hi))[lo:]
+        ]
+        if not flat:
+            return
+        built = build_kernels([sch.mod for _, sch, _ in flat], target)
+        self.stats["transfer_replays_built"] += len(built)
+        for (i, sch, src), b, t in zip(flat, built, time_kernels(built, PICK_TIMING)):
+            if t < best.get(i, (math.inf,))[0]:
+                best[i] = (t, sch, src, b)
 
     def database(self, db, kernels, target):
         """An in-memory database with a transferred schedule for each of `kernels` that `db`

@@ -440,8 +440,10 @@ class TuningDB:
         outside the transfer's `share` of their estimated time) as a candidate of its tuning, built
         and timed as MetaSchedule's trials are (`_in_process_builder`, `_in_process_runner`):
         the kernel's tuning then keeps the fastest of its trials and the schedules transfer
-        gives it. The front check (`tvm-transfer`) starts from the schedules the search priced
-        its networks with. Returns the kernels outside the share (`Transfer.light`)."""
+        gives it. The front check (`tvm-transfer`) starts from the schedules the search could
+        pick from (the search sorts kernels into the share by their nearest replay's measured
+        time, this by its estimate: a kernel it puts outside gets the nearest's alone). Returns
+        the kernels outside the share (`Transfer.light`)."""
         load_tvm()
         from tvm.s_tir import meta_schedule as ms
 

@@ -5,6 +5,7 @@ and runs with `latency: tvm-model` and `latency: tvm-transfer` (in-process) and 
 
 import json
 import logging
+import math
 import multiprocessing as mp
 import random
 import re
@@ -374,7 +375,8 @@ def test_tuning_can_start_from_the_schedules_transfer_gives(tmp_path):
     seeded = dict(b.db._seeded)
     assert seeded and set(seeded) <= {k.key for k in new}
     # outside the share of their estimated time, a kernel's one candidate is the nearest's
-    tries = tr.tries_each([k.task.dispatched[0] for k in new], [k.calls for k in new])
+    light = tr.light([k.task.dispatched[0] for k in new], [k.calls for k in new])
+    tries = [1 if i in light else 2 for i in range(len(new))]
     assert 1 in tries and 2 in tries
     assert all(seeded.get(k.key, 0) <= n for k, n in zip(new, tries))
     assert b.db.stats["transferred_candidates"] == sum(seeded.values())
@@ -624,10 +626,13 @@ def test_transfer_pick_fastest_keeps_the_replay_that_timed_fastest(backend, monk
         tt.Transfer(pick="best")
 
 
-def test_transfer_share_gives_all_tries_only_to_the_kernels_that_make_up_the_time(backend):
-    """`transfer_share`: of a network's new kernels, those estimated (nearest tuned kernel's time
-    scaled by work, times calls) to make up the share get every try; the others one replay, the
-    nearest's, still compiled and timed; a tuned kernel is estimated at its own time."""
+def test_transfer_share_gives_all_tries_only_to_the_kernels_that_make_up_the_time(
+    backend, monkeypatch
+):
+    """`transfer_share`: of a network's new kernels, those whose nearest replay, as measured,
+    times calls, makes up the share get every try; the others the nearest's replay alone, still
+    compiled and timed. The check's `light` sorts by the estimate (nearest tuned kernel's time
+    scaled by work, times calls); a tuned kernel is estimated at its own time."""
     import kernels.tvm_transfer as tt
 
     backend.db.tune(backend.kernels_of(*_tiny_model(0)))
@@ -645,22 +650,43 @@ def test_transfer_share_gives_all_tries_only_to_the_kernels_that_make_up_the_tim
         if len(ks) >= 4
     )
     mods, calls = [k.task.dispatched[0] for k in new], [k.calls for k in new]
-    tries = part.tries_each(mods, calls)
-    assert full.tries_each(mods, calls) == [3] * len(mods) and 3 in tries and 1 in tries
+    light = part.light(mods, calls)
+    assert full.light(mods, calls) == set() and light and len(light) < len(mods)
     est = [part.estimate(m) * c for m, c in zip(mods, calls)]
     near = part._nearest(mods[0])[1][0]  # another kernel: its nearest's time scaled by work
     assert est[0] / calls[0] == pytest.approx(
         sum(near.run_secs) / len(near.run_secs) * tt.work(mods[0]) / near.work, rel=1e-6
     )
-    heavy = [e for e, n in zip(est, tries) if n == 3]
-    assert min(heavy) >= max(e for e, n in zip(est, tries) if n == 1)
+    heavy = [e for i, e in enumerate(est) if i not in light]
+    assert min(heavy) >= max(e for i, e in enumerate(est) if i in light)
     assert sum(heavy) >= 0.5 * sum(est)
+    # the measured share: time times calls, slowest first, a replay that did not build left out
+    assert part.heavy({0: 3.0, 1: 1.0, 2: 0.5, 3: math.inf}, [1, 1, 4, 1]) == {0}
+    wider = tt.Transfer(pick="fastest", share=0.6)
+    assert wider.heavy({0: 3.0, 1: 1.0, 2: 0.5}, [1, 1, 4]) == {0, 2}
     got_full, got_part = full.timed(mods, backend.target), part.timed(mods, backend.target, calls)
-    assert part.stats["transfer_replays_built"] < full.stats["transfer_replays_built"]
+    built = part.stats["transfer_replays_built"]
+    assert built < full.stats["transfer_replays_built"]
     assert [g is None for g in got_part] == [g is None for g in got_full]
-    for g, n, m in zip(got_part, tries, mods):  # a kernel given one try keeps the nearest's
-        if g is not None and n == 1:
-            assert str(g[1].mod) == str(next(part.replays(m))[0].mod)
+    picked = [(g, m) for g, m in zip(got_part, mods) if g is not None]
+    assert built >= len(picked)  # every kernel's nearest replay, then more for the heavy ones
+    nearest = [str(g[1].mod) == str(next(part.replays(m))[0].mod) for g, m in picked]
+    assert any(nearest)
+    for g, m in picked:  # each pick is one of its kernel's replays
+        assert str(g[1].mod) in {str(sch.mod) for sch, _ in part.replays(m, 3)}
+    # a kernel the estimate leaves outside the share, whose nearest replay measures slowest by
+    # far: the measured share gives it its other replays, and one of them beats it
+    multi = [i for i in sorted(light) if len(list(part.replays(mods[i], 3))) > 1]
+    assert multi, "no light kernel with two replays"
+    x = multi[0]
+    slow = str(next(part.replays(mods[x]))[0].mod)
+    real = tt.time_built
+    monkeypatch.setattr(
+        tt, "time_built", lambda b, **t: 1.0 if str(b.mod) == slow else real(b, **t)
+    )
+    fresh = tt.Transfer(tries=3, pick="fastest", share=0.5)
+    fresh.refresh(backend.db)
+    assert str(fresh.timed(mods, backend.target, calls)[x][1].mod) != slow
     with pytest.raises(ValueError, match="share"):
         tt.Transfer(pick="fastest", share=0)
 
