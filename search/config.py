@@ -244,8 +244,9 @@ class LatencyCfg(_M):
         1.0,
         gt=0,
         le=1,
-        description="tvm-transfer, transfer_pick fastest: only a network's new kernels that make "
-        "up this share of their estimated time get transfer_tries replays; the rest the nearest's",
+        description="tvm-transfer, transfer_pick fastest: every new kernel's nearest replay is "
+        "timed first; only a network's new kernels whose replay so timed makes up this share of "
+        "their time get the other transfer_tries replays",
     )
     check_transfer: bool = Field(
         True,
