@@ -23,6 +23,7 @@ those records are the tuning database's like any trial's."""
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import math
 import re
@@ -391,6 +392,7 @@ class Transfer:
         else:
             self._fastest(mods, [(i, 0, 1) for i in range(n)], target, best)
             more = self.heavy({i: b[0] for i, b in best.items()}, calls or [1] * n)
+            more |= set(range(n)) - best.keys()  # a first replay that did not build: the next
             self._fastest(mods, [(i, 1, self.tries) for i in sorted(more)], target, best)
         if self.library is not None:  # the network's compile links the picks as compiled here
             for _, _, _, b in best.values():
@@ -407,14 +409,15 @@ class Transfer:
         return set(slowest_share(timed, self.share))
 
     def _fastest(self, mods: list, spans: list[tuple], target, best: dict) -> None:
-        """For each (index, first, last) of `spans`, the replays of `mods[index]` from the first
-        `last` sources that replay on it, less its first `first` (picked before), compiled
+        """For each (index, first, last) of `spans`, the replays of `mods[index]` (of its `tries`
+        nearest sources, those that replay) from its `first` to before its `last`, compiled
         together and timed; `best` (index: (seconds, schedule, source, built)) keeps each
-        kernel's fastest."""
+        kernel's fastest. A first replay is the first source's that replays, so a kernel whose
+        nearest source fails still gets one."""
         flat = [
             (i, sch, src)
             for i, lo, hi in spans
-            for sch, src in list(self.replays(mods[i], hi))[lo:]
+            for sch, src in itertools.islice(self.replays(mods[i]), lo, hi)
         ]
         if not flat:
             return
