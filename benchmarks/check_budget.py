@@ -42,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.common import (  # noqa: E402
     RESULTS,
     compiled_with,
+    front_networks,
     json_and_md,
     provenance,
     timed_front,
@@ -174,7 +175,7 @@ def focus_counts(wls: list, recs: list, nets: list[list[tuple[int, int]]], n: in
 def measure(args) -> dict:
     from tvm_ffi import structural_hash
 
-    from kernels.tvm_latency import TVMBackend, realistic
+    from kernels.tvm_latency import TVMBackend
     from kernels.tvm_tuning import TuningDB
     from spaces import load_space
 
@@ -182,17 +183,14 @@ def measure(args) -> dict:
     wls, recs = read_database(next((work / "full-db").iterdir()))
     own = next(p for p in (work / "cache" / "tvm").iterdir() if p.is_dir())
     space = load_space(args.space)
-    sup = space.supernet(0)
     pts = timed_front(work / "run-empty", args.front)
     b = TVMBackend(tempfile.mkdtemp(prefix="check-budget-"), repeats=20)
     variants = {f"{n} trials": first_trials(wls, recs, n) for n in args.trials}
     variants["the run's check"] = (TuningDB(own.parent, b.target).database, None)
     index = {structural_hash(w.mod): i for i, w in enumerate(wls)}
     nets, lowered, calls = [], [], []
-    for p in pts:
-        g = space.from_json(p["genome"])
-        r = space.arch(g).resolution
-        lowered.append(b._lowered(realistic(space.build(g, sup), r), r))
+    for p, (model, r) in zip(pts, front_networks(space, pts)):
+        lowered.append(b._lowered(model, r))
         # each kernel's workload index in the fully tuned database, and its calls
         calls.append(
             [

@@ -239,6 +239,20 @@ def timed_front(run_dir: str | Path, n: int) -> list[dict]:
     return [p for p in pts if p["metrics"].get("latency_ms") is not None][:n]
 
 
+def front_networks(space, pts: list[dict]) -> list[tuple]:
+    """(model, resolution) of each front point of `pts` (`timed_front`'s): its genome built on the
+    space's supernet (seed 0), made ready to time (`kernels.tvm_latency.realistic`)."""
+    from kernels.tvm_latency import realistic
+
+    sup = space.supernet(0)
+    out = []
+    for p in pts:
+        g = space.from_json(p["genome"])
+        r = space.arch(g).resolution
+        out.append((realistic(space.build(g, sup), r), r))
+    return out
+
+
 def compiled_with(backend, prepared, shape, db) -> dict:
     """A network (`prepared`: a lowered Relax module, `TVMBackend._lowered`) compiled with the
     schedules of `db` (a MetaSchedule database) into a VM, and a fixed input of `shape`, ready

@@ -49,7 +49,13 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import RESULTS, compiled_with, json_and_md, timed_front  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    RESULTS,
+    compiled_with,
+    front_networks,
+    json_and_md,
+    timed_front,
+)
 
 SPACE = ROOT / "spaces" / "tinynet.yaml"
 RUNNERS = {  # the first is the product's (kernels.tvm_tuning.RUNNER)
@@ -310,11 +316,10 @@ def _genomes(run_dir: Path) -> list[str]:
 def front(args, run_dir: Path) -> list[dict]:
     """Part 3: the front's networks, fully tuned and eager, against what the run reported."""
     from kernels.torch_timing import TorchLatency
-    from kernels.tvm_latency import TVMBackend, realistic
+    from kernels.tvm_latency import TVMBackend
     from spaces import load_space
 
     space = load_space(args.space)
-    sup = space.supernet(0)
     pts = timed_front(run_dir, args.front)
     # 32 trials per kernel, drawn as the run draws them (`kernels.tvm_tuning.kernel_seed`): its
     # `trials_per_task` first, then the rest in a second pass, for every kernel
@@ -326,11 +331,7 @@ def front(args, run_dir: Path) -> list[dict]:
         focus_trials=args.full_trials,
         focus_share=1.0,
     )
-    items = []
-    for p in pts:
-        g = space.from_json(p["genome"])
-        r = space.arch(g).resolution
-        items.append((realistic(space.build(g, sup), r), r))
+    items = front_networks(space, pts)
     tuned = b.measure_rounds(items, args.rounds, tune=True, one_session=True)
     eager = TorchLatency(repeats=50, warmup=5)
     rows = []
@@ -375,21 +376,18 @@ def _retime_once(space_path: str, work: str, ids: list[str], rounds: int) -> lis
     """(fully tuned ms, the run's database ms) of each front network `ids` of the empty run in
     `work`, timed together in `rounds` interleaved rounds in this process."""
     from kernels.provider import rounds_summary
-    from kernels.tvm_latency import TVMBackend, realistic
+    from kernels.tvm_latency import TVMBackend
     from kernels.tvm_tuning import TuningDB
     from spaces import load_space
 
     space, work = load_space(space_path), Path(work)
-    sup = space.supernet(0)
     by_id = {p["genome_id"]: p for p in timed_front(work / "run-empty", len(ids))}
     own = Path(json.loads((work / "run-empty" / "latency.json").read_text())["database"])
     b = TVMBackend(Path(tempfile.mkdtemp(prefix="retime-")), repeats=20)
     dbs = [TuningDB(work / "full-db", b.target).database, TuningDB(own.parent, b.target).database]
     compiled = []
-    for i in ids:
-        g = space.from_json(by_id[i]["genome"])
-        r = space.arch(g).resolution
-        prepared, shape, _ = b._lowered(realistic(space.build(g, sup), r), r)
+    for model, r in front_networks(space, [by_id[i] for i in ids]):
+        prepared, shape, _ = b._lowered(model, r)
         compiled += [compiled_with(b, prepared, shape, db) for db in dbs]
     times = [rounds_summary(t)["latency_ms"] for t in b.time_rounds(compiled, rounds, 0.0)]
     shutil.rmtree(b.db.dir.parent, ignore_errors=True)

@@ -25,7 +25,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import RESULTS, json_and_md, provenance, timed_front  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    RESULTS,
+    front_networks,
+    json_and_md,
+    provenance,
+    timed_front,
+)
 
 SPACE = ROOT / "spaces" / "tinynet.yaml"
 
@@ -49,19 +55,14 @@ def main() -> None:
 def child(args) -> dict:
     """In this process: the front's networks compiled with the fully tuned database and timed in
     interleaved rounds; each one's times (ms) by trial."""
-    from kernels.tvm_latency import TVMBackend, realistic
+    from kernels.tvm_latency import TVMBackend
     from spaces import load_space
 
     work = Path(args.work)
     space = load_space(SPACE)
-    sup = space.supernet(0)
     pts = timed_front(work / "run-empty", args.front)
     b = TVMBackend(work / "full-db", repeats=20)
-    compiled = []
-    for p in pts:
-        g = space.from_json(p["genome"])
-        r = space.arch(g).resolution
-        compiled.append(b.compile(realistic(space.build(g, sup), r), r, tune=False, check=False))
+    compiled = [b.compile(m, r, tune=False, check=False) for m, r in front_networks(space, pts)]
     times = b.time_rounds(compiled, args.rounds, 0.0)
     return {str(p["trial"]): t for p, t in zip(pts, times)}
 

@@ -32,7 +32,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import RESULTS, json_and_md, provenance, timed_front  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    RESULTS,
+    front_networks,
+    json_and_md,
+    provenance,
+    timed_front,
+)
 from benchmarks.transfer_quality import SPACE, seed_only_db  # noqa: E402
 
 LONG = {"number": 3, "repeat": 10, "min_repeat_ms": 5}  # time_kernel's
@@ -53,21 +59,18 @@ def main() -> None:
 
 def kernels_and_replays(args, tmp: Path):
     """The front's distinct kernels that the run's seed tuning lacks, each with its replays."""
-    from kernels.tvm_latency import TVMBackend, realistic
+    from kernels.tvm_latency import TVMBackend
     from kernels.tvm_transfer import Transfer
     from spaces import load_space
 
     run_dir = Path(args.work) / "run-empty"
     lat = json.loads((run_dir / "latency.json").read_text())
     space = load_space(args.space)
-    sup = space.supernet(0)
     pts = timed_front(run_dir, args.front)
     backend = TVMBackend(seed_only_db(Path(lat["database"]), lat["seed_kernels_tuned"], tmp))
     kernels = {}
-    for p in pts:
-        g = space.from_json(p["genome"])
-        r = space.arch(g).resolution
-        for k in backend.kernels_of(realistic(space.build(g, sup), r), r):
+    for model, r in front_networks(space, pts):
+        for k in backend.kernels_of(model, r):
             if backend.db.record(k) is None:
                 kernels.setdefault(k.key, k)
     transfer = Transfer(tries=args.tries, pick="fastest")

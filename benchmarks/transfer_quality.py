@@ -38,7 +38,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import RESULTS, json_and_md, provenance, timed_front  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    RESULTS,
+    front_networks,
+    json_and_md,
+    provenance,
+    timed_front,
+)
 
 SPACE = ROOT / "spaces" / "tinynet.yaml"
 # transferred schedules: the nearest source's replay, the fastest replay, the fastest replay for
@@ -95,7 +101,7 @@ def seed_only_db(database: Path, n: int, into: Path) -> Path:
 
 
 def measure(args) -> dict:
-    from kernels.tvm_latency import TVMBackend, realistic
+    from kernels.tvm_latency import TVMBackend
     from kernels.tvm_transfer import Transfer
     from spaces import load_space
 
@@ -103,7 +109,6 @@ def measure(args) -> dict:
     run_dir = work / "run-empty"
     lat = json.loads((run_dir / "latency.json").read_text())
     space = load_space(args.space)
-    sup = space.supernet(0)
     pts = timed_front(run_dir, args.front)
     tmp = Path(tempfile.mkdtemp(prefix="transfer-quality-"))
     try:
@@ -115,11 +120,7 @@ def measure(args) -> dict:
             dbs[name].transfer = Transfer(tries=args.tries, pick=pick, share=share or args.share)
         dbs["checked"] = TVMBackend(run_db.parent)
         dbs["fully tuned"] = TVMBackend(work / "full-db")
-        nets = []
-        for p in pts:
-            g = space.from_json(p["genome"])
-            r = space.arch(g).resolution
-            nets.append((p, realistic(space.build(g, sup), r), r))
+        nets = [(p, m, r) for p, (m, r) in zip(pts, front_networks(space, pts))]
         rows = networks(dbs, nets, args.rounds)
         print(json.dumps(rows, indent=1), flush=True)
         kernels = per_kernel(dbs, nets, args.kernel_repeats)
