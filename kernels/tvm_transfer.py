@@ -252,7 +252,8 @@ class Transfer:
     2.0x their fully tuned time with the nearest source's replay, 1.3x with the fastest.
 
     `share` (pick: fastest): of the kernels picked together (a network's new ones), each first
-    gets its nearest source's replay, compiled and timed; then only the slowest that make up this
+    gets its first replay (its nearest source's that replays), compiled and timed; then only
+    the slowest that make up this
     share of their time so measured (times their calls) get the other `tries - 1` replays. A
     replay's compile is most of a pick's cost, and most of a network's time is in few kernels.
     The front check's tuning (`TuningDB._seed`) sorts its kernels before compiling any, by
@@ -378,11 +379,11 @@ class Transfer:
         """(seconds, schedule, source) of each of `mods`: its fastest replay on `target`, or None
         when none replays. With `share` 1 every kernel's `tries` replays are compiled (on as many
         threads as the host has cores: LLVM is most of a pick's cost), then timed one after
-        another with the cores held once. Below 1, first every kernel's nearest source's replay
-        alone, then the other replays only for the kernels whose nearest replay, times its calls
-        (`calls`, default 1), makes up `share` of their summed time (`heavy`): sorted by what was
-        measured, not by `estimate`, which cannot see that a replay runs several times its
-        kernel's tuned time (benchmarks/results/transfer_quality.md)."""
+        another with the cores held once. Below 1, first every kernel's first replay alone
+        (`_fastest`), then the other replays only for the kernels whose first replay, times its
+        calls (`calls`, default 1), makes up `share` of their summed time (`heavy`), or did not
+        build: sorted by what was measured, not by `estimate`, which cannot see that a replay
+        runs several times its kernel's tuned time (benchmarks/results/transfer_quality.md)."""
         if not mods:
             return []
         t0 = time.time()
@@ -401,7 +402,7 @@ class Transfer:
         return [best[i][:3] if i in best else None for i in range(n)]
 
     def heavy(self, seconds: dict[int, float], calls: list[int]) -> set[int]:
-        """Of kernels by index, each with its nearest replay's measured time in `seconds`, those
+        """Of kernels by index, each with its first replay's measured time in `seconds`, those
         whose time times their calls make up `share` of the sum (slowest first)."""
         from kernels.tvm_tuning import slowest_share
 

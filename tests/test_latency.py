@@ -10,6 +10,7 @@ import multiprocessing as mp
 import random
 import re
 import time
+import zlib
 
 import optuna
 import pytest
@@ -680,13 +681,20 @@ def test_transfer_share_gives_all_tries_only_to_the_kernels_that_make_up_the_tim
     assert multi, "no light kernel with two replays"
     x = multi[0]
     slow = str(next(part.replays(mods[x]))[0].mod)
-    real = tt.time_built
-    monkeypatch.setattr(
-        tt, "time_built", lambda b, **t: 1.0 if str(b.mod) == slow else real(b, **t)
-    )
+
+    def fake(mod: str) -> float:  # stable times: which kernels get more replays is known
+        return 1.0 if mod == slow else (zlib.crc32(mod.encode()) % 1000 + 1) * 1e-6
+
+    monkeypatch.setattr(tt, "time_built", lambda b, **t: fake(str(b.mod)))
     fresh = tt.Transfer(tries=3, pick="fastest", share=0.5)
     fresh.refresh(backend.db)
-    assert str(fresh.timed(mods, backend.target, calls)[x][1].mod) != slow
+    got = fresh.timed(mods, backend.target, calls)
+    first = {i: str(next(fresh.replays(m))[0].mod) for i, m in enumerate(mods) if got[i]}
+    more = fresh.heavy({i: fake(f) for i, f in first.items()}, calls)
+    assert x in more and str(got[x][1].mod) != slow
+    for i, f in first.items():  # a kernel outside the measured share keeps its first replay
+        if i not in more:
+            assert str(got[i][1].mod) == f
     with pytest.raises(ValueError, match="share"):
         tt.Transfer(pick="fastest", share=0)
 
