@@ -55,15 +55,6 @@ def shapes_of(mod) -> list[list[int]]:
     return [[int(d) for d in p.shape] for p in mod["main"].params]
 
 
-def work(mod) -> float:
-    """A kernel's work, to compare kernels of one operator: its estimated floating-point
-    operations plus its buffers' elements (so that a kernel that only moves data counts too)."""
-    load_tvm()
-    from tvm.s_tir.analysis import estimate_tir_flops
-
-    return float(estimate_tir_flops(mod)) + sum(math.prod(s) for s in shapes_of(mod))
-
-
 def shape_distance(a: list[list[int]], b: list[list[int]]) -> float:
     """Sum of |log| differences of matching buffer dimensions."""
     return sum(
@@ -147,7 +138,6 @@ class Source:
     blocks: list[str]
     trace: object
     run_secs: list[float]
-    work: float = 0.0  # `work` of its kernel
 
 
 # a replay's timing for the pick: replays of one kernel differ by tens of percent when they differ
@@ -253,11 +243,10 @@ class Transfer:
 
     `share` (pick: fastest): of the kernels picked together (a network's new ones), each first
     gets its first replay (its nearest source's that replays), compiled and timed; then only
-    the slowest that make up this
-    share of their time so measured (times their calls) get the other `tries - 1` replays. A
-    replay's compile is most of a pick's cost, and most of a network's time is in few kernels.
-    The front check's tuning (`TuningDB._seed`) sorts its kernels before compiling any, by
-    `estimate` (`light`)."""
+    the slowest that make up this share of their time so measured (times their calls) get the
+    other `tries - 1` replays. A replay's compile is most of a pick's cost, and most of a
+    network's time is in few kernels. The front check's tuning (`TuningDB._seed`) sorts its
+    kernels the same way, on its own timing of their first replays."""
 
     def __init__(self, tries: int = 3, pick: str = "nearest", share: float = 1.0):
         if pick not in ("nearest", "fastest"):
@@ -308,7 +297,6 @@ class Transfer:
             blocks,
             rec.trace,
             [float(x) for x in rec.run_secs],
-            work(mod),
         )
 
     def _nearest(self, mod) -> tuple[list[str], list[Source]]:
@@ -320,15 +308,6 @@ class Transfer:
             key=lambda s: shape_distance(s.shapes, shapes),
         )
         return blocks, near
-
-    def estimate(self, mod) -> float:
-        """`mod`'s time (s) guessed from its nearest tuned kernel's: that kernel's mean time
-        scaled by their `work`; 0 when no tuned kernel shares its structure."""
-        near = self._nearest(mod)[1]
-        if not near:
-            return 0.0
-        src = near[0]
-        return sum(src.run_secs) / len(src.run_secs) * work(mod) / max(src.work, 1.0)
 
     def replays(self, mod, tries: int | None = None):
         """(schedule, source) of `mod` replayed from each of the `tries` (default: the
@@ -362,19 +341,6 @@ class Transfer:
         """`schedule` with `pick: fastest` for several kernels at once."""
         return [_schedule_and_times(p) for p in self.timed(mods, target)]
 
-    def light(self, mods: list, calls: list[int] | None = None) -> set[int]:
-        """The indices of `mods` outside the slowest that make up `share` of their estimated time
-        (`estimate` times `calls`, their calls in a network; default 1): none when `share` is 1.
-        A kernel with no estimate (no tuned kernel of its structure) is never light."""
-        if self.share >= 1 or len(mods) < 2:
-            return set()
-        from kernels.tvm_tuning import slowest_share
-
-        calls = calls or [1] * len(mods)
-        est = [(self.estimate(m) * c, i) for i, (m, c) in enumerate(zip(mods, calls))]
-        heavy = set(slowest_share(est, self.share))
-        return {i for t, i in est if t > 0 and i not in heavy}
-
     def timed(self, mods: list, target, calls: list[int] | None = None) -> list[tuple | None]:
         """(seconds, schedule, source) of each of `mods`: its fastest replay on `target`, or None
         when none replays. With `share` 1 every kernel's `tries` replays are compiled (on as many
@@ -382,8 +348,9 @@ class Transfer:
         another with the cores held once. Below 1, first every kernel's first replay alone
         (`_fastest`), then the other replays only for the kernels whose first replay, times its
         calls (`calls`, default 1), makes up `share` of their summed time (`heavy`), or did not
-        build: sorted by what was measured, not by `estimate`, which cannot see that a replay
-        runs several times its kernel's tuned time (benchmarks/results/transfer_quality.md)."""
+        build: sorted by what was measured, not by an estimate from the nearest tuned kernel's
+        time scaled by work, which cannot see that a replay runs several times its kernel's
+        tuned time (benchmarks/results/transfer_quality.md)."""
         if not mods:
             return []
         t0 = time.time()
@@ -409,17 +376,21 @@ class Transfer:
         timed = [(t * calls[i], i) for i, t in seconds.items() if math.isfinite(t)]
         return set(slowest_share(timed, self.share))
 
-    def _fastest(self, mods: list, spans: list[tuple], target, best: dict) -> None:
-        """For each (index, first, last) of `spans`, the replays of `mods[index]` (of its `tries`
-        nearest sources, those that replay) from its `first` to before its `last`, compiled
-        together and timed; `best` (index: (seconds, schedule, source, built)) keeps each
-        kernel's fastest. A first replay is the first source's that replays, so a kernel whose
+    def spans(self, mods: list, spans: list[tuple]) -> list[tuple]:
+        """(index, schedule, source) for each (index, first, last) of `spans`: the replays of
+        `mods[index]` (of its `tries` nearest sources, those that replay) from its `first` to
+        before its `last`. A first replay is the first source's that replays, so a kernel whose
         nearest source fails still gets one."""
-        flat = [
+        return [
             (i, sch, src)
             for i, lo, hi in spans
             for sch, src in itertools.islice(self.replays(mods[i]), lo, hi)
         ]
+
+    def _fastest(self, mods: list, spans: list[tuple], target, best: dict) -> None:
+        """The replays `spans` names (`spans`), compiled together and timed; `best` (index:
+        (seconds, schedule, source, built)) keeps each kernel's fastest."""
+        flat = self.spans(mods, spans)
         if not flat:
             return
         built = build_kernels([sch.mod for _, sch, _ in flat], target)

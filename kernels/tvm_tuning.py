@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -278,7 +279,7 @@ class TuningDB:
         # trials in all (a second pass); the others keep `trials_per_task`
         self.focus_trials, self.focus_share = focus_trials, focus_share
         # with transferred seeds: the trials of a new kernel outside the transfer's share of the
-        # estimated time (`_first_pass`); 0: `trials_per_task` like the rest
+        # time its first replay measured (`_seed`, `_first_pass`); 0: `trials_per_task`
         self.light_trials = light_trials
         # how MetaSchedule times each trial's kernel (its EvaluatorConfig)
         self.runner = {**RUNNER, **(runner or {})}
@@ -362,8 +363,8 @@ class TuningDB:
         default all one) the rest of `focus_trials` (`_focus`), also those tuned before with
         fewer. `seeds` (a `kernels.tvm_transfer.Transfer`): each new kernel's tuning also gets
         its transferred schedules as candidates (`_seed`), and those outside the transfer's
-        share of the estimated time get `light_trials` (`_first_pass`). Returns how many kernels
-        were new; writes their rows to the latency table."""
+        share of their first replays' measured time get `light_trials` (`_first_pass`). Returns
+        how many kernels were new; writes their rows to the latency table."""
         trials = trials_per_task or self.trials_per_task
         self.note_seen(kernels)
         with core_lock().exclusive("tuning"):
@@ -422,8 +423,8 @@ class TuningDB:
 
     def _first_pass(self, todo: list[Kernel], trials: int, light: list[Kernel]) -> None:
         """`trials` for each of `todo`, but `light_trials` (when fewer) for those in `light`:
-        kernels outside the transfer's share of the estimated time, each with its nearest tuned
-        kernel's transferred schedule already among its candidates (`_seed`). Each kernel's
+        kernels outside the transfer's share of their first replays' measured time, each with
+        that replay already among its candidates (`_seed`). Each kernel's
         trials are drawn from its own seed, so its first `light_trials` are the first of those
         it would have had."""
         few = {k.key for k in light} if 0 < self.light_trials < trials else set()
@@ -436,55 +437,66 @@ class TuningDB:
 
     def _seed(self, todo: list[Kernel], transfer) -> list[Kernel]:
         """Commit each of `todo`'s transferred schedules (`Transfer.replays`: replayed from the
-        `tries` nearest tuned kernels of the same operator, or the nearest alone for a kernel
-        outside the transfer's `share` of their estimated time) as a candidate of its tuning, built
-        and timed as MetaSchedule's trials are (`_in_process_builder`, `_in_process_runner`):
-        the kernel's tuning then keeps the fastest of its trials and the schedules transfer
-        gives it. The front check (`tvm-transfer`) starts from the schedules the search could
-        pick from (the search sorts kernels into the share by their nearest replay's measured
-        time, this by its estimate: a kernel it puts outside gets the nearest's alone). Returns
-        the kernels outside the share (`Transfer.light`)."""
+        `tries` nearest tuned kernels of the same operator) as candidates of its tuning, built and
+        timed as MetaSchedule's trials are (`_commit_replays`): the kernel's tuning then keeps the
+        fastest of its trials and the schedules transfer gives it. With the transfer's `share`
+        below 1, as the search's pick does (`Transfer.timed`): every kernel's first replay first,
+        then the other replays only for the kernels whose first replay, as timed, times their
+        calls, makes up the share (`Transfer.heavy`), or did not build or run. Returns the
+        kernels outside the share: those whose one candidate is their first replay."""
+        t0, before = time.time(), self.stats["transferred_candidates"]
+        transfer.refresh(self)
+        n, whole = len(todo), transfer.share >= 1
+        one = transfer.tries if whole else 1
+        first = self._commit_replays(todo, transfer, [(i, 0, one) for i in range(n)])
+        light: set[int] = set()
+        if not whole:
+            more = transfer.heavy(first, [k.calls for k in todo]) | (set(range(n)) - first.keys())
+            self._commit_replays(todo, transfer, [(i, 1, transfer.tries) for i in sorted(more)])
+            light = set(first) - more
+        log.info(
+            "tuning: %d transferred schedules timed for %d kernels in %.0f s",
+            self.stats["transferred_candidates"] - before,
+            n,
+            time.time() - t0,
+        )
+        return [todo[i] for i in sorted(light)]
+
+    def _commit_replays(self, todo: list[Kernel], transfer, spans: list[tuple]) -> dict:
+        """The replays `spans` names (`Transfer.spans`: (index into `todo`, first, last)), built
+        and timed as MetaSchedule's trials are (`_in_process_builder`, `_in_process_runner`) and
+        committed to the database as records of their kernel's tuning. Returns each kernel's
+        (by index) fastest mean time among them."""
         load_tvm()
         from tvm.s_tir import meta_schedule as ms
 
-        t0 = time.time()
-        transfer.refresh(self)
-        mods = [k.task.dispatched[0] for k in todo]
-        light = transfer.light(mods, [k.calls for k in todo])
-        tries = [1 if i in light else transfer.tries for i in range(len(todo))]
-        cands = [
-            (k, sch) for k, m, n in zip(todo, mods, tries) for sch, _ in transfer.replays(m, n)
-        ]
+        cands = transfer.spans([k.task.dispatched[0] for k in todo], spans)
         built: dict = {}
         results = _in_process_builder(host_cores(), built).build(
-            [ms.builder.BuilderInput(sch.mod, self.target) for _, sch in cands]
+            [ms.builder.BuilderInput(sch.mod, self.target) for _, sch, _ in cands]
         )
         inputs, kept = [], []
-        for (k, sch), res in zip(cands, results):
+        for (i, sch, _), res in zip(cands, results):
             if res.error_msg is None:
                 info = ms.arg_info.ArgInfo.from_entry_func(sch.mod, remove_preproc=True)
                 inputs.append(ms.runner.RunnerInput(res.artifact_path, "cpu", info))
-                kept.append((k, sch, info))
-        done = 0
-        for (k, sch, info), fut, ri in zip(
+                kept.append((i, sch, info))
+        best: dict[int, float] = {}
+        for (i, sch, info), fut, ri in zip(
             kept, _in_process_runner(self._timing(), built).run(inputs), inputs
         ):
             shutil.rmtree(os.path.dirname(str(ri.artifact_path)), ignore_errors=True)
             res = fut.result()
             if res.error_msg is None and res.run_secs:
+                k = todo[i]
                 wl = self._db.commit_workload(k.task.dispatched[0])
                 rec = ms.database.TuningRecord(sch.trace, wl, res.run_secs, self.target, info)
                 self._db.commit_tuning_record(rec)
                 self._seeded[k.key] = self._seeded.get(k.key, 0) + 1
-                done += 1
-        self.stats["transferred_candidates"] += done
-        log.info(
-            "tuning: %d transferred schedules timed for %d kernels in %.0f s",
-            done,
-            len(todo),
-            time.time() - t0,
-        )
-        return [todo[i] for i in sorted(light)]
+                self.stats["transferred_candidates"] += 1
+                secs = sum(float(s) for s in res.run_secs) / len(res.run_secs)
+                best[i] = min(secs, best.get(i, math.inf))
+        return best
 
     def _timing(self) -> dict:
         """How a candidate is timed: MetaSchedule's EvaluatorConfig fields of `runner`."""

@@ -209,8 +209,8 @@ class LatencyCfg(_M):
         0,
         ge=0,
         description="tvm-transfer's front check with check_transfer: trials for a new kernel "
-        "outside transfer_share of the new kernels' estimated time (its transferred schedule "
-        "is among its candidates too); 0: trials_per_task like the rest",
+        "outside transfer_share of the new kernels' time as their first transferred schedules "
+        "measure (that schedule is among its candidates too); 0: trials_per_task like the rest",
     )
     strategy: Literal["replay-trace", "evolutionary"] = "replay-trace"
     database: str | None = Field(

@@ -354,11 +354,23 @@ def test_tuning_says_how_far_it_is_and_keeps_metaschedule_tables_off_the_console
     assert "Initializing Task" not in out + err and "Total trials" not in out + err
 
 
+def _light_of_seed(monkeypatch, db) -> dict:
+    """Keeps what `db._seed` returns (the kernels outside the transfer's share) under "light"."""
+    seed, got = db._seed, {}
+
+    def spy(todo, transfer):
+        got["light"] = seed(todo, transfer)
+        return got["light"]
+
+    monkeypatch.setattr(db, "_seed", spy)
+    return got
+
+
 @pytest.mark.slow
-def test_tuning_can_start_from_the_schedules_transfer_gives(tmp_path):
-    """The front check's tuning (`seeds`): each new kernel's transferred schedules (the nearest's
-    alone outside the transfer's share) are built and
-    timed as its trials are and kept in the tuning database beside them, so its best is the
+def test_tuning_can_start_from_the_schedules_transfer_gives(tmp_path, monkeypatch):
+    """The front check's tuning (`seeds`): each new kernel's transferred schedules (its first
+    replay alone outside the transfer's share of their first replays' measured time) are built
+    and timed as its trials are and kept in the tuning database beside them, so its best is the
     fastest of both; they do not count as trials when the slowest kernels are topped up; the
     network compiled from them computes what PyTorch does."""
     from kernels.tvm_latency import TVMBackend
@@ -372,14 +384,14 @@ def test_tuning_can_start_from_the_schedules_transfer_gives(tmp_path):
     new = b.db.missing(ks)
     assert new
     tr = Transfer(tries=2, pick="fastest", share=0.6)
+    got = _light_of_seed(monkeypatch, b.db)
     b.db.tune(ks, seeds=tr)
     seeded = dict(b.db._seeded)
     assert seeded and set(seeded) <= {k.key for k in new}
-    # outside the share of their estimated time, a kernel's one candidate is the nearest's
-    light = tr.light([k.task.dispatched[0] for k in new], [k.calls for k in new])
-    tries = [1 if i in light else 2 for i in range(len(new))]
-    assert 1 in tries and 2 in tries
-    assert all(seeded.get(k.key, 0) <= n for k, n in zip(new, tries))
+    # outside the share, a kernel's one candidate is its first replay; inside, up to `tries`
+    light = {k.key for k in got["light"]}
+    assert light and len(light) < len(seeded)
+    assert all(seeded[key] == 1 for key in light) and max(seeded.values()) <= 2
     assert b.db.stats["transferred_candidates"] == sum(seeded.values())
     again = TVMBackend(tmp_path, trials_per_task=1, repeats=3)  # what the database file holds
     for k in new:
@@ -390,10 +402,12 @@ def test_tuning_can_start_from_the_schedules_transfer_gives(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_checks_light_kernels_get_light_trials_beside_their_transferred_schedule(tmp_path):
+def test_the_checks_light_kernels_get_light_trials_beside_their_transferred_schedule(
+    tmp_path, monkeypatch
+):
     """`light_trials`: in a tuning seeded by transfer, the new kernels outside the transfer's
-    share of the estimated time get that many trials, the rest `trials_per_task`; a kernel no
-    tuned kernel shares its structure with (no estimate) is never light."""
+    share of their first replays' measured time get that many trials, the rest
+    `trials_per_task`; a kernel without a transferred schedule is never light."""
     from kernels.tvm_latency import TVMBackend
     from kernels.tvm_transfer import Transfer
 
@@ -402,16 +416,15 @@ def test_the_checks_light_kernels_get_light_trials_beside_their_transferred_sche
     ks = b.kernels_of(*_tiny_model(3))
     new = b.db.missing(ks)
     tr = Transfer(tries=2, pick="fastest", share=0.6)
-    tr.refresh(b.db)
-    mods, calls = [k.task.dispatched[0] for k in new], [k.calls for k in new]
-    light = tr.light(mods, calls)
-    assert light and len(light) < len(new)
-    assert all(tr.estimate(m) > 0 for i, m in enumerate(mods) if i in light)
+    got = _light_of_seed(monkeypatch, b.db)
     b.db.tune(ks, seeds=tr, focus=False)
+    light = {k.key for k in got["light"]}
+    assert light and len(light) < len(new)
+    assert all(b.db._seeded.get(key, 0) == 1 for key in light)
     assert b.db.stats["tasks_light"] == len(light)
-    done = [b.db._trials_done(k) - b.db._seeded.get(k.key, 0) for k in new]
-    assert all(d <= 1 for i, d in enumerate(done) if i in light)
-    assert max(d for i, d in enumerate(done) if i not in light) >= 2
+    done = {k.key: b.db._trials_done(k) - b.db._seeded.get(k.key, 0) for k in new}
+    assert all(done[key] <= 1 for key in light)
+    assert max(d for key, d in done.items() if key not in light) >= 2
 
 
 @pytest.mark.slow
@@ -630,10 +643,9 @@ def test_transfer_pick_fastest_keeps_the_replay_that_timed_fastest(backend, monk
 def test_transfer_share_gives_all_tries_only_to_the_kernels_that_make_up_the_time(
     backend, monkeypatch
 ):
-    """`transfer_share`: of a network's new kernels, those whose nearest replay, as measured,
-    times calls, makes up the share get every try; the others the nearest's replay alone, still
-    compiled and timed. The check's `light` sorts by the estimate (nearest tuned kernel's time
-    scaled by work, times calls); a tuned kernel is estimated at its own time."""
+    """`transfer_share`: of a network's new kernels, those whose first replay, as measured,
+    times calls, makes up the share get every try; the others their first replay alone, still
+    compiled and timed."""
     import kernels.tvm_transfer as tt
 
     backend.db.tune(backend.kernels_of(*_tiny_model(0)))
@@ -641,58 +653,52 @@ def test_transfer_share_gives_all_tries_only_to_the_kernels_that_make_up_the_tim
     part = tt.Transfer(tries=3, pick="fastest", share=0.5)
     for tr in (full, part):
         tr.refresh(backend.db)
-    tuned = backend.kernels_of(*_tiny_model(0))[0].task.dispatched[0]
-    src = part._nearest(tuned)[1][0]
-    assert src.shapes == tt.shapes_of(tuned)  # its own record: estimated at its own time
-    assert part.estimate(tuned) == pytest.approx(sum(src.run_secs) / len(src.run_secs), rel=1e-6)
     new = next(  # a network with new kernels (other tests share this database)
         ks
         for ks in (backend.db.missing(backend.kernels_of(*_tiny_model(s))) for s in range(3, 40))
         if len(ks) >= 4
     )
     mods, calls = [k.task.dispatched[0] for k in new], [k.calls for k in new]
-    light = part.light(mods, calls)
-    assert full.light(mods, calls) == set() and light and len(light) < len(mods)
-    est = [part.estimate(m) * c for m, c in zip(mods, calls)]
-    near = part._nearest(mods[0])[1][0]  # another kernel: its nearest's time scaled by work
-    assert est[0] / calls[0] == pytest.approx(
-        sum(near.run_secs) / len(near.run_secs) * tt.work(mods[0]) / near.work, rel=1e-6
-    )
-    heavy = [e for i, e in enumerate(est) if i not in light]
-    assert min(heavy) >= max(e for i, e in enumerate(est) if i in light)
-    assert sum(heavy) >= 0.5 * sum(est)
     # the measured share: time times calls, slowest first, a replay that did not build left out
     assert part.heavy({0: 3.0, 1: 1.0, 2: 0.5, 3: math.inf}, [1, 1, 4, 1]) == {0}
     wider = tt.Transfer(pick="fastest", share=0.6)
     assert wider.heavy({0: 3.0, 1: 1.0, 2: 0.5}, [1, 1, 4]) == {0, 2}
+    assert part.heavy({}, []) == set()
     got_full, got_part = full.timed(mods, backend.target), part.timed(mods, backend.target, calls)
     built = part.stats["transfer_replays_built"]
     assert built < full.stats["transfer_replays_built"]
     assert [g is None for g in got_part] == [g is None for g in got_full]
     picked = [(g, m) for g, m in zip(got_part, mods) if g is not None]
-    assert built >= len(picked)  # every kernel's nearest replay, then more for the heavy ones
+    assert built >= len(picked)  # every kernel's first replay, then more for the heavy ones
     nearest = [str(g[1].mod) == str(next(part.replays(m))[0].mod) for g, m in picked]
     assert any(nearest)
     for g, m in picked:  # each pick is one of its kernel's replays
         assert str(g[1].mod) in {str(sch.mod) for sch, _ in part.replays(m, 3)}
-    # a kernel the estimate leaves outside the share, whose nearest replay measures slowest by
-    # far: the measured share gives it its other replays, and one of them beats it
-    multi = [i for i in sorted(light) if len(list(part.replays(mods[i], 3))) > 1]
-    assert multi, "no light kernel with two replays"
-    x = multi[0]
-    slow = str(next(part.replays(mods[x]))[0].mod)
+    # stable times: which kernels get more replays is known. A kernel outside the share on
+    # those times, whose first replay is then made slowest by far: the measured share gives it
+    # its other replays, and one of them beats it
+    ones = [(i, 0, 1) for i in range(len(mods))]
+    firsts = {i: str(sch.mod) for i, sch, _ in part.spans(mods, ones)}
 
-    def fake(mod: str) -> float:  # stable times: which kernels get more replays is known
-        return 1.0 if mod == slow else (zlib.crc32(mod.encode()) % 1000 + 1) * 1e-6
+    def crc(mod: str) -> float:
+        return (zlib.crc32(mod.encode()) % 1000 + 1) * 1e-6
+
+    usual = part.heavy({i: crc(f) for i, f in firsts.items()}, calls)
+    multi = [i for i in firsts if i not in usual and len(list(part.replays(mods[i], 3))) > 1]
+    assert multi, "no kernel outside the share with two replays"
+    x = multi[0]
+    slow = firsts[x]
+
+    def fake(mod: str) -> float:
+        return 1.0 if mod == slow else crc(mod)
 
     monkeypatch.setattr(tt, "time_built", lambda b, **t: fake(str(b.mod)))
     fresh = tt.Transfer(tries=3, pick="fastest", share=0.5)
     fresh.refresh(backend.db)
     got = fresh.timed(mods, backend.target, calls)
-    first = {i: str(next(fresh.replays(m))[0].mod) for i, m in enumerate(mods) if got[i]}
-    more = fresh.heavy({i: fake(f) for i, f in first.items()}, calls)
+    more = fresh.heavy({i: fake(f) for i, f in firsts.items()}, calls)
     assert x in more and str(got[x][1].mod) != slow
-    for i, f in first.items():  # a kernel outside the measured share keeps its first replay
+    for i, f in firsts.items():  # a kernel outside the measured share keeps its first replay
         if i not in more:
             assert str(got[i][1].mod) == f
     with pytest.raises(ValueError, match="share"):
