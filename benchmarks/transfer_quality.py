@@ -14,7 +14,7 @@ that gap into its two causes by timing, in `--rounds` interleaved rounds with no
 reported / (the compilation with the run's pick) is what the load of the search cost its figures; transferred / fully tuned
 is what transfer costs; a fourth compilation picks each kernel's fastest replay of `--tries` sources
 (`latency.transfer_pick: fastest`), a fifth does so only for the kernels that make up `--share` of
-a network's new kernels' estimated time (`latency.transfer_share`). Then per kernel (each compiled alone with each schedule, timed
+a network's new kernels' time as their first replays time them (`latency.transfer_share`). Then per kernel (each compiled alone with each schedule, timed
 `--kernel-repeats` times): the kernels' summed time by operator, so
 the operators where transfer loses most are named.
 
@@ -254,8 +254,8 @@ def report(d: dict) -> str:
         "(`pick: fastest`); "
         + (
             f"fastest of the share: the fastest of those replays only for the kernels making up "
-            f"{d['share']:.0%} of each network's new kernels' estimated time, the nearest's for the "
-            f"rest (`transfer_share: {d['share']}`); "
+            f"{d['share']:.0%} of each network's new kernels' time as their first replays time "
+            f"them, the first replay for the rest (`transfer_share: {d['share']}`); "
             if share
             else ""
         )

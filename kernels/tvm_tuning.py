@@ -471,6 +471,8 @@ class TuningDB:
         from tvm.s_tir import meta_schedule as ms
 
         cands = transfer.spans([k.task.dispatched[0] for k in todo], spans)
+        if not cands:
+            return {}
         built: dict = {}
         results = _in_process_builder(host_cores(), built).build(
             [ms.builder.BuilderInput(sch.mod, self.target) for _, sch, _ in cands]
