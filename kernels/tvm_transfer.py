@@ -355,18 +355,27 @@ class Transfer:
             return []
         t0 = time.time()
         n, best = len(mods), {}
-        if self.share >= 1:
-            self._fastest(mods, [(i, 0, self.tries) for i in range(n)], target, best)
-        else:
-            self._fastest(mods, [(i, 0, 1) for i in range(n)], target, best)
-            more = self.heavy({i: b[0] for i, b in best.items()}, calls or [1] * n)
-            more |= set(range(n)) - best.keys()  # a first replay that did not build: the next
-            self._fastest(mods, [(i, 1, self.tries) for i in sorted(more)], target, best)
+        self.in_steps(n, calls or [1] * n, lambda spans: self._fastest(mods, spans, target, best))
         if self.library is not None:  # the network's compile links the picks as compiled here
             for _, _, _, b in best.values():
                 self.library.adopt(b.name, b.lib.mod)
         self.stats["transfer_timing_s"] += time.time() - t0
         return [best[i][:3] if i in best else None for i in range(n)]
+
+    def in_steps(self, n: int, calls: list[int], run) -> set[int]:
+        """Replays of `n` kernels (with `calls` each) handed to `run` as the share asks (`run`:
+        spans, `spans`'s, to {index: fastest seconds} of the kernels it timed). With `share` 1
+        every kernel's `tries` at once; below, every kernel's first replay, then the other
+        replays for the kernels whose first replay makes up the share (`heavy`) or did not time.
+        Returns the kernels left with their first replay alone. The search's pick (`timed`) and
+        the front check's seeding (`TuningDB._seed`) both step so, each with its own timing."""
+        if self.share >= 1:
+            run([(i, 0, self.tries) for i in range(n)])
+            return set()
+        first = run([(i, 0, 1) for i in range(n)])
+        more = self.heavy(first, calls) | (set(range(n)) - first.keys())
+        run([(i, 1, self.tries) for i in sorted(more)])
+        return set(first) - more
 
     def heavy(self, seconds: dict[int, float], calls: list[int]) -> set[int]:
         """Of kernels by index, each with its first replay's measured time in `seconds`, those
@@ -387,17 +396,19 @@ class Transfer:
             for sch, src in itertools.islice(self.replays(mods[i]), lo, hi)
         ]
 
-    def _fastest(self, mods: list, spans: list[tuple], target, best: dict) -> None:
+    def _fastest(self, mods: list, spans: list[tuple], target, best: dict) -> dict[int, float]:
         """The replays `spans` names (`spans`), compiled together and timed; `best` (index:
-        (seconds, schedule, source, built)) keeps each kernel's fastest."""
+        (seconds, schedule, source, built)) keeps each kernel's fastest. Returns the fastest
+        time of each kernel here timed (built and run)."""
         flat = self.spans(mods, spans)
         if not flat:
-            return
+            return {}
         built = build_kernels([sch.mod for _, sch, _ in flat], target)
         self.stats["transfer_replays_built"] += len(built)
         for (i, sch, src), b, t in zip(flat, built, time_kernels(built, PICK_TIMING)):
             if t < best.get(i, (math.inf,))[0]:
                 best[i] = (t, sch, src, b)
+        return {i: best[i][0] for i, _, _ in flat if i in best}
 
     def database(self, db, kernels, target):
         """An in-memory database with a transferred schedule for each of `kernels` that `db`

@@ -442,22 +442,18 @@ class TuningDB:
         fastest of its trials and the schedules transfer gives it. With the transfer's `share`
         below 1, as the search's pick does (`Transfer.timed`): every kernel's first replay first,
         then the other replays only for the kernels whose first replay, as timed, times their
-        calls, makes up the share (`Transfer.heavy`), or did not build or run. Returns the
+        calls, makes up the share (`Transfer.heavy`), or did not build or run
+        (`Transfer.in_steps`, which the search's pick steps by too). Returns the
         kernels outside the share: those whose one candidate is their first replay."""
         t0, before = time.time(), self.stats["transferred_candidates"]
         transfer.refresh(self)
-        n, whole = len(todo), transfer.share >= 1
-        one = transfer.tries if whole else 1
-        first = self._commit_replays(todo, transfer, [(i, 0, one) for i in range(n)])
-        light: set[int] = set()
-        if not whole:
-            more = transfer.heavy(first, [k.calls for k in todo]) | (set(range(n)) - first.keys())
-            self._commit_replays(todo, transfer, [(i, 1, transfer.tries) for i in sorted(more)])
-            light = set(first) - more
+        light = transfer.in_steps(
+            len(todo), [k.calls for k in todo], lambda s: self._commit_replays(todo, transfer, s)
+        )
         log.info(
             "tuning: %d transferred schedules timed for %d kernels in %.0f s",
             self.stats["transferred_candidates"] - before,
-            n,
+            len(todo),
             time.time() - t0,
         )
         return [todo[i] for i in sorted(light)]
