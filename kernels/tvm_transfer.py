@@ -30,7 +30,7 @@ import re
 import time
 from dataclasses import dataclass
 
-from kernels.tvm_compile import load_tvm
+from kernels.tvm_compile import candidate_build, load_tvm
 
 log = logging.getLogger(__name__)
 
@@ -157,16 +157,17 @@ class Built:
 
 
 def build_kernel(mod, target) -> Built:
-    """One kernel (a scheduled TIR module) compiled alone, its machine code generated (LLVM emits
-    it on the first lookup of the function, so that is done here too, where it can run on another
-    thread) and random inputs made for it."""
+    """One kernel (a scheduled TIR module) compiled alone as a candidate (`candidate_build`), its
+    machine code generated (LLVM emits it on the first lookup of the function, so that is done
+    here too, where it can run on another thread) and random inputs made for it."""
     import numpy as np
 
     from kernels.tvm_library import kernel_name, named
 
     tvm = load_tvm()
     name = kernel_name(mod["main"], target)
-    lib = tvm.compile(named(mod["main"], name), target=target)
+    with candidate_build():
+        lib = tvm.compile(named(mod["main"], name), target=target)
     lib.mod[name]  # noqa: B018 - the lookup generates the code
     rng = np.random.default_rng(0)
     args = [

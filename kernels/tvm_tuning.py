@@ -24,7 +24,7 @@ from pathlib import Path
 
 from kernels.cores import core_lock
 from kernels.latency_model import op_of_kernel
-from kernels.tvm_compile import host_cores, load_tvm, target_key
+from kernels.tvm_compile import candidate_build, host_cores, load_tvm, target_key
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +145,8 @@ def _in_process_builder(workers: int = 1, keep: dict | None = None):
 
     def one(bi):
         try:
-            mod = default_build(bi.mod, bi.target, None)
+            with candidate_build():
+                mod = default_build(bi.mod, bi.target, None)
             if keep is None:
                 return BuilderResult(default_export(mod), None)
             mod[mod.entry_name]  # noqa: B018 - LLVM emits the code on the first lookup

@@ -640,6 +640,52 @@ def test_transfer_pick_fastest_keeps_the_replay_that_timed_fastest(backend, monk
         tt.Transfer(pick="best")
 
 
+def test_candidate_schedules_compile_without_tir_cse_and_run_the_same(backend):
+    """A tuning trial's build and a transferred replay's build skip TIR's common-subexpression
+    elimination (`CANDIDATE_BUILD`: LLVM does that work again), and the kernel so compiled
+    computes what TVM's default pipeline compiles."""
+    import numpy as np
+    from tvm.s_tir import Schedule
+    from tvm.s_tir import meta_schedule as ms
+
+    import kernels.tvm_transfer as tt
+    from kernels.tvm_compile import load_tvm
+    from kernels.tvm_tuning import _in_process_builder
+
+    tvm = load_tvm()
+    ks = backend.kernels_of(*_tiny_model(0))
+    backend.db.tune(ks)
+    k = max(ks, key=lambda k: k.shapes[0][1] if len(k.shapes[0]) > 1 else 0)
+    sch = Schedule(k.task.dispatched[0])
+    backend.db.record(k).trace.apply_to_schedule(sch, remove_postproc=False)
+    ran: list[str] = []
+
+    @tvm.instrument.pass_instrument
+    class Names:
+        def run_before_pass(self, mod, info):
+            ran.append(info.name)
+
+    def passes(build) -> set[str]:
+        ran.clear()
+        with tvm.transform.PassContext(instruments=[Names()]):
+            out = build()
+        return set(ran), out
+
+    default, lib = passes(lambda: tvm.compile(sch.mod, target=backend.target))
+    replay, built = passes(lambda: tt.build_kernel(sch.mod, backend.target))
+    trial, res = passes(
+        lambda: _in_process_builder(1, {}).build([ms.builder.BuilderInput(sch.mod, backend.target)])
+    )
+    assert res[0].error_msg is None
+    assert "tirx.CommonSubexprElim" in default
+    for got in (replay, trial):
+        assert "tirx.CommonSubexprElim" not in got and "tirx.StmtSimplify" in got
+    out = [tvm.runtime.tensor(np.zeros(a.shape, a.dtype)) for a in built.args[-1:]]
+    lib(*built.args[:-1], *out)
+    built.lib.mod[built.name](*built.args)
+    np.testing.assert_allclose(built.args[-1].numpy(), out[0].numpy(), rtol=1e-5, atol=1e-5)
+
+
 def test_transfer_share_gives_all_tries_only_to_the_kernels_that_make_up_the_time(
     backend, monkeypatch
 ):
