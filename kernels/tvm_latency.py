@@ -113,6 +113,15 @@ def row_ms(row: dict) -> float:
     return float(min(row["rounds_ms"])) if row.get("rounds_ms") else float(row["ms"])
 
 
+# a network's timing whose interquartile spread is over this share of its median had a slow spell
+# over part of its repeats, and is timed again (`TVMBackend.time`). Of the 55 search timings of
+# bench-15, -16 and -17, 44 had a spread of 1-10 % of their median and 11 of 11-83 %; bench-16's
+# timing 65.6 % over the same compiled network timed quietly (benchmarks/results/
+# transfer_quality.md) had 17 %, the 2 others compared there 2 and 7 %
+RETIME_SPREAD = 0.10
+RETIME_TRIES = 2  # more timings at most
+
+
 class TVMBackend:
     """Compile, tune (missing kernels only), time and check networks on one target."""
 
@@ -184,6 +193,8 @@ class TVMBackend:
             "rounds_ms": rounds_ms,
             "at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
+        if "latency_timings" in out:  # timed again for a wide spread (`time`)
+            row["timings"] = out["latency_timings"]
         if full:
             with open(self.networks_file, "a") as fh:
                 fh.write(json.dumps(row) + "\n")
@@ -445,13 +456,26 @@ class TVMBackend:
 
     def time(self, compiled: dict) -> dict:
         """Median and interquartile spread (ms) of the compiled network over `repeats` runs, with
-        the machine's cores held."""
+        the machine's cores held; a timing whose spread is over `RETIME_SPREAD` of its median is
+        timed again, up to `RETIME_TRIES` more times, and the lowest median kept
+        (`latency_timings`: how many timings it took)."""
+        best, n = None, 0
+        while n <= RETIME_TRIES:
+            got, n = summary(self._time_once(compiled)), n + 1
+            if best is None or got["latency_ms"] < best["latency_ms"]:
+                best = got
+            if got["latency_spread_ms"] <= RETIME_SPREAD * got["latency_ms"]:
+                break
+        return {**best, "latency_timings": n}
+
+    def _time_once(self, compiled: dict) -> np.ndarray:
+        """The compiled network's `repeats` run times (ms), with the machine's cores held."""
         tvm = load_tvm()
         with core_lock().exclusive("measurement"):
             res = compiled["vm"].time_evaluator(
                 "main", tvm.cpu(), number=1, repeat=self.repeats, min_repeat_ms=20
             )(compiled["input"])
-        return summary(np.asarray(res.results, dtype=float) * 1e3)
+        return np.asarray(res.results, dtype=float) * 1e3
 
     # --- the latency model ---------------------------------------------------------------------
     def fit_model(self, networks: list[dict]) -> LatencyModel:

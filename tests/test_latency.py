@@ -286,6 +286,28 @@ def test_tuned_kernels_time_the_network_match_pytorch_and_are_reused(backend):
     assert backend.known(other, r2)["latency_ms"] == tuned["latency_ms"]
 
 
+def test_a_timing_with_a_wide_spread_is_timed_again_and_the_quietest_kept(backend, monkeypatch):
+    """A network timing whose interquartile spread is over `RETIME_SPREAD` of its median (a slow
+    spell over part of its repeats) is timed again, at most `RETIME_TRIES` more times, and the
+    lowest median is kept; a quiet first timing is not repeated."""
+    import numpy as np
+
+    from kernels import tvm_latency as tl
+
+    quiet, spell = np.full(20, 0.20), np.r_[np.full(10, 0.20), np.full(10, 0.36)]
+    for seq, want_ms, want_n in [
+        ([quiet], 0.20, 1),
+        ([spell, quiet * 1.05], 0.21, 2),
+        ([spell * 1.1, spell, spell], 0.28, 1 + tl.RETIME_TRIES),
+    ]:
+        left = list(seq)
+        monkeypatch.setattr(backend, "_time_once", lambda c, left=left: left.pop(0))
+        got = backend.time({})
+        assert got["latency_timings"] == want_n and got["latency_ms"] == pytest.approx(want_ms)
+        assert not left
+    assert tl.summary(spell)["latency_spread_ms"] > tl.RETIME_SPREAD * 0.28
+
+
 def test_the_same_kernel_has_the_same_block_names_in_every_network():
     """MetaSchedule's database matches kernels by structure, block names aside, and replays a
     schedule by block name: a mean's block is named after the Relax variable it reads unless
