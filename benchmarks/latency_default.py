@@ -299,11 +299,22 @@ def default_run(args, work: Path, name: str) -> dict:
         "replays_built": lat.get("transfer_replays_built"),
         "pick_s": lat.get("transfer_timing_s"),
         "front_mape_own": lat.get("front_mape"),
+        # the search's network timings (priced.jsonl: this run's, when the cache started empty)
+        # and how many of them were timed again for a wide spread (`TVMBackend.time`)
+        "timings": _timings(Path(lat["database"])) if lat.get("database") else None,
         "front": [p["genome_id"] for p in json.loads((out / "pareto.json").read_text())["front"]],
         "genomes": _genomes(out),
     }
     print(f"{name} run: {wall:.0f} s", flush=True)
     return row
+
+
+def _timings(db_dir: Path) -> dict:
+    """How many networks priced.jsonl holds, and how many were timed more than once."""
+    from kernels.tvm_tuning import jsonl_rows
+
+    rows = jsonl_rows(db_dir / "priced.jsonl", first=True).values()
+    return {"priced": len(rows), "timed_again": sum(r.get("timings", 1) > 1 for r in rows)}
 
 
 def _genomes(run_dir: Path) -> list[str]:
@@ -495,6 +506,14 @@ def _runs_section(d: dict) -> list[str]:
             "search sees of a network, and `ga` waits at each generation's end for its trials "
             "(synchronous generations), so the two Ray workers finishing in another order does "
             f"not change the genomes either.{_overlap(runs)}",
+        ]
+    t = runs[0].get("timings")
+    if t:
+        lines += [
+            "",
+            f"The empty run's search timed {t['priced']} networks; {t['timed_again']} of those "
+            "timings had an interquartile spread over 10 % of their median and were timed "
+            "again (at most twice more, the lowest median kept).",
         ]
     rows = d["front"]
     lines += [
