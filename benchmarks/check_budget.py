@@ -89,6 +89,15 @@ def main() -> None:
         help="`focus_trials` of the check with transferred schedules, one check each for every "
         "--light-trials count (at most --transfer-trials: no second pass; default: the run's)",
     )
+    ap.add_argument(
+        "--screen",
+        type=float,
+        nargs="+",
+        default=None,
+        help="the tuning runner's `screen` (kernels.tvm_tuning.RUNNER) for the check with "
+        "transferred schedules, one check each (0: every trial timed in full; default: the "
+        "code's)",
+    )
     ap.add_argument("--focus-share", type=float, default=0.8)
     ap.add_argument(
         "--focus-from",
@@ -205,14 +214,15 @@ def measure(args) -> dict:
         name = f"{n} trials, {args.focus_trials} for the slowest {100 * args.focus_share:.0f} %"
         variants[name] = first_trials(wls, recs, n, {i: args.focus_trials for i in heavy})
     transfer_checks = []
-    for n, light, focus in (
-        (t, x, f)
+    for n, light, focus, screen in (
+        (t, x, f, c)
         for t in args.transfer_trials
         if t
         for x in args.light_trials or [None]
         for f in args.transfer_focus or [None]
+        for c in args.screen or [None]
     ):
-        db, cost = check_with_transfer(work, lowered, n, light, focus)
+        db, cost = check_with_transfer(work, lowered, n, light, focus, screen)
         transfer_checks.append(cost)
         name = f"{n} trials + transferred schedules"
         if cost.get("kernels_light"):
@@ -221,6 +231,8 @@ def measure(args) -> dict:
             name += f", {cost['focus_trials']} for the slowest"
         elif focus is not None:
             name += ", no second pass"
+        if screen is not None:
+            name += f", screened at {screen:g}x" if screen else ", every trial timed in full"
         variants[name] = (db, None)
     compiled = [
         compiled_with(b, prepared, shape, db)
@@ -249,7 +261,12 @@ def measure(args) -> dict:
 
 
 def check_with_transfer(
-    work: Path, lowered: list, trials: int, light: int | None = None, focus: int | None = None
+    work: Path,
+    lowered: list,
+    trials: int,
+    light: int | None = None,
+    focus: int | None = None,
+    screen: float | None = None,
 ) -> tuple:
     """The front check as `latency.check_transfer` makes it, run here: on a copy of the run's
     database cut back to its seed tuning, each kernel of the front's networks that it lacks tuned
@@ -257,8 +274,9 @@ def check_with_transfer(
     (`TuningDB.tune(seeds=...)`, from the run's `transfer_tries` nearest tuned kernels, for the
     kernels its `transfer_share` gives them; `light`, default the run's `light_trials`: the
     trials of those outside that share), then the run's second pass if it had one (`focus`,
-    default the run's `focus_trials`: at most `trials` makes none). Its database and what it
-    cost."""
+    default the run's `focus_trials`: at most `trials` makes none; `screen`, default the code's:
+    the tuning runner's brief first timing, `kernels.tvm_tuning.RUNNER`). Its database and what
+    it cost."""
     import shutil
     import time
 
@@ -279,7 +297,8 @@ def check_with_transfer(
         passes["focus_trials"] = focus
     tmp = Path(tempfile.mkdtemp(prefix="check-transfer-"))
     seed_db = seed_only_db(Path(lat["database"]), lat["seed_kernels_tuned"], tmp / "db")
-    tb = TVMBackend(seed_db, trials_per_task=trials, **passes)
+    runner = {"screen": screen} if screen is not None else None
+    tb = TVMBackend(seed_db, trials_per_task=trials, runner=runner, **passes)
     nets = [ks for _, _, ks in lowered]
     t0 = time.time()
     tuned = tb.db.tune(
@@ -297,6 +316,8 @@ def check_with_transfer(
         "light_trials": tb.db.light_trials,
         "focus_trials": tb.db.focus_trials,
         "transferred_candidates": tb.db.stats["transferred_candidates"],
+        "screen": tb.db.runner.get("screen"),
+        "trials_screened": tb.db.stats.get("trials_screened"),
         "seconds": time.time() - t0,
     }
     db = tb.db.database
@@ -371,6 +392,12 @@ def _transfer_check_line(c: dict | None) -> list[str]:
         + (
             f", then {c['kernels_focused']} of the slowest given {c['focus_trials']} trials in all"
             if c.get("kernels_focused")
+            else ""
+        )
+        + (
+            f"; {c['trials_screened']} trials ruled out by a brief first timing (over "
+            f"{c['screen']:g}x the fastest of their batch)"
+            if c.get("trials_screened")
             else ""
         )
         + f", in {c['seconds']:.0f} s.",

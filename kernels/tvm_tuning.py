@@ -168,44 +168,87 @@ def _in_process_builder(workers: int = 1, keep: dict | None = None):
     return InProcessBuilder()
 
 
-def _in_process_runner(config: dict, built: dict, progress=None):
+def _in_process_runner(config: dict, built: dict, progress=None, screen: float = 0.0, counts=None):
     """A MetaSchedule runner that times each candidate in this process, the module
     `_in_process_builder` kept in `built`, with MetaSchedule's own argument allocation and
     evaluator (`config`: its EvaluatorConfig): MetaSchedule's LocalRunner instead exports each
     candidate to a file that its runner process links and loads (and that process is started
     anew, TVM imported, for every tuning session). Timing is synchronous, so a batch's timing
-    ends before the next batch is built."""
-    tvm = load_tvm()
+    ends before the next batch is built. With `screen` (a batch being one kernel's candidates,
+    as MetaSchedule sends them), each is first timed briefly (`SCREEN_TIMING`) and only those
+    within `screen` times the fastest so timed get `config`'s timing; the others keep the brief
+    figure (`counts["trials_screened"]` counts them)."""
+    load_tvm()
     from tvm.ir.utils import derived_object
     from tvm.s_tir.meta_schedule.runner import EvaluatorConfig, PyRunner
-    from tvm.s_tir.meta_schedule.runner.local_runner import (
-        LocalRunnerFuture,
-        default_alloc_argument,
-    )
-    from tvm.s_tir.meta_schedule.runner.utils import run_evaluator_common
+    from tvm.s_tir.meta_schedule.runner.local_runner import LocalRunnerFuture
 
-    evaluator = EvaluatorConfig(**config, enable_cpu_cache_flush=False)
-
-    def one(ri):
-        mod = built.pop(str(ri.artifact_path), None)
-        try:
-            if mod is None:
-                raise RuntimeError(f"no built module for {ri.artifact_path}")
-            dev = tvm.runtime.device(str(ri.device_type), 0)
-            args = default_alloc_argument(dev, [a.as_json() for a in ri.args_info], 1)
-            return LocalRunnerFuture(res=run_evaluator_common(mod, dev, evaluator, args))
-        except Exception as e:  # noqa: BLE001 - a candidate that fails to run: its error
-            return LocalRunnerFuture(error_message=f"in-process runner: {e}")
+    full = EvaluatorConfig(**config, enable_cpu_cache_flush=False)
+    brief = EvaluatorConfig(**SCREEN_TIMING, enable_cpu_cache_flush=False)
 
     @derived_object
     class InProcessRunner(PyRunner):
         def run(self, runner_inputs):
-            out = [one(ri) for ri in runner_inputs]
+            ready = [_loaded(ri, built) for ri in runner_inputs]
+            loaded = sum(not isinstance(r, str) for r in ready)
+            quick = _screened(ready, brief, screen, counts) if screen and loaded > 2 else None
+            out = []
+            for r, got in zip(ready, quick or [None] * len(ready)):
+                got = r if isinstance(r, str) else got or _timed(r, full)
+                out.append(
+                    LocalRunnerFuture(error_message=got)
+                    if isinstance(got, str)
+                    else LocalRunnerFuture(res=got)
+                )
             if progress is not None:
                 progress(len(out))
             return out
 
     return InProcessRunner()
+
+
+def _loaded(ri, built: dict):
+    """A candidate ready to time: (module, device, arguments), or why it is not."""
+    tvm = load_tvm()
+    from tvm.s_tir.meta_schedule.runner.local_runner import default_alloc_argument
+
+    mod = built.pop(str(ri.artifact_path), None)
+    if mod is None:
+        return f"in-process runner: no built module for {ri.artifact_path}"
+    try:
+        dev = tvm.runtime.device(str(ri.device_type), 0)
+        return mod, dev, default_alloc_argument(dev, [a.as_json() for a in ri.args_info], 1)
+    except Exception as e:  # noqa: BLE001 - a candidate that fails to run: its error
+        return f"in-process runner: {e}"
+
+
+def _timed(ready: tuple, evaluator):
+    """A loaded candidate's times (s) under `evaluator`, or its error."""
+    from tvm.s_tir.meta_schedule.runner.utils import run_evaluator_common
+
+    mod, dev, args = ready
+    try:
+        return run_evaluator_common(mod, dev, evaluator, args)
+    except Exception as e:  # noqa: BLE001 - a candidate that fails to run: its error
+        return f"in-process runner: {e}"
+
+
+def _screened(ready: list, brief, screen: float, counts) -> list:
+    """For each of one kernel's loaded candidates (`_loaded`): its brief times when they are over
+    `screen` times the fastest brief time, its error when it failed, else None (to be timed
+    fully). Timed one after another within well under a second, so a slow spell of this machine
+    (seconds) scales them all alike."""
+    quick = [None if isinstance(r, str) else _timed(r, brief) for r in ready]
+    means = [sum(q) / len(q) for q in quick if isinstance(q, list) and q]
+    if not means:
+        return [q if isinstance(q, str) else None for q in quick]
+    cut, out = screen * min(means), []
+    for q in quick:
+        slow = isinstance(q, list) and q and sum(q) / len(q) > cut
+        out.append(q if slow or isinstance(q, str) else None)
+        if slow and counts is not None:
+            counts["trials_screened"] = counts.get("trials_screened", 0) + 1
+    return out
 
 
 def _waiting_runner(inner, progress=None):
@@ -233,7 +276,11 @@ def _waiting_runner(inner, progress=None):
 # (one run each is 0.09 s a trial sooner, but a kernel of a few microseconds timed once ranks its
 # schedules on overhead: benchmarks/results/latency_default.md); `in_process`: timed in this
 # process (`_in_process_runner`), else in MetaSchedule's runner process
-RUNNER = dict(number=3, repeat=3, min_repeat_ms=20, in_process=True)
+RUNNER = dict(number=3, repeat=3, min_repeat_ms=20, in_process=True, screen=1.5)
+# `screen`: a kernel's candidates in one batch are first timed briefly (`SCREEN_TIMING`), and only
+# those within `screen` times the fastest so timed are timed as above; the others keep the brief
+# figure, which rules them out (0: every candidate timed in full)
+SCREEN_TIMING = dict(number=1, repeat=1, min_repeat_ms=5)
 # candidates measured per MetaSchedule iteration, the same for every trial budget: replay-trace
 # draws a batch's samples together, so a kernel's first 8 samples are the same with 8 trials as
 # with 32
@@ -298,6 +345,7 @@ class TuningDB:
             "tasks_focused": 0,
             "tasks_light": 0,
             "transferred_candidates": 0,
+            "trials_screened": 0,  # trials ruled out by their brief timing (`RUNNER`'s screen)
             "tuning_s": 0.0,
         }
         self._seen: set[str] = set()
@@ -499,7 +547,7 @@ class TuningDB:
 
     def _timing(self) -> dict:
         """How a candidate is timed: MetaSchedule's EvaluatorConfig fields of `runner`."""
-        return {k: v for k, v in self.runner.items() if k != "in_process"}
+        return {k: v for k, v in self.runner.items() if k not in ("in_process", "screen")}
 
     def _first_seconds(self, k: Kernel) -> float | None:
         """The kernel's time after its first pass (what `_focus` ranks by, so that its choice
@@ -536,7 +584,8 @@ class TuningDB:
             built: dict | None = {} if self.runner.get("in_process") else None
             n, progress = len(todo), _Progress(trials * len(todo), PROGRESS_EVERY_S)
             if built is not None:
-                runner = _in_process_runner(timing, built, progress)
+                screen = self.runner.get("screen") or 0.0
+                runner = _in_process_runner(timing, built, progress, screen, self.stats)
             else:
                 runner = _waiting_runner(
                     ms.runner.LocalRunner(

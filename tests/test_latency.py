@@ -331,6 +331,37 @@ def test_the_same_kernel_has_the_same_block_names_in_every_network():
     assert means and not any(re.match(r"lv\d+", b) for v in names.values() for b in next(iter(v)))
 
 
+def test_tuning_times_in_full_only_the_candidates_a_brief_timing_does_not_rule_out(tmp_path):
+    """With the runner's `screen`, each kernel's batch of candidates is first timed briefly and
+    only those within `screen` times the fastest so timed get the full timing (`repeat` runs);
+    the others keep their one brief figure. Every kernel's best is a fully timed candidate, and
+    without a screen every candidate is timed in full."""
+    from kernels.tvm_latency import TVMBackend
+    from kernels.tvm_tuning import RUNNER
+
+    model, r = _tiny_model(0)
+    got = {}
+    for screen in (1.5, 0):
+        b = TVMBackend(tmp_path / f"s{screen}", trials_per_task=8, runner={"screen": screen})
+        ks = b.kernels_of(model, r)[:4]
+        b.db.tune(ks, focus=False)
+        runs = {
+            k.key: [
+                len(rec.run_secs)
+                for rec in b.db.database.get_top_k(
+                    b.db.database.commit_workload(k.task.dispatched[0]), 64
+                )
+            ]
+            for k in ks
+        }
+        got[screen] = (runs, b.db.stats["trials_screened"])
+    runs, screened = got[1.5]
+    assert screened == sum(n == 1 for v in runs.values() for n in v) > 0
+    assert all(v[0] == RUNNER["repeat"] for v in runs.values())  # the best: timed in full
+    runs, screened = got[0]
+    assert screened == 0 and all(n == RUNNER["repeat"] for v in runs.values() for n in v)
+
+
 @pytest.mark.slow
 def test_focus_tops_up_the_slowest_kernels_once_also_those_tuned_before(tmp_path):
     """Kernels tuned without focus (tvm-transfer's seeds) get their second pass when a later call
