@@ -410,6 +410,7 @@ class TVMTransferLatency(TVMLatency):
             todo,
             self.trials_per_task,
         )
+        screened = b.db.stats["trials_screened"]
         b.db.tune(kernels, focus=False)  # transfer sources: more trials did not transfer better
         self._report = {
             "provider": self.name,
@@ -420,6 +421,8 @@ class TVMTransferLatency(TVMLatency):
             "seed_networks_tuned_before": before,
             "seed_kernels_tuned": todo,
             "seed_tuning_s": b.db.stats["tuning_s"] - tuning_s0,
+            # trials the tuning runner's brief first timing ruled out (kernels.tvm_tuning.RUNNER)
+            "seed_trials_screened": b.db.stats["trials_screened"] - screened,
             "trials_per_task": self.trials_per_task,
             "prepare_s": time.time() - t0,
         }
@@ -437,6 +440,7 @@ class TVMTransferLatency(TVMLatency):
         b, t0 = self.backend(), time.time()
         tuned_before, focused_before = b.db.stats["tasks_tuned"], b.db.stats["tasks_focused"]
         light_before = b.db.stats["tasks_light"]
+        screened_before = b.db.stats["trials_screened"]
         moved_before = b.db.stats["transferred_candidates"]
         measured = measure_front(
             b,
@@ -452,6 +456,7 @@ class TVMTransferLatency(TVMLatency):
         self._report["front_kernels_tuned"] = b.db.stats["tasks_tuned"] - tuned_before
         self._report["front_kernels_focused"] = b.db.stats["tasks_focused"] - focused_before
         self._report["front_kernels_light"] = b.db.stats["tasks_light"] - light_before
+        self._report["front_trials_screened"] = b.db.stats["trials_screened"] - screened_before
         self._report["front_transferred_candidates"] = (
             b.db.stats["transferred_candidates"] - moved_before
         )

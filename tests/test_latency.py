@@ -941,6 +941,7 @@ def test_tvm_transfer_run_replays_tuned_schedules_and_checks_the_front(tmp_path,
     rep = json.loads((out / "latency.json").read_text())
     assert rep["provider"] == "tvm-transfer" and len(rep["seed_networks"]) == 1
     assert rep["seed_kernels_tuned"] == rep["seed_kernels"] > 0  # an empty database at first
+    assert rep["seed_trials_screened"] == rep["front_trials_screened"] == 0  # 1 trial: none
     assert rep["kernels_transferred"] > 0
     assert len(rep["front"]) == 1 and rep["front"][0]["tuned_source"] == "tvm"
     # the check's new kernels were tuned from their transferred schedules too (check_transfer)
