@@ -24,6 +24,7 @@ Writes benchmarks/results/trial_cost.md and .json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import tempfile
@@ -103,10 +104,7 @@ def compile_part(b, batches: list, rounds: int) -> dict:
 
     def built(mod, as_candidate: bool):
         t0 = time.perf_counter()
-        if as_candidate:
-            with candidate_build():
-                m = default_build(mod, b.target, None)
-        else:
+        with candidate_build() if as_candidate else contextlib.nullcontext():
             m = default_build(mod, b.target, None)
         m[m.entry_name]  # noqa: B018 - LLVM emits the code on the first lookup
         return m, time.perf_counter() - t0
@@ -128,16 +126,13 @@ def compile_part(b, batches: list, rounds: int) -> dict:
 
 
 def _loaded_built(mod, scheduled):
-    """A built module ready for `_timed`: (module, device, arguments)."""
+    """A built module ready for `_timed`, as the tuning's runner loads one (`_loaded`)."""
     from tvm.s_tir import meta_schedule as ms
-    from tvm.s_tir.meta_schedule.runner.local_runner import default_alloc_argument
 
-    from kernels.tvm_compile import load_tvm
+    from kernels.tvm_tuning import _loaded
 
-    tvm = load_tvm()
-    dev = tvm.runtime.device("cpu", 0)
     info = ms.arg_info.ArgInfo.from_entry_func(scheduled, remove_preproc=True)
-    return mod, dev, default_alloc_argument(dev, [a.as_json() for a in info], 1)
+    return _loaded(ms.runner.RunnerInput("built", "cpu", info), {"built": mod})
 
 
 def _mean(secs) -> float:

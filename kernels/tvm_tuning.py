@@ -239,12 +239,13 @@ def _screened(ready: list, brief, screen: float, counts) -> list:
     fully). Timed one after another within well under a second, so a slow spell of this machine
     (seconds) scales them all alike."""
     quick = [None if isinstance(r, str) else _timed(r, brief) for r in ready]
-    means = [sum(q) / len(q) for q in quick if isinstance(q, list) and q]
-    if not means:
+    means = [sum(q) / len(q) if isinstance(q, list) and q else None for q in quick]
+    timed = [m for m in means if m is not None]
+    if not timed:
         return [q if isinstance(q, str) else None for q in quick]
-    cut, out = screen * min(means), []
-    for q in quick:
-        slow = isinstance(q, list) and q and sum(q) / len(q) > cut
+    cut, out = screen * min(timed), []
+    for q, m in zip(quick, means):
+        slow = m is not None and m > cut
         out.append(q if slow or isinstance(q, str) else None)
         if slow and counts is not None:
             counts["trials_screened"] = counts.get("trials_screened", 0) + 1
