@@ -436,12 +436,16 @@ class TVMTransferLatency(TVMLatency):
         """Measure the front's networks (up to `check_front`) with their own kernels tuned, in
         `rounds` interleaved rounds; the transferred figures' error on them into latency.json.
         With `check_transfer`, each new kernel's tuning also times its transferred schedules (the
-        ones the search could pick from) and keeps the fastest of those and its trials."""
+        ones the search could pick from) and keeps the fastest of those and its trials; a network
+        then timed over its search figure by more than `BOUND_SLACK` is timed in more rounds
+        (`TVMBackend.time_rounds`: its check kernels include the ones it was priced with, so that
+        reads a slow spell)."""
         b, t0 = self.backend(), time.time()
         tuned_before, focused_before = b.db.stats["tasks_tuned"], b.db.stats["tasks_focused"]
         light_before = b.db.stats["tasks_light"]
         screened_before = b.db.stats["trials_screened"]
         moved_before = b.db.stats["transferred_candidates"]
+        picks_before = b.db.stats["picks_reused"]
         measured = measure_front(
             b,
             space,
@@ -452,6 +456,7 @@ class TVMTransferLatency(TVMLatency):
             one_session=True,
             reuse=True,
             seeds=b.transfer if self.check_transfer else None,
+            bounded=self.check_transfer,
         )
         self._report["front_kernels_tuned"] = b.db.stats["tasks_tuned"] - tuned_before
         self._report["front_kernels_focused"] = b.db.stats["tasks_focused"] - focused_before
@@ -460,6 +465,8 @@ class TVMTransferLatency(TVMLatency):
         self._report["front_transferred_candidates"] = (
             b.db.stats["transferred_candidates"] - moved_before
         )
+        # of those, the search's own picks (`TuningDB._seed`)
+        self._report["front_picks_reused"] = b.db.stats["picks_reused"] - picks_before
         checks = []
         for rec, m in measured:
             got = rec.metrics["latency_ms"]
@@ -472,6 +479,8 @@ class TVMTransferLatency(TVMLatency):
                     "tuned_ms": m["latency_ms"],
                     "tuned_source": m["latency_source"],
                     "error_pct": 100 * abs(got - m["latency_ms"]) / m["latency_ms"],
+                    # timed in more than `rounds` when over its search figure (a slow spell)
+                    "rounds": len(m.get("latency_rounds_ms") or []),
                 }
             )
         self._report["front"] = checks
@@ -498,12 +507,22 @@ class TVMTransferLatency(TVMLatency):
 
 
 def measure_front(
-    backend, space, supernet, front, n: int, rounds: int, one_session=False, reuse=False, seeds=None
+    backend,
+    space,
+    supernet,
+    front,
+    n: int,
+    rounds: int,
+    one_session=False,
+    reuse=False,
+    seeds=None,
+    bounded=False,
 ):
     """(record, measurement) of the first `n` front records with a latency, each network measured
     with its own kernels tuned, in `rounds` interleaved rounds (`TVMBackend.measure_rounds`;
     `reuse`: a network measured so before is not measured again; `seeds`: transferred schedules
-    as tuning candidates)."""
+    as tuning candidates; `bounded`: each network's reported figure is its bound, timed in more
+    rounds while over it: with `seeds`, the schedules it was priced with are among the check's)."""
     recs = [r for r in front[:n] if r.metrics.get("latency_ms") is not None]
     items = [(space.build(r.genome, supernet), space.arch(r.genome).resolution) for r in recs]
     if not items:
@@ -519,7 +538,13 @@ def measure_front(
         zip(
             recs,
             backend.measure_rounds(
-                items, rounds, tune=True, one_session=one_session, reuse=reuse, seeds=seeds
+                items,
+                rounds,
+                tune=True,
+                one_session=one_session,
+                reuse=reuse,
+                seeds=seeds,
+                bounds=[r.metrics["latency_ms"] for r in recs] if bounded else None,
             ),
         )
     )
