@@ -86,7 +86,11 @@ def _fill_run_pick(args) -> None:
 
 def seed_only_db(database: Path, n: int, into: Path) -> Path:
     """A copy of a tuning database holding only its first `n` workloads and their records (the
-    seed networks' tuning, which comes first in a `tvm-transfer` run); its folder's parent."""
+    seed networks' tuning, which comes first in a `tvm-transfer` run) and the search's picks
+    (`kernels.tvm_transfer.PICKS_FILE`, which the front check seeds from); its folder's
+    parent."""
+    from kernels.tvm_transfer import PICKS_FILE
+
     dst = into / database.name
     dst.mkdir(parents=True)
     wl = (database / "database_workload.json").read_text().splitlines()
@@ -97,6 +101,9 @@ def seed_only_db(database: Path, n: int, into: Path) -> Path:
         if line.strip() and json.loads(line)[0] < n
     ]
     (dst / "database_tuning_record.json").write_text("\n".join(keep) + "\n")
+    picks = database / PICKS_FILE  # the search's picks, made on the seed tuning alone
+    if picks.exists():
+        shutil.copy(picks, dst / PICKS_FILE)
     return into
 
 

@@ -24,11 +24,13 @@ from __future__ import annotations
 
 import functools
 import itertools
+import json
 import logging
 import math
 import re
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from kernels.tvm_compile import candidate_build, load_tvm
 
@@ -138,12 +140,29 @@ class Source:
     blocks: list[str]
     trace: object
     run_secs: list[float]
+    workload: int = 0  # its workload's structural hash: what `picks.jsonl` names it by
 
 
 # a replay's timing for the pick: replays of one kernel differ by tens of percent when they differ
 # at all, so a short timing tells them apart; benchmarks/results/transfer_pick.md measures what
 # it saves and what it changes in the picks against time_kernel's longer timing
 PICK_TIMING = {"number": 3, "repeat": 5, "min_repeat_ms": 1}
+
+# beside the tuning database: each kernel's pick, by kernel key (`Transfer.note_picks`)
+PICKS_FILE = "picks.jsonl"
+
+
+def _replayed(schedule_cls, mod, blocks: list[str], src: Source):
+    """`mod` scheduled by `src`'s trace (block names mapped, tile sizes refitted), or None when
+    the replay fails."""
+    sch = schedule_cls(mod)
+    try:
+        trace = rename_blocks(src.trace, src.blocks, blocks)
+        trace.apply_to_schedule(sch, remove_postproc=False, decision_provider=_tile_adapter(sch))
+    except Exception as e:  # noqa: BLE001 - TVM's schedule errors: try the next source
+        log.debug("transfer failed: %s", str(e).splitlines()[0][:200])
+        return None
+    return sch
 
 
 @dataclass
@@ -284,13 +303,13 @@ class Transfer:
             key = structural_hash(rec.workload.mod)
             if key not in best or secs < best[key][0]:
                 best[key] = (secs, rec)
-        self._sources = [self._source(r) for _, r in best.values()]
+        self._sources = [self._source(r, key) for key, (_, r) in best.items()]
         self._db_size = size
         self._picked.clear()  # new sources: a kernel may now have a better one
         self.seconds.clear()
 
     @staticmethod
-    def _source(rec) -> Source:
+    def _source(rec, workload: int = 0) -> Source:
         mod, blocks = rec.workload.mod, block_names(rec.workload.mod)
         return Source(
             structure(mod, blocks),
@@ -298,6 +317,7 @@ class Transfer:
             blocks,
             rec.trace,
             [float(x) for x in rec.run_secs],
+            workload,
         )
 
     def _nearest(self, mod) -> tuple[list[str], list[Source]]:
@@ -319,16 +339,42 @@ class Transfer:
 
         blocks, near = self._nearest(mod)
         for src in near[: tries or self.tries]:
-            sch = Schedule(mod)
-            try:
-                trace = rename_blocks(src.trace, src.blocks, blocks)
-                trace.apply_to_schedule(
-                    sch, remove_postproc=False, decision_provider=_tile_adapter(sch)
-                )
-            except Exception as e:  # noqa: BLE001 - TVM's schedule errors: try the next source
-                log.debug("transfer failed: %s", str(e).splitlines()[0][:200])
-                continue
-            yield sch, src
+            sch = _replayed(Schedule, mod, blocks, src)
+            if sch is not None:
+                yield sch, src
+
+    # --- the search's picks, for the front check -------------------------------------------
+    def note_picks(self, folder: Path, keys: list[str], got: list[tuple | None]) -> None:
+        """Append each kernel's pick (`timed`'s (seconds, schedule, source), by kernel key) to
+        `PICKS_FILE` in `folder` (the tuning database's): the front check seeds its tuning with
+        the schedule the search priced the kernel with (`picked`), in another process."""
+        rows = [
+            {"key": k, "source": f"{p[2].workload:x}", "seconds": p[0]}
+            for k, p in zip(keys, got)
+            if p is not None and p[2].workload
+        ]
+        if rows:
+            with open(Path(folder) / PICKS_FILE, "a") as fh:
+                fh.write("".join(json.dumps(r) + "\n" for r in rows))
+
+    def picked(self, folder: Path, mods: list, keys: list[str]) -> list[tuple]:
+        """(index, schedule, source) for each of `mods` (kernel keys `keys`) that a search picked
+        a replay for (`note_picks`), its source still among this transfer's: that replay."""
+        from kernels.tvm_tuning import jsonl_rows
+
+        load_tvm()
+        from tvm.s_tir import Schedule
+
+        rows = jsonl_rows(Path(folder) / PICKS_FILE)
+        by_id = {f"{s.workload:x}": s for s in self._sources}
+        out = []
+        for i, (mod, key) in enumerate(zip(mods, keys)):
+            src = by_id.get(rows.get(key, {}).get("source"))
+            if src is not None and src.structure == structure(mod, block_names(mod)):
+                sch = _replayed(Schedule, mod, block_names(mod), src)
+                if sch is not None:
+                    out.append((i, sch, src))
+        return out
 
     def schedule(self, mod, target):
         """A schedule of `mod` replayed from a tuned kernel of the same structure (the nearest,
@@ -425,6 +471,8 @@ class Transfer:
         if self.pick == "fastest":
             got = self.timed([k.task.dispatched[0] for k in new], target, [k.calls for k in new])
             picks = [_schedule_and_times(p) for p in got]
+            if getattr(db, "dir", None) is not None:
+                self.note_picks(db.dir, [k.key for k in new], got)
             self.seconds.update({k.key: p[0] for k, p in zip(new, got) if p})
         else:
             picks = [self.schedule(k.task.dispatched[0], target) for k in new]

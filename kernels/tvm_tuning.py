@@ -346,6 +346,7 @@ class TuningDB:
             "tasks_focused": 0,
             "tasks_light": 0,
             "transferred_candidates": 0,
+            "picks_reused": 0,  # of those, the search's picks (`_seed`)
             "trials_screened": 0,  # trials ruled out by their brief timing (`RUNNER`'s screen)
             "tuning_s": 0.0,
         }
@@ -488,35 +489,56 @@ class TuningDB:
     def _seed(self, todo: list[Kernel], transfer) -> list[Kernel]:
         """Commit each of `todo`'s transferred schedules (`Transfer.replays`: replayed from the
         `tries` nearest tuned kernels of the same operator) as candidates of its tuning, built and
-        timed as MetaSchedule's trials are (`_commit_replays`): the kernel's tuning then keeps the
-        fastest of its trials and the schedules transfer gives it. With the transfer's `share`
-        below 1, as the search's pick does (`Transfer.timed`): every kernel's first replay first,
-        then the other replays only for the kernels whose first replay, as timed, times their
-        calls, makes up the share (`Transfer.heavy`), or did not build or run
-        (`Transfer.in_steps`, which the search's pick steps by too). Returns the
-        kernels outside the share: those whose one candidate is their first replay."""
+        timed as MetaSchedule's trials are (`_commit`): the kernel's tuning then keeps the
+        fastest of its trials and the schedules transfer gives it.
+
+        A kernel a search priced (its pick in `picks.jsonl`, `Transfer.note_picks`) gets the
+        schedule it was priced with alone: the search compiled and timed its other replays and
+        kept this one, and the check's figure can then be held to the search's
+        (`TVMBackend.time_rounds`' bounds). Kernels outside the transfer's `share` of their
+        picks' time so timed (`Transfer.heavy`) are returned as light.
+
+        The others (no pick recorded, or it no longer replays) step as the search's pick does
+        (`Transfer.timed`): every kernel's first replay first, then with the transfer's `share`
+        below 1 the other replays only for the kernels whose first replay, as timed, times
+        their calls, makes up the share, or did not build or run (`Transfer.in_steps`); those
+        left with their first replay are light too. Returns the light kernels."""
         t0, before = time.time(), self.stats["transferred_candidates"]
         transfer.refresh(self)
-        light = transfer.in_steps(
-            len(todo), [k.calls for k in todo], lambda s: self._commit_replays(todo, transfer, s)
-        )
+        mods, calls = [k.task.dispatched[0] for k in todo], [k.calls for k in todo]
+        picked = self._commit(todo, transfer.picked(self.dir, mods, [k.key for k in todo]))
+        self.stats["picks_reused"] += len(picked)
+        light = set(picked) - transfer.heavy(picked, calls) if picked else set()
+        rest = [i for i in range(len(todo)) if i not in picked]
+        if rest:
+            sub = [todo[i] for i in rest]
+            steps = transfer.in_steps(
+                len(sub), [k.calls for k in sub], lambda s: self._commit_replays(sub, transfer, s)
+            )
+            light |= {rest[j] for j in steps}
         log.info(
-            "tuning: %d transferred schedules timed for %d kernels in %.0f s",
+            "tuning: %d transferred schedules timed for %d kernels in %.0f s (%d the search's "
+            "picks)",
             self.stats["transferred_candidates"] - before,
             len(todo),
             time.time() - t0,
+            len(picked),
         )
         return [todo[i] for i in sorted(light)]
 
     def _commit_replays(self, todo: list[Kernel], transfer, spans: list[tuple]) -> dict:
-        """The replays `spans` names (`Transfer.spans`: (index into `todo`, first, last)), built
-        and timed as MetaSchedule's trials are (`_in_process_builder`, `_in_process_runner`) and
+        """The replays `spans` names (`Transfer.spans`: (index into `todo`, first, last))
+        committed as `_commit` does."""
+        return self._commit(todo, transfer.spans([k.task.dispatched[0] for k in todo], spans))
+
+    def _commit(self, todo: list[Kernel], cands: list[tuple]) -> dict:
+        """Transferred schedules (`cands`: (index into `todo`, schedule, source)), built and
+        timed as MetaSchedule's trials are (`_in_process_builder`, `_in_process_runner`) and
         committed to the database as records of their kernel's tuning. Returns each kernel's
         (by index) fastest mean time among them."""
         load_tvm()
         from tvm.s_tir import meta_schedule as ms
 
-        cands = transfer.spans([k.task.dispatched[0] for k in todo], spans)
         if not cands:
             return {}
         built: dict = {}
