@@ -63,13 +63,30 @@ def node_label() -> str:
     return host
 
 
+def worker_nice(evaluator) -> int:
+    """How much lower the CPU priority of Ray workers is: `WORKER_NICE` (or
+    `ARCHSEARCH_WORKER_NICE`) when the evaluator's latency provider measures in a service (the
+    TVM providers: one process on the driver's node compiles and times every candidate, and a
+    worker's trial waits for its figure, so the service is the search's critical path and its
+    compiles should get the cores before training); 0 otherwise."""
+    if getattr(getattr(evaluator, "latency", None), "service", None) is None:
+        return 0
+    return max(0, int(os.environ.get("ARCHSEARCH_WORKER_NICE", WORKER_NICE)))
+
+
+# see `worker_nice`; benchmarks/results/latency_default.md measures the default run with it
+WORKER_NICE = 10
+
+
 class EvaluatorActor:
     """A persistent evaluator: data and supernet loaded once, many genomes evaluated."""
 
-    def __init__(self, refs: list, threads: int):
+    def __init__(self, refs: list, threads: int, nice: int = 0):
         import ray
         import torch
 
+        if nice:
+            os.nice(nice)  # below the latency service (`worker_nice`)
         torch.set_num_threads(max(1, int(threads)))
         # the evaluator and the weights come as references inside a list, fetched here, so that a
         # restarted actor fetches them again (the driver keeps them alive)
@@ -86,7 +103,12 @@ class EvaluatorActor:
     def info(self) -> dict:
         import torch
 
-        return {"pid": os.getpid(), "node": self.node, "threads": torch.get_num_threads()}
+        return {
+            "pid": os.getpid(),
+            "node": self.node,
+            "threads": torch.get_num_threads(),
+            "nice": os.getpriority(os.PRIO_PROCESS, 0),
+        }
 
 
 def check_ray_address(address: str, timeout: float, file: str | None = None) -> None:
@@ -172,6 +194,7 @@ class RayExecutor:
         self.gpus_per_worker = gpu_share(evaluator, workers, gpus_per_worker)
         self.evaluator = evaluator
         evaluator.start_workers()  # tvm latency: one process on this node measures for every worker
+        self.nice = worker_nice(evaluator)
         self._refs = [
             ray.put(evaluator.detached()),
             ray.put(evaluator.supernet_state()),
@@ -193,17 +216,18 @@ class RayExecutor:
         self.running: dict = {}  # ObjectRef -> (actor index, Job)
         self.startup_s = time.time() - t0
         log.info(
-            "%d Ray evaluator workers (%g CPU each, torch threads %s) on %d node(s), "
+            "%d Ray evaluator workers (%g CPU each, torch threads %s%s) on %d node(s), "
             "ready in %.1f s",
             workers,
             cpw,
             sorted({i["threads"] for i in infos}),
+            f", niceness {sorted({i['nice'] for i in infos})}" if self.nice else "",
             len({i["node"] for i in infos}),
             self.startup_s,
         )
 
     def _new_actor(self):
-        return self._actor_cls.remote(self._refs, max(1, int(self.cpus_per_worker)))
+        return self._actor_cls.remote(self._refs, max(1, int(self.cpus_per_worker)), self.nice)
 
     def _dispatch(self, job: Job, avoid: int | None = None) -> None:
         order = [i for i in self.idle if i != avoid] or self.idle

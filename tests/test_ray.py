@@ -54,6 +54,7 @@ def test_run_on_ray_by_address_records_nodes(tmp_path, cache_dir, ray_session):
     )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "2 Ray evaluator workers" in r.stderr
+    assert "niceness" not in r.stderr  # no latency service: workers keep their priority
     done = [t for t in _trials(out) if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(done) == 6
     assert all("/" in t.user_attrs["node"] for t in done)  # host/node-id of the Ray node
