@@ -609,9 +609,9 @@ def _front_table(rows: list[dict]) -> list[str]:
     counted = [r["checked_rounds"] for r in checked if "checked_rounds" in r]
     if counted:
         lines.append(
-            f"- The run's check timed its networks in {', '.join(map(str, counted))} rounds: "
-            "more than its `rounds` for a network it timed over 15 % above its search figure "
-            "(`kernels.tvm_latency.BOUND_SLACK`, a slow spell)."
+            f"- The run's check timed its networks in {', '.join(map(str, counted))} "
+            "interleaved rounds (a network it times over 15 % above its search figure gets more "
+            "than the run's `rounds`: `kernels.tvm_latency.BOUND_SLACK`, a slow spell)."
         )
     if again:
         lines.append(_retimed_line(rows))
