@@ -134,7 +134,7 @@ class TVMLatency(LatencyProvider):
         if self._served or self._backend is None:
             return dict(self._stats)
         b = self._backend
-        return {"target": str(b.target), "database": str(b.db.dir), **b.db.stats}
+        return {"target": str(b.target), "database": str(b.db.dir), **b.db.stats, **b.quiet}
 
 
 class TVMModelLatency(TVMLatency):
@@ -441,11 +441,7 @@ class TVMTransferLatency(TVMLatency):
         (`TVMBackend.time_rounds`: its check kernels include the ones it was priced with, so that
         reads a slow spell)."""
         b, t0 = self.backend(), time.time()
-        tuned_before, focused_before = b.db.stats["tasks_tuned"], b.db.stats["tasks_focused"]
-        light_before = b.db.stats["tasks_light"]
-        screened_before = b.db.stats["trials_screened"]
-        moved_before = b.db.stats["transferred_candidates"]
-        picks_before = b.db.stats["picks_reused"]
+        before = {**b.db.stats, **b.quiet}
         measured = measure_front(
             b,
             space,
@@ -458,15 +454,8 @@ class TVMTransferLatency(TVMLatency):
             seeds=b.transfer if self.check_transfer else None,
             bounded=self.check_transfer,
         )
-        self._report["front_kernels_tuned"] = b.db.stats["tasks_tuned"] - tuned_before
-        self._report["front_kernels_focused"] = b.db.stats["tasks_focused"] - focused_before
-        self._report["front_kernels_light"] = b.db.stats["tasks_light"] - light_before
-        self._report["front_trials_screened"] = b.db.stats["trials_screened"] - screened_before
-        self._report["front_transferred_candidates"] = (
-            b.db.stats["transferred_candidates"] - moved_before
-        )
-        # of those, the search's own picks (`TuningDB._seed`)
-        self._report["front_picks_reused"] = b.db.stats["picks_reused"] - picks_before
+        after = {**b.db.stats, **b.quiet}
+        self._report.update({k: after[c] - before[c] for k, c in CHECK_COUNTS.items()})
         checks = []
         for rec, m in measured:
             got = rec.metrics["latency_ms"]
@@ -504,6 +493,21 @@ class TVMTransferLatency(TVMLatency):
         if not self._served and self._backend is not None and self._backend.transfer is not None:
             out.update(self._backend.transfer.stats)
         return out
+
+
+# what latency.json says of the front check: the backend's counters (`TuningDB.stats`,
+# `TVMBackend.quiet`) it moved
+CHECK_COUNTS = {
+    "front_kernels_tuned": "tasks_tuned",
+    "front_kernels_focused": "tasks_focused",
+    "front_kernels_light": "tasks_light",
+    "front_trials_screened": "trials_screened",  # ruled out by their brief timing
+    "front_transferred_candidates": "transferred_candidates",
+    "front_picks_reused": "picks_reused",  # of those, the search's own picks (`TuningDB._seed`)
+    # its timings waiting out the host's slow spells (`TVMBackend._await_quiet`)
+    "front_host_slow_probes": "host_slow_probes",
+    "front_host_wait_s": "host_wait_s",
+}
 
 
 def measure_front(

@@ -295,6 +295,7 @@ def test_a_timing_with_a_wide_spread_is_timed_again_and_the_quietest_kept(backen
     from kernels import tvm_latency as tl
 
     quiet, spell = np.full(20, 0.20), np.r_[np.full(10, 0.20), np.full(10, 0.36)]
+    monkeypatch.setattr(backend, "_await_quiet", lambda c: None)  # the probe: its own test
     for seq, want_ms, want_n in [
         ([quiet], 0.20, 1),
         ([spell, quiet * 1.05], 0.21, 2),
@@ -306,6 +307,30 @@ def test_a_timing_with_a_wide_spread_is_timed_again_and_the_quietest_kept(backen
         assert got["latency_timings"] == want_n and got["latency_ms"] == pytest.approx(want_ms)
         assert not left
     assert tl.summary(spell)["latency_spread_ms"] > tl.RETIME_SPREAD * 0.28
+
+
+def test_a_timing_waits_while_the_probe_reads_a_slow_spell(backend, monkeypatch):
+    """Before a timing the probe (the first network timed) is timed briefly; while it reads over
+    `SLOW_RATIO` x its quietest reading the timing waits, up to `PROBE_WAIT_S`, then is taken
+    anyway and says so (`latency_host_slow`)."""
+    import numpy as np
+
+    from kernels import tvm_latency as tl
+
+    monkeypatch.setattr(tl, "PROBE_POLL_S", 0.0)
+    monkeypatch.setattr(backend, "_probe", None)
+    monkeypatch.setattr(backend, "_probe_ms", float("inf"))
+    monkeypatch.setattr(backend, "quiet", {k: 0 for k in backend.quiet})
+    readings = [1.0, 2.1, 2.0, 1.1, 2.5]
+    monkeypatch.setattr(backend, "_probe_reading", lambda: readings.pop(0))
+    monkeypatch.setattr(backend, "_time_once", lambda c: np.full(20, 0.2))
+    first = backend.time({"id": 1})
+    assert backend._probe == {"id": 1} and "latency_host_slow" not in first
+    assert "latency_host_slow" not in backend.time({"id": 2})  # waited out 2.1 and 2.0
+    assert backend.quiet["host_slow_probes"] == 2 and backend._probe_ms == 1.0
+    monkeypatch.setattr(tl, "PROBE_WAIT_S", 0.0)
+    assert backend.time({"id": 3})["latency_host_slow"] == pytest.approx(2.5)
+    assert not readings and backend.quiet["host_probes"] == 5
 
 
 def test_a_network_timed_over_its_bound_is_timed_in_more_rounds_until_under(backend, monkeypatch):
