@@ -5,6 +5,7 @@ that every latency of a run is measured on the same machine, under the machine's
 from __future__ import annotations
 
 import logging
+import os
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +21,8 @@ class LatencyServiceActor:
         return self.provider.measure(model, resolution)
 
     def stats(self) -> dict:
-        return self.provider.stats()
+        # its CPU priority beside the workers' (`evaluators.executor.worker_nice`)
+        return {**self.provider.stats(), "service_nice": os.getpriority(os.PRIO_PROCESS, 0)}
 
 
 def start_service(provider):

@@ -141,11 +141,13 @@ RETIME_TRIES = 2  # more timings at most
 # `EXTRA_ROUNDS` were taken.
 BOUND_SLACK = 0.15
 
-# Before each timing a probe, the first network this backend timed, is timed briefly
-# (`PROBE_TIMING`); while it reads over `SLOW_RATIO` x its quietest reading so far, the host is
-# in a slow spell (2-thread kernels run at 1-thread speed for seconds; 2.1x on a search figure of
-# bench-20), and the timing waits, `PROBE_POLL_S` at a time, up to `PROBE_WAIT_S`
-# (`TVMBackend._await_quiet`); a timing that gave up waiting says so (`latency_host_slow`).
+# Before each round of interleaved timings (`time_rounds`: the front check's, tvm-model's
+# sample's, the benchmarks') a probe, the first network this backend timed so, is timed briefly
+# (`PROBE_TIMING`); while it reads over `SLOW_RATIO` x its quietest reading so far, the host is in
+# a slow spell (2-thread kernels at 1-thread speed for seconds), and the round waits,
+# `PROBE_POLL_S` at a time, up to `PROBE_WAIT_S` (`TVMBackend._await_quiet`). Not in the search's
+# per-candidate timings: in the latency service beside Ray's workers the probe read slow 83 times
+# of 99 on bench-21 and the waits cost 79 s (what runs beside those timings is not yet known).
 SLOW_RATIO = 1.4
 PROBE_TIMING = {"number": 1, "repeat": 3, "min_repeat_ms": 10}
 PROBE_POLL_S = 1.0
@@ -403,6 +405,8 @@ class TVMBackend:
         times: list[list[float]] = [[] for _ in compiled]
         for k in range(max(1, rounds)):
             t0 = time.perf_counter()
+            if compiled:
+                self._await_quiet(compiled[0])
             self._round(compiled, times)
             if k + 1 < rounds:
                 time.sleep(max(0.0, min_round_s - (time.perf_counter() - t0)))
@@ -420,6 +424,7 @@ class TVMBackend:
             )
         for _ in range(EXTRA_ROUNDS if over else 0):
             time.sleep(EXTRA_ROUND_S)
+            self._await_quiet(compiled[0])
             self._round([compiled[i] for i in over], [times[i] for i in over])
             over = over_bounds(times, bounds)
             if not over:
@@ -533,21 +538,18 @@ class TVMBackend:
         """Median and interquartile spread (ms) of the compiled network over `repeats` runs, with
         the machine's cores held; a timing whose spread is over `RETIME_SPREAD` of its median is
         timed again, up to `RETIME_TRIES` more times, and the lowest median kept
-        (`latency_timings`: how many timings it took). Each timing first waits out a slow spell
-        of the host (`_await_quiet`): `latency_host_slow`, the probe's last ratio to its quietest,
-        where it gave up waiting."""
-        best, n, slow = None, 0, None
+        (`latency_timings`: how many timings it took)."""
+        best, n = None, 0
         while n <= RETIME_TRIES:
-            slow = self._await_quiet(compiled)
             got, n = summary(self._time_once(compiled)), n + 1
             if best is None or got["latency_ms"] < best["latency_ms"]:
                 best = got
             if got["latency_spread_ms"] <= RETIME_SPREAD * got["latency_ms"]:
                 break
-        return {**best, "latency_timings": n, **({"latency_host_slow": slow} if slow else {})}
+        return {**best, "latency_timings": n}
 
     def _await_quiet(self, compiled: dict) -> float | None:
-        """Wait while the probe (the first network timed here) reads over `SLOW_RATIO` x its
+        """Wait while the probe (the first network given here) reads over `SLOW_RATIO` x its
         quietest reading, up to `PROBE_WAIT_S`; None once quiet, else the last ratio."""
         if self._probe is None:
             self._probe = compiled

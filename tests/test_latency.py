@@ -295,7 +295,6 @@ def test_a_timing_with_a_wide_spread_is_timed_again_and_the_quietest_kept(backen
     from kernels import tvm_latency as tl
 
     quiet, spell = np.full(20, 0.20), np.r_[np.full(10, 0.20), np.full(10, 0.36)]
-    monkeypatch.setattr(backend, "_await_quiet", lambda c: None)  # the probe: its own test
     for seq, want_ms, want_n in [
         ([quiet], 0.20, 1),
         ([spell, quiet * 1.05], 0.21, 2),
@@ -309,10 +308,10 @@ def test_a_timing_with_a_wide_spread_is_timed_again_and_the_quietest_kept(backen
     assert tl.summary(spell)["latency_spread_ms"] > tl.RETIME_SPREAD * 0.28
 
 
-def test_a_timing_waits_while_the_probe_reads_a_slow_spell(backend, monkeypatch):
-    """Before a timing the probe (the first network timed) is timed briefly; while it reads over
-    `SLOW_RATIO` x its quietest reading the timing waits, up to `PROBE_WAIT_S`, then is taken
-    anyway and says so (`latency_host_slow`)."""
+def test_a_timing_round_waits_while_the_probe_reads_a_slow_spell(backend, monkeypatch):
+    """Before each round of `time_rounds` the probe (the first network timed so) is timed
+    briefly; while it reads over `SLOW_RATIO` x its quietest reading the round waits, up to
+    `PROBE_WAIT_S`, then is timed anyway."""
     import numpy as np
 
     from kernels import tvm_latency as tl
@@ -324,12 +323,12 @@ def test_a_timing_waits_while_the_probe_reads_a_slow_spell(backend, monkeypatch)
     readings = [1.0, 2.1, 2.0, 1.1, 2.5]
     monkeypatch.setattr(backend, "_probe_reading", lambda: readings.pop(0))
     monkeypatch.setattr(backend, "_time_once", lambda c: np.full(20, 0.2))
-    first = backend.time({"id": 1})
-    assert backend._probe == {"id": 1} and "latency_host_slow" not in first
-    assert "latency_host_slow" not in backend.time({"id": 2})  # waited out 2.1 and 2.0
-    assert backend.quiet["host_slow_probes"] == 2 and backend._probe_ms == 1.0
+    nets = [{"id": 1}, {"id": 2}]
+    assert backend.time_rounds(nets, 2, 0.0) == [[0.2, 0.2], [0.2, 0.2]]
+    assert backend._probe is nets[0] and backend._probe_ms == 1.0
+    assert backend.quiet["host_slow_probes"] == 2  # the second round waited out 2.1 and 2.0
     monkeypatch.setattr(tl, "PROBE_WAIT_S", 0.0)
-    assert backend.time({"id": 3})["latency_host_slow"] == pytest.approx(2.5)
+    assert backend._await_quiet(nets[1]) == pytest.approx(2.5)  # gave up: timed anyway
     assert not readings and backend.quiet["host_probes"] == 5
 
 
@@ -342,6 +341,7 @@ def test_a_network_timed_over_its_bound_is_timed_in_more_rounds_until_under(back
     from kernels import tvm_latency as tl
 
     monkeypatch.setattr(tl, "EXTRA_ROUND_S", 0.0)
+    monkeypatch.setattr(backend, "_await_quiet", lambda c: None)  # the probe: its own test
     spell, quiet = 0.40, 0.21
     readings = {
         "slow": [spell] * 4 + [quiet, 0.5],  # a spell over the 3 rounds and the first extra
@@ -1106,6 +1106,7 @@ def test_tvm_latency_on_ray_workers_goes_through_one_service(
     sources = [t.user_attrs["metrics"]["latency_source"] for t in trials]
     stats = json.loads((out / "latency.json").read_text())
     assert stats["provider"] == provider
+    assert stats["service_nice"] < int(nice.group(1))  # the service before the workers
     if provider == "tvm":
         assert sources == ["tvm", "tvm"]
         assert stats["tasks_seen"] >= stats["tasks_tuned"] > 0
