@@ -302,10 +302,10 @@ def default_run(args, work: Path, name: str) -> dict:
         # the check's seeding: transferred schedules timed, of them the search's own picks
         "check_seeds": lat.get("front_transferred_candidates"),
         "check_picks": lat.get("front_picks_reused"),
-        # timings that waited out a host slow spell (`TVMBackend._await_quiet`): the search's
-        # (the service's) and the check's probes that read slow, and the seconds waited
-        "slow_probes": [lat.get("host_slow_probes"), lat.get("front_host_slow_probes")],
-        "waited_s": [lat.get("host_wait_s"), lat.get("front_host_wait_s")],
+        # the check's timing rounds that waited out a host slow spell (`TVMBackend._await_quiet`):
+        # its probes that read slow, and the seconds waited
+        "slow_probes": lat.get("front_host_slow_probes"),
+        "waited_s": lat.get("front_host_wait_s"),
         # the search's network timings (priced.jsonl: this run's, when the cache started empty)
         # and how many of them were timed again for a wide spread (`TVMBackend.time`)
         "timings": _timings(Path(lat["database"])) if lat.get("database") else None,
@@ -527,13 +527,12 @@ def _runs_section(d: dict) -> list[str]:
             f"its trials, {runs[0]['check_picks']} of them the schedule the search priced the "
             "kernel with (`picks.jsonl`), compiled again in the driver.",
         ]
-    probes, waited = runs[0].get("slow_probes"), runs[0].get("waited_s")
-    if probes and None not in probes:
+    if runs[0].get("slow_probes") is not None:
         lines += [
             "",
-            f"Slow spells waited out in the empty run (`TVMBackend._await_quiet`): the search's "
-            f"timings {probes[0]} probes over 1.4x the quietest, {waited[0]:.0f} s waited; the "
-            f"check's {probes[1]}, {waited[1]:.0f} s.",
+            "Slow spells waited out by the empty run's check (`TVMBackend._await_quiet`): "
+            f"{runs[0]['slow_probes']} probes over 1.4x the quietest, {runs[0]['waited_s']:.0f} s "
+            "waited.",
         ]
     t = runs[0].get("timings")
     if t:

@@ -63,6 +63,10 @@ def node_label() -> str:
     return host
 
 
+# see `worker_nice`; benchmarks/results/latency_default.md measures the default run with it
+WORKER_NICE = 10
+
+
 def worker_nice(evaluator) -> int:
     """How much lower the CPU priority of Ray workers is: `WORKER_NICE` (or
     `ARCHSEARCH_WORKER_NICE`) when the evaluator's latency provider measures in a service (the
@@ -72,10 +76,6 @@ def worker_nice(evaluator) -> int:
     if getattr(getattr(evaluator, "latency", None), "service", None) is None:
         return 0
     return max(0, int(os.environ.get("ARCHSEARCH_WORKER_NICE", WORKER_NICE)))
-
-
-# see `worker_nice`; benchmarks/results/latency_default.md measures the default run with it
-WORKER_NICE = 10
 
 
 class EvaluatorActor:

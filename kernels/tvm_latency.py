@@ -140,6 +140,8 @@ RETIME_TRIES = 2  # more timings at most
 # networks are timed in more rounds, `EXTRA_ROUND_S` apart, until one is under the bound or
 # `EXTRA_ROUNDS` were taken.
 BOUND_SLACK = 0.15
+EXTRA_ROUNDS = 12
+EXTRA_ROUND_S = 5.0
 
 # Before each round of interleaved timings (`time_rounds`: the front check's, tvm-model's
 # sample's, the benchmarks') a probe, the first network this backend timed so, is timed briefly
@@ -152,8 +154,6 @@ SLOW_RATIO = 1.4
 PROBE_TIMING = {"number": 1, "repeat": 3, "min_repeat_ms": 10}
 PROBE_POLL_S = 1.0
 PROBE_WAIT_S = 15.0
-EXTRA_ROUNDS = 12
-EXTRA_ROUND_S = 5.0
 
 
 class TVMBackend:
@@ -570,20 +570,16 @@ class TVMBackend:
 
     def _probe_reading(self) -> float:
         """The probe network's median time (ms) over a brief timing (`PROBE_TIMING`)."""
-        tvm = load_tvm()
-        with core_lock().exclusive("measurement"):
-            res = self._probe["vm"].time_evaluator("main", tvm.cpu(), **PROBE_TIMING)(
-                self._probe["input"]
-            )
-        return float(np.median(res.results)) * 1e3
+        return float(np.median(self._time_once(self._probe, PROBE_TIMING)))
 
-    def _time_once(self, compiled: dict) -> np.ndarray:
-        """The compiled network's `repeats` run times (ms), with the machine's cores held."""
+    def _time_once(self, compiled: dict, timing: dict | None = None) -> np.ndarray:
+        """The compiled network's run times (ms), with the machine's cores held: `repeats` runs
+        of at least 20 ms, or as `timing` (TVM's time evaluator's number, repeat, min_repeat_ms)
+        says."""
         tvm = load_tvm()
+        timing = timing or {"number": 1, "repeat": self.repeats, "min_repeat_ms": 20}
         with core_lock().exclusive("measurement"):
-            res = compiled["vm"].time_evaluator(
-                "main", tvm.cpu(), number=1, repeat=self.repeats, min_repeat_ms=20
-            )(compiled["input"])
+            res = compiled["vm"].time_evaluator("main", tvm.cpu(), **timing)(compiled["input"])
         return np.asarray(res.results, dtype=float) * 1e3
 
     # --- the latency model ---------------------------------------------------------------------

@@ -369,9 +369,9 @@ class Transfer:
         by_id = {f"{s.workload:x}": s for s in self._sources}
         out = []
         for i, (mod, key) in enumerate(zip(mods, keys)):
-            src = by_id.get(rows.get(key, {}).get("source"))
-            if src is not None and src.structure == structure(mod, block_names(mod)):
-                sch = _replayed(Schedule, mod, block_names(mod), src)
+            src, blocks = by_id.get(rows.get(key, {}).get("source")), block_names(mod)
+            if src is not None and src.structure == structure(mod, blocks):
+                sch = _replayed(Schedule, mod, blocks, src)
                 if sch is not None:
                     out.append((i, sch, src))
         return out
