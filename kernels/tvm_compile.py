@@ -118,16 +118,81 @@ def target_key(target, threads: int | None = None) -> str:
 
 
 def import_module(model: nn.Module, shape: tuple[int, ...]):
-    """The model (in eval mode) as a Relax IRModule with its weights bound as constants."""
+    """The model (in eval mode) as a Relax IRModule with its weights bound as constants.
+
+    PyTorch's decompositions re-trace the whole program: 1.2 s of a tinynet candidate's 1.8 s
+    import and preparation here. A program of operators that the importer takes whole and that
+    come out as the decompositions would give them (`SAME_UNDECOMPOSED`, once
+    `decomposed_form_pass` has rewritten them) is imported without: the same kernels, so a
+    tuning database serves both (tests/test_latency.py checks it on tinynet candidates). Any
+    other program is imported with the decompositions."""
     load_tvm()
     from tvm.relax.frontend.torch import from_exported_program
 
     model = model.eval()
     with torch.no_grad():
         ep = torch.export.export(model, (torch.randn(*shape),))
+    try:
+        mod = from_exported_program(ep, keep_params_as_input=False, run_ep_decomposition=False)
+    except Exception as e:  # noqa: BLE001 - an operator taken only decomposed
+        log.debug("importing with PyTorch's decompositions: %s", str(e).splitlines()[0][:200])
+        mod = None
+    if mod is not None and not (ops_of(mod) - SAME_UNDECOMPOSED):
+        return decomposed_form_pass()(mod)
     with warnings.catch_warnings():  # torch's own deprecation, raised in its decompositions
         warnings.filterwarnings("ignore", message=r".*treespec, LeafSpec", category=FutureWarning)
         return from_exported_program(ep, keep_params_as_input=False)
+
+
+# Relax operators an import without PyTorch's decompositions gives as an import with them
+# would (after `decomposed_form_pass`): checked kernel for kernel on the candidates of tinynet,
+# resnet20 and the examples' MobileNetV2 and ResNet-18 (tests/test_latency.py: tinynet's)
+SAME_UNDECOMPOSED = frozenset(
+    "relax." + op
+    for op in (
+        "add",
+        "clip",
+        "matmul",
+        "mean",
+        "multiply",
+        "nn.conv2d",
+        "nn.relu",
+        "nn.silu",
+        "permute_dims",
+        "reshape",
+        "sigmoid",
+        "global nn.adaptive_avg_pool2d",
+    )
+)
+
+
+def ops_of(mod) -> set[str]:
+    """The Relax operators `mod`'s main function calls; an adaptive average pool to 1 x 1 is
+    "relax.global nn.adaptive_avg_pool2d"."""
+    from tvm import relax
+
+    ops: set[str] = set()
+
+    def visit(e):
+        if isinstance(e, relax.Call) and hasattr(e.op, "name"):
+            name = e.op.name
+            if name == "relax.nn.adaptive_avg_pool2d" and _global_pool(e):
+                name = "relax.global nn.adaptive_avg_pool2d"
+            ops.add(name)
+
+    relax.analysis.post_order_visit(mod["main"], visit)
+    return ops
+
+
+def _global_pool(call) -> bool:
+    """An adaptive average pool over NCHW to 1 x 1."""
+    size = call.attrs.output_size
+    return (
+        size is not None
+        and all(int(v) == 1 for v in size)
+        and str(call.attrs.layout) == "NCHW"
+        and str(call.attrs.out_layout) == "NCHW"
+    )
 
 
 def call_rewrite_pass(name: str, rewrite):
@@ -154,6 +219,36 @@ def call_rewrite_pass(name: str, rewrite):
             return m.builder_.get()
 
     return Rewrite()
+
+
+_DECOMPOSED_FORM = None
+
+
+def decomposed_form_pass():
+    """What PyTorch's decompositions give, for the operators the importer takes whole: SiLU as
+    x * sigmoid(x) (`aten.silu`'s decomposition), and a constant added second as the
+    constant plus the rest (`aten.linear` -> `addmm`: the bias first). Kernels then fuse and
+    hash as an import with the decompositions makes them (`import_module`)."""
+    global _DECOMPOSED_FORM
+    if _DECOMPOSED_FORM is not None:
+        return _DECOMPOSED_FORM
+    tvm = load_tvm()
+    from tvm import relax
+
+    def rewrite(builder, call):
+        name = getattr(call.op, "name", "")
+        if name == "relax.nn.silu":
+            x = call.args[0]
+            return relax.op.multiply(x, builder.emit(relax.op.sigmoid(x)))
+        if name == "relax.nn.adaptive_avg_pool2d" and _global_pool(call):
+            return relax.op.mean(call.args[0], axis=[-1, -2], keepdims=True)
+        if name == "relax.add" and isinstance(call.args[1], tvm.ir.Constant):
+            if not isinstance(call.args[0], tvm.ir.Constant):
+                return relax.op.add(call.args[1], call.args[0])
+        return None
+
+    _DECOMPOSED_FORM = call_rewrite_pass("DecomposedForm", rewrite)
+    return _DECOMPOSED_FORM
 
 
 _FAST_SIGMOID = None

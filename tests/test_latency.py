@@ -384,6 +384,49 @@ def test_the_same_kernel_has_the_same_block_names_in_every_network():
     assert means and not any(re.match(r"lv\d+", b) for v in names.values() for b in next(iter(v)))
 
 
+@pytest.mark.parametrize("name", ["tiny", "resnet20"])
+def test_an_import_without_pytorchs_decompositions_gives_the_same_kernels(name):
+    """`import_module` skips PyTorch's decompositions (most of an import's time) for programs of
+    operators that come out as they would have: every kernel of these networks has the key it
+    has when imported with the decompositions, so a tuning database serves both, and the
+    network computes the same. A program with another operator (Softplus) is imported with them."""
+    import numpy as np
+    import torch
+    from torch import nn
+    from tvm.relax.frontend.torch import from_exported_program
+
+    from kernels.tvm_compile import host_target, import_module, load_tvm, ops_of, prepare
+    from kernels.tvm_latency import fold_batch_norm
+    from kernels.tvm_tuning import extract_kernels
+
+    tvm, target = load_tvm(), host_target()
+    from tvm import relax
+
+    def decomposed(model, shape):
+        with torch.no_grad():
+            ep = torch.export.export(model, (torch.randn(*shape),))
+        return from_exported_program(ep, keep_params_as_input=False)
+
+    def keys(mod):
+        return sorted(k.key for k in extract_kernels(prepare(mod, target), target))
+
+    space = load_space(TINY if name == "tiny" else space_path(name))
+    sup = space.supernet(seed=0)
+    for g in [space.full(), space.sample(random.Random(1))]:
+        r = space.arch(g).resolution
+        model, shape = fold_batch_norm(space.build(g, sup)).eval(), (1, 3, r, r)
+        fast = import_module(model, shape)
+        assert keys(fast) == keys(decomposed(model, shape))
+        x = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+        vm = relax.VirtualMachine(tvm.compile(prepare(fast, target), target=target), tvm.cpu())
+        got = vm["main"](tvm.runtime.tensor(x.numpy()))[0].numpy()
+        with torch.no_grad():
+            assert np.abs(got - model(x).numpy()).max() < 1e-4
+    other = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Softplus()).eval()  # decomposed: exp, log...
+    assert "relax.nn.softplus" not in ops_of(import_module(other, (1, 3, 8, 8)))
+    assert keys(import_module(other, (1, 3, 8, 8))) == keys(decomposed(other, (1, 3, 8, 8)))
+
+
 def test_tuning_times_in_full_only_the_candidates_a_brief_timing_does_not_rule_out(tmp_path):
     """With the runner's `screen`, each kernel's batch of candidates is first timed briefly and
     only those within `screen` times the fastest so timed get the full timing (`repeat` runs);
