@@ -149,9 +149,9 @@ EXTRA_ROUND_S = 5.0
 # a slow spell (2-thread kernels at 1-thread speed for seconds), and the round waits,
 # `PROBE_POLL_S` at a time, up to `PROBE_WAIT_S` (`TVMBackend._await_quiet`). Not in the search's
 # per-candidate timings: in the latency service beside Ray's workers the probe read slow 83 times
-# of 99 on bench-21 and the waits cost 79 s, though nothing ran beside those timings: every
-# process's CPU time, read before and after 17 of the service's timings, gave other processes at
-# most 3 % of it (a 12-trial search on 2026-12-05).
+# of 99 on bench-21 and the waits cost 79 s; yet in a 12-trial search (2026-12-05) every
+# process's CPU time, read before and after 17 of the service's timings, gave the other
+# processes at most 3 % of it: nothing ran beside them.
 SLOW_RATIO = 1.4
 PROBE_TIMING = {"number": 1, "repeat": 3, "min_repeat_ms": 10}
 PROBE_POLL_S = 1.0
