@@ -115,6 +115,29 @@ def _is_str(a) -> bool:
     return isinstance(a, str) or type(a).__name__ == "String"
 
 
+_VECTORIZED = re.compile(r"for (\w+) in T\.vectorized\(")
+_SPATIAL = re.compile(r"= T\.axis\.spatial\((?:T\.int64\()?(\d+)\)?, (.*)\)$", re.M)
+
+
+def wrapping_vector(script: str) -> str | None:
+    """The vectorised loop (in a scheduled kernel's TVMScript) whose lanes wrap within a spatial
+    axis of a block (the axis bound to the loop modulo less than its extent: the lanes gather
+    from several rows), or None. A replayed schedule whose tile sizes were refitted can fuse and
+    vectorise loops that covered whole rows in its source and part rows here. Of the 1,115
+    replays of a 18-trial run's 383 new kernels (2026-12-05), 16 wrapped: each ran slower than
+    its kernel's fastest other replay (1.2-14x), and three (a 1x1 convolution, 64 lanes from 4
+    rows of 16 under a 64-step unroll) took LLVM 20-27 s each to compile, the others 0.1-0.2 s."""
+    lanes = _VECTORIZED.findall(script)
+    if not lanes:
+        return None
+    for extent, binding in _SPATIAL.findall(script):
+        for var in lanes:  # `var % c` or `(... + var) % c`
+            mods = re.findall(rf"\b{var}\)? % (?:T\.int64\()?(\d+)", binding)
+            if any(int(c) < int(extent) for c in mods):
+                return var
+    return None
+
+
 def _tile_adapter(sch):
     """A decision provider for `Trace.apply_to_schedule`: tile sizes refitted to the target's
     loop extents; every other decision kept."""
@@ -154,13 +177,17 @@ PICKS_FILE = "picks.jsonl"
 
 def _replayed(schedule_cls, mod, blocks: list[str], src: Source):
     """`mod` scheduled by `src`'s trace (block names mapped, tile sizes refitted), or None when
-    the replay fails."""
+    the replay fails or its vector lanes wrap (`wrapping_vector`)."""
     sch = schedule_cls(mod)
     try:
         trace = rename_blocks(src.trace, src.blocks, blocks)
         trace.apply_to_schedule(sch, remove_postproc=False, decision_provider=_tile_adapter(sch))
     except Exception as e:  # noqa: BLE001 - TVM's schedule errors: try the next source
         log.debug("transfer failed: %s", str(e).splitlines()[0][:200])
+        return None
+    wraps = wrapping_vector(sch.mod.script())
+    if wraps:
+        log.debug("transfer dropped: the vector lanes of %s wrap", wraps)
         return None
     return sch
 

@@ -780,6 +780,33 @@ def test_transferred_tile_sizes_fit_the_new_loop_and_stay_near_the_old():
     assert nearest_tiling(24, [2, 3, 4], 16) == [2, 3, 4]  # a fitting tiling is kept
 
 
+def test_a_replay_whose_vector_lanes_gather_from_several_rows_is_dropped():
+    """A 64-lane vector over 4 rows of 16 (of 32) gathers, a refitted replay can make one, and
+    LLVM took 29 s over one such replay here: `wrapping_vector` names its loop, and not the
+    same vector over 2 whole rows."""
+    from tvm import te
+    from tvm.s_tir import Schedule
+
+    from kernels.tvm_compile import load_tvm
+    from kernels.tvm_transfer import wrapping_vector
+
+    load_tvm()
+    a = te.placeholder((1, 8, 32, 32), name="A")
+    b = te.compute((1, 8, 32, 32), lambda n, c, y, x: a[n, c, y, x] * 2.0, name="B")
+
+    def vectorized(rows: int, width: int) -> str:
+        sch = Schedule(te.create_prim_func([a, b]))
+        n, c, y, x = sch.get_loops(sch.get_sblock("B"))
+        y0, y1 = sch.split(y, [None, rows])
+        x0, x1 = sch.split(x, [None, width])
+        sch.reorder(n, c, y0, x0, y1, x1)
+        sch.vectorize(sch.fuse(y1, x1))
+        return sch.mod.script()
+
+    assert wrapping_vector(vectorized(4, 16)) == "y_1_x_1_fused"
+    assert wrapping_vector(vectorized(2, 32)) is None
+
+
 def test_transfer_pick_fastest_keeps_the_replay_that_timed_fastest(backend, monkeypatch):
     """`transfer_pick: fastest`: a kernel's replays from its nearest tuned kernels are each
     compiled and timed alone (really), and the one that timed fastest is the kernel's schedule,
