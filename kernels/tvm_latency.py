@@ -151,7 +151,7 @@ EXTRA_ROUND_S = 5.0
 # per-candidate timings: in the latency service beside Ray's workers the probe read slow 83 times
 # of 99 on bench-21 and the waits cost 79 s; yet in a 12-trial search (2026-12-05) every
 # process's CPU time, read before and after 17 of the service's timings, gave the other
-# processes at most 3 % of it: nothing ran beside them.
+# processes at most 3 % of it during 16 of them and 10 % during one.
 SLOW_RATIO = 1.4
 PROBE_TIMING = {"number": 1, "repeat": 3, "min_repeat_ms": 10}
 PROBE_POLL_S = 1.0
