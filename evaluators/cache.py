@@ -32,6 +32,7 @@ FINETUNE_ONLY = (
     "bn_batches",
     "device",
     "amp",
+    "channels_last",  # the batches' memory layout: the same training
 )
 
 

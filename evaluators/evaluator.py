@@ -136,7 +136,7 @@ class TrainEvaluator(Evaluator):
         augment = cfg.dataset.augment
         if augment == "auto":
             augment = "none" if cfg.dataset.name == "digits" else "crop-flip"
-        run = {"augment": augment, "amp": cfg.amp}
+        run = {"augment": augment, "amp": cfg.amp, "channels_last": space.family.channels_last}
         ft = TrainRecipe(**cfg.evaluator.finetune.model_dump(), **run)
         pt = cfg.pretrain.model_dump()
         sandwich = pt.pop("sandwich")

@@ -53,6 +53,8 @@ class TrainRecipe:
     augment: str = "none"  # training augmentation (evaluators.data.AUGMENTS)
     device: str = "cpu"  # where training runs (the run's `device:`, resolved)
     amp: bool = False  # mixed precision (bfloat16 autocast) on CUDA
+    # training batches channels-last on a CPU (`Family.channels_last`: the network allows it)
+    channels_last: bool = False
 
 
 def release_memory() -> None:
@@ -112,6 +114,7 @@ def _steps(split, r: TrainRecipe, opt, gen: torch.Generator):
     while control is elsewhere (a Tune report blocks until the driver asks for more, forever if
     the scheduler stops the trial, and a measurement waiting on that step would wait forever)."""
     total, step, device = _total_steps(len(split), r), 0, torch.device(r.device)
+    layout = _layout(r)
     while step < total:
         for xb, yb in split.batches(
             r.batch_size, shuffle=True, gen=gen, augment=r.augment, drop_last=True
@@ -120,8 +123,19 @@ def _steps(split, r: TrainRecipe, opt, gen: torch.Generator):
                 return
             for group in opt.param_groups:
                 group["lr"] = _lr_at(r, step, total)
-            yield step, xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+            xb = xb.to(device, non_blocking=True).contiguous(memory_format=layout)
+            yield step, xb, yb.to(device, non_blocking=True)
             step += 1
+
+
+def _layout(r: TrainRecipe) -> torch.memory_format:
+    """The memory format of the recipe's training batches: channels-last on a CPU where the
+    network allows it (`Family.channels_last`). PyTorch's CPU convolutions then keep it through
+    the network, and a depthwise convolution's backward pass runs several times faster: a
+    tinynet sub-network's training step took 35-40 % less time (64 images, 1 or 2 threads), a
+    supernet's sandwich step 16 % less. A GPU keeps the contiguous format."""
+    cpu = torch.device(r.device).type == "cpu"
+    return torch.channels_last if r.channels_last and cpu else torch.contiguous_format
 
 
 def smallest_genome(space: Space, rng: random.Random) -> Genome:

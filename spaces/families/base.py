@@ -63,6 +63,11 @@ class Family:
     # `cost` takes well under a millisecond (a formula), so a model of the fitness may read it
     # for every child it ranks; a user's own network is pruned and counted instead (~1 s)
     cheap_cost: ClassVar[bool] = True
+    # its networks train on channels-last batches on a CPU (PyTorch's depthwise convolutions run
+    # their backward pass several times faster so): true of the built-in families, whose
+    # forward passes never view a feature map; a user's network may, and a channels-last tensor
+    # refuses most views
+    channels_last: ClassVar[bool] = True
 
     def __init__(self, spec: FamilySpec):
         self.spec = spec

@@ -114,6 +114,7 @@ class ModelFamily(Family):
     shares_weights = False
     weight_scopes = ("network", "group")
     cheap_cost = False
+    channels_last = False  # its forward is the user's: it may view a feature map
 
     def __init__(
         self,
