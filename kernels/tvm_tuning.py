@@ -168,7 +168,9 @@ def _in_process_builder(workers: int = 1, keep: dict | None = None):
     return InProcessBuilder()
 
 
-def _in_process_runner(config: dict, built: dict, progress=None, screen: float = 0.0, counts=None):
+def _in_process_runner(
+    config: dict, built: dict, progress=None, screen: float = 0.0, counts=None, floors=None
+):
     """A MetaSchedule runner that times each candidate in this process, the module
     `_in_process_builder` kept in `built`, with MetaSchedule's own argument allocation and
     evaluator (`config`: its EvaluatorConfig): MetaSchedule's LocalRunner instead exports each
@@ -177,7 +179,10 @@ def _in_process_runner(config: dict, built: dict, progress=None, screen: float =
     ends before the next batch is built. With `screen` (a batch being one kernel's candidates,
     as MetaSchedule sends them), each is first timed briefly (`SCREEN_TIMING`) and only those
     within `screen` times the fastest so timed get `config`'s timing; the others keep the brief
-    figure (`counts["trials_screened"]` counts them)."""
+    figure (`counts["trials_screened"]` counts them). `floors` (`arg_key` of a kernel's buffers:
+    the best time it already has, a transferred schedule or a first pass): the fastest is then
+    the faster of the batch's and the kernel's floor, so that a batch of one or two candidates
+    is screened too."""
     load_tvm()
     from tvm.ir.utils import derived_object
     from tvm.s_tir.meta_schedule.runner import EvaluatorConfig, PyRunner
@@ -191,7 +196,9 @@ def _in_process_runner(config: dict, built: dict, progress=None, screen: float =
         def run(self, runner_inputs):
             ready = [_loaded(ri, built) for ri in runner_inputs]
             loaded = sum(not isinstance(r, str) for r in ready)
-            quick = _screened(ready, brief, screen, counts) if screen and loaded > 2 else None
+            floor = (floors or {}).get(arg_key(runner_inputs[0].args_info)) if ready else None
+            enough = loaded > 2 or (floor is not None and loaded > 0)
+            quick = _screened(ready, brief, screen, counts, floor) if screen and enough else None
             out = []
             for r, got in zip(ready, quick or [None] * len(ready)):
                 got = r if isinstance(r, str) else got or _timed(r, full)
@@ -233,17 +240,28 @@ def _timed(ready: tuple, evaluator):
         return f"in-process runner: {e}"
 
 
-def _screened(ready: list, brief, screen: float, counts) -> list:
+def arg_key(args) -> tuple:
+    """A kernel's buffer shapes as a key: from MetaSchedule's `ArgInfo`s or `Kernel.shapes`. It
+    tells the kernels of one tuning session apart but for kernels with the same shapes, which
+    then share the lower floor (`_in_process_runner`)."""
+    return tuple(
+        tuple(int(d) for d in (a if isinstance(a, (list, tuple)) else a.as_json()[2])) for a in args
+    )
+
+
+def _screened(ready: list, brief, screen: float, counts, floor: float | None = None) -> list:
     """For each of one kernel's loaded candidates (`_loaded`): its brief times when they are over
     `screen` times the fastest brief time, its error when it failed, else None (to be timed
     fully). Timed one after another within well under a second, so a slow spell of this machine
-    (seconds) scales them all alike."""
+    (seconds) scales them all alike. With `floor` (the kernel's best time so far, fully timed
+    earlier), the fastest is the faster of it and the batch's: in a slow spell of more than
+    `screen` times, every candidate keeps its brief figure, and the kernel its earlier best."""
     quick = [None if isinstance(r, str) else _timed(r, brief) for r in ready]
     means = [sum(q) / len(q) if isinstance(q, list) and q else None for q in quick]
     timed = [m for m in means if m is not None]
     if not timed:
         return [q if isinstance(q, str) else None for q in quick]
-    cut, out = screen * min(timed), []
+    cut, out = screen * min(timed + ([floor] if floor else [])), []
     for q, m in zip(quick, means):
         slow = m is not None and m > cut
         out.append(q if slow or isinstance(q, str) else None)
@@ -608,7 +626,9 @@ class TuningDB:
             n, progress = len(todo), _Progress(trials * len(todo), PROGRESS_EVERY_S)
             if built is not None:
                 screen = self.runner.get("screen") or 0.0
-                runner = _in_process_runner(timing, built, progress, screen, self.stats)
+                runner = _in_process_runner(
+                    timing, built, progress, screen, self.stats, self._floors(todo)
+                )
             else:
                 runner = _waiting_runner(
                     ms.runner.LocalRunner(
@@ -641,6 +661,17 @@ class TuningDB:
         finally:
             _close_ms_handlers(foreign)
             shutil.rmtree(logs, ignore_errors=True)
+
+    def _floors(self, todo: list[Kernel]) -> dict:
+        """Each kernel's best time so far (its transferred schedules', its first pass's), by
+        `arg_key`, for the runner's screen; the lower where two kernels share the key."""
+        out: dict = {}
+        for k in todo:
+            s = self._best(k)
+            if s is not None:
+                key = arg_key(k.shapes)
+                out[key] = min(s, out.get(key, s))
+        return out
 
     def _contexts(self, todo: list[Kernel], logs: Path, seed: int) -> list:
         """MetaSchedule's tuning contexts of `todo`, each seeded by `seed` and the kernel's key

@@ -458,6 +458,40 @@ def test_tuning_times_in_full_only_the_candidates_a_brief_timing_does_not_rule_o
     assert screened == 0 and all(n == RUNNER["repeat"] for v in runs.values() for n in v)
 
 
+def test_a_kernels_best_so_far_screens_its_next_trials_even_two_at_a_time(tmp_path):
+    """A kernel that already has a fully timed schedule (a transferred one, a first pass) screens
+    its further trials against that time too (`TuningDB._floors`): a pass of 2 trials a kernel,
+    which a batch alone could not screen, keeps the brief figure of the trials over `screen`
+    times the kernel's best; the kernels' best schedules stay fully timed ones."""
+    from kernels.tvm_latency import TVMBackend
+    from kernels.tvm_tuning import RUNNER, arg_key
+
+    model, r = _tiny_model(0)
+    b = TVMBackend(tmp_path, trials_per_task=8)
+    ks = b.kernels_of(model, r)
+    b.db.tune(ks, focus=False)
+    floors = b.db._floors(ks)
+    assert floors and set(floors) <= {arg_key(k.shapes) for k in ks}
+    first = {k.key: b.db._best(k) for k in ks}
+
+    def records(k):
+        return b.db.database.get_top_k(b.db.database.commit_workload(k.task.dispatched[0]), 64)
+
+    def brief() -> int:  # records of one brief timing
+        return sum(len(rec.run_secs) == 1 for k in ks for rec in records(k))
+
+    before, brief0 = b.db.stats["trials_screened"], brief()
+    b.db._run_metaschedule(ks, 2, seed=b.db.seed + 1, again=True)
+    screened = b.db.stats["trials_screened"] - before
+    assert 0 < screened == brief() - brief0 <= 2 * len(ks)
+    for k in ks:
+        assert len(records(k)[0].run_secs) == RUNNER["repeat"]  # the best: timed in full
+        assert b.db._best(k) <= first[k.key]
+    b0 = TVMBackend(tmp_path / "none", trials_per_task=2, runner={"screen": 0})
+    b0.db.tune(ks[:2], focus=False)
+    assert b0.db.stats["trials_screened"] == 0  # no screen: none, floor or not
+
+
 @pytest.mark.slow
 def test_focus_tops_up_the_slowest_kernels_once_also_those_tuned_before(tmp_path):
     """Kernels tuned without focus (tvm-transfer's seeds) get their second pass when a later call
@@ -1100,7 +1134,7 @@ def test_tvm_transfer_run_replays_tuned_schedules_and_checks_the_front(tmp_path,
     rep = json.loads((out / "latency.json").read_text())
     assert rep["provider"] == "tvm-transfer" and len(rep["seed_networks"]) == 1
     assert rep["seed_kernels_tuned"] == rep["seed_kernels"] > 0  # an empty database at first
-    assert rep["seed_trials_screened"] == rep["front_trials_screened"] == 0  # 1 trial: none
+    assert rep["seed_trials_screened"] == 0  # 1 trial, no floor: none screened
     assert rep["kernels_transferred"] > 0
     assert len(rep["front"]) == 1 and rep["front"][0]["tuned_source"] == "tvm"
     # the check's new kernels were tuned from their transferred schedules too (check_transfer)
