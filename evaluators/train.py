@@ -132,8 +132,9 @@ def _layout(r: TrainRecipe) -> torch.memory_format:
     """The memory format of the recipe's training batches: channels-last on a CPU where the
     network allows it (`Family.channels_last`). PyTorch's CPU convolutions then keep it through
     the network, and a depthwise convolution's backward pass runs several times faster: a
-    tinynet sub-network's training step took 35-40 % less time (64 images, 1 or 2 threads), a
-    supernet's sandwich step 16 % less. A GPU keeps the contiguous format."""
+    tinynet sub-network's training step took 41 % less time on one thread, 32 % on two, the
+    supernet's sandwich step 21 % (benchmarks/results/train_layout.md). A GPU keeps the
+    contiguous format."""
     cpu = torch.device(r.device).type == "cpu"
     return torch.channels_last if r.channels_last and cpu else torch.contiguous_format
 
