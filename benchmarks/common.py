@@ -220,6 +220,25 @@ def json_and_md(args, run, report) -> None:
     print(out.read_text())
 
 
+def default_pretraining(seed: int, adjust=None) -> dict:
+    """The default run's supernet pre-training (spaces/tinynet.yaml's recipe and data, a fresh
+    temporary cache), `adjust(evaluator)` applied first: the supernet's info (`train_time_s`,
+    `full_val_acc`, ...)."""
+    import tempfile
+
+    from evaluators.evaluator import TrainEvaluator
+    from search.config import load_run_config
+
+    path = ROOT / "spaces" / "tinynet.yaml"
+    with tempfile.TemporaryDirectory() as cache:
+        cfg, space, _ = load_run_config(path, [f"cache={cache}", f"seed={seed}"])
+        ev = TrainEvaluator.from_config(cfg, space, str(path))
+        if adjust:
+            adjust(ev)
+        ev.setup()
+        return ev.supernet_info
+
+
 def provenance() -> dict:
     """Where a benchmark's figures came from: its command line, the date and the CPU."""
     import datetime

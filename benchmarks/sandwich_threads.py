@@ -28,7 +28,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import RESULTS, json_and_md, provenance  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    RESULTS,
+    default_pretraining,
+    json_and_md,
+    provenance,
+)
 
 WAYS = ("in turn, 2 threads", "in turn, 1 thread", "side by side, 2 x 1 thread")
 
@@ -98,13 +103,8 @@ def _row(k: int, steps: int) -> dict:
 
 def _pretrain(seed: int, side_by_side: bool) -> dict:
     """The default run's supernet pre-training (its recipe and data), one way."""
-    import tempfile
-
     from evaluators import train
-    from evaluators.evaluator import TrainEvaluator
-    from search.config import load_run_config
 
-    path = ROOT / "spaces" / "tinynet.yaml"
     init = train.SandwichThreads.__init__
 
     def in_turn(self, *a, **k):
@@ -114,11 +114,7 @@ def _pretrain(seed: int, side_by_side: bool) -> dict:
     if not side_by_side:
         train.SandwichThreads.__init__ = in_turn
     try:
-        with tempfile.TemporaryDirectory() as cache:
-            cfg, space, _ = load_run_config(path, [f"cache={cache}", f"seed={seed}"])
-            ev = TrainEvaluator.from_config(cfg, space, str(path))
-            ev.setup()
-            info = ev.supernet_info
+        info = default_pretraining(seed)
     finally:
         train.SandwichThreads.__init__ = init
     return {

@@ -26,7 +26,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import RESULTS, json_and_md, provenance  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    RESULTS,
+    default_pretraining,
+    json_and_md,
+    provenance,
+)
 
 SPACES = ("tinynet", "resnet20", "nb201")
 LAYOUTS = ("contiguous", "channels_last")
@@ -140,18 +145,9 @@ def _sandwich_steps(args, data) -> list[list[float]]:
 
 def _pretrain(seed: int, channels_last: bool) -> dict:
     """The default run's supernet pre-training (its recipe and data) in one layout."""
-    import tempfile
-
-    from evaluators.evaluator import TrainEvaluator
-    from search.config import load_run_config
-
-    path = ROOT / "spaces" / "tinynet.yaml"
-    with tempfile.TemporaryDirectory() as cache:
-        cfg, space, _ = load_run_config(path, [f"cache={cache}", f"seed={seed}"])
-        ev = TrainEvaluator.from_config(cfg, space, str(path))
-        ev.pretrain.channels_last = channels_last
-        ev.setup()
-        info = ev.supernet_info
+    info = default_pretraining(
+        seed, lambda ev: setattr(ev.pretrain, "channels_last", channels_last)
+    )
     return {
         "seed": seed,
         "layout": LAYOUTS[channels_last],

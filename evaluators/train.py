@@ -236,7 +236,8 @@ class SandwichThreads:
     torch threads. PyTorch's operators release Python's lock, and one of these small
     convolutions gains little from a second thread: on this 2-core host a sub-network's step
     took about as long on one thread as on two, so the default sandwich step (4 sub-networks)
-    took 33 % less time side by side (benchmarks/results/sandwich_threads.md).
+    took 30 % less time side by side, the default pre-training about 10 % less
+    (benchmarks/results/sandwich_threads.md).
 
     Each sub-network's gradients are computed apart (`torch.autograd.grad`) and summed in the
     sandwich's order, so the result does not depend on which thread finished first: the same
