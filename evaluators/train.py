@@ -213,14 +213,19 @@ def _sandwich_backward(space, sup, genomes, xb, yb, importance_of, recipe: Train
     teacher, ce = None, float("nan")
     for k, g in enumerate(genomes):
         logits = _subnet_logits(space, sup, g, xb, importance_of)
+        loss = _sandwich_loss(logits, yb, teacher, recipe)
         if k == 0:
-            loss = F.cross_entropy(logits, yb, label_smoothing=recipe.label_smoothing)
-            teacher = F.softmax(logits.detach(), 1)
-            ce = loss.item()
-        else:  # in-place distillation from the full network
-            loss = F.kl_div(F.log_softmax(logits, 1), teacher, reduction="batchmean")
+            teacher, ce = F.softmax(logits.detach(), 1), loss.item()
         loss.backward()
     return ce
+
+
+def _sandwich_loss(logits, yb, teacher, recipe: TrainRecipe) -> torch.Tensor:
+    """The full network's loss on the labels (no `teacher` yet), a sub-network's distilled in
+    place from the full network's output (`teacher`, its softmax)."""
+    if teacher is None:
+        return F.cross_entropy(logits, yb, label_smoothing=recipe.label_smoothing)
+    return F.kl_div(F.log_softmax(logits, 1), teacher, reduction="batchmean")
 
 
 def _subnet_logits(space, sup, genome, xb, importance_of) -> torch.Tensor:
@@ -303,7 +308,8 @@ class _MetaModules:
     """Sub-network modules on the meta device (no tensors of their own), kept by architecture:
     building one is about 12 ms of Python for the full tinynet network, which pre-training runs
     every step. A module is lent to one caller at a time (`torch.func.functional_call` puts the
-    state in it while it runs)."""
+    state in it while it runs). Each entry keeps its family, so that the family's id in the key
+    stays its own while the entry lives."""
 
     def __init__(self, keep: int = 8):
         self.keep, self._free, self._lock = keep, OrderedDict(), threading.Lock()
@@ -312,8 +318,8 @@ class _MetaModules:
     def lend(self, space: Space, arch):
         key, sub = (id(space.family), repr(arch)), None
         with self._lock:
-            family, free = self._free.get(key, (None, []))
-            if family is space.family and free:
+            free = self._free.get(key, (None, []))[1]
+            if free:
                 sub = free.pop()
         if sub is None:
             with torch.device("meta"):
@@ -322,10 +328,7 @@ class _MetaModules:
             yield sub
         finally:
             with self._lock:
-                family, free = self._free.get(key, (None, []))
-                if family is not space.family:  # the family kept too: its id stays its own
-                    family, free = space.family, []
-                self._free[key] = (family, free + [sub])
+                self._free.setdefault(key, (space.family, []))[1].append(sub)
                 self._free.move_to_end(key)
                 while len(self._free) > self.keep:
                     self._free.popitem(last=False)
@@ -379,8 +382,7 @@ class _SideBySide:
         try:
             logits = _subnet_logits(self.space, self.sup, self.genomes[k], self.xb, self.cut)
             if k == 0:
-                smoothing = self.recipe.label_smoothing
-                loss = F.cross_entropy(logits, self.yb, label_smoothing=smoothing)
+                loss = _sandwich_loss(logits, self.yb, None, self.recipe)
                 self.teacher, self.ce = F.softmax(logits.detach(), 1), loss.item()
         finally:
             if k == 0:
@@ -389,7 +391,7 @@ class _SideBySide:
             self._ready.wait()
             if self.teacher is None:
                 raise RuntimeError("the sandwich step's full network failed")
-            loss = F.kl_div(F.log_softmax(logits, 1), self.teacher, reduction="batchmean")
+            loss = _sandwich_loss(logits, self.yb, self.teacher, self.recipe)
         return torch.autograd.grad(loss, self.params, allow_unused=True)
 
 
