@@ -239,6 +239,14 @@ def default_pretraining(seed: int, adjust=None) -> dict:
         return ev.supernet_info
 
 
+def mean_sd(v: list[float], fmt: str = "{:.1f}") -> str:
+    """The mean of `v` and, over more than one value, its standard deviation: "m ± sd"."""
+    import statistics
+
+    sd = f" ± {fmt.format(statistics.stdev(v))}" if len(v) > 1 else ""
+    return fmt.format(statistics.mean(v)) + sd
+
+
 def provenance() -> dict:
     """Where a benchmark's figures came from: its command line, the date and the CPU."""
     import datetime

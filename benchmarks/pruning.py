@@ -41,6 +41,7 @@ from benchmarks.common import (  # noqa: E402
     cifar_flags,
     cifar_sets,
     json_and_md,
+    mean_sd,
     same_counts,
 )
 
@@ -167,7 +168,7 @@ def run(args) -> dict:
 
 
 def _ms(v: list[float]) -> str:
-    return f"{statistics.mean(v):.2f} ± {statistics.stdev(v):.2f}" if len(v) > 1 else f"{v[0]:.2f}"
+    return mean_sd(v, "{:.2f}")
 
 
 def report(d: dict) -> str:

@@ -32,6 +32,7 @@ from benchmarks.common import (  # noqa: E402
     RESULTS,
     default_pretraining,
     json_and_md,
+    mean_sd,
     provenance,
 )
 
@@ -125,11 +126,6 @@ def _pretrain(seed: int, side_by_side: bool) -> dict:
     }
 
 
-def _mean_sd(v: list[float], fmt: str = "{:.1f}") -> str:
-    sd = f" ± {fmt.format(statistics.stdev(v))}" if len(v) > 1 else ""
-    return fmt.format(statistics.mean(v)) + sd
-
-
 def report(d: dict) -> str:
     out = [
         "# A sandwich step's sub-networks side by side (CPU)",
@@ -152,9 +148,9 @@ def report(d: dict) -> str:
     for w, way in enumerate(WAYS):
         ms = [r["ms"][w] for r in d["speed"]]
         saved = statistics.mean(1 - m / b for m, b in zip(ms, base))
-        cell = _mean_sd(ms)
+        cell = mean_sd(ms)
         cell = f"**{cell}**" if w == best else cell
-        ratio = _mean_sd([r["cpu_per_wall"][w] for r in d["speed"]], "{:.2f}")
+        ratio = mean_sd([r["cpu_per_wall"][w] for r in d["speed"]], "{:.2f}")
         out.append(f"| {way} | {cell} | {100 * saved:.0f} % | {ratio} |")
     out += [
         "",
@@ -170,8 +166,8 @@ def report(d: dict) -> str:
     out.append("")
     for way in (WAYS[0], WAYS[2]):
         ps = [p for p in d["pretrain"] if p["way"] == way]
-        acc = _mean_sd([p["full_val_acc"] for p in ps], "{:.4f}")
-        secs = _mean_sd([p["train_time_s"] for p in ps])
+        acc = mean_sd([p["full_val_acc"] for p in ps], "{:.4f}")
+        secs = mean_sd([p["train_time_s"] for p in ps])
         out.append(f"- {way}: val acc {acc} over {len(ps)} seeds, {secs} s of pre-training")
     return "\n".join(out) + "\n"
 

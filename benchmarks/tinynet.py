@@ -41,6 +41,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import mean_sd  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results"
 YAML = ROOT / "spaces" / "tinynet.yaml"
 ALPHA, BETA, GAMMA = 1.2, 1.1, 1.15  # EfficientNet's depth, width, resolution coefficients
@@ -424,7 +426,7 @@ def nsga_part(args, sets, work: Path, out: Path, grid) -> dict:
 
 
 def _ms(v: list[float]) -> str:
-    return f"{statistics.mean(v):.2f} ± {statistics.stdev(v):.2f}" if len(v) > 1 else f"{v[0]:.2f}"
+    return mean_sd(v, "{:.2f}")
 
 
 def _rdw(x) -> str:

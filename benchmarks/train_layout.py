@@ -30,6 +30,7 @@ from benchmarks.common import (  # noqa: E402
     RESULTS,
     default_pretraining,
     json_and_md,
+    mean_sd,
     provenance,
 )
 
@@ -156,10 +157,6 @@ def _pretrain(seed: int, channels_last: bool) -> dict:
     }
 
 
-def _ms(v: list[float]) -> str:
-    return f"{statistics.mean(v):.1f}" + (f" ± {statistics.stdev(v):.1f}" if len(v) > 1 else "")
-
-
 def report(d: dict) -> str:
     out = [
         "# Training on channels-last batches (CPU)",
@@ -180,7 +177,7 @@ def report(d: dict) -> str:
         name, threads = key.split("/")
         a, b = [r[0] for r in rows], [r[1] for r in rows]
         saved = statistics.mean(1 - cl / c for c, cl in rows)
-        out.append(f"| {name} | {threads} | {_ms(a)} | {_ms(b)} | {100 * saved:.0f} % |")
+        out.append(f"| {name} | {threads} | {mean_sd(a)} | {mean_sd(b)} | {100 * saved:.0f} % |")
     out += [
         "",
         "## 2. What the supernet learns (the default run's pre-training)",
@@ -197,9 +194,8 @@ def report(d: dict) -> str:
         ps = [p for p in d["pretrain"] if p["layout"] == layout]
         acc = [p["full_val_acc"] for p in ps]
         secs = [p["train_time_s"] for p in ps]
-        spread = f" ± {statistics.stdev(acc):.4f}" if len(acc) > 1 else ""
         out.append(
-            f"- {layout}: val acc {statistics.mean(acc):.4f}{spread} over {len(acc)} seeds, "
+            f"- {layout}: val acc {mean_sd(acc, '{:.4f}')} over {len(acc)} seeds, "
             f"{statistics.mean(secs):.1f} s of pre-training"
         )
     return "\n".join(out) + "\n"
