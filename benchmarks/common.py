@@ -247,6 +247,29 @@ def mean_sd(v: list[float], fmt: str = "{:.1f}") -> str:
     return fmt.format(statistics.mean(v)) + sd
 
 
+def pretraining_section(runs: list[dict], column: str, ways) -> list[str]:
+    """The report section on pre-training runs (`default_pretraining`), each a dict of `seed`,
+    `column` (the way it was run), `full_val_acc` and `train_time_s`: a row a run, then for
+    each of `ways` the mean ± sd over its seeds."""
+    out = [
+        "## 2. What the supernet learns (the default run's pre-training)",
+        "",
+        f"| seed | {column} | full network val acc | pre-training s |",
+        "|---:|---|---:|---:|",
+    ]
+    for p in runs:
+        out.append(
+            f"| {p['seed']} | {p[column]} | {p['full_val_acc']:.4f} | {p['train_time_s']:.1f} |"
+        )
+    out.append("")
+    for way in ways:
+        ps = [p for p in runs if p[column] == way]
+        acc = mean_sd([p["full_val_acc"] for p in ps], "{:.4f}")
+        secs = mean_sd([p["train_time_s"] for p in ps])
+        out.append(f"- {way}: val acc {acc} over {len(ps)} seeds, {secs} s of pre-training")
+    return out
+
+
 def provenance() -> dict:
     """Where a benchmark's figures came from: its command line, the date and the CPU."""
     import datetime

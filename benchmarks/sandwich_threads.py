@@ -33,6 +33,7 @@ from benchmarks.common import (  # noqa: E402
     default_pretraining,
     json_and_md,
     mean_sd,
+    pretraining_section,
     provenance,
 )
 
@@ -76,10 +77,7 @@ def _row(k: int, steps: int) -> dict:
     xb = xb.contiguous(memory_format=torch.channels_last)
     sup, rng, recipe = space.supernet(0).train(), random.Random(k), train.TrainRecipe()
     cut = (space.family.groups(), importance(sup))
-    sandwiches = [
-        [space.full(), train.smallest_genome(space, rng), space.sample(rng), space.sample(rng)]
-        for _ in range(steps + 1)
-    ]
+    sandwiches = [train.sandwich_genomes(space, rng, 4) for _ in range(steps + 1)]
     ms, cpu = [[] for _ in WAYS], [[0.0, 0.0] for _ in WAYS]
     for n in range(steps):
         for w in range(len(WAYS)):
@@ -152,23 +150,7 @@ def report(d: dict) -> str:
         cell = f"**{cell}**" if w == best else cell
         ratio = mean_sd([r["cpu_per_wall"][w] for r in d["speed"]], "{:.2f}")
         out.append(f"| {way} | {cell} | {100 * saved:.0f} % | {ratio} |")
-    out += [
-        "",
-        "## 2. What the supernet learns (the default run's pre-training)",
-        "",
-        "| seed | way | full network val acc | pre-training s |",
-        "|---:|---|---:|---:|",
-    ]
-    for p in d["pretrain"]:
-        out.append(
-            f"| {p['seed']} | {p['way']} | {p['full_val_acc']:.4f} | {p['train_time_s']:.1f} |"
-        )
-    out.append("")
-    for way in (WAYS[0], WAYS[2]):
-        ps = [p for p in d["pretrain"] if p["way"] == way]
-        acc = mean_sd([p["full_val_acc"] for p in ps], "{:.4f}")
-        secs = mean_sd([p["train_time_s"] for p in ps])
-        out.append(f"- {way}: val acc {acc} over {len(ps)} seeds, {secs} s of pre-training")
+    out += ["", *pretraining_section(d["pretrain"], "way", (WAYS[0], WAYS[2]))]
     return "\n".join(out) + "\n"
 
 

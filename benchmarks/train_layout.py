@@ -31,6 +31,7 @@ from benchmarks.common import (  # noqa: E402
     default_pretraining,
     json_and_md,
     mean_sd,
+    pretraining_section,
     provenance,
 )
 
@@ -132,8 +133,7 @@ def _sandwich_steps(args, data) -> list[list[float]]:
             imp, xl = importance(sup), xb.contiguous(memory_format=layout)
 
             def step(sup=sup, opt=opt, rng=rng, xl=xl, imp=imp):
-                gs = [space.full(), train.smallest_genome(space, rng)]
-                gs += [space.sample(rng) for _ in range(2)]
+                gs = train.sandwich_genomes(space, rng, 4)
                 opt.zero_grad()
                 cut = (groups, imp)
                 train._sandwich_backward(space, sup, gs, xl, yb, cut, train.TrainRecipe())
@@ -178,26 +178,7 @@ def report(d: dict) -> str:
         a, b = [r[0] for r in rows], [r[1] for r in rows]
         saved = statistics.mean(1 - cl / c for c, cl in rows)
         out.append(f"| {name} | {threads} | {mean_sd(a)} | {mean_sd(b)} | {100 * saved:.0f} % |")
-    out += [
-        "",
-        "## 2. What the supernet learns (the default run's pre-training)",
-        "",
-        "| seed | layout | full network val acc | pre-training s |",
-        "|---:|---|---:|---:|",
-    ]
-    for p in d["pretrain"]:
-        out.append(
-            f"| {p['seed']} | {p['layout']} | {p['full_val_acc']:.4f} | {p['train_time_s']:.1f} |"
-        )
-    out.append("")
-    for layout in LAYOUTS:
-        ps = [p for p in d["pretrain"] if p["layout"] == layout]
-        acc = [p["full_val_acc"] for p in ps]
-        secs = [p["train_time_s"] for p in ps]
-        out.append(
-            f"- {layout}: val acc {mean_sd(acc, '{:.4f}')} over {len(acc)} seeds, "
-            f"{statistics.mean(secs):.1f} s of pre-training"
-        )
+    out += ["", *pretraining_section(d["pretrain"], "layout", LAYOUTS)]
     return "\n".join(out) + "\n"
 
 

@@ -156,6 +156,13 @@ def smallest_genome(space: Space, rng: random.Random) -> Genome:
     return space.canonical(g)
 
 
+def sandwich_genomes(space: Space, rng: random.Random, n: int) -> list[Genome]:
+    """A sandwich step's `n` genomes: the full network, the smallest, then `n - 2` random ones,
+    drawn from `rng` in that order."""
+    genomes = [space.full()] + ([smallest_genome(space, rng)] if n > 1 else [])
+    return genomes + [space.sample(rng) for _ in range(max(0, n - 2))]
+
+
 def pretrain_supernet(
     space: Space, data: Splits, recipe: TrainRecipe, seed: int, sandwich: int = 4, progress=None
 ) -> tuple[nn.Module, dict]:
@@ -180,8 +187,7 @@ def pretrain_supernet(
                     imp = importance(sup)  # keep "most important filters" current for width cuts
                 opt.zero_grad(set_to_none=True)
                 if shared:
-                    genomes = [full] + ([smallest_genome(space, rng)] if sandwich > 1 else [])
-                    genomes += [space.sample(rng) for _ in range(max(0, sandwich - 2))]
+                    genomes = sandwich_genomes(space, rng, sandwich)
                     cut = (fam_groups, imp)
                     ce = threads.backward(space, sup, genomes, xb, yb, cut, recipe)
                 else:  # a user's network: the full network alone, on labels

@@ -15,7 +15,7 @@ import torch
 from evaluators.cache import supernet_key
 from evaluators.data import digits
 from evaluators.evaluator import TrainEvaluator
-from evaluators.train import SandwichThreads, TrainRecipe, fine_tune, smallest_genome
+from evaluators.train import SandwichThreads, TrainRecipe, fine_tune, sandwich_genomes
 from search.config import load_run_config
 from spaces.builder import importance
 from tests.conftest import space_path
@@ -53,8 +53,7 @@ def test_built_in_networks_train_channels_last_and_learn_the_same(tmp_path, root
 
 
 def _sandwich(space, seed: int) -> list:
-    rng = random.Random(seed)
-    return [space.full(), smallest_genome(space, rng), space.sample(rng), space.sample(rng)]
+    return sandwich_genomes(space, random.Random(seed), 4)
 
 
 def _grads(space, sup, genomes, x, y, threads: int, side_by_side: bool):
