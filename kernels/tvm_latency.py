@@ -172,7 +172,7 @@ class TVMBackend:
         runner: dict | None = None,
         focus_trials: int = 0,
         focus_share: float = 0.8,
-        light_trials: int = 0,
+        light_trials: int | None = None,
     ):
         load_tvm()
         self.target = host_target(target)
@@ -192,6 +192,7 @@ class TVMBackend:
         self.repeats = repeats
         self.transfer = None  # kernels.tvm_transfer.Transfer, made on first use
         self.library = KernelLibrary(self.target)  # each kernel compiled once in this process
+        self.db.library = self.library  # tuning's winners linked as tuning built them
         self._probe, self._probe_ms = None, math.inf  # `_await_quiet`'s network, its quietest
         self.quiet = {"host_probes": 0, "host_slow_probes": 0, "host_wait_s": 0.0}
         self.networks_file = self.db.dir / "networks.jsonl"

@@ -9,7 +9,8 @@ after its structural hash and the target, compiles only the kernels it has not c
 (on as many threads as the host has cores), and links the Relax VM's bytecode against them.
 Compiled kernels are registered as global functions under those names, where the VM finds them:
 imported as modules, each of the VM's lookups searched every kernel module, about 3 s a network.
-`adopt` takes in a kernel compiled elsewhere (the pick's replays), under the name it would get.
+`adopt` takes in a kernel compiled elsewhere (the pick's replays, tuning's winners: `kernels.
+tvm_tuning._Fastest`), under the name it would get.
 
 An executable linked so lives in this process only: exports compile the whole network
 (`tvm_compile.build`)."""
@@ -56,18 +57,20 @@ class KernelLibrary:
         self._lock = threading.Lock()
         self.stats = {"kernels_compiled": 0, "kernels_reused": 0, "kernels_adopted": 0}
 
-    def adopt(self, name: str, lib) -> None:
-        """A runtime module compiled elsewhere whose function `name` is the kernel of that name."""
+    def adopt(self, name: str, lib, symbol: str | None = None) -> bool:
+        """A runtime module compiled elsewhere whose function `symbol` (default `name`) is the
+        kernel of that name. False if the library has it already."""
         if name in self._names:
-            return
-        self._register(name, lib)
+            return False
+        self._register(name, lib, symbol)
         self.stats["kernels_adopted"] += 1
         self._evict()
+        return True
 
-    def _register(self, name: str, lib) -> None:
+    def _register(self, name: str, lib, symbol: str | None = None) -> None:
         import tvm_ffi
 
-        f = lib[name]  # the lookup generates the machine code; the function keeps its module
+        f = lib[symbol or name]  # the lookup generates the code; the function keeps its module
         with self._lock:
             tvm_ffi.register_global_func(name, f, override=True)
             self._names[name] = None

@@ -46,7 +46,7 @@ class TVMLatency(LatencyProvider):
         check: bool = True,
         focus_trials: int = 0,
         focus_share: float = 0.8,
-        light_trials: int = 0,
+        light_trials: int | None = None,
     ):
         self.folder = Path(folder).expanduser()
         # the tuning passes' settings: focus (second pass) and light (first pass)

@@ -129,13 +129,14 @@ class _Progress:
             log.info("tuning: %d/%d trials, ~%.0f s left", self.done, self.total, left)
 
 
-def _in_process_builder(workers: int = 1, keep: dict | None = None):
+def _in_process_builder(workers: int = 1, keep: dict | None = None, fastest=None):
     """A MetaSchedule builder that compiles candidates in this process, on `workers` threads (TVM
     compiles outside Python's lock: 2 threads build 40 candidates in half the time of one): the
     default one starts a fresh pool of worker processes for every batch, each importing TVM
     again (seconds each). With `keep` (for `_in_process_runner`), each built module stays in
     `keep`, its machine code generated on the builder's thread, under a key that stands for its
-    artifact path; else it is exported to a file for MetaSchedule's runner process."""
+    artifact path; else it is exported to a file for MetaSchedule's runner process. `fastest` (a
+    `_Fastest`, with `keep`): each kept module's kernel named for it."""
     load_tvm()
     from concurrent.futures import ThreadPoolExecutor
 
@@ -153,6 +154,8 @@ def _in_process_builder(workers: int = 1, keep: dict | None = None):
             # MetaSchedule removes an artifact's folder once it is timed: an empty one stands in
             key = os.path.join(tempfile.mkdtemp(prefix="archsearch-built-"), "module")
             keep[key] = mod
+            if fastest is not None:
+                fastest.name(key, bi.mod)
             return BuilderResult(key, None)
         except Exception as e:  # noqa: BLE001 - a failed candidate, not a failed tuning
             return BuilderResult(None, f"build failed: {e}")
@@ -169,7 +172,13 @@ def _in_process_builder(workers: int = 1, keep: dict | None = None):
 
 
 def _in_process_runner(
-    config: dict, built: dict, progress=None, screen: float = 0.0, counts=None, floors=None
+    config: dict,
+    built: dict,
+    progress=None,
+    screen: float = 0.0,
+    counts=None,
+    floors=None,
+    fastest=None,
 ):
     """A MetaSchedule runner that times each candidate in this process, the module
     `_in_process_builder` kept in `built`, with MetaSchedule's own argument allocation and
@@ -182,7 +191,7 @@ def _in_process_runner(
     figure (`counts["trials_screened"]` counts them). `floors` (`arg_key` of a kernel's buffers:
     the best time it already has, a transferred schedule or a first pass): the fastest is then
     the faster of the batch's and the kernel's floor, so that a batch of one or two candidates
-    is screened too."""
+    is screened too. `fastest` (a `_Fastest`): each timed candidate offered to it."""
     load_tvm()
     from tvm.ir.utils import derived_object
     from tvm.s_tir.meta_schedule.runner import EvaluatorConfig, PyRunner
@@ -200,8 +209,10 @@ def _in_process_runner(
             enough = loaded > 2 or (floor is not None and loaded > 0)
             quick = _screened(ready, brief, screen, counts, floor) if screen and enough else None
             out = []
-            for r, got in zip(ready, quick or [None] * len(ready)):
+            for ri, r, got in zip(runner_inputs, ready, quick or [None] * len(ready)):
                 got = r if isinstance(r, str) else got or _timed(r, full)
+                if fastest is not None and not isinstance(got, str):
+                    fastest.offer(str(ri.artifact_path), ri.args_info, got, r[0])
                 out.append(
                     LocalRunnerFuture(error_message=got)
                     if isinstance(got, str)
@@ -238,6 +249,46 @@ def _timed(ready: tuple, evaluator):
         return run_evaluator_common(mod, dev, evaluator, args)
     except Exception as e:  # noqa: BLE001 - a candidate that fails to run: its error
         return f"in-process runner: {e}"
+
+
+class _Fastest:
+    """The fastest candidate module of each kernel that a tuning call built and timed, for the
+    kernel library (`KernelLibrary.adopt`): a network compiled after tuning (the run's reference
+    after the seed tuning, the front check's networks) then links the module its kernel's
+    winner was timed as, instead of sending the winner through LLVM again (about 0.13 CPU-s a
+    kernel here). The runner tells kernels apart by their buffer shapes (`arg_key`): of two
+    kernels with the same shapes, only the faster's module is kept, and the other's winner is
+    compiled when a network links it, as before. One module a kernel: each holds about 2 MB."""
+
+    def __init__(self, target):
+        self.target = target
+        self.names: dict[str, str] = {}  # built module's key -> its kernel's `kernel_name`
+        self.best: dict[tuple, tuple] = {}  # arg_key -> (mean s, kernel name, module)
+
+    def name(self, key: str, mod) -> None:
+        from kernels.tvm_library import kernel_name
+
+        try:
+            self.names[key] = kernel_name(mod["main"], self.target)
+        except Exception:  # noqa: BLE001 - unnamed: compiled again when linked, as before
+            pass
+
+    def offer(self, key: str, args, secs, module) -> None:
+        name = self.names.pop(key, None)
+        if name is None or not secs:
+            return
+        mean, ak = sum(float(s) for s in secs) / len(secs), arg_key(args)
+        if mean < self.best.get(ak, (math.inf,))[0]:
+            self.best[ak] = (mean, name, module)
+
+    def hand_over(self, library) -> int:
+        """The kept modules adopted by `library` (None: dropped); how many."""
+        n = 0
+        for _, name, module in self.best.values() if library is not None else ():
+            n += library.adopt(name, module, module.entry_name)
+        self.best.clear()
+        self.names.clear()
+        return n
 
 
 def arg_key(args) -> tuple:
@@ -339,14 +390,15 @@ class TuningDB:
         runner: dict | None = None,
         focus_trials: int = 0,
         focus_share: float = 0.8,
-        light_trials: int = 0,
+        light_trials: int | None = None,
     ):
         self.target = target
         # the new kernels that make up `focus_share` of their summed tuned time get `focus_trials`
         # trials in all (a second pass); the others keep `trials_per_task`
         self.focus_trials, self.focus_share = focus_trials, focus_share
         # with transferred seeds: the trials of a new kernel outside the transfer's share of the
-        # time its first replay measured (`_seed`, `_first_pass`); 0: `trials_per_task`
+        # time its first replay measured (`_seed`, `_first_pass`); 0: none, its transferred
+        # schedule stands; None: `trials_per_task`
         self.light_trials = light_trials
         # how MetaSchedule times each trial's kernel (its EvaluatorConfig)
         self.runner = {**RUNNER, **(runner or {})}
@@ -367,9 +419,13 @@ class TuningDB:
             "picks_reused": 0,  # of those, the search's picks (`_seed`)
             "trials_screened": 0,  # trials ruled out by their brief timing (`RUNNER`'s screen)
             "tuning_s": 0.0,
+            "kernels_built_adopted": 0,  # tuning's winners linked without compiling (`_Fastest`)
         }
         self._seen: set[str] = set()
         self._seeded: dict[str, int] = {}  # kernel key: transferred candidates `_seed` committed
+        # a `kernels.tvm_library.KernelLibrary` that takes in the modules tuning built for its
+        # kernels' winners (`_Fastest`), and those modules until a tuning call ends
+        self.library, self._fastest = None, _Fastest(target)
         self.reload()
 
     # --- the database ----------------------------------------------------------------------
@@ -436,45 +492,50 @@ class TuningDB:
         how many kernels were new; writes their rows to the latency table."""
         trials = trials_per_task or self.trials_per_task
         self.note_seen(kernels)
-        with core_lock().exclusive("tuning"):
-            self.reload()
-            todo = self.missing(kernels)
-            if trials <= 0:
-                self._table_rows(kernels)
-                return 0
-            t0 = time.time()
-            if todo:
-                light = self._seed(todo, seeds) if seeds is not None else []
-                self._first_pass(todo, trials, light)
-                self._table_rows(todo)  # their first-pass times rank them for `_focus`
-            heavy = {}
-            for net in (networks or [kernels]) if focus else []:
-                heavy.update({k.key: k for k in self._focus(net, trials)})
-            more = list(heavy.values())
-            if more:  # a second pass with a fresh seed: replay-trace would replay the first
-                self._run_metaschedule(
-                    more, self.focus_trials - trials, seed=self.seed + 1, again=True
-                )
-            if not (todo or more):
-                self._table_rows(kernels)
-                return 0
-            dt = time.time() - t0
-            self.stats["tasks_focused"] += len(more)
-            self.stats["tasks_tuned"] += len(todo)
-            self.stats["tuning_s"] += dt
-            wl, rec = self._files()
-            self._loaded_size = sum(p.stat().st_size for p in (wl, rec) if p.exists())
-            self._table_rows(kernels, again={k.key for k in more})
-            failed = [k.name for k in todo if self.record(k) is None]
-            if failed:
-                log.warning(
-                    "no working schedule found for %d kernel%s: %s",
-                    len(failed),
-                    "" if len(failed) == 1 else "s",
-                    ", ".join(failed[:5]),
-                )
-            log.info("tuned %d new kernels, %d more in %.0f s", len(todo), len(more), dt)
-            return len(todo)
+        try:
+            with core_lock().exclusive("tuning"):
+                return self._tune(kernels, trials, focus, networks, seeds)
+        finally:
+            self.stats["kernels_built_adopted"] += self._fastest.hand_over(self.library)
+
+    def _tune(self, kernels, trials, focus, networks, seeds) -> int:
+        """`tune` with the core lock held."""
+        self.reload()
+        todo = self.missing(kernels)
+        if trials <= 0:
+            self._table_rows(kernels)
+            return 0
+        t0 = time.time()
+        if todo:
+            light = self._seed(todo, seeds) if seeds is not None else []
+            self._first_pass(todo, trials, light)
+            self._table_rows(todo)  # their first-pass times rank them for `_focus`
+        heavy = {}
+        for net in (networks or [kernels]) if focus else []:
+            heavy.update({k.key: k for k in self._focus(net, trials)})
+        more = list(heavy.values())
+        if more:  # a second pass with a fresh seed: replay-trace would replay the first
+            self._run_metaschedule(more, self.focus_trials - trials, seed=self.seed + 1, again=True)
+        if not (todo or more):
+            self._table_rows(kernels)
+            return 0
+        dt = time.time() - t0
+        self.stats["tasks_focused"] += len(more)
+        self.stats["tasks_tuned"] += len(todo)
+        self.stats["tuning_s"] += dt
+        wl, rec = self._files()
+        self._loaded_size = sum(p.stat().st_size for p in (wl, rec) if p.exists())
+        self._table_rows(kernels, again={k.key for k in more})
+        failed = [k.name for k in todo if self.record(k) is None]
+        if failed:
+            log.warning(
+                "no working schedule found for %d kernel%s: %s",
+                len(failed),
+                "" if len(failed) == 1 else "s",
+                ", ".join(failed[:5]),
+            )
+        log.info("tuned %d new kernels, %d more in %.0f s", len(todo), len(more), dt)
+        return len(todo)
 
     def _focus(self, kernels: list[Kernel], trials: int) -> list[Kernel]:
         """Of `kernels`, the slowest that make up `focus_share` of their summed time (each
@@ -493,16 +554,18 @@ class TuningDB:
     def _first_pass(self, todo: list[Kernel], trials: int, light: list[Kernel]) -> None:
         """`trials` for each of `todo`, but `light_trials` (when fewer) for those in `light`:
         kernels outside the transfer's share of their first replays' measured time, each with
-        that replay already among its candidates (`_seed`). Each kernel's
-        trials are drawn from its own seed, so its first `light_trials` are the first of those
-        it would have had."""
-        few = {k.key for k in light} if 0 < self.light_trials < trials else set()
+        that replay already among its candidates (`_seed`); with `light_trials` 0 that replay
+        is their schedule. Each kernel's trials are drawn from its own seed, so its first
+        `light_trials` are the first of those it would have had."""
+        few = set()
+        if self.light_trials is not None and self.light_trials < trials:
+            few = {k.key for k in light if self.record(k) is not None}  # a replay that ran
         rest = [k for k in todo if k.key not in few]
         if rest:
             self._run_metaschedule(rest, trials)
-        if few:
+        if few and self.light_trials:
             self._run_metaschedule([k for k in todo if k.key in few], self.light_trials)
-            self.stats["tasks_light"] += len(few)
+        self.stats["tasks_light"] += len(few)
 
     def _seed(self, todo: list[Kernel], transfer) -> list[Kernel]:
         """Commit each of `todo`'s transferred schedules (`Transfer.replays`: replayed from the
@@ -560,7 +623,7 @@ class TuningDB:
         if not cands:
             return {}
         built: dict = {}
-        results = _in_process_builder(host_cores(), built).build(
+        results = _in_process_builder(host_cores(), built, self._fastest).build(
             [ms.builder.BuilderInput(sch.mod, self.target) for _, sch, _ in cands]
         )
         inputs, kept = [], []
@@ -571,7 +634,9 @@ class TuningDB:
                 kept.append((i, sch, info))
         best: dict[int, float] = {}
         for (i, sch, info), fut, ri in zip(
-            kept, _in_process_runner(self._timing(), built).run(inputs), inputs
+            kept,
+            _in_process_runner(self._timing(), built, fastest=self._fastest).run(inputs),
+            inputs,
         ):
             shutil.rmtree(os.path.dirname(str(ri.artifact_path)), ignore_errors=True)
             res = fut.result()
@@ -627,7 +692,13 @@ class TuningDB:
             if built is not None:
                 screen = self.runner.get("screen") or 0.0
                 runner = _in_process_runner(
-                    timing, built, progress, screen, self.stats, self._floors(todo)
+                    timing,
+                    built,
+                    progress,
+                    screen,
+                    self.stats,
+                    self._floors(todo),
+                    self._fastest,
                 )
             else:
                 runner = _waiting_runner(
@@ -653,7 +724,7 @@ class TuningDB:
                 max_trials_global=trials * len(ctxs),
                 max_trials_per_task=trials,
                 num_trials_per_iter=TRIALS_PER_BATCH,
-                builder=_in_process_builder(host_cores(), built),
+                builder=_in_process_builder(host_cores(), built, self._fastest),
                 runner=runner,
                 database=self._db,
                 cost_model="random" if self.strategy != "evolutionary" else "xgb",

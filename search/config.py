@@ -205,12 +205,13 @@ class LatencyCfg(_M):
     focus_share: float = Field(
         0.8, gt=0, le=1, description="the share of tuned time whose kernels get focus_trials"
     )
-    light_trials: int = Field(
-        0,
+    light_trials: int | None = Field(
+        None,
         ge=0,
         description="tvm-transfer's front check with check_transfer: trials for a new kernel "
         "outside transfer_share of the new kernels' time as their first transferred schedules "
-        "measure (that schedule is among its candidates too); 0: trials_per_task like the rest",
+        "measure (that schedule is among its candidates too); 0: none, that schedule stands; "
+        "unset: trials_per_task like the rest",
     )
     strategy: Literal["replay-trace", "evolutionary"] = "replay-trace"
     database: str | None = Field(

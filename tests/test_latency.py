@@ -622,16 +622,18 @@ def test_the_check_seeds_each_kernel_with_the_schedule_the_search_priced_it_with
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("light_trials", [1, 0])
 def test_the_checks_light_kernels_get_light_trials_beside_their_transferred_schedule(
-    tmp_path, monkeypatch
+    tmp_path, monkeypatch, light_trials
 ):
     """`light_trials`: in a tuning seeded by transfer, the new kernels outside the transfer's
-    share of their first replays' measured time get that many trials, the rest
-    `trials_per_task`; a kernel without a transferred schedule is never light."""
+    share of their first replays' measured time get that many trials (0: none, their
+    transferred schedule stands), the rest `trials_per_task`; a kernel without a transferred
+    schedule is never light."""
     from kernels.tvm_latency import TVMBackend
     from kernels.tvm_transfer import Transfer
 
-    b = TVMBackend(tmp_path, trials_per_task=3, repeats=3, light_trials=1)
+    b = TVMBackend(tmp_path, trials_per_task=3, repeats=3, light_trials=light_trials)
     b.db.tune(b.kernels_of(*_tiny_model(0)), trials_per_task=1, focus=False)  # the sources
     ks = b.kernels_of(*_tiny_model(3))
     new = b.db.missing(ks)
@@ -643,8 +645,9 @@ def test_the_checks_light_kernels_get_light_trials_beside_their_transferred_sche
     assert all(b.db._seeded.get(key, 0) == 1 for key in light)
     assert b.db.stats["tasks_light"] == len(light)
     done = {k.key: b.db._trials_done(k) - b.db._seeded.get(k.key, 0) for k in new}
-    assert all(done[key] <= 1 for key in light)
+    assert all(done[key] <= light_trials for key in light)
     assert max(d for key, d in done.items() if key not in light) >= 2
+    assert not b.db.missing(ks)  # every new kernel has a schedule in the database
 
 
 @pytest.mark.slow
@@ -1070,6 +1073,32 @@ def test_networks_are_linked_from_kernels_compiled_once(backend, tvm_db):
     assert lib.stats["kernels_compiled"] > n
     vm = relax.VirtualMachine(relinked, tvm.cpu())
     assert np.allclose(first_output(vm["main"](again["input"])), out, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_network_compiled_after_tuning_links_the_winners_tuning_built(tmp_path):
+    """Tuning hands the module it built and timed for each kernel's winner to the kernel library
+    (`kernels.tvm_tuning._Fastest`): the network compiled next links them instead of compiling
+    them again, they are the database's best schedules, and the network computes what PyTorch
+    does."""
+    from kernels.tvm_latency import TVMBackend
+    from kernels.tvm_library import kernel_name
+
+    b = TVMBackend(tmp_path, trials_per_task=2, repeats=5)
+    model, r = _tiny_model(5)
+    kernels = b.kernels_of(model, r)
+    assert b.db.tune(kernels) > 0
+    adopted = set(b.library._names)
+    assert b.db.stats["kernels_built_adopted"] == len(adopted) > 0
+    winners = set()
+    for k in {k.key: k for k in kernels}.values():
+        sch = b.db.database.query_schedule(k.task.dispatched[0], b.target, "main")
+        winners.add(kernel_name(sch.mod["main"], b.target))
+    assert adopted <= winners  # the fastest candidate of each kernel, as the database keeps it
+    c = b.compile(model, r, tune=False)
+    assert b.library.stats["kernels_compiled"] == len(winners - adopted)
+    assert b.library.stats["kernels_reused"] >= len(adopted)
+    assert c["info"]["latency_max_abs_diff"] < 1e-4
 
 
 def test_tvm_transfer_falls_back_to_eager_loudly_where_tvm_cannot_load(
