@@ -320,11 +320,13 @@ class Transfer:
             return
         from tvm_ffi import structural_hash
 
+        from kernels.tvm_tuning import mean_seconds
+
         best: dict[int, tuple[float, object]] = {}  # the fastest record of each workload
         for rec in db.database.get_all_tuning_records():
             if not rec.run_secs:
                 continue
-            secs = sum(float(s) for s in rec.run_secs) / len(rec.run_secs)
+            secs = mean_seconds(rec.run_secs)
             if secs >= 1e9:  # MetaSchedule's mark of a candidate that failed to build or run
                 continue
             key = structural_hash(rec.workload.mod)

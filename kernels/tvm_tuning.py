@@ -277,18 +277,24 @@ class _Fastest:
         name = self.names.pop(key, None)
         if name is None or not secs:
             return
-        mean, ak = sum(float(s) for s in secs) / len(secs), arg_key(args)
+        mean, ak = mean_seconds(secs), arg_key(args)
         if mean < self.best.get(ak, (math.inf,))[0]:
             self.best[ak] = (mean, name, module)
 
     def hand_over(self, library) -> int:
         """The kept modules adopted by `library` (None: dropped); how many."""
         n = 0
-        for _, name, module in self.best.values() if library is not None else ():
-            n += library.adopt(name, module, module.entry_name)
+        if library is not None:
+            for _, name, module in self.best.values():
+                n += library.adopt(name, module, module.entry_name)
         self.best.clear()
         self.names.clear()
         return n
+
+
+def mean_seconds(secs) -> float:
+    """The mean of a candidate's run times (MetaSchedule's `run_secs`, or the runner's list)."""
+    return sum(float(s) for s in secs) / len(secs)
 
 
 def arg_key(args) -> tuple:
@@ -425,8 +431,14 @@ class TuningDB:
         self._seeded: dict[str, int] = {}  # kernel key: transferred candidates `_seed` committed
         # a `kernels.tvm_library.KernelLibrary` that takes in the modules tuning built for its
         # kernels' winners (`_Fastest`), and those modules until a tuning call ends
-        self.library, self._fastest = None, _Fastest(target)
+        self.library, self._kept = None, _Fastest(target)
         self.reload()
+
+    @property
+    def _fastest(self):
+        """The tuning call's `_Fastest`, None without a library to hand its modules to (nothing
+        then named or kept)."""
+        return self._kept if self.library is not None else None
 
     # --- the database ----------------------------------------------------------------------
     def _files(self):
@@ -496,7 +508,7 @@ class TuningDB:
             with core_lock().exclusive("tuning"):
                 return self._tune(kernels, trials, focus, networks, seeds)
         finally:
-            self.stats["kernels_built_adopted"] += self._fastest.hand_over(self.library)
+            self.stats["kernels_built_adopted"] += self._kept.hand_over(self.library)
 
     def _tune(self, kernels, trials, focus, networks, seeds) -> int:
         """`tune` with the core lock held."""
@@ -647,8 +659,7 @@ class TuningDB:
                 self._db.commit_tuning_record(rec)
                 self._seeded[k.key] = self._seeded.get(k.key, 0) + 1
                 self.stats["transferred_candidates"] += 1
-                secs = sum(float(s) for s in res.run_secs) / len(res.run_secs)
-                best[i] = min(secs, best.get(i, math.inf))
+                best[i] = min(mean_seconds(res.run_secs), best.get(i, math.inf))
         return best
 
     def _timing(self) -> dict:
@@ -664,7 +675,7 @@ class TuningDB:
     def _best(self, k: Kernel) -> float | None:
         """The kernel's best record's mean time now (the latency table keeps the first)."""
         r = self.record(k)
-        return sum(float(s) for s in r.run_secs) / len(r.run_secs) if r and r.run_secs else None
+        return mean_seconds(r.run_secs) if r and r.run_secs else None
 
     def _trials_done(self, k: Kernel) -> int:
         """How many working schedules the database holds for the kernel."""
