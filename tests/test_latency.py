@@ -458,6 +458,59 @@ def test_tuning_times_in_full_only_the_candidates_a_brief_timing_does_not_rule_o
     assert screened == 0 and all(n == RUNNER["repeat"] for v in runs.values() for n in v)
 
 
+def test_tuning_builds_several_kernels_ahead_but_never_times_beside_a_build(tmp_path, monkeypatch):
+    """A tuning call hands each kernel's batch of candidates to the build threads and goes on to
+    the next kernel's (`_BuildAhead`): the timing waits until `BUILD_AHEAD` candidates are built,
+    or the scheduler asks for a result, and no candidate is timed while a build runs. A candidate
+    that fails to build is its kernel's failed trial, and the others are tuned as before."""
+    import threading
+
+    from tvm.s_tir.meta_schedule.builder import local_builder
+
+    import kernels.tvm_tuning as tt
+    from kernels.tvm_latency import TVMBackend
+
+    lock, state = threading.Lock(), {"building": 0, "built": 0, "calls": 0}
+    timed_while_building, built_before_timing = [], []
+    real_build, real_timed = local_builder.default_build, tt._timed
+
+    def build(mod, target, params):
+        with lock:
+            state["building"] += 1
+            state["calls"] += 1
+            fail = state["calls"] == 5  # one candidate of the first kernel fails to build
+        try:
+            if fail:
+                raise RuntimeError("a candidate that does not build")
+            return real_build(mod, target, params)
+        finally:
+            with lock:
+                state["building"] -= 1
+                state["built"] += 1
+
+    def timed(ready, evaluator):
+        timed_while_building.append(state["building"])
+        built_before_timing.append(state["built"])
+        return real_timed(ready, evaluator)
+
+    monkeypatch.setattr(local_builder, "default_build", build)
+    monkeypatch.setattr(tt, "_timed", timed)
+    monkeypatch.setattr(tt, "BUILD_AHEAD", 16)
+    model, r = _tiny_model(0)
+    b = TVMBackend(tmp_path, trials_per_task=8)
+    ks = b.kernels_of(model, r)
+    assert len(ks) >= 3
+    b.db.tune(ks, focus=False)
+    assert timed_while_building and not any(timed_while_building)
+    assert built_before_timing[0] >= 16  # two kernels' batches built before the first timing
+    failed = 0
+    for k in ks:
+        recs = b.db.database.get_top_k(b.db.database.commit_workload(k.task.dispatched[0]), 64)
+        failed += 8 - len(recs)
+        assert recs and recs[0].run_secs and float(recs[0].run_secs[0]) < 1  # a fully timed best
+    assert failed == 1  # the candidate that did not build has no timing
+
+
 def test_a_kernels_best_so_far_screens_its_next_trials_even_two_at_a_time(tmp_path):
     """A kernel that already has a fully timed schedule (a transferred one, a first pass) screens
     its further trials against that time too (`TuningDB._floors`): a pass of 2 trials a kernel,
