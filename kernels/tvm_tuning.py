@@ -184,7 +184,8 @@ def _in_process_builder(workers: int = 1, keep: dict | None = None, fastest=None
 
 
 # candidates a tuning call's builder may build ahead of their timing (`_BuildAhead`): several
-# kernels' batches on the build threads at once, held in memory (about 2 MB each) until timed
+# kernels' batches on the build threads at once, held in memory (about 2 MB each) until timed;
+# 0: each batch built and timed alone, as MetaSchedule sends it (benchmarks/build_ahead.py)
 BUILD_AHEAD = 48
 
 
@@ -802,7 +803,7 @@ class TuningDB:
             ctxs = self._contexts(todo, logs, self.seed if seed is None else seed)
             timing = self._timing()
             built: dict | None = {} if self.runner.get("in_process") else None
-            ahead = _BuildAhead(host_cores()) if built is not None else None
+            ahead = _BuildAhead(host_cores()) if built is not None and BUILD_AHEAD else None
             n, progress = len(todo), _Progress(trials * len(todo), PROGRESS_EVERY_S)
             if built is not None:
                 screen = self.runner.get("screen") or 0.0
