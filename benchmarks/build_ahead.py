@@ -167,14 +167,15 @@ def report(d: dict) -> str:
             wall, per = f"**{wall}**", f"**{per}**"
         lines.append(f"| {a} | {wall} | {per} | {stat(a, 'screened')} | {stat(a, 'best_sum_us')} |")
     if len(ways) == 2:
-        saved = 100 * (1 - walls[ways[1]] / walls[ways[0]])
-        lines += ["", f"- Building {ways[1]} ahead took {saved:.0f} % less wall time than 0."]
+        change = 100 * (walls[ways[1]] / walls[ways[0]] - 1)
+        lines += ["", f"- Building {ways[1]} ahead: wall time {change:+.1f} % against 0."]
     return "\n".join(lines + _checks_report(d)) + "\n"
 
 
 def _checks_report(d: dict) -> list[str]:
     if not d.get("checks"):
         return []
+    ways = sorted({c["build_ahead"] for c in d["checks"]})
     lines = [
         "",
         f"## The front check of `{d['work']}`, made again",
@@ -191,6 +192,15 @@ def _checks_report(d: dict) -> list[str]:
             f"| {c['round']} | {c['build_ahead']} | {c['seconds']:.1f} | {c['kernels_tuned']} | "
             f"{c['kernels_focused']} | {c['trials_screened']} |"
         )
+    by = {a: [c["seconds"] for c in d["checks"] if c["build_ahead"] == a] for a in (0, max(ways))}
+    if all(by.values()):
+        mean = {a: statistics.mean(v) for a, v in by.items()}
+        change = 100 * (mean[max(ways)] / mean[0] - 1)
+        lines += [
+            "",
+            f"- Mean over the rounds: {mean[0]:.1f} s with 0, {mean[max(ways)]:.1f} s with "
+            f"{max(ways)} ahead ({change:+.1f} %).",
+        ]
     return lines
 
 
