@@ -25,6 +25,7 @@ Writes benchmarks/results/build_ahead.md and .json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import tempfile
@@ -52,21 +53,29 @@ def main() -> None:
     json_and_md(ap.parse_args(), measure, report)
 
 
+@contextlib.contextmanager
+def building_ahead(ahead: int):
+    """`kernels.tvm_tuning.BUILD_AHEAD` set to `ahead` meanwhile."""
+    from kernels import tvm_tuning as tt
+
+    was, tt.BUILD_AHEAD = tt.BUILD_AHEAD, ahead
+    try:
+        yield
+    finally:
+        tt.BUILD_AHEAD = was
+
+
 def tune_once(args, ahead: int) -> dict:
     """One tuning call from an empty database with `BUILD_AHEAD` set to `ahead`."""
     from benchmarks.latency_default import _base_kernels
-    from kernels import tvm_tuning as tt
     from kernels.tvm_latency import TVMBackend
 
     b = TVMBackend(tempfile.mkdtemp(prefix="build-ahead-"), trials_per_task=args.trials)
     kernels = _base_kernels(b, args.kernels, SPACE)
-    was, tt.BUILD_AHEAD = tt.BUILD_AHEAD, ahead
-    try:
+    with building_ahead(ahead):
         t0 = time.time()
         b.db.tune(kernels, focus=False)
         wall = time.time() - t0
-    finally:
-        tt.BUILD_AHEAD = was
     return {
         "build_ahead": ahead,
         "wall_s": wall,
@@ -79,13 +88,9 @@ def tune_once(args, ahead: int) -> dict:
 def check_once(args, lowered: list, ahead: int) -> dict:
     """The work folder's front check made again, `BUILD_AHEAD` set to `ahead`."""
     from benchmarks.check_budget import check_with_transfer
-    from kernels import tvm_tuning as tt
 
-    was, tt.BUILD_AHEAD = tt.BUILD_AHEAD, ahead
-    try:
+    with building_ahead(ahead):
         _, cost = check_with_transfer(Path(args.work), lowered, 8)
-    finally:
-        tt.BUILD_AHEAD = was
     keys = ("seconds", "kernels_tuned", "kernels_focused", "trials_screened")
     return {"build_ahead": ahead, **{k: cost[k] for k in keys}}
 

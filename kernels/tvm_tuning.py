@@ -154,8 +154,7 @@ def _in_process_builder(workers: int = 1, keep: dict | None = None, fastest=None
             if keep is None:
                 return BuilderResult(default_export(mod), None)
             mod[mod.entry_name]  # noqa: B018 - LLVM emits the code on the first lookup
-            # MetaSchedule removes an artifact's folder once it is timed: an empty one stands in
-            key = key or os.path.join(tempfile.mkdtemp(prefix="archsearch-built-"), "module")
+            key = key or _artifact_key()
             keep[key] = mod
             if fastest is not None:
                 fastest.name(key, bi.mod)
@@ -166,7 +165,7 @@ def _in_process_builder(workers: int = 1, keep: dict | None = None, fastest=None
             return BuilderResult(None, f"build failed: {e}")
 
     def later(bi):
-        key = os.path.join(tempfile.mkdtemp(prefix="archsearch-built-"), "module")
+        key = _artifact_key()
         ahead.submit(one, bi, key)
         return BuilderResult(key, None)
 
@@ -183,6 +182,12 @@ def _in_process_builder(workers: int = 1, keep: dict | None = None, fastest=None
     return InProcessBuilder()
 
 
+def _artifact_key() -> str:
+    """The key a kept candidate module stands under in place of an artifact path: MetaSchedule
+    removes an artifact's folder once it is timed, so an empty one stands in."""
+    return os.path.join(tempfile.mkdtemp(prefix="archsearch-built-"), "module")
+
+
 # candidates a tuning call's builder may build ahead of their timing (`_BuildAhead`): several
 # kernels' batches on the build threads at once, held in memory (about 2 MB each) until timed;
 # 0: each batch built and timed alone, as MetaSchedule sends it (benchmarks/build_ahead.py)
@@ -195,15 +200,15 @@ class _BuildAhead:
     last candidates of each batch compile alone while the other thread waits (48 tinynet
     candidates: 0.14 s each in batches of 8, 0.10 s in one pool). Here the builder hands a batch
     to the pool and returns, the runner returns futures that time nothing yet, and the timing
-    waits (`flush`) until `window` candidates are waiting or the scheduler asks for a result:
+    waits (`flush`) until `BUILD_AHEAD` candidates are waiting or the scheduler asks for a result:
     then every build in flight is finished first, so no kernel is timed beside a compilation,
     and the batches are timed in the order they came, each as `_in_process_runner` times it."""
 
-    def __init__(self, workers: int, window: int | None = None):
+    def __init__(self, workers: int):
         from concurrent.futures import ThreadPoolExecutor
 
         self.pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="archsearch-build")
-        self.window = window or BUILD_AHEAD
+        self.window = BUILD_AHEAD
         self.building: list = []  # the builds handed to the pool since the last flush
         self.batches: list = []  # (timing of one batch, its waiting futures), in order
 
