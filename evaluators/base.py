@@ -6,6 +6,7 @@ can do. Registration: one line in `evaluators.registry`."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -122,6 +123,20 @@ class Evaluator:
         """The trained network and data, for optimisers that declare `needs_model`."""
         raise NotImplementedError(f"the {self.kind} evaluator has no trained model")
 
+    def run_starting(self, seed: int) -> None:
+        """Before `setup`, when a run follows (its `run_started` with this `seed`): `setup` may
+        let the latency provider begin its preparation beside the pre-training
+        (`_beside_setup`)."""
+        self._run_seed = seed
+
+    def _beside_setup(self) -> contextlib.AbstractContextManager:
+        """Around `setup`'s pre-training of the supernet (`self.space` known): the latency
+        provider's preparation for the run begun (once: a worker's `setup` begins nothing)."""
+        seed, self._run_seed = getattr(self, "_run_seed", None), None
+        if self.latency is None or seed is None:
+            return contextlib.nullcontext()
+        return self.latency.beside_setup(self.space, seed)
+
     def run_started(self, run_dir: Path, seed: int) -> None:
         """After `setup`, before the first trial: the latency provider prepares (tvm-model fits)."""
         if self.latency is not None:
@@ -153,6 +168,7 @@ def detached_copy(obj, heavy: tuple[str, ...]):
     c = copy.copy(obj)
     for name in heavy:
         setattr(c, name, None)
+    c._run_seed = None  # a worker's setup begins no preparation of the run (`run_starting`)
     return c
 
 

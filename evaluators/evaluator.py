@@ -174,15 +174,16 @@ class TrainEvaluator(Evaluator):
             self.supernet = self.space.supernet(self.seed)
             self.supernet.load_state_dict(supernet_state)
         else:
-            self.supernet, self.supernet_info = supernet_cache.get_or_train(
-                self.space,
-                self.data,
-                self.pretrain,
-                self.sandwich,
-                self.seed,
-                self.cache_dir,
-                progress,
-            )
+            with self._beside_setup():
+                self.supernet, self.supernet_info = supernet_cache.get_or_train(
+                    self.space,
+                    self.data,
+                    self.pretrain,
+                    self.sandwich,
+                    self.seed,
+                    self.cache_dir,
+                    progress,
+                )
         self.supernet.eval()
 
     def supernet_state(self) -> dict:

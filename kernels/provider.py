@@ -6,6 +6,7 @@ in `kernels.latency.PROVIDERS`."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -52,6 +53,11 @@ class LatencyProvider:
         (the candidate fine-tunes meanwhile). Default: measured now."""
         out = self.measure(model, resolution)
         return lambda: out
+
+    def beside_setup(self, space, seed: int) -> contextlib.AbstractContextManager:
+        """Around the supernet's pre-training, when a run's `prepare_run` (with this `seed`)
+        follows: a provider may begin that preparation beside it (default: nothing)."""
+        return contextlib.nullcontext()
 
     def prepare_run(self, space, supernet: nn.Module | None, run_dir: Path, seed: int) -> None:
         """Before the first trial, with the pre-trained supernet (default: nothing to prepare)."""

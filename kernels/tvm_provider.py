@@ -14,8 +14,10 @@ TVM itself is imported only where a backend is made (`kernels.tvm_latency`)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import threading
 import time
 from pathlib import Path
 from typing import ClassVar
@@ -348,6 +350,7 @@ class TVMTransferLatency(TVMLatency):
         self.transfer_options = dict(pick=transfer_pick, tries=transfer_tries, share=transfer_share)
         self.check_transfer = check_transfer
         self._report: dict = {}
+        self._beside: _Beside | None = None  # the seed tuning begun beside the pre-training
 
     def backend(self):
         b = super().backend()
@@ -386,12 +389,51 @@ class TVMTransferLatency(TVMLatency):
             check_transfer=cfg.check_transfer,
         )
 
+    @contextlib.contextmanager
+    def beside_setup(self, space, seed: int):
+        """The seed tuning begun beside the block (the supernet's pre-training, whose sandwich
+        threads leave about a fifth of 2 cores idle as they wait on each other): its candidates
+        built in that idle time, on threads of the lowest priority, and timed once the block
+        ends (`kernels.tvm_tuning.Quiet`); `prepare_run` then waits for it. The seed networks'
+        kernels are found first, on this thread (torch.export is not run beside the training
+        threads), from the space's untrained supernet: a kernel is its shapes, not its weights."""
+        b = self.backend()
+        if not b.db.runner.get("in_process"):  # MetaSchedule's runner process would time now
+            yield
+            return
+        t0 = time.time()
+        found = self._seed_kernels(space, space.supernet(seed), seed)
+        self._beside = _Beside(seed, time.time() - t0)
+        b.db.quiet = self._beside.quiet  # before the tuning starts: it must not hold the cores
+        self._beside.start(lambda: self._seed_tuning(space, *found))
+        ok = False
+        try:
+            yield
+            ok = True
+        finally:
+            self._beside.quiet.open(abandoned=not ok)
+
     def prepare_run(self, space, supernet, run_dir: Path, seed: int) -> None:
         """Tune the kernels of the seed networks that the database lacks, all in one MetaSchedule
-        session (each session starts its runner process and tuning contexts anew)."""
+        session (each session starts its runner process and tuning contexts anew), or wait for
+        that tuning where `beside_setup` began it."""
+        beside, self._beside = self._beside, None
+        if beside is not None and beside.seed == seed:
+            self._report, waited = beside.result()
+            self.backend().db.quiet = None
+            self._report.update(seed_tuning_beside=True, prepare_s=beside.before_s + waited)
+        else:
+            t0 = time.time()
+            self._report = self._seed_tuning(space, *self._seed_kernels(space, supernet, seed))
+            self._report.update(seed_tuning_beside=False, prepare_s=time.time() - t0)
+        self._write(run_dir)
+
+    def _seed_kernels(self, space, supernet, seed: int) -> tuple:
+        """The seed networks, their kernels where the database lacks a measurement of the whole
+        network, the kernel keys of those it has, and how many it has."""
         from kernels.tvm_latency import spread_genomes
 
-        b, t0 = self.backend(), time.time()
+        b = self.backend()
         genomes = spread_genomes(space, self.seed_networks, seed)
         kernels, known, before = [], set(), 0  # known: kernels of seed networks tuned before
         for g in genomes:
@@ -401,32 +443,37 @@ class TVMTransferLatency(TVMLatency):
                 kernels += b.kernels_of(model, r)
             else:
                 known, before = known | keys, before + 1
+        return [space.genome_id(g) for g in genomes], kernels, known, before
+
+    def _seed_tuning(self, space, genome_ids, kernels, known, before) -> dict:
+        """`_seed_kernels`' kernels the database lacks tuned; the report's seed fields."""
+        b = self.backend()
         todo, tuning_s0 = len(b.db.missing(kernels)), b.db.stats["tuning_s"]
         distinct = len({k.key for k in kernels} | known)
         log.info(
-            "latency: %d seed networks, %d distinct kernels, %d to tune (%d trials each)",
-            len(genomes),
+            "latency: %d seed networks, %d distinct kernels, %d to tune (%d trials each)%s",
+            len(genome_ids),
             distinct,
             todo,
             self.trials_per_task,
+            ", built beside the pre-training" if b.db.quiet and not b.db.quiet.is_open() else "",
         )
         screened = b.db.stats["trials_screened"]
         b.db.tune(kernels, focus=False)  # transfer sources: more trials did not transfer better
-        self._report = {
+        return {
             "provider": self.name,
             "target": str(b.target),
             "database": str(b.db.dir),
-            "seed_networks": [space.genome_id(g) for g in genomes],
+            "seed_networks": genome_ids,
             "seed_kernels": distinct,
             "seed_networks_tuned_before": before,
             "seed_kernels_tuned": todo,
+            # from its start, with the time it built beside the pre-training
             "seed_tuning_s": b.db.stats["tuning_s"] - tuning_s0,
             # trials the tuning runner's brief first timing ruled out (kernels.tvm_tuning.RUNNER)
             "seed_trials_screened": b.db.stats["trials_screened"] - screened,
             "trials_per_task": self.trials_per_task,
-            "prepare_s": time.time() - t0,
         }
-        self._write(run_dir)
 
     def _write(self, run_dir: Path) -> None:
         report = {**self._report, **self.stats()}
@@ -576,3 +623,34 @@ def tvm_settings(cfg) -> dict:
         focus_share=cfg.focus_share,
         light_trials=cfg.light_trials,
     )
+
+
+class _Beside:
+    """A seed tuning run on its own thread from `beside_setup` on: `quiet` opens when the
+    pre-training ends; `result` waits for the tuning and gives its report and the seconds waited.
+    `before_s`: finding its kernels, before the pre-training began."""
+
+    def __init__(self, seed: int, before_s: float):
+        from kernels.tvm_tuning import Quiet
+
+        self.seed, self.quiet, self.before_s = seed, Quiet(), before_s
+        self.report, self.error, self.thread = None, None, None
+
+    def start(self, tune) -> None:
+        self.thread = threading.Thread(
+            target=self._run, args=(tune,), name="archsearch-seed-tuning", daemon=False
+        )  # not a daemon: the process ends once it does (an abandoned one at its first timing)
+        self.thread.start()
+
+    def _run(self, tune) -> None:
+        try:
+            self.report = tune()
+        except BaseException as e:  # noqa: BLE001 - raised where the run waits for it
+            self.error = e
+
+    def result(self) -> tuple[dict, float]:
+        t0 = time.time()
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.report, time.time() - t0

@@ -12,13 +12,16 @@ the per-operator latency table that `kernels.latency_model` is fitted on.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import math
 import os
 import shutil
+import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,19 +118,28 @@ PROGRESS_EVERY_S = 30.0  # a tuning session's progress line at most this often
 
 class _Progress:
     """A log line at most every `every` seconds while a tuning session times its candidates:
-    trials done of `total`, and the time left at the rate so far."""
+    trials done of `total`, and the time left at the rate since the first batch was timed (a
+    tuning beside pre-training builds for a minute or more before it times any)."""
 
     def __init__(self, total: int, every: float):
         self.total, self.every, self.done = total, every, 0
         self.t0 = self.last = time.time()
+        self.first = 0  # trials timed in the first batch, the rate's start
 
     def __call__(self, n: int) -> None:
-        self.done += n
         now = time.time()
+        if self.done == 0:
+            self.t0, self.last, self.first = now, now, n
+        self.done += n
         if now - self.last >= self.every and 0 < self.done < self.total:
             self.last = now
-            left = (now - self.t0) / self.done * (self.total - self.done)
-            log.info("tuning: %d/%d trials, ~%.0f s left", self.done, self.total, left)
+            rate = (now - self.t0) / max(1, self.done - self.first)
+            log.info(
+                "tuning: %d/%d trials, ~%.0f s left",
+                self.done,
+                self.total,
+                rate * (self.total - self.done),
+            )
 
 
 def _in_process_builder(workers: int = 1, keep: dict | None = None, fastest=None, ahead=None):
@@ -192,6 +204,72 @@ def _artifact_key() -> str:
 # kernels' batches on the build threads at once, held in memory (about 2 MB each) until timed;
 # 0: each batch built and timed alone, as MetaSchedule sends it (benchmarks/build_ahead.py)
 BUILD_AHEAD = 48
+# the most candidates held built while a `Quiet` keeps their timing waiting (about 1 GB): a seed
+# tuning beside pre-training builds up to this many, then waits for the pre-training to end
+BESIDE_MAX = 512
+
+
+class Quiet:
+    """When a tuning that started beside other work in this process (the supernet's pre-training)
+    may time its candidates: until `open`, the tuning's thread (`lower`: its sampling of
+    candidates) and its build threads run at the lowest CPU priority (`_lowest_priority`), in the
+    time the other work leaves idle, and no candidate is timed, nor the machine's cores held
+    (`kernels.cores`: the pre-training's steps hold them shared); once open, the tuning's thread
+    gets its priority back where the system allows (a process may not raise its own priority
+    without the right to), holds the cores and times, as any tuning does. `open(abandoned=True)`
+    (the other work failed): the tuning stops at its first timing."""
+
+    def __init__(self):
+        self._event, self._abandoned = threading.Event(), False
+        self._held, self._holding = contextlib.ExitStack(), False
+        self._lowered: tuple[int, int] | None = None  # (thread id, its nice value before)
+
+    def open(self, abandoned: bool = False) -> None:
+        self._abandoned = abandoned
+        self._event.set()
+
+    def is_open(self) -> bool:
+        return self._event.is_set()
+
+    def lower(self) -> None:
+        """The calling thread (the tuning's) at the lowest priority until this opens."""
+        before = _lowest_priority()
+        if before is not None:
+            self._lowered = (threading.get_native_id(), before)
+
+    def wait(self) -> None:
+        """On the tuning's thread, before it times: till open, then the cores held (`release`)."""
+        self._event.wait()
+        if self._abandoned:
+            raise RuntimeError("tuning abandoned: the work it ran beside failed")
+        if self._lowered is not None and self._lowered[0] == threading.get_native_id():
+            try:
+                os.setpriority(os.PRIO_PROCESS, *self._lowered)
+            except OSError:
+                log.debug("the tuning's thread keeps its lowest priority (not allowed to raise it)")
+            self._lowered = None
+        if not self._holding:
+            self._held.enter_context(core_lock().exclusive("tuning"))
+            self._holding = True
+
+    def release(self) -> None:
+        self._held.close()
+        self._holding = False
+
+
+def _lowest_priority() -> int | None:
+    """This thread at the lowest CPU priority (Linux, where a thread's nice value is its own):
+    it then runs only in the time the process's other threads and the machine leave idle.
+    Returns its nice value before, None where it was not changed."""
+    if not sys.platform.startswith("linux"):
+        return None
+    tid = threading.get_native_id()
+    try:
+        before = os.getpriority(os.PRIO_PROCESS, tid)
+        os.setpriority(os.PRIO_PROCESS, tid, 19)
+    except OSError:
+        return None
+    return before
 
 
 class _BuildAhead:
@@ -202,13 +280,20 @@ class _BuildAhead:
     to the pool and returns, the runner returns futures that time nothing yet, and the timing
     waits (`flush`) until `BUILD_AHEAD` candidates are waiting or the scheduler asks for a result:
     then every build in flight is finished first, so no kernel is timed beside a compilation,
-    and the batches are timed in the order they came, each as `_in_process_runner` times it."""
+    and the batches are timed in the order they came, each as `_in_process_runner` times it.
+    With a `Quiet` not yet open, the build threads run at the lowest priority, up to
+    `BESIDE_MAX` candidates wait, and the timing waits for it to open."""
 
-    def __init__(self, workers: int):
+    def __init__(self, workers: int, quiet: Quiet | None = None):
         from concurrent.futures import ThreadPoolExecutor
 
-        self.pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="archsearch-build")
-        self.window = BUILD_AHEAD
+        beside = quiet is not None and not quiet.is_open()
+        self.pool = ThreadPoolExecutor(
+            max(1, workers),
+            thread_name_prefix="archsearch-build",
+            initializer=_lowest_priority if beside else None,
+        )
+        self.window, self.quiet = max(1, BUILD_AHEAD), quiet
         self.building: list = []  # the builds handed to the pool since the last flush
         self.batches: list = []  # (timing of one batch, its waiting futures), in order
 
@@ -219,11 +304,14 @@ class _BuildAhead:
         """The futures of a batch of `n` candidates that `timing` times when this flushes."""
         futures = [_waiting_future()(self) for _ in range(n)]
         self.batches.append((timing, futures))
-        if sum(len(f) for _, f in self.batches) >= self.window:
+        waiting = sum(len(f) for _, f in self.batches)
+        if waiting >= (BESIDE_MAX if self.quiet and not self.quiet.is_open() else self.window):
             self.flush()
         return futures
 
     def flush(self) -> None:
+        if self.quiet is not None:
+            self.quiet.wait()
         for b in self.building:
             b.result()
         self.building.clear()
@@ -541,6 +629,8 @@ class TuningDB:
         # a `kernels.tvm_library.KernelLibrary` that takes in the modules tuning built for its
         # kernels' winners (`_Fastest`), and those modules until a tuning call ends
         self.library, self._kept = None, _Fastest(target)
+        # a tuning beside other work in this process: its timing waits for this to open (`Quiet`)
+        self.quiet: Quiet | None = None
         self.reload()
 
     @property
@@ -604,19 +694,26 @@ class TuningDB:
         networks: list[list[Kernel]] | None = None,
         seeds=None,
     ) -> int:
-        """Tune the kernels the database lacks (under the core lock: tuning measures); with
-        `focus`, then give the slowest kernels of each network (`networks`: the kernels' networks,
-        default all one) the rest of `focus_trials` (`_focus`), also those tuned before with
-        fewer. `seeds` (a `kernels.tvm_transfer.Transfer`): each new kernel's tuning also gets
-        its transferred schedules as candidates (`_seed`), and those outside the transfer's
-        share of their first replays' measured time get `light_trials` (`_first_pass`). Returns
-        how many kernels were new; writes their rows to the latency table."""
+        """Tune the kernels the database lacks (under the core lock: tuning measures; with a
+        `quiet` not yet open, once it opens: `Quiet`); with `focus`, then give the slowest
+        kernels of each network (`networks`: the kernels' networks, default all one) the rest of
+        `focus_trials` (`_focus`), also those tuned before with fewer. `seeds` (a
+        `kernels.tvm_transfer.Transfer`): each new kernel's tuning also gets its transferred
+        schedules as candidates (`_seed`), and those outside the transfer's share of their first
+        replays' measured time get `light_trials` (`_first_pass`). Returns how many kernels were
+        new; writes their rows to the latency table."""
         trials = trials_per_task or self.trials_per_task
         self.note_seen(kernels)
+        quiet = self.quiet
+        beside = quiet is not None and not quiet.is_open()  # the cores held once it opens
+        if beside:
+            quiet.lower()
         try:
-            with core_lock().exclusive("tuning"):
+            with contextlib.nullcontext() if beside else core_lock().exclusive("tuning"):
                 return self._tune(kernels, trials, focus, networks, seeds)
         finally:
+            if quiet is not None:
+                quiet.release()
             self.stats["kernels_built_adopted"] += self._kept.hand_over(self.library)
 
     def _tune(self, kernels, trials, focus, networks, seeds) -> int:
@@ -747,6 +844,8 @@ class TuningDB:
         results = _in_process_builder(host_cores(), built, self._fastest).build(
             [ms.builder.BuilderInput(sch.mod, self.target) for _, sch, _ in cands]
         )
+        if self.quiet is not None:
+            self.quiet.wait()
         inputs, kept = [], []
         for (i, sch, _), res in zip(cands, results):
             if res.error_msg is None:
@@ -808,7 +907,8 @@ class TuningDB:
             ctxs = self._contexts(todo, logs, self.seed if seed is None else seed)
             timing = self._timing()
             built: dict | None = {} if self.runner.get("in_process") else None
-            ahead = _BuildAhead(host_cores()) if built is not None and BUILD_AHEAD else None
+            if built is not None and (BUILD_AHEAD or self.quiet is not None):
+                ahead = _BuildAhead(host_cores(), self.quiet)
             n, progress = len(todo), _Progress(trials * len(todo), PROGRESS_EVERY_S)
             if built is not None:
                 screen = self.runner.get("screen") or 0.0

@@ -342,6 +342,7 @@ class Run:
     def start(self, progress: bool) -> Engine:
         """The evaluator set up, the optimiser prepared and told every stored trial (resume)."""
         cfg = self.cfg
+        self.evaluator.run_starting(cfg.seed)  # the latency's preparation may begin in setup
         self.evaluator.setup(progress=pretrain_progress(progress))
         space = self.evaluator.space  # with the dataset's classes
         self._write_supernet_point(space)

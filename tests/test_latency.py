@@ -511,6 +511,73 @@ def test_tuning_builds_several_kernels_ahead_but_never_times_beside_a_build(tmp_
     assert failed == 1  # the candidate that did not build has no timing
 
 
+def test_seed_tuning_builds_beside_the_pretraining_and_times_only_after_it(tmp_path, monkeypatch):
+    """`tvm-transfer`'s seed tuning begun beside the supernet's pre-training (`beside_setup`):
+    its candidates are built meanwhile, on threads of the lowest priority, while the training
+    steps still take the machine's cores (shared: the tuning does not hold them), and none is
+    timed till the block ends; `prepare_run` then waits for the timing and reports it. The
+    kernels found from the untrained supernet are the trained network's. A block that fails
+    abandons the tuning at its first timing."""
+    import os
+    import threading
+
+    from tvm.s_tir.meta_schedule.builder import local_builder
+
+    import kernels.cores as kl
+    import kernels.tvm_tuning as tt
+    from kernels.tvm_latency import realistic
+    from kernels.tvm_provider import TVMTransferLatency
+
+    inside = threading.Event()
+    built_inside, nice_inside, timed_inside = [], set(), []
+    real_build, real_timed = local_builder.default_build, tt._timed
+
+    def build(mod, target, params):
+        if inside.is_set():
+            built_inside.append(1)
+            nice_inside.add(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        return real_build(mod, target, params)
+
+    def timed(ready, evaluator):
+        timed_inside.append(inside.is_set())
+        return real_timed(ready, evaluator)
+
+    monkeypatch.setattr(local_builder, "default_build", build)
+    monkeypatch.setattr(tt, "_timed", timed)
+    monkeypatch.setattr(kl, "_LOCK", CoreLock(tmp_path))
+    space, free = load_space(TINY), []
+    p = TVMTransferLatency(tmp_path / "tvm", trials_per_task=4, seed_networks=1)
+    with p.beside_setup(space, 0):
+        inside.set()
+        t0 = time.time()
+        while time.time() - t0 < 60 and len(built_inside) < 8:
+            free.append(_cores_free(tmp_path))  # the tuning does not hold the cores
+            if not free[-1]:
+                break
+            with kl.core_lock().shared():  # a pre-training step
+                time.sleep(0.05)
+        inside.clear()
+    assert free and all(free)
+    assert len(built_inside) >= 8 and nice_inside == {19}
+    p.prepare_run(space, space.supernet(seed=0), tmp_path, 0)
+    assert timed_inside and not any(timed_inside)  # timed, but only once the block ended
+    rep = json.loads((tmp_path / "latency.json").read_text())
+    assert rep["seed_tuning_beside"] is True
+    assert rep["seed_kernels_tuned"] == rep["seed_kernels"] > 0
+    g = space.full()
+    trained = realistic(space.build(g, space.supernet(seed=3)), space.arch(g).resolution, 3)
+    b = p.backend()
+    ks = b.kernels_of(trained, space.arch(g).resolution)
+    assert len(ks) == rep["seed_kernels"] and not b.db.missing(ks)
+    assert b.db.quiet is None and _cores_free(tmp_path)
+
+    q = TVMTransferLatency(tmp_path / "tvm2", trials_per_task=4, seed_networks=1)
+    with pytest.raises(KeyboardInterrupt), q.beside_setup(space, 0):
+        raise KeyboardInterrupt  # the pre-training stopped
+    with pytest.raises(RuntimeError, match="abandoned"):
+        q.prepare_run(space, space.supernet(seed=0), tmp_path / "q", 0)
+
+
 def test_a_kernels_best_so_far_screens_its_next_trials_even_two_at_a_time(tmp_path):
     """A kernel that already has a fully timed schedule (a transferred one, a first pass) screens
     its further trials against that time too (`TuningDB._floors`): a pass of 2 trials a kernel,
@@ -1217,6 +1284,7 @@ def test_tvm_transfer_run_replays_tuned_schedules_and_checks_the_front(tmp_path,
     rep = json.loads((out / "latency.json").read_text())
     assert rep["provider"] == "tvm-transfer" and len(rep["seed_networks"]) == 1
     assert rep["seed_kernels_tuned"] == rep["seed_kernels"] > 0  # an empty database at first
+    assert rep["seed_tuning_beside"] is True  # begun in the set-up (`beside_setup`)
     assert rep["seed_trials_screened"] == 0  # 1 trial, no floor: none screened
     assert rep["kernels_transferred"] > 0
     assert len(rep["front"]) == 1 and rep["front"][0]["tuned_source"] == "tvm"
