@@ -418,10 +418,12 @@ class TVMTransferLatency(TVMLatency):
         session (each session starts its runner process and tuning contexts anew), or wait for
         that tuning where `beside_setup` began it."""
         beside, self._beside = self._beside, None
-        if beside is not None and beside.seed == seed:
-            self._report, waited = beside.result()
+        if beside is not None:  # never two tunings of one database at once
+            report, waited = beside.result()
             self.backend().db.quiet = None
-            self._report.update(seed_tuning_beside=True, prepare_s=beside.before_s + waited)
+        if beside is not None and beside.seed == seed:
+            self._report = {**report, "seed_tuning_beside": True}
+            self._report["prepare_s"] = beside.before_s + waited
         else:
             t0 = time.time()
             self._report = self._seed_tuning(space, *self._seed_kernels(space, supernet, seed))
