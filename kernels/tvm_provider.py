@@ -449,6 +449,8 @@ class TVMTransferLatency(TVMLatency):
 
     def _seed_tuning(self, space, genome_ids, kernels, known, before) -> dict:
         """`_seed_kernels`' kernels the database lacks tuned; the report's seed fields."""
+        from kernels.tvm_tuning import still_beside
+
         b = self.backend()
         todo, tuning_s0 = len(b.db.missing(kernels)), b.db.stats["tuning_s"]
         distinct = len({k.key for k in kernels} | known)
@@ -458,7 +460,7 @@ class TVMTransferLatency(TVMLatency):
             distinct,
             todo,
             self.trials_per_task,
-            ", built beside the pre-training" if b.db.quiet and not b.db.quiet.is_open() else "",
+            ", built beside the pre-training" if still_beside(b.db.quiet) else "",
         )
         screened = b.db.stats["trials_screened"]
         b.db.tune(kernels, focus=False)  # transfer sources: more trials did not transfer better

@@ -257,6 +257,12 @@ class Quiet:
         self._holding = False
 
 
+def still_beside(quiet: Quiet | None) -> bool:
+    """Whether a tuning with this `quiet` (`TuningDB.quiet`) still runs beside the other work:
+    it then builds at the lowest priority, holds no cores and times nothing."""
+    return quiet is not None and not quiet.is_open()
+
+
 def _lowest_priority() -> int | None:
     """This thread at the lowest CPU priority (Linux, where a thread's nice value is its own):
     it then runs only in the time the process's other threads and the machine leave idle.
@@ -287,7 +293,7 @@ class _BuildAhead:
     def __init__(self, workers: int, quiet: Quiet | None = None):
         from concurrent.futures import ThreadPoolExecutor
 
-        beside = quiet is not None and not quiet.is_open()
+        beside = still_beside(quiet)
         self.pool = ThreadPoolExecutor(
             max(1, workers),
             thread_name_prefix="archsearch-build",
@@ -305,7 +311,7 @@ class _BuildAhead:
         futures = [_waiting_future()(self) for _ in range(n)]
         self.batches.append((timing, futures))
         waiting = sum(len(f) for _, f in self.batches)
-        if waiting >= (BESIDE_MAX if self.quiet and not self.quiet.is_open() else self.window):
+        if waiting >= (BESIDE_MAX if still_beside(self.quiet) else self.window):
             self.flush()
         return futures
 
@@ -705,7 +711,7 @@ class TuningDB:
         trials = trials_per_task or self.trials_per_task
         self.note_seen(kernels)
         quiet = self.quiet
-        beside = quiet is not None and not quiet.is_open()  # the cores held once it opens
+        beside = still_beside(quiet)  # the cores held once it opens
         if beside:
             quiet.lower()
         try:
