@@ -1010,6 +1010,38 @@ def test_transfer_pick_fastest_keeps_the_replay_that_timed_fastest(backend, monk
         tt.Transfer(pick="best")
 
 
+def test_a_kernel_whose_nearest_sources_fail_replays_a_farther_one(backend):
+    """A kernel whose `tries` nearest tuned kernels of its structure all fail to replay on it
+    gets the first farther one that replays (one: nothing more is compiled for it), and is
+    timed untuned only where none replays; a kernel with replays among its nearest is not
+    given farther ones."""
+    import dataclasses
+
+    import kernels.tvm_transfer as tt
+
+    backend.db.tune(backend.kernels_of(*_tiny_model(0)))
+    tr = tt.Transfer(tries=2)
+    tr.refresh(backend.db)
+    k = next(k for k in backend.db.missing(backend.kernels_of(*_tiny_model(1))))
+    mod = k.task.dispatched[0]
+    good = [src for _, src in tr.replays(mod, 99)]
+    assert good, "no source replays on the kernel"
+    # the nearest sources (the kernel's own shapes) name blocks it lacks: they fail to replay
+    lost = tt.rename_blocks(good[0].trace, good[0].blocks, [f"gone{b}" for b in good[0].blocks])
+    broken = [
+        dataclasses.replace(good[0], shapes=tt.shapes_of(mod), trace=lost, workload=i)
+        for i in (1, 2, 3)
+    ]
+    tr._sources = broken + good
+    got = list(tr.replays(mod))
+    assert [src.workload for _, src in got] == [good[0].workload]
+    assert tr.spans([mod], [(0, 1, tr.tries)]) == []  # no more replays beyond the first
+    tr._sources = broken
+    assert list(tr.replays(mod)) == []
+    tr._sources = broken[:1] + good  # one of its 2 nearest replays: no farther ones
+    assert [src.workload for _, src in tr.replays(mod)] == [good[0].workload]
+
+
 def test_candidate_schedules_compile_without_tir_cse_and_run_the_same(backend):
     """A tuning trial's build and a transferred replay's build skip TIR's common-subexpression
     elimination (`CANDIDATE_BUILD`: LLVM does that work again), and the kernel so compiled
