@@ -632,6 +632,7 @@ class TuningDB:
         }
         self._seen: set[str] = set()
         self._seeded: dict[str, int] = {}  # kernel key: transferred candidates `_seed` committed
+        self._focused: set[str] = set()  # kernel keys given their second pass (`_focus`) here
         # a `kernels.tvm_library.KernelLibrary` that takes in the modules tuning built for its
         # kernels' winners (`_Fastest`), and those modules until a tuning call ends
         self.library, self._kept = None, _Fastest(target)
@@ -740,6 +741,7 @@ class TuningDB:
         more = list(heavy.values())
         if more:  # a second pass with a fresh seed: replay-trace would replay the first
             self._run_metaschedule(more, self.focus_trials - trials, seed=self.seed + 1, again=True)
+            self._focused |= heavy.keys()
         if not (todo or more):
             self._table_rows(kernels)
             return 0
@@ -764,16 +766,24 @@ class TuningDB:
     def _focus(self, kernels: list[Kernel], trials: int) -> list[Kernel]:
         """Of `kernels`, the slowest that make up `focus_share` of their summed time (each
         kernel's best time times its calls), less those that had more than `trials` trials
-        already: where more trials pay. Of 82 kernels tuned with 32 replay-trace trials, the best
-        of the first 8 summed to 43 % more than the best of all 32; the slowest 30 (80 % of the
-        time) at 32 and the rest at 8 came within 3 % for half the trials."""
+        already (failed trials do not count, so those given their second pass in this process
+        are left out by name: the front check's per-network compile after its one session gave 5
+        kernels 8 more trials again on bench-28): where more trials pay. Of 82 kernels tuned
+        with 32 replay-trace trials, the best of the first 8 summed to 43 % more than the best
+        of all 32; the slowest 30 (80 % of the time) at 32 and the rest at 8 came within 3 %
+        for half the trials."""
         if self.focus_trials <= trials or self.focus_share <= 0:
             return []
         self.reload()
         uniq = list({k.key: k for k in kernels}.values())
         timed = [(self._first_seconds(k), k) for k in uniq]
         out = slowest_share([(s * k.calls, k) for s, k in timed if s], self.focus_share)
-        return [k for k in out if self._trials_done(k) - self._seeded.get(k.key, 0) <= trials]
+        return [
+            k
+            for k in out
+            if k.key not in self._focused
+            and self._trials_done(k) - self._seeded.get(k.key, 0) <= trials
+        ]
 
     def _first_pass(self, todo: list[Kernel], trials: int, light: list[Kernel]) -> None:
         """`trials` for each of `todo`, but `light_trials` (when fewer) for those in `light`:
