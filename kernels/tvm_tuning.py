@@ -766,9 +766,10 @@ class TuningDB:
     def _focus(self, kernels: list[Kernel], trials: int) -> list[Kernel]:
         """Of `kernels`, the slowest that make up `focus_share` of their summed time (each
         kernel's best time times its calls), less those that had more than `trials` trials
-        already (failed trials do not count, so those given their second pass in this process
-        are left out by name: the front check's per-network compile after its one session gave 5
-        kernels 8 more trials again on bench-28): where more trials pay. Of 82 kernels tuned
+        already, and those given their second pass in this process (by name: a kernel's records
+        need not grow with its trials, and a plain run's front check, compiling each network after
+        its one session, gave 2 kernels their second pass again: `mean7` held 9 records after
+        8 + 4 + 4 trials): where more trials pay. Of 82 kernels tuned
         with 32 replay-trace trials, the best of the first 8 summed to 43 % more than the best
         of all 32; the slowest 30 (80 % of the time) at 32 and the rest at 8 came within 3 %
         for half the trials."""
