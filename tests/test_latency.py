@@ -635,7 +635,7 @@ def test_focus_tops_up_the_slowest_kernels_once_also_those_tuned_before(tmp_path
     assert table[slowest.key]["seconds"] == b.db._best(slowest) <= first[slowest.key]
     b.db.tune(ks)
     assert b.db.stats["tasks_focused"] == n  # topped up once
-    # once in a process, whatever its records count: a trial that failed is not among them
+    # once in a process, whatever its records count (a trial need not add one)
     b.db._trials_done = lambda k: 0
     b.db.tune(ks)
     assert b.db.stats["tasks_focused"] == n
