@@ -191,6 +191,7 @@ class TVMBackend:
         )
         self.repeats = repeats
         self.transfer = None  # kernels.tvm_transfer.Transfer, made on first use
+        self._stranded: set[str] = set()  # kernel keys `_tune_stranded` tried
         self.library = KernelLibrary(self.target)  # each kernel compiled once in this process
         self.db.library = self.library  # tuning's winners linked as tuning built them
         self._probe, self._probe_ms = None, math.inf  # `_await_quiet`'s network, its quietest
@@ -474,10 +475,11 @@ class TVMBackend:
         t_tune = time.time() - t1
         self.db.reload()
         tuned = [k for k in kernels if self.db.record(k) is not None]
-        database, moved = self.db.database if tuned else None, set()
-        t_move = time.time()
+        database, moved, t_move = (self.db.database if tuned else None), set(), time.time()
         if transfer and len(tuned) < len(kernels):  # with pick: fastest, replays timed here
-            database, moved = self._transferred(kernels)
+            database, moved, stranded = self._transferred_or_tuned(kernels)
+            tuned_now += stranded
+            tuned = [k for k in kernels if self.db.record(k) is not None]
         t2 = time.time()
         ex = self.library.executable(with_database(prepared, self.target, database))
         vm = relax.VirtualMachine(ex, tvm.cpu())
@@ -524,9 +526,43 @@ class TVMBackend:
         """The kernels MetaSchedule would tune for a network (nothing compiled)."""
         return self._lowered(model, resolution)[2]
 
-    def _transferred(self, kernels):
+    def _transferred_or_tuned(self, kernels) -> tuple:
+        """`_transferred`, with the kernels no tuned schedule replays on tuned first
+        (`_tune_stranded`); and how many were so tuned."""
+        database, moved = self._transferred(kernels)
+        stranded = [
+            k
+            for k in kernels
+            if k.key not in moved and k.key not in self._stranded and self.db.record(k) is None
+        ]
+        if not stranded or self.db.trials_per_task <= 0:
+            return database, moved, 0
+        n = self._tune_stranded(stranded)
+        return (*self._transferred(kernels, count=False), n)  # the other kernels' picks kept
+
+    def _tune_stranded(self, stranded: list) -> int:
+        """Kernels no tuned schedule replays on (no tuned kernel of their structure, or none
+        that replays), tuned here with `trials_per_task` trials each rather than timed with TVM's
+        untuned schedule (several times a tuned kernel's time on this CPU: bench-28's one such
+        kernel priced its network at 2.3x its checked figure). They then serve the next
+        networks as transfer sources. Returns how many were tuned."""
+        log.info(
+            "latency: %d kernel%s no tuned schedule replays on (%s): tuning %s (%d trials each)",
+            len(stranded),
+            "" if len(stranded) == 1 else "s",
+            ", ".join(k.name for k in stranded[:3]) + ("..." if len(stranded) > 3 else ""),
+            "it" if len(stranded) == 1 else "them",
+            self.db.trials_per_task,
+        )
+        self._stranded |= {k.key for k in stranded}  # tried once: one that fails stays untuned
+        n = self.db.tune(stranded, focus=False)
+        self.db.stats["tasks_stranded"] += n
+        self.db.reload()
+        return n
+
+    def _transferred(self, kernels, count: bool = True):
         """The tuning database united with transferred schedules for the kernels it lacks, and
-        the keys of those that got one."""
+        the keys of those that got one (`count`: into the transfer's stats)."""
         from tvm.s_tir import meta_schedule as ms
 
         from kernels.tvm_transfer import Transfer
@@ -534,7 +570,7 @@ class TVMBackend:
         if self.transfer is None:
             self.transfer = Transfer()
         self.transfer.library = self.library
-        mem, moved = self.transfer.database(self.db, kernels, self.target)
+        mem, moved = self.transfer.database(self.db, kernels, self.target, count)
         return ms.database.UnionDatabase(self.db.database, mem), moved
 
     def time(self, compiled: dict) -> dict:

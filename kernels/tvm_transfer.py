@@ -284,9 +284,10 @@ class Transfer:
     `pick`: `nearest` replays the nearest source that replays; `fastest` replays up to `tries`
     sources, compiles each replay alone (a network's replays on as many threads as the host has
     cores), times each alone with a short timing (`PICK_TIMING`) and keeps the fastest (a kernel's
-    pick is kept for the process, until the database grows). benchmarks/results/
-    transfer_quality.md measures both against fully tuned kernels: the front's convolutions ran
-    2.0x their fully tuned time with the nearest source's replay, 1.3x with the fastest.
+    pick is kept for the process, until the database gains a kernel of its structure).
+    benchmarks/results/transfer_quality.md measures both against fully tuned kernels: the
+    front's convolutions ran 2.0x their fully tuned time with the nearest source's replay, 1.3x
+    with the fastest.
 
     `share` (pick: fastest): of the kernels picked together (a network's new ones), each first
     gets its first replay (its nearest source's that replays), compiled and timed; then only
@@ -304,6 +305,7 @@ class Transfer:
         self._sources: list[Source] = []
         self._db_size = -1
         self._picked: dict[str, tuple] = {}  # kernel key: (schedule, source times)
+        self._structure: dict[str, tuple] = {}  # kernel key: its structure, of those picked
         self.seconds: dict[str, float] = {}  # kernel key: its pick's own time (pick: fastest)
         self.library = None  # a tvm_library.KernelLibrary that keeps the compiled picks
         self.stats = {
@@ -332,10 +334,21 @@ class Transfer:
             key = structural_hash(rec.workload.mod)
             if key not in best or secs < best[key][0]:
                 best[key] = (secs, rec)
+        known = {s.workload: s for s in self._sources}
         self._sources = [self._source(r, key) for key, (_, r) in best.items()]
         self._db_size = size
-        self._picked.clear()  # new sources: a kernel may now have a better one
-        self.seconds.clear()
+        # new sources (or better schedules of known ones): a kernel of their structure may now
+        # have a better pick; the picks of other structures stand (a search that tunes a kernel
+        # no schedule replays on does not pick every other kernel again)
+        grown = {
+            s.structure
+            for s in self._sources
+            if s.workload not in known or str(s.trace) != str(known[s.workload].trace)
+        }
+        for key in [k for k, st in self._structure.items() if st in grown]:
+            self._picked.pop(key, None)
+            self.seconds.pop(key, None)
+            del self._structure[key]
 
     @staticmethod
     def _source(rec, workload: int = 0) -> Source:
@@ -497,10 +510,11 @@ class Transfer:
                 best[i] = (t, sch, src, b)
         return {i: best[i][0] for i, _, _ in flat if i in best}
 
-    def database(self, db, kernels, target):
+    def database(self, db, kernels, target, count: bool = True):
         """An in-memory database with a transferred schedule for each of `kernels` that `db`
         lacks, and the keys of those that got one; with `pick: fastest`, each pick's own time in
-        `seconds` (kernel key: seconds)."""
+        `seconds` (kernel key: seconds). `count`: into `stats` (not when the same network asks
+        again)."""
         load_tvm()
         from tvm.s_tir import meta_schedule as ms
 
@@ -517,17 +531,20 @@ class Transfer:
         else:
             picks = [self.schedule(k.task.dispatched[0], target) for k in new]
         self._picked.update(zip([k.key for k in new], picks))
+        for k in new:
+            mod = k.task.dispatched[0]
+            self._structure[k.key] = structure(mod, block_names(mod))
         done = set()
         for k in todo:
             mod = k.task.dispatched[0]
             sch, secs = self._picked[k.key]
             if sch is None:
-                self.stats["kernels_not_transferred"] += 1
+                self.stats["kernels_not_transferred"] += count
                 continue
             # a database serves only records with times: the source's stand in (this database
             # lives for one compilation, and nothing reads its times)
             wl = mem.commit_workload(mod)
             mem.commit_tuning_record(ms.database.TuningRecord(sch.trace, wl, secs, target, None))
             done.add(k.key)
-        self.stats["kernels_transferred"] += len(done)
+        self.stats["kernels_transferred"] += len(done) if count else 0
         return mem, done

@@ -624,6 +624,7 @@ class TuningDB:
             "tasks_tuned": 0,
             "tasks_focused": 0,
             "tasks_light": 0,
+            "tasks_stranded": 0,  # tuned during a search: no tuned schedule replayed on them
             "transferred_candidates": 0,
             "picks_reused": 0,  # of those, the search's picks (`_seed`)
             "trials_screened": 0,  # trials ruled out by their brief timing (`RUNNER`'s screen)

@@ -1014,6 +1014,42 @@ def test_transfer_pick_fastest_keeps_the_replay_that_timed_fastest(backend, monk
         tt.Transfer(pick="best")
 
 
+@pytest.mark.slow
+def test_a_kernel_no_tuned_schedule_replays_on_is_tuned_not_timed_untuned(tmp_path, monkeypatch):
+    """A network compiled with transferred schedules, one of whose kernels no tuned kernel's
+    schedule replays on (here: its structure's tuned kernels hidden from the transfer), gets that
+    kernel tuned (`trials_per_task`) rather than TVM's untuned schedule; the other kernels keep
+    the picks they were given (the database grew by another structure: none is picked again,
+    none counted twice)."""
+    import kernels.tvm_transfer as tt
+    from kernels.tvm_latency import TVMBackend
+
+    b = TVMBackend(tmp_path, trials_per_task=1, repeats=3)
+    b.db.tune(b.kernels_of(*_tiny_model(0)), focus=False)  # the sources
+    model, r = _tiny_model(3)
+    new = b.db.missing(b.kernels_of(model, r))
+    assert len(new) > 1
+    tr = b.transfer = tt.Transfer(tries=2, pick="fastest")
+    tr.refresh(b.db)
+    lost = tt.structure(new[0].task.dispatched[0], tt.block_names(new[0].task.dispatched[0]))
+    tr._sources = [src for src in tr._sources if src.structure != lost]
+    stranded = {
+        k.key
+        for k in new
+        if tt.structure(k.task.dispatched[0], tt.block_names(k.task.dispatched[0])) == lost
+    }
+    picked, timed = [], tr.timed
+    monkeypatch.setattr(tr, "timed", lambda mods, *a: picked.extend(mods) or timed(mods, *a))
+    info = b.compile(model, r, tune=False, check=False, transfer=True)["info"]
+    assert "untuned" not in info["latency_source"]
+    assert b.db.stats["tasks_stranded"] == len(stranded) == info["latency_kernels_tuned_now"]
+    assert all(b.db.record(k) is not None for k in new if k.key in stranded)
+    assert tr.stats["kernels_transferred"] == len({k.key for k in new} - stranded)
+    assert tr.stats["kernels_not_transferred"] == len(stranded)
+    assert len(picked) == len({k.key for k in new})  # each kernel picked once
+    assert set(tr._picked) - stranded == {k.key for k in new} - stranded
+
+
 def test_a_kernel_whose_nearest_sources_fail_replays_a_farther_one(backend):
     """A kernel whose `tries` nearest tuned kernels of its structure all fail to replay on it
     gets the first farther one that replays (one: nothing more is compiled for it), and is
