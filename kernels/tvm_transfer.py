@@ -343,7 +343,7 @@ class Transfer:
         grown = {
             s.structure
             for s in self._sources
-            if s.workload not in known or str(s.trace) != str(known[s.workload].trace)
+            if s.workload not in known or s.run_secs != known[s.workload].run_secs
         }
         for key in [k for k, st in self._structure.items() if st in grown]:
             self._picked.pop(key, None)
