@@ -555,9 +555,8 @@ class TVMBackend:
             self.db.trials_per_task,
         )
         self._stranded |= {k.key for k in stranded}  # tried once: one that fails stays untuned
-        n = self.db.tune(stranded, focus=False)
+        n = self.db.tune(stranded, focus=False)  # its records in this process's database now
         self.db.stats["tasks_stranded"] += n
-        self.db.reload()
         return n
 
     def _transferred(self, kernels, count: bool = True):
