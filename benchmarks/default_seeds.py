@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import RESULTS, json_and_md  # noqa: E402
+from benchmarks.common import RESULTS, json_and_md, mean_sd  # noqa: E402
 from benchmarks.latency_default import SPACE, _tau, default_run  # noqa: E402
 
 GOAL_S = 600  # the issue's goal: at most 10 minutes from an empty cache
@@ -79,12 +79,6 @@ def _checked(row: dict, work: Path) -> dict:
     }
 
 
-def _mean_std(xs: list[float], fmt: str) -> str:
-    if len(xs) < 2:
-        return format(xs[0], fmt) if xs else ""
-    return f"{format(statistics.mean(xs), fmt)} ± {format(statistics.stdev(xs), fmt)}"
-
-
 def report(d: dict) -> str:
     rows = d["rows"]
     cols = ["wall_s", "pretrain_s", "setup_s", "tuning_s", "search_s", "front_s", "other_s"]
@@ -118,13 +112,13 @@ def report(d: dict) -> str:
     walls = [r["wall_s"] for r in rows]
     mean = [
         "mean ± std",
-        *(_mean_std([r[c] for r in rows if r[c] is not None], ".0f") for c in cols),
+        *(_mean_sd([r[c] for r in rows if r[c] is not None]) for c in cols),
     ]
     out.append("| " + " | ".join(mean + [""] * 5) + " |")
     met = sum(w <= GOAL_S for w in walls)
     out += [
         "",
-        f"- Wall time: {_mean_std(walls, '.0f')} s over {len(rows)} seeds ({min(walls):.0f}-"
+        f"- Wall time: {_mean_sd(walls)} s over {len(rows)} seeds ({min(walls):.0f}-"
         f"{max(walls):.0f} s); at most {GOAL_S // 60} minutes: {met} of {len(rows)}.",
         "- Each checked network (trial: the search's figure and source, the check's figure):",
         "",
@@ -141,6 +135,11 @@ def report(d: dict) -> str:
 
 def _num(v, fmt: str) -> str:
     return "" if v is None else format(v, fmt)
+
+
+def _mean_sd(xs: list[float]) -> str:
+    """`benchmarks.common.mean_sd` in whole seconds; empty where no run gave the figure."""
+    return mean_sd(xs, "{:.0f}") if xs else ""
 
 
 if __name__ == "__main__":
