@@ -109,3 +109,39 @@ def core_lock() -> CoreLock:
     if _LOCK is None:
         _LOCK = CoreLock()
     return _LOCK
+
+
+_TICK_S = 1.0 / os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 0.01
+
+
+def busy_seconds(cpus: set[int] | None = None) -> float | None:
+    """CPU seconds the machine's `cpus` (default: those this process may run on) have been busy
+    since boot: user, nice, system, irq, softirq and steal time (time the hypervisor gave the
+    core to someone else) from /proc/stat. None where there is no /proc/stat."""
+    try:
+        lines = Path("/proc/stat").read_text().splitlines()
+        cpus = cpus if cpus is not None else os.sched_getaffinity(0)
+    except (OSError, AttributeError):
+        return None
+    ticks = 0
+    for line in lines:
+        name, *fields = line.split()
+        if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
+            user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[:8])
+            ticks += user + nice + system + irq + softirq + steal
+    return ticks * _TICK_S
+
+
+@contextlib.contextmanager
+def others_load():
+    """Measures the cores other processes (and the hypervisor) took from this process's cores
+    during the block: the dict it yields gets `cores` (their busy time over the block's wall
+    time, in cores; None where the machine cannot say) once the block ends."""
+    out: dict[str, float | None] = {"cores": None}
+    b0, c0, w0 = busy_seconds(), time.process_time(), time.perf_counter()
+    try:
+        yield out
+    finally:
+        b1, c1, wall = busy_seconds(), time.process_time(), time.perf_counter() - w0
+        if b0 is not None and b1 is not None and wall > 0:
+            out["cores"] = max(0.0, (b1 - b0) - (c1 - c0)) / wall

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from kernels.cores import core_lock
+from kernels.cores import core_lock, others_load
 from kernels.latency_model import LatencyModel, Op, op_of_kernel, torch_ops
 from kernels.provider import rounds_summary, summary
 from kernels.tvm_compile import (
@@ -157,6 +157,21 @@ PROBE_TIMING = {"number": 1, "repeat": 3, "min_repeat_ms": 10}
 PROBE_POLL_S = 1.0
 PROBE_WAIT_S = 15.0
 
+# A timing during which other processes (or the hypervisor) kept more than `BUSY_CORES` of a core
+# busy beyond the cores TVM's threads leave free ran beside them (`kernels.cores.others_load`,
+# from /proc/stat). On this VM (2026-12-06, three default-space networks and the untuned base):
+# quiet timings read 0.00-0.02 cores taken; beside one busy process 1.00, and 1.5-2.4x slow;
+# beside one busy a third of the time in 50 ms bursts 0.33, and their medians within 3 %. This
+# VM's search timings read 1.4-2.2x their kernels' summed times in 1-5 of 18 trials. Such a
+# timing is taken again `BUSY_WAIT_S` later, up to `BUSY_TRIES` more times (once more only, while
+# the network before was busy through all of its: a host busy for good), and a quiet one is
+# preferred (`TVMBackend.time`). Timings under `MIN_JUDGED_S` are not judged (/proc/stat counts in
+# 10 ms ticks).
+BUSY_CORES = 0.5
+BUSY_TRIES = 4
+BUSY_WAIT_S = 1.0
+MIN_JUDGED_S = 0.1
+
 
 class TVMBackend:
     """Compile, tune (missing kernels only), time and check networks on one target."""
@@ -178,6 +193,7 @@ class TVMBackend:
         self.target = host_target(target)
         cores = self.target.attrs.get("num-cores") if hasattr(self.target, "attrs") else None
         self.threads = runtime_threads(min(int(cores), host_cores()) if cores else None)
+        self.spare_cores = max(0, host_cores() - self.threads)  # others may use these freely
         self.db = TuningDB(
             folder,
             self.target,
@@ -195,7 +211,15 @@ class TVMBackend:
         self.library = KernelLibrary(self.target)  # each kernel compiled once in this process
         self.db.library = self.library  # tuning's winners linked as tuning built them
         self._probe, self._probe_ms = None, math.inf  # `_await_quiet`'s network, its quietest
-        self.quiet = {"host_probes": 0, "host_slow_probes": 0, "host_wait_s": 0.0}
+        self._others: float | None = None  # cores others took in the last timing (`_time_once`)
+        self._busy_host = False  # the last network's every timing was beside busy processes
+        self.quiet = {
+            "host_probes": 0,
+            "host_slow_probes": 0,
+            "host_wait_s": 0.0,
+            "busy_timings": 0,  # timings beside another busy process (`time`)
+            "busy_kept": 0,  # networks whose every timing was so
+        }
         self.networks_file = self.db.dir / "networks.jsonl"
         self.priced_file = self.db.dir / "priced.jsonl"
 
@@ -233,8 +257,9 @@ class TVMBackend:
             "rounds_ms": rounds_ms,
             "at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
-        if "latency_timings" in out:  # timed again for a wide spread (`time`)
+        if "latency_timings" in out:  # timed again for a wide spread or a busy host (`time`)
             row["timings"] = out["latency_timings"]
+            row["busy_timings"] = out.get("latency_busy_timings", 0)
         if full:
             with open(self.networks_file, "a") as fh:
                 fh.write(json.dumps(row) + "\n")
@@ -574,17 +599,46 @@ class TVMBackend:
 
     def time(self, compiled: dict) -> dict:
         """Median and interquartile spread (ms) of the compiled network over `repeats` runs, with
-        the machine's cores held; a timing whose spread is over `RETIME_SPREAD` of its median is
-        timed again, up to `RETIME_TRIES` more times, and the lowest median kept
-        (`latency_timings`: how many timings it took)."""
-        best, n = None, 0
-        while n <= RETIME_TRIES:
-            got, n = summary(self._time_once(compiled)), n + 1
-            if best is None or got["latency_ms"] < best["latency_ms"]:
-                best = got
-            if got["latency_spread_ms"] <= RETIME_SPREAD * got["latency_ms"]:
+        the machine's cores held. A timing whose spread is over `RETIME_SPREAD` of its median is
+        timed again, up to `RETIME_TRIES` more times; one that ran beside another busy process
+        (`BUSY_CORES`) is timed again `BUSY_WAIT_S` later, up to `BUSY_TRIES` more times. The
+        lowest median of the quiet timings is kept, else the lowest of all (`latency_timings`:
+        how many timings it took; `latency_busy_timings`: how many ran beside other busy
+        processes; `latency_others_cores`: the cores they took during the kept timing)."""
+        best, n, busy = None, 0, 0
+        tries = 1 if self._busy_host else BUSY_TRIES
+        while True:
+            got, n = self._judged_timing(compiled), n + 1
+            crowded = got["latency_others_cores"] is not None and got["latency_others_cores"] > (
+                self.spare_cores + BUSY_CORES
+            )
+            busy += crowded
+            if best is None or (best[0], best[1]["latency_ms"]) > (crowded, got["latency_ms"]):
+                best = (crowded, got)
+            if crowded and busy <= tries:
+                time.sleep(BUSY_WAIT_S)
+                continue
+            wide = got["latency_spread_ms"] > RETIME_SPREAD * got["latency_ms"]
+            if crowded or not wide or n - busy > RETIME_TRIES:
                 break
-        return {**best, "latency_timings": n}
+        self.quiet["busy_timings"] += busy
+        self.quiet["busy_kept"] += best[0]
+        self._busy_host = best[0]
+        if best[0]:
+            log.warning(
+                "latency: every timing of this network ran beside other busy processes (they "
+                "took %.2f cores of %d); kept the quickest",
+                best[1]["latency_others_cores"],
+                host_cores(),
+            )
+        return {**best[1], "latency_timings": n, "latency_busy_timings": busy}
+
+    def _judged_timing(self, compiled: dict) -> dict:
+        """One timing's summary, with how many cores other processes kept busy meanwhile
+        (`latency_others_cores`; None for a timing under `MIN_JUDGED_S`)."""
+        self._others = None
+        times = self._time_once(compiled)
+        return {**summary(times), "latency_others_cores": self._others}
 
     def _await_quiet(self, compiled: dict) -> float | None:
         """Wait while the probe (the first network given here) reads over `SLOW_RATIO` x its
@@ -616,8 +670,11 @@ class TVMBackend:
         says."""
         tvm = load_tvm()
         timing = timing or {"number": 1, "repeat": self.repeats, "min_repeat_ms": 20}
-        with core_lock().exclusive("measurement"):
+        with core_lock().exclusive("measurement"), others_load() as others:
+            w0 = time.perf_counter()
             res = compiled["vm"].time_evaluator("main", tvm.cpu(), **timing)(compiled["input"])
+            judged = time.perf_counter() - w0 >= MIN_JUDGED_S
+        self._others = others["cores"] if judged else None  # `time`, `BUSY_CORES`
         return np.asarray(res.results, dtype=float) * 1e3
 
     # --- the latency model ---------------------------------------------------------------------

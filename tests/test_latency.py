@@ -308,6 +308,70 @@ def test_a_timing_with_a_wide_spread_is_timed_again_and_the_quietest_kept(backen
     assert tl.summary(spell)["latency_spread_ms"] > tl.RETIME_SPREAD * 0.28
 
 
+def test_a_timing_beside_a_busy_process_is_timed_again_and_a_quiet_one_kept(backend, monkeypatch):
+    """A timing during which other processes kept over `BUSY_CORES` of a core busy is taken
+    again, up to `BUSY_TRIES` more times, and a quiet timing is kept even if a busy one read
+    lower; a network busy through all its timings keeps its quickest, and the next network is
+    then timed again only once (a host busy for good does not cost every network the waits)."""
+    import numpy as np
+
+    from kernels import tvm_latency as tl
+
+    monkeypatch.setattr(tl, "BUSY_WAIT_S", 0.0)
+    monkeypatch.setattr(backend, "_busy_host", False)
+    monkeypatch.setattr(backend, "quiet", {k: 0 for k in backend.quiet})
+
+    def timings(seq):
+        def once(c):
+            ms, others = seq.pop(0)
+            backend._others = others
+            return np.full(20, ms)
+
+        return once
+
+    busy, quiet = 1.0, 0.01
+    for seq, want_ms, want_n, want_busy in [
+        ([(0.19, busy), (0.21, quiet)], 0.21, 2, 1),  # the busy one read lower: not kept
+        ([(0.20, None)], 0.20, 1, 0),  # too brief to judge
+        ([(0.30, busy), (0.26, busy), (0.28, busy), (0.27, busy), (0.29, busy)], 0.26, 5, 5),
+        ([(0.30, busy), (0.25, busy)], 0.25, 2, 2),  # after a network busy throughout
+        ([(0.30, busy), (0.22, quiet)], 0.22, 2, 1),
+    ]:
+        monkeypatch.setattr(backend, "_time_once", timings(seq))
+        got = backend.time({})
+        assert (got["latency_ms"], got["latency_timings"], got["latency_busy_timings"]) == (
+            pytest.approx(want_ms),
+            want_n,
+            want_busy,
+        )
+        assert not seq
+    assert backend.quiet["busy_timings"] == 9 and backend.quiet["busy_kept"] == 2
+
+
+def test_a_timing_reads_the_cores_a_busy_process_beside_it_took(backend, monkeypatch):
+    """Beside a process that spins on one core, a real timing of a compiled network reads over
+    `BUSY_CORES` of a core taken from it (from /proc/stat), and is timed again."""
+    import subprocess
+    import sys
+
+    from kernels import tvm_latency as tl
+
+    monkeypatch.setattr(tl, "BUSY_WAIT_S", 0.0)
+    monkeypatch.setattr(backend, "_busy_host", False)
+    model, r = _tiny_model(0)
+    c = backend.compile(model, r, tune=False, check=False)
+    spin = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.5)
+        got = backend.time(c)
+    finally:
+        spin.kill()
+        spin.wait()
+    assert got["latency_others_cores"] > tl.BUSY_CORES + backend.spare_cores
+    assert got["latency_busy_timings"] == got["latency_timings"] == 1 + tl.BUSY_TRIES
+    assert backend._busy_host
+
+
 def test_a_timing_round_waits_while_the_probe_reads_a_slow_spell(backend, monkeypatch):
     """Before each round of `time_rounds` the probe (the first network timed so) is timed
     briefly; while it reads over `SLOW_RATIO` x its quietest reading the round waits, up to
