@@ -90,6 +90,14 @@ def main() -> None:
         "--light-trials count (at most --transfer-trials: no second pass; default: the run's)",
     )
     ap.add_argument(
+        "--transfer-budget",
+        type=int,
+        nargs="+",
+        default=None,
+        help="`focus_budget` of the check with transferred schedules (the second pass's trials in "
+        "all; 0: no bound), one check each (default: the run's)",
+    )
+    ap.add_argument(
         "--screen",
         type=float,
         nargs="+",
@@ -214,21 +222,24 @@ def measure(args) -> dict:
         name = f"{n} trials, {args.focus_trials} for the slowest {100 * args.focus_share:.0f} %"
         variants[name] = first_trials(wls, recs, n, {i: args.focus_trials for i in heavy})
     transfer_checks = []
-    for n, light, focus, screen in (
-        (t, x, f, c)
+    for n, light, focus, screen, budget in (
+        (t, x, f, c, u)
         for t in args.transfer_trials
         if t
         for x in args.light_trials or [None]
         for f in args.transfer_focus or [None]
         for c in args.screen or [None]
+        for u in args.transfer_budget or [None]
     ):
-        db, cost = check_with_transfer(work, lowered, n, light, focus, screen)
+        db, cost = check_with_transfer(work, lowered, n, light, focus, screen, budget)
         transfer_checks.append(cost)
         name = f"{n} trials + transferred schedules"
         if cost.get("kernels_light"):
             name += f" ({cost['light_trials']} for the {cost['kernels_light']} light kernels)"
         if cost["kernels_focused"]:
             name += f", {cost['focus_trials']} for the slowest"
+            if cost.get("focus_budget"):
+                name += f" within {cost['focus_budget']} trials"
         elif focus is not None:
             name += ", no second pass"
         if screen is not None:
@@ -267,6 +278,7 @@ def check_with_transfer(
     light: int | None = None,
     focus: int | None = None,
     screen: float | None = None,
+    budget: int | None = None,
 ) -> tuple:
     """The front check as `latency.check_transfer` makes it, run here: on a copy of the run's
     database cut back to its seed tuning, each kernel of the front's networks that it lacks tuned
@@ -275,8 +287,8 @@ def check_with_transfer(
     kernels its `transfer_share` gives them; `light`, default the run's `light_trials`: the
     trials of those outside that share), then the run's second pass if it had one (`focus`,
     default the run's `focus_trials`: at most `trials` makes none; `screen`, default the code's:
-    the tuning runner's brief first timing, `kernels.tvm_tuning.RUNNER`). Its database and what
-    it cost."""
+    the tuning runner's brief first timing, `kernels.tvm_tuning.RUNNER`; `budget`, default the
+    run's `focus_budget`: the second pass's trials in all). Its database and what it cost."""
     import shutil
     import time
 
@@ -289,12 +301,14 @@ def check_with_transfer(
     run = work / "run-empty"
     lat = json.loads((run / "latency.json").read_text())
     cfg = yaml.safe_load((run / "config.yaml").read_text())["latency"]
-    keys = ("focus_trials", "focus_share", "light_trials")
+    keys = ("focus_trials", "focus_share", "light_trials", "focus_budget")
     passes = {k: cfg[k] for k in keys if cfg.get(k) is not None}  # the run's tuning passes
     if light is not None:
         passes["light_trials"] = light
     if focus is not None:
         passes["focus_trials"] = focus
+    if budget is not None:
+        passes["focus_budget"] = budget
     tmp = Path(tempfile.mkdtemp(prefix="check-transfer-"))
     seed_db = seed_only_db(Path(lat["database"]), lat["seed_kernels_tuned"], tmp / "db")
     runner = {"screen": screen} if screen is not None else None
@@ -315,6 +329,8 @@ def check_with_transfer(
         "kernels_light": tb.db.stats["tasks_light"],
         "light_trials": tb.db.light_trials,
         "focus_trials": tb.db.focus_trials,
+        "focus_budget": tb.db.focus_budget,
+        "kernels_over_budget": tb.db.stats["tasks_over_budget"],
         "transferred_candidates": tb.db.stats["transferred_candidates"],
         "screen": tb.db.runner.get("screen"),
         "trials_screened": tb.db.stats.get("trials_screened"),
@@ -392,6 +408,12 @@ def _transfer_check_line(c: dict | None) -> list[str]:
         + (
             f", then {c['kernels_focused']} of the slowest given {c['focus_trials']} trials in all"
             if c.get("kernels_focused")
+            else ""
+        )
+        + (
+            f" ({c['kernels_over_budget']} more chosen, left out by a budget of "
+            f"{c['focus_budget']} trials)"
+            if c.get("kernels_over_budget")
             else ""
         )
         + (

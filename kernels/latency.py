@@ -38,6 +38,7 @@ _DEFAULTS = dict(
     trials_per_task=32,
     focus_trials=0,
     focus_share=0.8,
+    focus_budget=0,
     light_trials=None,
     strategy="replay-trace",
     database=None,

@@ -188,6 +188,7 @@ class TVMBackend:
         focus_trials: int = 0,
         focus_share: float = 0.8,
         light_trials: int | None = None,
+        focus_budget: int = 0,
     ):
         load_tvm()
         self.target = host_target(target)
@@ -204,6 +205,7 @@ class TVMBackend:
             focus_trials,
             focus_share,
             light_trials,
+            focus_budget,
         )
         self.repeats = repeats
         self.transfer = None  # kernels.tvm_transfer.Transfer, made on first use

@@ -49,11 +49,15 @@ class TVMLatency(LatencyProvider):
         focus_trials: int = 0,
         focus_share: float = 0.8,
         light_trials: int | None = None,
+        focus_budget: int = 0,
     ):
         self.folder = Path(folder).expanduser()
         # the tuning passes' settings: focus (second pass) and light (first pass)
         self.passes = dict(
-            focus_trials=focus_trials, focus_share=focus_share, light_trials=light_trials
+            focus_trials=focus_trials,
+            focus_share=focus_share,
+            light_trials=light_trials,
+            focus_budget=focus_budget,
         )
         self.target, self.trials_per_task, self.strategy = target, trials_per_task, strategy
         self.repeats, self.check = repeats, check
@@ -628,6 +632,7 @@ def tvm_settings(cfg) -> dict:
         focus_trials=cfg.focus_trials,
         focus_share=cfg.focus_share,
         light_trials=cfg.light_trials,
+        focus_budget=cfg.focus_budget,
     )
 
 

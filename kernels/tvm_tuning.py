@@ -600,11 +600,14 @@ class TuningDB:
         focus_trials: int = 0,
         focus_share: float = 0.8,
         light_trials: int | None = None,
+        focus_budget: int = 0,
     ):
         self.target = target
         # the new kernels that make up `focus_share` of their summed tuned time get `focus_trials`
         # trials in all (a second pass); the others keep `trials_per_task`
         self.focus_trials, self.focus_share = focus_trials, focus_share
+        # the second pass's trials in all, per tuning session (0: unbounded; `_within_budget`)
+        self.focus_budget = focus_budget
         # with transferred seeds: the trials of a new kernel outside the transfer's share of the
         # time its first replay measured (`_seed`, `_first_pass`); 0: none, its transferred
         # schedule stands; None: `trials_per_task`
@@ -623,6 +626,7 @@ class TuningDB:
             "tasks_seen": 0,
             "tasks_tuned": 0,
             "tasks_focused": 0,
+            "tasks_over_budget": 0,  # chosen for the second pass, left out by `focus_budget`
             "tasks_light": 0,
             "tasks_stranded": 0,  # tuned during a search: no tuned schedule replayed on them
             "transferred_candidates": 0,
@@ -633,7 +637,8 @@ class TuningDB:
         }
         self._seen: set[str] = set()
         self._seeded: dict[str, int] = {}  # kernel key: transferred candidates `_seed` committed
-        self._focused: set[str] = set()  # kernel keys given their second pass (`_focus`) here
+        # kernel keys given their second pass (`_focus`) here, or left out of it by its budget
+        self._focused: set[str] = set()
         # a `kernels.tvm_library.KernelLibrary` that takes in the modules tuning built for its
         # kernels' winners (`_Fastest`), and those modules until a tuning call ends
         self.library, self._kept = None, _Fastest(target)
@@ -736,9 +741,11 @@ class TuningDB:
             light = self._seed(todo, seeds) if seeds is not None else []
             self._first_pass(todo, trials, light)
             self._table_rows(todo)  # their first-pass times rank them for `_focus`
-        heavy = {}
+        ranked: dict[str, tuple[float, Kernel]] = {}
         for net in (networks or [kernels]) if focus else []:
-            heavy.update({k.key: k for k in self._focus(net, trials)})
+            for share, k in self._focus(net, trials):
+                ranked[k.key] = max(ranked.get(k.key, (0.0, k)), (share, k), key=lambda x: x[0])
+        heavy = {k.key: k for k in self._within_budget(ranked, trials)}
         more = list(heavy.values())
         if more:  # a second pass with a fresh seed: replay-trace would replay the first
             self._run_metaschedule(more, self.focus_trials - trials, seed=self.seed + 1, again=True)
@@ -764,28 +771,42 @@ class TuningDB:
         log.info("tuned %d new kernels, %d more in %.0f s", len(todo), len(more), dt)
         return len(todo)
 
-    def _focus(self, kernels: list[Kernel], trials: int) -> list[Kernel]:
+    def _focus(self, kernels: list[Kernel], trials: int) -> list[tuple[float, Kernel]]:
         """Of `kernels`, the slowest that make up `focus_share` of their summed time (each
-        kernel's best time times its calls), less those that had more than `trials` trials
-        already, and those given their second pass in this process (by name: a kernel's records
-        need not grow with its trials, and a plain run's front check, compiling each network after
-        its one session, gave 2 kernels their second pass again: `mean7` held 9 records after
-        8 + 4 + 4 trials): where more trials pay. Of 82 kernels tuned
-        with 32 replay-trace trials, the best of the first 8 summed to 43 % more than the best
-        of all 32; the slowest 30 (80 % of the time) at 32 and the rest at 8 came within 3 %
+        kernel's best time times its calls), with their share of that time, less those that had
+        more than `trials` trials already, and those given their second pass in this process (by
+        name: a kernel's records need not grow with its trials, and a plain run's front check,
+        compiling each network after its one session, gave 2 kernels their second pass again:
+        `mean7` held 9 records after 8 + 4 + 4 trials): where more trials pay. Of 82 kernels
+        tuned with 32 replay-trace trials, the best of the first 8 summed to 43 % more than the
+        best of all 32; the slowest 30 (80 % of the time) at 32 and the rest at 8 came within 3 %
         for half the trials."""
         if self.focus_trials <= trials or self.focus_share <= 0:
             return []
         self.reload()
         uniq = list({k.key: k for k in kernels}.values())
-        timed = [(self._first_seconds(k), k) for k in uniq]
-        out = slowest_share([(s * k.calls, k) for s, k in timed if s], self.focus_share)
+        timed = [(s * k.calls, k) for s, k in ((self._first_seconds(k), k) for k in uniq) if s]
+        total = sum(t for t, _ in timed) or 1.0
+        share = {k.key: t / total for t, k in timed}
         return [
-            k
-            for k in out
+            (share[k.key], k)
+            for k in slowest_share(timed, self.focus_share)
             if k.key not in self._focused
             and self._trials_done(k) - self._seeded.get(k.key, 0) <= trials
         ]
+
+    def _within_budget(self, ranked: dict[str, tuple[float, Kernel]], trials: int) -> list:
+        """Of the kernels `_focus` chose (by key: their largest share of a network's time, and
+        the kernel), those the second pass tunes: all, or with a `focus_budget`, the largest
+        shares first while their trials fit in it (a check of 3 networks then costs what one of
+        2 does: the kernels it leaves out are those that make up the least of any network)."""
+        order = sorted(ranked.values(), key=lambda x: -x[0])
+        if not self.focus_budget:
+            return [k for _, k in order]
+        fit = max(0, self.focus_budget // max(1, self.focus_trials - trials))
+        self.stats["tasks_over_budget"] += max(0, len(order) - fit)
+        self._focused |= {k.key for _, k in order[fit:]}  # not chosen again by a later session
+        return [k for _, k in order[:fit]]
 
     def _first_pass(self, todo: list[Kernel], trials: int, light: list[Kernel]) -> None:
         """`trials` for each of `todo`, but `light_trials` (when fewer) for those in `light`:

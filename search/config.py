@@ -205,6 +205,13 @@ class LatencyCfg(_M):
     focus_share: float = Field(
         0.8, gt=0, le=1, description="the share of tuned time whose kernels get focus_trials"
     )
+    focus_budget: int = Field(
+        0,
+        ge=0,
+        description="the second pass's trials in all per tuning session: the kernels with the "
+        "largest share of a network's time first (the front check of 3 networks then costs "
+        "about what one of 2 does); 0: no bound",
+    )
     light_trials: int | None = Field(
         None,
         ge=0,

@@ -706,6 +706,37 @@ def test_focus_tops_up_the_slowest_kernels_once_also_those_tuned_before(tmp_path
 
 
 @pytest.mark.slow
+def test_a_focus_budget_tops_up_the_kernels_with_the_largest_share_of_a_network_first(tmp_path):
+    """With `focus_budget`, the second pass over several networks tunes the kernels with the
+    largest share of any network's time first, as many as their trials fit in the budget; those
+    left out are not topped up by a later session in the same process either."""
+    from kernels.tvm_latency import TVMBackend
+
+    b = TVMBackend(tmp_path, trials_per_task=2, repeats=3, focus_trials=4, focus_share=1.0)
+    b.db.focus_budget = 5  # 2 kernels of 2 more trials each
+    nets = [b.kernels_of(*_tiny_model(seed)) for seed in (0, 3)]
+    every = [k for ks in nets for k in ks]
+    b.db.tune(every, focus=False)
+    share = {}
+    for ks in nets:
+        uniq = {k.key: k for k in ks}.values()
+        total = sum(b.db._first_seconds(k) * k.calls for k in uniq)
+        for k in uniq:
+            share[k.key] = max(share.get(k.key, 0.0), b.db._first_seconds(k) * k.calls / total)
+    assert len(share) > 2
+    b.db.tune(every, networks=nets)
+    topped = {k.key for k in every if b.db._trials_done(k) > 2}
+    assert topped == set(sorted(share, key=lambda key: -share[key])[:2])
+    assert b.db.stats["tasks_focused"] == 2
+    assert b.db.stats["tasks_over_budget"] == len(share) - 2
+    b.db.tune(every, networks=nets)
+    assert (
+        b.db.stats["tasks_focused"] == 2
+        and {k.key for k in every if b.db._trials_done(k) > 2} == topped
+    )
+
+
+@pytest.mark.slow
 def test_tuning_says_how_far_it_is_and_keeps_metaschedule_tables_off_the_console(
     tmp_path, monkeypatch, caplog, capfd
 ):
