@@ -555,6 +555,7 @@ class TVMTransferLatency(TVMLatency):
 CHECK_COUNTS = {
     "front_kernels_tuned": "tasks_tuned",
     "front_kernels_focused": "tasks_focused",
+    "front_kernels_over_budget": "tasks_over_budget",  # chosen, left out by `focus_budget`
     "front_kernels_light": "tasks_light",
     "front_trials_screened": "trials_screened",  # ruled out by their brief timing
     "front_transferred_candidates": "transferred_candidates",
