@@ -135,13 +135,15 @@ def busy_seconds(cpus: set[int] | None = None) -> float | None:
 @contextlib.contextmanager
 def others_load():
     """Measures the cores other processes (and the hypervisor) took from this process's cores
-    during the block: the dict it yields gets `cores` (their busy time over the block's wall
-    time, in cores; None where the machine cannot say) once the block ends."""
-    out: dict[str, float | None] = {"cores": None}
+    during the block: the dict it yields gets `wall_s` (the block's wall time) and `cores`
+    (their busy time over it, in cores; None where the machine cannot say) once the block
+    ends."""
+    out: dict[str, float | None] = {"cores": None, "wall_s": None}
     b0, c0, w0 = busy_seconds(), time.process_time(), time.perf_counter()
     try:
         yield out
     finally:
         b1, c1, wall = busy_seconds(), time.process_time(), time.perf_counter() - w0
+        out["wall_s"] = wall
         if b0 is not None and b1 is not None and wall > 0:
             out["cores"] = max(0.0, (b1 - b0) - (c1 - c0)) / wall

@@ -712,8 +712,9 @@ def test_a_focus_budget_tops_up_the_kernels_with_the_largest_share_of_a_network_
     left out are not topped up by a later session in the same process either."""
     from kernels.tvm_latency import TVMBackend
 
-    b = TVMBackend(tmp_path, trials_per_task=2, repeats=3, focus_trials=4, focus_share=1.0)
-    b.db.focus_budget = 5  # 2 kernels of 2 more trials each
+    b = TVMBackend(  # a budget for 2 kernels of 2 more trials each
+        tmp_path, trials_per_task=2, repeats=3, focus_trials=4, focus_share=1.0, focus_budget=5
+    )
     nets = [b.kernels_of(*_tiny_model(seed)) for seed in (0, 3)]
     every = [k for ks in nets for k in ks]
     b.db.tune(every, focus=False)
