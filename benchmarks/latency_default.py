@@ -306,6 +306,8 @@ def default_run(args, work: Path, name: str) -> dict:
         # its probes that read slow, and the seconds waited
         "slow_probes": lat.get("front_host_slow_probes"),
         "waited_s": lat.get("front_host_wait_s"),
+        # the check's timings taken again for a slow spell (`TVMBackend.time`)
+        "front_slow_timings": lat.get("front_slow_timings"),
         # the search's network timings (priced.jsonl: this run's, when the cache started empty)
         # and how many of them were timed again for a wide spread (`TVMBackend.time`)
         "timings": _timings(Path(lat["database"])) if lat.get("database") else None,
@@ -321,7 +323,13 @@ def _timings(db_dir: Path) -> dict:
     from kernels.tvm_tuning import jsonl_rows
 
     rows = jsonl_rows(db_dir / "priced.jsonl", first=True).values()
-    return {"priced": len(rows), "timed_again": sum(r.get("timings", 1) > 1 for r in rows)}
+    return {
+        "priced": len(rows),
+        "timed_again": sum(r.get("timings", 1) > 1 for r in rows),
+        # timings the thread-sync probe read a slow spell around (`TVMBackend.time`)
+        "slow": sum(r.get("slow_timings", 0) for r in rows),
+        "slow_networks": sum(r.get("slow_timings", 0) > 0 for r in rows),
+    }
 
 
 def _genomes(run_dir: Path) -> list[str]:
@@ -532,7 +540,13 @@ def _runs_section(d: dict) -> list[str]:
             "",
             "Slow spells waited out by the empty run's check (`TVMBackend._await_quiet`): "
             f"{runs[0]['slow_probes']} probes over 1.4x the quietest, {runs[0]['waited_s']:.0f} s "
-            "waited.",
+            "waited"
+            + (
+                f"; {runs[0]['front_slow_timings']} of its timings taken again for one "
+                "(`TVMBackend.time`)."
+                if runs[0].get("front_slow_timings") is not None
+                else "."
+            ),
         ]
     t = runs[0].get("timings")
     if t:
@@ -540,7 +554,13 @@ def _runs_section(d: dict) -> list[str]:
             "",
             f"The empty run's search timed {t['priced']} networks; {t['timed_again']} of those "
             "timings had an interquartile spread over 10 % of their median and were timed "
-            "again (at most twice more, the lowest median kept).",
+            "again (at most twice more, the lowest median kept)."
+            + (
+                f" The thread-sync probe read a slow spell around {t['slow']} timings of "
+                f"{t['slow_networks']} of them, each taken again (`kernels/sync_probe.py`)."
+                if "slow" in t
+                else ""
+            ),
         ]
     rows = d["front"]
     lines += [

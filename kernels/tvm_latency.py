@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import random
 import time
 from pathlib import Path
@@ -144,16 +143,15 @@ EXTRA_ROUNDS = 12
 EXTRA_ROUND_S = 5.0
 
 # Before each round of interleaved timings (`time_rounds`: the front check's, tvm-model's
-# sample's, the benchmarks') a probe, the first network this backend timed so, is timed briefly
-# (`PROBE_TIMING`); while it reads over `SLOW_RATIO` x its quietest reading so far, the host is in
-# a slow spell (2-thread kernels at 1-thread speed for seconds), and the round waits,
-# `PROBE_POLL_S` at a time, up to `PROBE_WAIT_S` (`TVMBackend._await_quiet`). Not in the search's
-# per-candidate timings: in the latency service beside Ray's workers the probe read slow 83 times
-# of 99 on bench-21 and the waits cost 79 s; yet in a 12-trial search (2026-12-05) every
-# process's CPU time, read before and after 17 of the service's timings, gave the other
-# processes at most 3 % of it during 16 of them and 10 % during one.
+# sample's, the benchmarks') the thread-sync probe (`kernels.sync_probe`: one tiny parallel
+# kernel, its quickest reading kept beside the tuning database for every process) is read; while
+# it reads over `SLOW_RATIO` x its quickest, the host is in a slow spell (the threads' meeting at
+# each kernel launch slow: whole networks 1.5-2.3x slow for about 10 s), and the round waits,
+# `PROBE_POLL_S` at a time, up to `PROBE_WAIT_S` (`TVMBackend._await_quiet`). Each timing of
+# `time` reads it too, before and after (`latency_sync_ratio`), and one read over `SLOW_RATIO` is
+# taken again as one beside a busy process is (`BUSY_WAIT_S`, `BUSY_TRIES`). On this VM
+# (2026-12-06) the probe read 1.3-1.8 us out of spells and 2.1-2.7 us in them (quickest 1.3).
 SLOW_RATIO = 1.4
-PROBE_TIMING = {"number": 1, "repeat": 3, "min_repeat_ms": 10}
 PROBE_POLL_S = 1.0
 PROBE_WAIT_S = 15.0
 
@@ -212,7 +210,7 @@ class TVMBackend:
         self._stranded: set[str] = set()  # kernel keys `_tune_stranded` tried
         self.library = KernelLibrary(self.target)  # each kernel compiled once in this process
         self.db.library = self.library  # tuning's winners linked as tuning built them
-        self._probe, self._probe_ms = None, math.inf  # `_await_quiet`'s network, its quietest
+        self._sync = None  # `kernels.sync_probe.SyncProbe`, made on first use; False: unbuildable
         self._others: float | None = None  # cores others took in the last timing (`_time_once`)
         self._busy_host = False  # the last network's every timing was beside busy processes
         self.quiet = {
@@ -221,6 +219,7 @@ class TVMBackend:
             "host_wait_s": 0.0,
             "busy_timings": 0,  # timings beside another busy process (`time`)
             "busy_kept": 0,  # networks whose every timing was so
+            "slow_timings": 0,  # timings the thread-sync probe read slow around (`time`)
         }
         self.networks_file = self.db.dir / "networks.jsonl"
         self.priced_file = self.db.dir / "priced.jsonl"
@@ -262,6 +261,7 @@ class TVMBackend:
         if "latency_timings" in out:  # timed again for a wide spread or a busy host (`time`)
             row["timings"] = out["latency_timings"]
             row["busy_timings"] = out.get("latency_busy_timings", 0)
+            row["slow_timings"] = out.get("latency_slow_timings", 0)
         if full:
             with open(self.networks_file, "a") as fh:
                 fh.write(json.dumps(row) + "\n")
@@ -437,7 +437,7 @@ class TVMBackend:
         for k in range(max(1, rounds)):
             t0 = time.perf_counter()
             if compiled:
-                self._await_quiet(compiled[0])
+                self._await_quiet()
             self._round(compiled, times)
             if k + 1 < rounds:
                 time.sleep(max(0.0, min_round_s - (time.perf_counter() - t0)))
@@ -455,7 +455,7 @@ class TVMBackend:
             )
         for _ in range(EXTRA_ROUNDS if over else 0):
             time.sleep(EXTRA_ROUND_S)
-            self._await_quiet(compiled[0])
+            self._await_quiet()
             self._round([compiled[i] for i in over], [times[i] for i in over])
             over = over_bounds(times, bounds)
             if not over:
@@ -603,56 +603,82 @@ class TVMBackend:
         """Median and interquartile spread (ms) of the compiled network over `repeats` runs, with
         the machine's cores held. A timing whose spread is over `RETIME_SPREAD` of its median is
         timed again, up to `RETIME_TRIES` more times; one that ran beside another busy process
-        (`BUSY_CORES`) is timed again `BUSY_WAIT_S` later, up to `BUSY_TRIES` more times. The
-        lowest median of the quiet timings is kept, else the lowest of all (`latency_timings`:
-        how many timings it took; `latency_busy_timings`: how many ran beside other busy
-        processes; `latency_others_cores`: the cores they took during the kept timing)."""
-        best, n, busy = None, 0, 0
+        (`BUSY_CORES`) or in a slow spell (the thread-sync probe over `SLOW_RATIO`) is timed again
+        `BUSY_WAIT_S` later, up to `BUSY_TRIES` more times. The lowest median of the timings
+        neither busy nor slow is kept, else the lowest of all (`latency_timings`: how many timings
+        it took; `latency_busy_timings`, `latency_slow_timings`: how many ran beside other busy
+        processes, in a slow spell; `latency_others_cores`, `latency_sync_ratio`: the kept
+        timing's readings)."""
+        best, n, busy, slow, offs = None, 0, 0, 0, 0
         tries = 1 if self._busy_host else BUSY_TRIES
         while True:
             got, n = self._judged_timing(compiled), n + 1
-            crowded = got["latency_others_cores"] is not None and got["latency_others_cores"] > (
-                self.spare_cores + BUSY_CORES
-            )
-            busy += crowded
-            if best is None or (best[0], best[1]["latency_ms"]) > (crowded, got["latency_ms"]):
-                best = (crowded, got)
-            if crowded and busy <= tries:
+            others, sync = got["latency_others_cores"], got["latency_sync_ratio"]
+            crowded = others is not None and others > self.spare_cores + BUSY_CORES
+            spell = sync is not None and sync > SLOW_RATIO
+            busy, slow, off = busy + crowded, slow + spell, crowded or spell
+            offs += off
+            if best is None or (best[0], best[1]["latency_ms"]) > (off, got["latency_ms"]):
+                best = (off, got)
+            if off and offs <= tries:
                 time.sleep(BUSY_WAIT_S)
                 continue
             wide = got["latency_spread_ms"] > RETIME_SPREAD * got["latency_ms"]
-            if crowded or not wide or n - busy > RETIME_TRIES:
+            if off or not wide or n - offs > RETIME_TRIES:
                 break
         self.quiet["busy_timings"] += busy
+        self.quiet["slow_timings"] += slow
         self.quiet["busy_kept"] += best[0]
         self._busy_host = best[0]
         if best[0]:
             log.warning(
-                "latency: every timing of this network ran beside other busy processes (they "
-                "took %.2f cores of %d); kept the quickest",
+                "latency: every timing of this network ran beside other busy processes or in a "
+                "slow spell (they took %s cores of %d; the thread-sync probe read %sx its "
+                "quickest); kept the quickest",
                 best[1]["latency_others_cores"],
                 host_cores(),
+                best[1]["latency_sync_ratio"],
             )
-        return {**best[1], "latency_timings": n, "latency_busy_timings": busy}
+        out = {**best[1], "latency_timings": n, "latency_busy_timings": busy}
+        return {**out, "latency_slow_timings": slow}
 
     def _judged_timing(self, compiled: dict) -> dict:
         """One timing's summary, with how many cores other processes kept busy meanwhile
-        (`latency_others_cores`; None for a timing under `MIN_JUDGED_S`)."""
+        (`latency_others_cores`; None for a timing under `MIN_JUDGED_S`) and the thread-sync
+        probe's higher reading just before and after it, over its quickest (`latency_sync_ratio`;
+        None without the probe)."""
         self._others = None
+        before = self._sync_ratio()
         times = self._time_once(compiled)
-        return {**summary(times), "latency_others_cores": self._others}
+        others, after = self._others, self._sync_ratio()
+        sync = None if before is None or after is None else round(max(before, after), 3)
+        return {**summary(times), "latency_others_cores": others, "latency_sync_ratio": sync}
 
-    def _await_quiet(self, compiled: dict) -> float | None:
-        """Wait while the probe (the first network given here) reads over `SLOW_RATIO` x its
-        quietest reading, up to `PROBE_WAIT_S`; None once quiet, else the last ratio."""
-        if self._probe is None:
-            self._probe = compiled
+    def _sync_ratio(self) -> float | None:
+        """The thread-sync probe's reading over its quickest (`kernels.sync_probe`); None where
+        it cannot be built for the target (logged once)."""
+        if self._sync is None:
+            from kernels.sync_probe import SyncProbe
+
+            self._sync = SyncProbe(self.target, self.db.dir)
+        if self._sync is False:
+            return None
+        try:
+            return self._sync.ratio()
+        except Exception as e:  # noqa: BLE001 - the timing goes on unjudged
+            log.warning("latency: the thread-sync probe cannot run here (%s); timings unjudged", e)
+            self._sync = False
+            return None
+
+    def _await_quiet(self) -> float | None:
+        """Wait while the thread-sync probe reads over `SLOW_RATIO` x its quickest, up to
+        `PROBE_WAIT_S`; None once quiet (or without the probe), else the last ratio."""
         t0 = time.perf_counter()
         while True:
-            ms = self._probe_reading()
-            self._probe_ms = min(self._probe_ms, ms)
+            ratio = self._sync_ratio()
+            if ratio is None:
+                return None
             self.quiet["host_probes"] += 1
-            ratio = ms / self._probe_ms
             if ratio <= SLOW_RATIO:
                 return None
             self.quiet["host_slow_probes"] += 1
@@ -661,10 +687,6 @@ class TVMBackend:
                 return ratio
             time.sleep(PROBE_POLL_S)
             self.quiet["host_wait_s"] += PROBE_POLL_S
-
-    def _probe_reading(self) -> float:
-        """The probe network's median time (ms) over a brief timing (`PROBE_TIMING`)."""
-        return float(np.median(self._time_once(self._probe, PROBE_TIMING)))
 
     def _time_once(self, compiled: dict, timing: dict | None = None) -> np.ndarray:
         """The compiled network's run times (ms), with the machine's cores held: `repeats` runs

@@ -563,8 +563,10 @@ CHECK_COUNTS = {
     # its timings waiting out the host's slow spells (`TVMBackend._await_quiet`)
     "front_host_slow_probes": "host_slow_probes",
     "front_host_wait_s": "host_wait_s",
-    # its timings taken again for running beside other busy processes (`TVMBackend.time`)
+    # its timings taken again for running beside other busy processes, or in a slow spell
+    # (`TVMBackend.time`)
     "front_busy_timings": "busy_timings",
+    "front_slow_timings": "slow_timings",
 }
 
 
