@@ -82,6 +82,7 @@ class SyncProbe:
         return self.reading() / self.best_us
 
     def _store(self) -> None:
+        self.file.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.file.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps({"best_us": self.best_us, "size": SIZE}))
         os.replace(tmp, self.file)
