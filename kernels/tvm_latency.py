@@ -147,7 +147,8 @@ EXTRA_ROUND_S = 5.0
 # kernel, its quickest reading kept beside the tuning database for every process) is read; while
 # it reads over `SLOW_RATIO` x its quickest, the host is in a slow spell (the threads' meeting at
 # each kernel launch slow: whole networks 1.5-2.3x slow for about 10 s), and the round waits,
-# `PROBE_POLL_S` at a time, up to `PROBE_WAIT_S` (`TVMBackend._await_quiet`). Each timing of
+# `PROBE_POLL_S` at a time, up to `PROBE_WAIT_S` in all for a set of rounds
+# (`TVMBackend._await_quiet`). Each timing of
 # `time` reads it too, before and after (`latency_sync_ratio`), and one read over `SLOW_RATIO` is
 # taken again as one beside a busy process is (`BUSY_WAIT_S`, `BUSY_TRIES`). On this VM
 # (2026-12-06; quickest kept 1.23 us) the probe read 1.30-1.80 us out of spells (up to 1.46x) and
@@ -215,6 +216,7 @@ class TVMBackend:
         self.library = KernelLibrary(self.target)  # each kernel compiled once in this process
         self.db.library = self.library  # tuning's winners linked as tuning built them
         self._sync = None  # `kernels.sync_probe.SyncProbe`, made on first use; False: unbuildable
+        self._wait_left = PROBE_WAIT_S  # what `_await_quiet` may still wait in these rounds
         self._others: float | None = None  # cores others took in the last timing (`_time_once`)
         self._busy_host = False  # the last network's every timing was beside busy processes
         self.quiet = {
@@ -438,10 +440,11 @@ class TVMBackend:
         over its bound by more than `BOUND_SLACK`, the networks over theirs are timed in more
         rounds, `EXTRA_ROUND_S` apart, `EXTRA_ROUNDS` at most."""
         times: list[list[float]] = [[] for _ in compiled]
+        self._wait_left = PROBE_WAIT_S  # `_await_quiet`'s waits, in all, for these rounds
         for k in range(max(1, rounds)):
             t0 = time.perf_counter()
             if compiled:
-                self._await_quiet()
+                self._await_quiet(self._wait_left)
             self._round(compiled, times)
             if k + 1 < rounds:
                 time.sleep(max(0.0, min_round_s - (time.perf_counter() - t0)))
@@ -459,7 +462,7 @@ class TVMBackend:
             )
         for _ in range(EXTRA_ROUNDS if over else 0):
             time.sleep(EXTRA_ROUND_S)
-            self._await_quiet()
+            self._await_quiet(self._wait_left)
             self._round([compiled[i] for i in over], [times[i] for i in over])
             over = over_bounds(times, bounds)
             if not over:
@@ -674,9 +677,12 @@ class TVMBackend:
             self._sync = False
             return None
 
-    def _await_quiet(self) -> float | None:
+    def _await_quiet(self, max_wait: float | None = None) -> float | None:
         """Wait while the thread-sync probe reads over `SLOW_RATIO` x its quickest, up to
-        `PROBE_WAIT_S`; None once quiet (or without the probe), else the last ratio."""
+        `max_wait` s (`PROBE_WAIT_S`); None once quiet (or without the probe), else the last
+        ratio. `time_rounds` gives its rounds `PROBE_WAIT_S` in all (`_wait_left`): a spell of
+        minutes costs a check 15 s, not 15 s a round."""
+        max_wait = PROBE_WAIT_S if max_wait is None else max_wait
         t0 = time.perf_counter()
         while True:
             ratio = self._sync_ratio()
@@ -686,11 +692,13 @@ class TVMBackend:
             if ratio <= SLOW_RATIO:
                 return None
             self.quiet["host_slow_probes"] += 1
-            if time.perf_counter() - t0 >= PROBE_WAIT_S:
-                log.warning("latency: the host stayed slow (probe at %.1fx); timed anyway", ratio)
+            if time.perf_counter() - t0 >= max_wait:
+                if max_wait > 0:
+                    log.warning("latency: the host stayed slow (probe %.1fx); timed anyway", ratio)
                 return ratio
             time.sleep(PROBE_POLL_S)
             self.quiet["host_wait_s"] += PROBE_POLL_S
+            self._wait_left = max(0.0, self._wait_left - PROBE_POLL_S)
 
     def _time_once(self, compiled: dict, timing: dict | None = None) -> np.ndarray:
         """The compiled network's run times (ms), with the machine's cores held: `repeats` runs

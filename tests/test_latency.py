@@ -390,6 +390,14 @@ def test_a_timing_round_waits_while_the_sync_probe_reads_a_slow_spell(backend, m
     monkeypatch.setattr(tl, "PROBE_WAIT_S", 0.0)
     assert backend._await_quiet() == pytest.approx(2.5)  # gave up: timed anyway
     assert not ratios and backend.quiet["host_probes"] == 5
+    # a spell through all the rounds: `PROBE_WAIT_S` in all, then one reading a round
+    monkeypatch.setattr(tl, "PROBE_POLL_S", 0.01)
+    monkeypatch.setattr(tl, "PROBE_WAIT_S", 0.03)
+    monkeypatch.setattr(backend, "quiet", {k: 0 for k in backend.quiet})
+    monkeypatch.setattr(backend, "_sync_ratio", lambda: 2.0)
+    backend.time_rounds(nets, 6, 0.0)
+    polls = round(backend.quiet["host_wait_s"] / 0.01)
+    assert 1 <= polls <= 3 and backend.quiet["host_probes"] == polls + 6
 
 
 def test_a_timing_in_a_slow_spell_is_timed_again_and_a_quick_one_kept(backend, monkeypatch):
@@ -459,7 +467,7 @@ def test_a_network_timed_over_its_bound_is_timed_in_more_rounds_until_under(back
     from kernels import tvm_latency as tl
 
     monkeypatch.setattr(tl, "EXTRA_ROUND_S", 0.0)
-    monkeypatch.setattr(backend, "_await_quiet", lambda: None)  # the probe: its own test
+    monkeypatch.setattr(backend, "_await_quiet", lambda left=None: None)  # its own test
     spell, quiet = 0.40, 0.21
     readings = {
         "slow": [spell] * 4 + [quiet, 0.5],  # a spell over the 3 rounds and the first extra
