@@ -29,14 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import (  # noqa: E402
-    RESULTS,
-    compiled_with,
-    front_networks,
-    json_and_md,
-    provenance,
-    timed_front,
-)
+from benchmarks.common import RESULTS, json_and_md, own_front, provenance  # noqa: E402
 
 SPACE = ROOT / "spaces" / "tinynet.yaml"
 
@@ -66,18 +59,7 @@ def child(args) -> dict:
     """In this process: the front's networks compiled with the run's database, then each
     protocol's checks in turn; per protocol, each check's figures (ms, by network) and seconds,
     and every round figure of each network."""
-    from kernels.tvm_latency import TVMBackend
-    from spaces import load_space
-
-    work = Path(args.work)
-    pts = timed_front(work / "run-empty", args.front)
-    own = Path(json.loads((work / "run-empty" / "latency.json").read_text())["database"])
-    b = TVMBackend(own.parent, repeats=20)  # the run's database: its thread-sync probe too
-    db = b.db.database
-    compiled = []
-    for model, r in front_networks(load_space(SPACE), pts):
-        prepared, shape, _ = b._lowered(model, r)
-        compiled.append(compiled_with(b, prepared, shape, db))
+    b, pts, compiled = own_front(SPACE, args.work, args.front)
     out = {p: {"figures": [], "seconds": []} for p in args.protocols}
     rounds: list[list[float]] = [[] for _ in compiled]
     for _ in range(args.checks):

@@ -315,3 +315,21 @@ def compiled_with(backend, prepared, shape, db) -> dict:
     exe = backend.library.executable(with_database(prepared, backend.target, db))
     x = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
     return {"vm": relax.VirtualMachine(exe, tvm.cpu()), "input": tvm.runtime.tensor(x.numpy())}
+
+
+def own_front(space_path: str | Path, work: str | Path, n: int, repeats: int = 20) -> tuple:
+    """(backend, front points, compiled networks): the first `n` timed front networks of a
+    `benchmarks/latency_default.py` work folder's empty run, compiled with that run's own database
+    (the schedules its check timed) by a backend on that database (its thread-sync probe too)."""
+    from kernels.tvm_latency import TVMBackend
+    from spaces import load_space
+
+    run = Path(work) / "run-empty"
+    pts = timed_front(run, n)
+    own = Path(json.loads((run / "latency.json").read_text())["database"])
+    b = TVMBackend(own.parent, repeats=repeats)
+    compiled = []
+    for model, r in front_networks(load_space(space_path), pts):
+        prepared, shape, _ = b._lowered(model, r)
+        compiled.append(compiled_with(b, prepared, shape, b.db.database))
+    return b, pts, compiled

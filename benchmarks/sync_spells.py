@@ -18,7 +18,6 @@ Writes benchmarks/results/sync_spells.md and .json.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -26,14 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import (  # noqa: E402
-    RESULTS,
-    compiled_with,
-    front_networks,
-    json_and_md,
-    provenance,
-    timed_front,
-)
+from benchmarks.common import RESULTS, json_and_md, own_front, provenance  # noqa: E402
 
 SPACE = ROOT / "spaces" / "tinynet.yaml"
 TIMING = {"number": 1, "repeat": 3, "min_repeat_ms": 10}
@@ -67,48 +59,18 @@ def _stream(tvm, target, rows: int):
     return lambda: float(np.median(ev(x, y).results)) * 1e6
 
 
-def _matmul(tvm, target, n: int):
-    """us for a parallel, vectorised n x n matmul."""
-    import numpy as np
-    from tvm import s_tir, te
-
-    a = te.placeholder((n, n), name="A")
-    b = te.placeholder((n, n), name="B")
-    k = te.reduce_axis((0, n), name="k")
-    c = te.compute((n, n), lambda i, j: te.sum(a[i, k] * b[k, j], axis=k), name="C")
-    s = s_tir.Schedule(te.create_prim_func([a, b, c]))
-    i, j, kk = s.get_loops(s.get_sblock("C"))
-    jo, ji = s.split(j, [None, 16])
-    s.reorder(i, jo, kk, ji)
-    s.parallel(i)
-    s.vectorize(ji)
-    fn = tvm.compile(s.mod, target=target).jit()
-    rng = np.random.default_rng(0)
-    args = [tvm.runtime.tensor(rng.random((n, n), dtype="float32")) for _ in range(3)]
-    ev = fn.time_evaluator("main", tvm.cpu(), **TIMING)
-    return lambda: float(np.median(ev(*args).results)) * 1e6
-
-
 def measure(args) -> dict:
     import numpy as np
 
-    from kernels.sync_probe import SyncProbe
+    from kernels.sync_probe import SyncProbe, parallel_matmul
     from kernels.tvm_compile import load_tvm
-    from kernels.tvm_latency import TVMBackend
-    from spaces import load_space
 
     tvm = load_tvm()
-    work = Path(args.work)
-    pts = timed_front(work / "run-empty", args.front)
-    own = Path(json.loads((work / "run-empty" / "latency.json").read_text())["database"])
-    b = TVMBackend(own.parent, repeats=20)
-    compiled = []
-    for model, r in front_networks(load_space(SPACE), pts):
-        prepared, shape, _ = b._lowered(model, r)
-        compiled.append(compiled_with(b, prepared, shape, b.db.database))
+    b, pts, compiled = own_front(SPACE, args.work, args.front)
+    mm128 = parallel_matmul(b.target, 128, TIMING)
     probes = {
         "sync32": SyncProbe(b.target, b.db.dir).reading,
-        "mm128": _matmul(tvm, b.target, 128),
+        "mm128": lambda: float(np.median(mm128[0](*mm128[1]).results)) * 1e6,
         "stream 512 KiB": _stream(tvm, b.target, 128),
         "stream 8 MiB": _stream(tvm, b.target, 2048),
         "stream 64 MiB": _stream(tvm, b.target, 16384),

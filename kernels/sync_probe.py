@@ -44,26 +44,7 @@ class SyncProbe:
             return math.inf
 
     def _build(self):
-        from kernels.tvm_compile import load_tvm
-
-        tvm = load_tvm()
-        from tvm import s_tir, te
-
-        a = te.placeholder((SIZE, SIZE), name="A")
-        b = te.placeholder((SIZE, SIZE), name="B")
-        k = te.reduce_axis((0, SIZE), name="k")
-        c = te.compute((SIZE, SIZE), lambda i, j: te.sum(a[i, k] * b[k, j], axis=k), name="C")
-        s = s_tir.Schedule(te.create_prim_func([a, b, c]))
-        i, j, kk = s.get_loops(s.get_sblock("C"))
-        jo, ji = s.split(j, [None, 16])
-        s.reorder(i, jo, kk, ji)
-        s.parallel(i)
-        s.vectorize(ji)
-        fn = tvm.compile(s.mod, target=self.target).jit()
-        rng = np.random.default_rng(0)
-        args = [tvm.runtime.tensor(rng.random((SIZE, SIZE), dtype="float32")) for _ in range(2)]
-        args.append(tvm.runtime.tensor(np.zeros((SIZE, SIZE), "float32")))
-        return fn.time_evaluator("main", tvm.cpu(), **TIMING), args
+        return parallel_matmul(self.target, SIZE, TIMING)
 
     def reading(self) -> float:
         """The kernel's median time (us) over a brief timing, with the machine's cores held; the
@@ -86,3 +67,28 @@ class SyncProbe:
         tmp = self.file.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps({"best_us": self.best_us, "size": SIZE}))
         os.replace(tmp, self.file)
+
+
+def parallel_matmul(target, n: int, timing: dict) -> tuple:
+    """(time evaluator, its arguments) of an n x n float32 matmul for `target`, its rows spread
+    over TVM's thread pool (one parallel launch a run), its columns vectorised."""
+    from kernels.tvm_compile import load_tvm
+
+    tvm = load_tvm()
+    from tvm import s_tir, te
+
+    a = te.placeholder((n, n), name="A")
+    b = te.placeholder((n, n), name="B")
+    k = te.reduce_axis((0, n), name="k")
+    c = te.compute((n, n), lambda i, j: te.sum(a[i, k] * b[k, j], axis=k), name="C")
+    s = s_tir.Schedule(te.create_prim_func([a, b, c]))
+    i, j, kk = s.get_loops(s.get_sblock("C"))
+    jo, ji = s.split(j, [None, 16])
+    s.reorder(i, jo, kk, ji)
+    s.parallel(i)
+    s.vectorize(ji)
+    fn = tvm.compile(s.mod, target=target).jit()
+    rng = np.random.default_rng(0)
+    args = [tvm.runtime.tensor(rng.random((n, n), dtype="float32")) for _ in range(2)]
+    args.append(tvm.runtime.tensor(np.zeros((n, n), "float32")))
+    return fn.time_evaluator("main", tvm.cpu(), **timing), args
