@@ -547,8 +547,8 @@ def _runs_section(d: dict) -> list[str]:
         lines += [
             "",
             "Slow spells waited out by the empty run's check (`TVMBackend._await_quiet`): "
-            f"{runs[0]['slow_probes']} probes over {runs[0].get('slow_ratio', 1.4)}x the quietest, {runs[0]['waited_s']:.0f} s "
-            "waited"
+            f"{runs[0]['slow_probes']} probes over {runs[0].get('slow_ratio', 1.4)}x the "
+            f"quietest, {runs[0]['waited_s']:.0f} s waited"
             + (
                 f"; {runs[0]['front_slow_timings']} of its timings taken again for one "
                 "(`TVMBackend.time`)."

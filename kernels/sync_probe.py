@@ -43,14 +43,11 @@ class SyncProbe:
         except (OSError, ValueError, KeyError, TypeError):
             return math.inf
 
-    def _build(self):
-        return parallel_matmul(self.target, SIZE, TIMING)
-
     def reading(self) -> float:
         """The kernel's median time (us) over a brief timing, with the machine's cores held; the
         quickest so far kept (in `sync_probe.json` too)."""
         if self._fn is None:
-            self._fn = self._build()
+            self._fn = parallel_matmul(self.target, SIZE, TIMING)
         fn, args = self._fn
         with core_lock().exclusive("sync probe"):
             us = float(np.median(fn(*args).results)) * 1e6

@@ -148,9 +148,9 @@ EXTRA_ROUND_S = 5.0
 # it reads over `SLOW_RATIO` x its quickest, the host is in a slow spell (the threads' meeting at
 # each kernel launch slow: whole networks 1.5-2.3x slow for about 10 s), and the round waits,
 # `PROBE_POLL_S` at a time, up to `PROBE_WAIT_S` in all for a set of rounds
-# (`TVMBackend._await_quiet`). Each timing of
-# `time` reads it too, before and after (`latency_sync_ratio`), and one read over `SLOW_RATIO` is
-# taken again as one beside a busy process is (`BUSY_WAIT_S`, `BUSY_TRIES`). On this VM
+# (`TVMBackend._await_quiet`). Each timing of `time` reads it too, before and after
+# (`latency_sync_ratio`), and one read over `SLOW_RATIO` is taken again as one beside a busy
+# process is (`BUSY_WAIT_S`, `BUSY_TRIES`). On this VM
 # (2026-12-06; quickest kept 1.23 us) the probe read 1.30-1.80 us out of spells (up to 1.46x) and
 # 2.10-2.70 us in them (1.71x and over); at 1.4x, bench-32's search took 28 timings again, kept
 # ones read up to 1.45x. Out of the spells the same networks still range 20-25 % from one minute
@@ -216,7 +216,6 @@ class TVMBackend:
         self.library = KernelLibrary(self.target)  # each kernel compiled once in this process
         self.db.library = self.library  # tuning's winners linked as tuning built them
         self._sync = None  # `kernels.sync_probe.SyncProbe`, made on first use; False: unbuildable
-        self._wait_left = PROBE_WAIT_S  # what `_await_quiet` may still wait in these rounds
         self._others: float | None = None  # cores others took in the last timing (`_time_once`)
         self._busy_host = False  # the last network's every timing was beside busy processes
         self.quiet = {
@@ -440,11 +439,11 @@ class TVMBackend:
         over its bound by more than `BOUND_SLACK`, the networks over theirs are timed in more
         rounds, `EXTRA_ROUND_S` apart, `EXTRA_ROUNDS` at most."""
         times: list[list[float]] = [[] for _ in compiled]
-        self._wait_left = PROBE_WAIT_S  # `_await_quiet`'s waits, in all, for these rounds
+        left = PROBE_WAIT_S  # `_await_quiet`'s waits, in all, for these rounds
         for k in range(max(1, rounds)):
             t0 = time.perf_counter()
             if compiled:
-                self._await_quiet(self._wait_left)
+                left = self._quiet_within(left)
             self._round(compiled, times)
             if k + 1 < rounds:
                 time.sleep(max(0.0, min_round_s - (time.perf_counter() - t0)))
@@ -462,7 +461,7 @@ class TVMBackend:
             )
         for _ in range(EXTRA_ROUNDS if over else 0):
             time.sleep(EXTRA_ROUND_S)
-            self._await_quiet(self._wait_left)
+            left = self._quiet_within(left)
             self._round([compiled[i] for i in over], [times[i] for i in over])
             over = over_bounds(times, bounds)
             if not over:
@@ -680,8 +679,8 @@ class TVMBackend:
     def _await_quiet(self, max_wait: float | None = None) -> float | None:
         """Wait while the thread-sync probe reads over `SLOW_RATIO` x its quickest, up to
         `max_wait` s (`PROBE_WAIT_S`); None once quiet (or without the probe), else the last
-        ratio. `time_rounds` gives its rounds `PROBE_WAIT_S` in all (`_wait_left`): a spell of
-        minutes costs a check 15 s, not 15 s a round."""
+        ratio. `time_rounds` gives its rounds `PROBE_WAIT_S` in all (`_quiet_within`): a spell
+        of minutes costs a check 15 s, not 15 s a round."""
         max_wait = PROBE_WAIT_S if max_wait is None else max_wait
         t0 = time.perf_counter()
         while True:
@@ -698,7 +697,12 @@ class TVMBackend:
                 return ratio
             time.sleep(PROBE_POLL_S)
             self.quiet["host_wait_s"] += PROBE_POLL_S
-            self._wait_left = max(0.0, self._wait_left - PROBE_POLL_S)
+
+    def _quiet_within(self, left: float) -> float:
+        """`_await_quiet` for at most `left` s; what is left of it after."""
+        w0 = self.quiet["host_wait_s"]
+        self._await_quiet(left)
+        return max(0.0, left - (self.quiet["host_wait_s"] - w0))
 
     def _time_once(self, compiled: dict, timing: dict | None = None) -> np.ndarray:
         """The compiled network's run times (ms), with the machine's cores held: `repeats` runs
