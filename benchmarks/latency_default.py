@@ -21,7 +21,11 @@ to the same networks measured with fully tuned kernels.
    reference without the drift of this machine's speed between processes
    (benchmarks/results/timing_noise.md), which moved the same reference network 4-32 % between
    benchmarks. `--retime-only` does this alone, on the work folder and results file of a
-   finished benchmark (its command kept beside the benchmark's).
+   finished benchmark (its command kept beside the benchmark's). From bench-34 on, the MAPEs and
+   tau are against each network's quickest fully tuned figure, of the first timing and each
+   re-timing process's (`"reference": "quickest"` in the json): a slow spell of this host only
+   slows a timing, and bench-33's first timing read 1.8x its re-timing. Older results keep
+   their first timing as the reference.
 
 Writes benchmarks/results/latency_default.md and .json (`--report-only` rebuilds the md).
 
@@ -160,6 +164,10 @@ def run(args) -> dict:
         "cpus": os.cpu_count(),
         "cpu": platform.processor() or platform.machine(),
         "full_trials": args.full_trials,
+        # the headline's reference: each network's quickest of the benchmark's timings of it (its
+        # first and each re-timing process's), as a slow spell only ever slows a timing (decided
+        # before bench-34, after bench-33's first reference timing fell in a spell)
+        "reference": "quickest",
         "split": kept["split"] if kept else split(args, work),
     }
     if kept:
@@ -601,8 +609,9 @@ def _runs_section(d: dict) -> list[str]:
             f"another (mean ± standard deviation over them), {by}.",
             "",
         ]
-    lines += _front_table(rows)
-    tuned = [r["tuned_ms"] for r in rows]
+    quickest = d.get("reference") == "quickest" and all(r.get("retimed") for r in rows)
+    lines += _front_table(rows, quickest)
+    tuned = [_quickest(r) if quickest else r["tuned_ms"] for r in rows]
     tau_r = _tau([r["reported_ms"] for r in rows], tuned)
     tau_e = _tau([r["eager_ms"] for r in rows], tuned)
     empty, warm = d["runs"][0]["wall_s"], d["runs"][1]["wall_s"]
@@ -616,9 +625,13 @@ def _runs_section(d: dict) -> list[str]:
     return lines
 
 
-def _front_table(rows: list[dict]) -> list[str]:
-    """Part 3's table and its errors against the fully tuned figures."""
+def _front_table(rows: list[dict], quickest: bool = False) -> list[str]:
+    """Part 3's table and its errors against the fully tuned figures: as the benchmark first
+    timed them, or (`quickest`, with the re-timing) each network's quickest timing of them."""
     again = all(r.get("retimed") for r in rows)  # results before the re-timing: without
+    first = rows
+    if quickest and again:
+        rows = [{**r, "tuned_ms": _quickest(r)} for r in rows]
     lines = [
         "| trial | reported source | reported ms | checked ms | fully tuned ms | eager ms |"
         + (" checked, re-timed ms | fully tuned, re-timed ms |" if again else ""),
@@ -634,8 +647,14 @@ def _front_table(rows: list[dict]) -> list[str]:
         )
     mape = _mape(rows, "reported_ms")
     checked = [r for r in rows if r.get("checked_ms") is not None]
+    lines += [""]
+    if quickest and again:
+        lines.append(
+            "- fully tuned ms: each network's quickest fully tuned figure, of the benchmark's first "
+            "timing and each re-timing process's (a slow spell of this host only ever slows a "
+            "timing); the MAPEs and tau below are against it."
+        )
     lines += [
-        "",
         f"- Reported latency against fully tuned: MAPE **{mape:.1f} %** over {len(rows)} networks "
         f"(goal: at most 10 %: {'met' if mape <= 10 else 'not met'}).",
     ]
@@ -653,8 +672,13 @@ def _front_table(rows: list[dict]) -> list[str]:
             "than the run's `rounds`: `kernels.tvm_latency.BOUND_SLACK`, a slow spell)."
         )
     if again:
-        lines.append(_retimed_line(rows))
+        lines.append(_retimed_line(first))
     return lines
+
+
+def _quickest(row: dict) -> float:
+    """A network's quickest fully tuned figure: the benchmark's first timing or a re-timing's."""
+    return min(row["tuned_ms"], *(p["tuned_ms"] for p in row["retimed"]))
 
 
 def _spread(row: dict, key: str) -> str:
