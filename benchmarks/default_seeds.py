@@ -7,9 +7,17 @@ Each seed's run gets a fresh cache folder (empty supernet cache and tuning datab
 `--work`, one after another, nothing else running. The seed moves the pre-training, the search's
 genomes and so the front: a front of more networks costs a longer check.
 
+`--reference-only` then measures each seed's front (its first `--front` networks) against fully
+tuned kernels, as benchmarks/latency_default.py's part 3 does (`--full-trials` per kernel in a
+database of its own, then that database and the run's timed together in 3 fresh processes), on
+the runs already in `--work`, and adds it to the results file at `--out`: the MAPE goal over
+seeds. The reference is each network's quickest fully tuned figure (latency_default's rule since
+bench-34).
+
 Writes benchmarks/results/default_seeds.md and .json (`--report-only` rebuilds the md).
 
     python benchmarks/default_seeds.py [--seeds 0 1 2] [--work runs/bench-default-seeds]
+        [--reference-only [--front 3] [--full-trials 32]]
 """
 
 from __future__ import annotations
@@ -28,7 +36,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import RESULTS, json_and_md, mean_sd  # noqa: E402
-from benchmarks.latency_default import SPACE, _tau, default_run  # noqa: E402
+from benchmarks.latency_default import (  # noqa: E402
+    SPACE,
+    _mape,
+    _quickest,
+    _tau,
+    default_run,
+    front,
+    retime,
+    together,
+)
 
 GOAL_S = 600  # the issue's goal: at most 10 minutes from an empty cache
 PRETRAINED = re.compile(r"supernet pre-trained: \d+ steps in ([\d.]+) s")
@@ -42,10 +59,26 @@ def main() -> None:
     ap.add_argument("--work", default=str(ROOT / "runs" / "bench-default-seeds"))
     ap.add_argument("--out", default=str(RESULTS / "default_seeds.md"))
     ap.add_argument("--report-only", action="store_true", help="rebuild the md from the json")
+    ap.add_argument(
+        "--reference-only",
+        action="store_true",
+        help="each seed's front in --work against fully tuned kernels, added to the results file "
+        "already at --out (its runs kept)",
+    )
+    ap.add_argument("--front", type=int, default=3, help="front networks of the reference")
+    ap.add_argument("--full-trials", type=int, default=32, help="trials per kernel, 'fully tuned'")
     json_and_md(ap.parse_args(), run, report)
 
 
 def run(args) -> dict:
+    if args.reference_only:
+        d = json.loads(Path(args.out).with_suffix(".json").read_text())
+        for row in d["rows"]:
+            row["reference"] = reference(args, Path(args.work) / f"seed-{row['seed']}")
+        cmd = "python benchmarks/default_seeds.py " + " ".join(sys.argv[1:])
+        d["reference_from"] = f"{cmd} ({time.strftime('%Y-%m-%d')})"
+        d["full_trials"] = args.full_trials
+        return d
     rows = []
     for seed in args.seeds:
         work = Path(args.work) / f"seed-{seed}"
@@ -77,6 +110,63 @@ def _checked(row: dict, work: Path) -> dict:
             for c in front
         ],
     }
+
+
+def reference(args, work: Path) -> list[dict]:
+    """The front of the run in `work` against fully tuned kernels: latency_default's part 3 rows
+    (`front`), re-timed beside the run's own database in 3 fresh processes (`retime`)."""
+    part3 = argparse.Namespace(
+        space=args.space,
+        front=args.front,
+        full_trials=args.full_trials,
+        rounds=5,
+        work=str(work),
+        retime_rounds=15,
+        retime_processes=3,
+    )
+    rows = front(part3, work / "run-empty")
+    retime(part3, work, rows)
+    print(f"reference of {work.name}: {len(rows)} networks", flush=True)
+    return rows
+
+
+def _reference_section(d: dict) -> list[str]:
+    """Each seed's front against its quickest fully tuned figures, and the MAPE goal over seeds."""
+    out = [
+        "",
+        "## The front against fully tuned kernels",
+        "",
+        f"Measured by a later command on the same runs: `{d['reference_from']}`. fully tuned: "
+        f"each network of the run's front measured with {d['full_trials']} trials per kernel in "
+        "a database of "
+        "its own (benchmarks/latency_default.py's part 3), its figure the quickest of that "
+        "timing and of 3 fresh processes timing it beside the run's own database. checked: the "
+        "run's own check (`latency_tuned_ms`); search: the search's figures.",
+        "",
+        "| seed | networks | checked vs fully tuned % | search vs fully tuned % | tau search "
+        "| tau eager | check's schedules vs fully tuned, timed together % |",
+        "|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    checks = []
+    for r in d["rows"]:
+        rows = [{**x, "tuned_ms": _quickest(x)} for x in r["reference"]]
+        got = [x for x in rows if x.get("checked_ms") is not None]
+        checks.append(_mape(got, "checked_ms"))
+        ref = [x["tuned_ms"] for x in rows]
+        per = together(r["reference"])
+        out.append(
+            f"| {r['seed']} | {len(rows)} | {checks[-1]:.1f} | {_mape(rows, 'reported_ms'):.1f} | "
+            f"{_num(_tau([x['reported_ms'] for x in rows], ref), '.2f')} | "
+            f"{_num(_tau([x['eager_ms'] for x in rows], ref), '.2f')} | {mean_sd(per)} |"
+        )
+    met = sum(m <= 10 for m in checks)
+    out += [
+        "",
+        f"- The run's check against fully tuned: MAPE {mean_sd(checks, '{:.1f}')} % over "
+        f"{len(checks)} seeds ({min(checks):.1f}-{max(checks):.1f} %); within 10 %: {met} of "
+        f"{len(checks)}.",
+    ]
+    return out
 
 
 def report(d: dict) -> str:
@@ -130,6 +220,8 @@ def report(d: dict) -> str:
                 f"(`{c['source']}`) against {c['tuned_ms']:.3f} ms checked, "
                 f"{c['error_pct']:.1f} % off"
             )
+    if all("reference" in r for r in rows):
+        out += _reference_section(d)
     return "\n".join(out) + "\n"
 
 

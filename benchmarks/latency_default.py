@@ -687,10 +687,10 @@ def _spread(row: dict, key: str) -> str:
     return f"{statistics.mean(v):.3f}" + (f" ± {statistics.stdev(v):.3f}" if len(v) > 1 else "")
 
 
-def _retimed_line(rows: list[dict]) -> str:
-    """The MAPE of the run's database against the reference, both timed in one process: its mean
-    ± standard deviation over the processes, and the range."""
-    per = [
+def together(rows: list[dict]) -> list[float]:
+    """The MAPE of the run's database against the reference, both timed in one process: one per
+    re-timing process."""
+    return [
         statistics.mean(
             100
             * abs(r["retimed"][k]["checked_ms"] - r["retimed"][k]["tuned_ms"])
@@ -699,6 +699,12 @@ def _retimed_line(rows: list[dict]) -> str:
         )
         for k in range(len(rows[0]["retimed"]))
     ]
+
+
+def _retimed_line(rows: list[dict]) -> str:
+    """The MAPE of the run's database against the reference, both timed in one process: its mean
+    ± standard deviation over the processes, and the range."""
+    per = together(rows)
     m = statistics.mean(per)
     sd = f" ± {statistics.stdev(per):.1f}" if len(per) > 1 else ""
     ref = {id(r): statistics.mean(p["tuned_ms"] for p in r["retimed"]) for r in rows}
