@@ -39,10 +39,10 @@ from benchmarks.common import RESULTS, json_and_md, mean_sd  # noqa: E402
 from benchmarks.latency_default import (  # noqa: E402
     SPACE,
     _mape,
-    _quickest,
     _tau,
     default_run,
     front,
+    quickest_rows,
     retime,
     together,
 )
@@ -138,10 +138,9 @@ def _reference_section(d: dict) -> list[str]:
         "",
         f"Measured by a later command on the same runs: `{d['reference_from']}`. fully tuned: "
         f"each network of the run's front measured with {d['full_trials']} trials per kernel in "
-        "a database of "
-        "its own (benchmarks/latency_default.py's part 3), its figure the quickest of that "
-        "timing and of 3 fresh processes timing it beside the run's own database. checked: the "
-        "run's own check (`latency_tuned_ms`); search: the search's figures.",
+        "a database of its own (benchmarks/latency_default.py's part 3), its figure the quickest "
+        "of that timing and of 3 fresh processes timing it beside the run's own database. "
+        "checked: the run's own check (`latency_tuned_ms`); search: the search's figures.",
         "",
         "| seed | networks | checked vs fully tuned % | search vs fully tuned % | tau search "
         "| tau eager | check's schedules vs fully tuned, timed together % |",
@@ -149,7 +148,7 @@ def _reference_section(d: dict) -> list[str]:
     ]
     checks = []
     for r in d["rows"]:
-        rows = [{**x, "tuned_ms": _quickest(x)} for x in r["reference"]]
+        rows = quickest_rows(r["reference"])
         got = [x for x in rows if x.get("checked_ms") is not None]
         checks.append(_mape(got, "checked_ms"))
         ref = [x["tuned_ms"] for x in rows]
